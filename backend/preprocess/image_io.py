@@ -1,0 +1,113 @@
+"""Load any common image into float RGBA, with every way it can go wrong named plainly.
+
+Accepted: PNG, JPEG, WebP, TIFF, BMP; RGB(A), grayscale(+alpha), palette (with transparency),
+1/8/16-bit and float channels, CMYK; EXIF orientation is applied. Sizes are checked from the
+header before any pixel is decoded, so a decompression bomb costs nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from animate4d.protocol import limits
+from animate4d.protocol.errors import InvalidImageError, LimitExceededError
+
+FORMATS = {"PNG", "JPEG", "WEBP", "TIFF", "BMP", "MPO"}
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    rgba: np.ndarray  # (H, W, 4) float32 in [0, 1], straight (not premultiplied) alpha
+    has_alpha: bool  # True when the file carried transparency that is not fully opaque
+    source: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.rgba.shape[1], self.rgba.shape[0]
+
+
+def load_image(path_or_bytes: str | os.PathLike | bytes) -> LoadedImage:
+    if isinstance(path_or_bytes, bytes | bytearray):
+        data, source = bytes(path_or_bytes), "<bytes>"
+    else:
+        p = Path(path_or_bytes)
+        source = str(p)
+        if not p.exists():
+            raise InvalidImageError(f"{p}: no such file")
+        if p.is_dir():
+            raise InvalidImageError(f"{p} is a folder, not an image file")
+        size = p.stat().st_size
+        if size > limits.MAX_IMAGE_FILE_BYTES:
+            raise LimitExceededError(
+                f"{p} is {size / 2**20:.0f} MiB; image files are limited to "
+                f"{limits.MAX_IMAGE_FILE_BYTES // 2**20} MiB",
+                hint="save it as PNG or JPEG at a smaller size",
+            )
+        data = p.read_bytes()
+    if len(data) == 0:
+        raise InvalidImageError(f"{source} is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise InvalidImageError(
+            f"{source} is not an image that can be read",
+            hint="use PNG, JPEG, WebP or TIFF",
+        ) from None
+    except Image.DecompressionBombError:
+        raise LimitExceededError(f"{source} is far too large to open") from None
+    if im.format not in FORMATS:
+        raise InvalidImageError(
+            f"{source} is a {im.format} image; use PNG, JPEG, WebP or TIFF"
+        )
+    w, h = im.size
+    if w * h > limits.MAX_IMAGE_PIXELS:
+        raise LimitExceededError(
+            f"{source} is {w}x{h} = {w * h / 1e6:.1f} megapixels; the limit is "
+            f"{limits.MAX_IMAGE_PIXELS / 1e6:.1f} megapixels",
+            hint="downscale it (1024 px on the long side is plenty)",
+        )
+    if min(w, h) < limits.MIN_IMAGE_SIDE:
+        raise InvalidImageError(
+            f"{source} is {w}x{h}; images need at least {limits.MIN_IMAGE_SIDE} px on each side"
+        )
+    try:
+        im.seek(0)
+        im = ImageOps.exif_transpose(im)
+        im.load()
+        rgba = _to_rgba_float(im)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InvalidImageError(f"{source} is damaged or truncated: {e}") from None
+    alpha = rgba[..., 3]
+    has_alpha = bool(alpha.min() < 0.999)
+    return LoadedImage(rgba=rgba, has_alpha=has_alpha, source=source)
+
+
+def _to_rgba_float(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        g = np.asarray(im, dtype=np.float64)
+        scale = 65535.0 if mode.startswith("I;16") or g.max() > 255 else 255.0
+        g = np.clip(g / scale, 0, 1).astype(np.float32)
+        return np.dstack([g, g, g, np.ones_like(g)])
+    if mode == "F":
+        g = np.asarray(im, dtype=np.float32)
+        hi = float(g.max()) if g.size else 1.0
+        g = np.clip(g / (hi if hi > 1.0 else 1.0), 0, 1)
+        return np.dstack([g, g, g, np.ones_like(g)])
+    if "transparency" in im.info or mode in ("LA", "La", "PA", "RGBa"):
+        im = im.convert("RGBA")
+    elif mode != "RGBA":
+        im = im.convert("RGB")
+    a = np.asarray(im, dtype=np.float32) / 255.0
+    if a.shape[2] == 3:
+        a = np.dstack([a, np.ones(a.shape[:2], np.float32)])
+    return np.ascontiguousarray(a)

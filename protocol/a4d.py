@@ -1,0 +1,182 @@
+"""The .a4d file: one AnimatedMesh as one MessagePack map (spec in protocol/README.md).
+
+Arrays are stored as {dtype, shape, data} with fixed little-endian dtypes, so a save/load round
+trip is bit-exact and any MessagePack library can read the file. The same bytes are the body of
+a finished job's result on the wire.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from . import limits
+from .errors import Animate4DError, FileFormatError, LimitExceededError
+from .mesh import AnimatedMesh
+
+FORMAT = "animate4d.animated_mesh"
+VERSION = 1
+
+# field -> stored dtype (the reader accepts exactly these)
+_DTYPES = {
+    "vertices": "<f4",
+    "faces": "<u4",
+    "frames": "<f4",
+    "colors": "|u1",
+    "uvs": "<f4",
+    "transform": "<f8",
+}
+
+
+class _Array(msgspec.Struct, forbid_unknown_fields=True):
+    dtype: str
+    shape: list[int]
+    data: bytes
+
+
+class _Header(msgspec.Struct):
+    format: str
+    version: int
+
+
+class _File(msgspec.Struct):
+    format: str
+    version: int
+    vertices: _Array
+    faces: _Array
+    frames: _Array
+    fps: float
+    transform: _Array
+    colors: _Array | None = None
+    uvs: _Array | None = None
+    metadata: dict[str, Any] = {}
+
+
+_encoder = msgspec.msgpack.Encoder()
+_header_decoder = msgspec.msgpack.Decoder(_Header)
+_decoder = msgspec.msgpack.Decoder(_File)
+
+
+def _pack(name: str, a: np.ndarray | None) -> _Array | None:
+    if a is None:
+        return None
+    a = np.ascontiguousarray(a, dtype=np.dtype(_DTYPES[name]))
+    return _Array(dtype=_DTYPES[name], shape=list(a.shape), data=a.tobytes())
+
+
+def _unpack(name: str, arr: _Array | None) -> np.ndarray | None:
+    if arr is None:
+        return None
+    if arr.dtype != _DTYPES[name]:
+        raise FileFormatError(f"'{name}' is stored as {arr.dtype!r}, expected {_DTYPES[name]!r}")
+    if len(arr.shape) > 3 or any(d < 0 for d in arr.shape):
+        raise FileFormatError(f"'{name}' has an impossible shape {arr.shape}")
+    itemsize = np.dtype(arr.dtype).itemsize
+    expected = int(np.prod(arr.shape, dtype=np.int64)) * itemsize
+    if expected != len(arr.data):
+        raise FileFormatError(
+            f"'{name}' has shape {arr.shape} ({expected} bytes) but holds {len(arr.data)} bytes"
+        )
+    return np.frombuffer(arr.data, dtype=arr.dtype).reshape(arr.shape).copy()
+
+
+def dumps(mesh: AnimatedMesh) -> bytes:
+    f = _File(
+        format=FORMAT,
+        version=VERSION,
+        vertices=_pack("vertices", mesh.vertices),
+        faces=_pack("faces", mesh.faces),
+        frames=_pack("frames", mesh.frames),
+        fps=float(mesh.fps),
+        transform=_pack("transform", mesh.transform),
+        colors=_pack("colors", mesh.colors),
+        uvs=_pack("uvs", mesh.uvs),
+        metadata=mesh.metadata,
+    )
+    return _encoder.encode(f)
+
+
+def loads(data: bytes | bytearray | memoryview) -> AnimatedMesh:
+    """Parse .a4d bytes; every failure is a FileFormatError/LimitExceededError with a reason."""
+    if len(data) > limits.MAX_A4D_BYTES:
+        raise LimitExceededError(
+            f"mesh data is {len(data)} bytes, more than the limit of {limits.MAX_A4D_BYTES}"
+        )
+    if len(data) == 0:
+        raise FileFormatError("the data is empty, not an animate4d mesh")
+    try:
+        head = _header_decoder.decode(data)
+    except msgspec.DecodeError as e:
+        raise FileFormatError(
+            f"not an animate4d mesh (.a4d): {_reason(e)}",
+            hint="the file is corrupt or truncated, or is another kind of file",
+        ) from None
+    if head.format != FORMAT:
+        raise FileFormatError(f"not an animate4d mesh: format is {head.format!r}")
+    if head.version > VERSION:
+        raise FileFormatError(
+            f"this mesh has format version {head.version}; this animate4d reads up to {VERSION}",
+            hint="upgrade animate4d",
+        )
+    try:
+        f = _decoder.decode(data)
+    except msgspec.DecodeError as e:
+        raise FileFormatError(f"corrupt animate4d mesh: {_reason(e)}") from None
+    try:
+        return AnimatedMesh(
+            vertices=_unpack("vertices", f.vertices),
+            faces=_unpack("faces", f.faces),
+            frames=_unpack("frames", f.frames),
+            fps=f.fps,
+            transform=_unpack("transform", f.transform),
+            colors=_unpack("colors", f.colors),
+            uvs=_unpack("uvs", f.uvs),
+            metadata=f.metadata,
+        )
+    except Animate4DError as e:
+        if isinstance(e, FileFormatError | LimitExceededError):
+            raise
+        raise FileFormatError(f"the mesh in this file is invalid: {e}") from None
+
+
+def _reason(e: Exception) -> str:
+    text = str(e)
+    return text[:200] + ("..." if len(text) > 200 else "")
+
+
+def save(mesh: AnimatedMesh, path: str | os.PathLike) -> Path:
+    """Write atomically: a reader never sees a half-written file."""
+    path = Path(path)
+    data = dumps(mesh)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(path: str | os.PathLike) -> AnimatedMesh:
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise FileFormatError(f"cannot read {path}: {e.strerror}") from None
+    if size > limits.MAX_A4D_BYTES:
+        raise LimitExceededError(
+            f"{path} is {size} bytes, more than the limit of {limits.MAX_A4D_BYTES} for .a4d files"
+        )
+    try:
+        return loads(path.read_bytes())
+    except FileFormatError as e:
+        raise FileFormatError(f"{path}: {e.message}", hint=e.hint) from None

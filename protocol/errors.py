@@ -1,0 +1,60 @@
+"""Errors that cross a boundary (file, wire, CLI) carry a stable code and a human message.
+
+The code is what programs match on (the server will send it in `error` messages, the Blender
+panel picks its wording from it); the message says what was wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class Animate4DError(Exception):
+    """Base class: `code` is stable across versions, `str(err)` is for people."""
+
+    code = "internal"
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        self.message = message
+        self.hint = hint
+        super().__init__(message if hint is None else f"{message} ({hint})")
+
+
+class InvalidMeshError(Animate4DError):
+    """An AnimatedMesh whose arrays do not fit together or hold non-finite values."""
+
+    code = "invalid_mesh"
+
+
+class LimitExceededError(Animate4DError):
+    """A size or count from outside is larger than protocol.limits allows."""
+
+    code = "limit_exceeded"
+
+
+class FileFormatError(Animate4DError):
+    """A file (.a4d, camera JSON, ...) that cannot be read: corrupt, truncated, wrong kind."""
+
+    code = "bad_file"
+
+
+class InvalidImageError(Animate4DError):
+    """An input image that cannot be used: unreadable, too small, too large, no foreground."""
+
+    code = "bad_image"
+
+
+class InvalidCameraError(Animate4DError):
+    """A camera description that is incomplete or degenerate."""
+
+    code = "bad_camera"
+
+
+class InvalidRequestError(Animate4DError):
+    """Job options out of range (frames, fps, amplitude, prompt length, ...)."""
+
+    code = "bad_request"
+
+
+class CancelledError(Animate4DError):
+    """The job was cancelled by its owner; raised inside the pipeline to unwind it."""
+
+    code = "cancelled"

@@ -1,0 +1,26 @@
+"""Every size and count that comes from outside has a limit, and they all live here.
+
+The server, the backend and the Blender extension import these so that one number is checked
+everywhere. Raising a limit is a protocol change: note it in protocol/README.md.
+"""
+
+from __future__ import annotations
+
+# Meshes (AnimatedMesh and .a4d files)
+MAX_VERTICES = 1_000_000
+MAX_FACES = 2_000_000
+MAX_FRAMES = 1_000
+# frames x vertices: 50M vertex positions = 600 MB of float32.
+MAX_FRAME_VERTICES = 50_000_000
+MAX_FPS = 240.0
+MAX_METADATA_BYTES = 64 * 1024
+MAX_A4D_BYTES = 1024 * 1024 * 1024
+
+# Images
+MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_IMAGE_FILE_BYTES = 64 * 1024 * 1024
+MIN_IMAGE_SIDE = 16
+
+# Requests
+MAX_PROMPT_CHARS = 1_000
+MAX_CAMERA_JSON_BYTES = 64 * 1024
