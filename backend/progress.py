@@ -55,13 +55,14 @@ class TerminalProgress:
             self.stream.write(f"\r  {stage:<10} [{bar}] {step}/{total}")
             self.stream.flush()
 
-    def _finish_line(self, now: float) -> None:
+    def _finish_line(self, now: float, word: str = "done") -> None:
         if self._stage is None:
             return
-        text = f"  {self._stage:<10} done in {now - self._stage_t0:.2f} s"
+        text = f"  {self._stage:<10} {word} after {now - self._stage_t0:.2f} s"
         self.stream.write(("\r" + text + " " * 20 if self.tty else text) + "\n")
         self.stream.flush()
 
-    def close(self) -> None:
-        self._finish_line(time.perf_counter())
+    def close(self, ok: bool = True) -> None:
+        """End the current stage's line: 'done', or 'stopped' when the job failed in it."""
+        self._finish_line(time.perf_counter(), "done" if ok else "stopped")
         self._stage = None

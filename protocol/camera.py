@@ -100,7 +100,9 @@ class Camera:
         }
         unknown = set(d) - known
         if unknown:
-            raise InvalidCameraError(f"unknown camera keys {sorted(unknown)}; known: {sorted(known)}")
+            raise InvalidCameraError(
+                f"unknown camera keys {sorted(unknown)}; known: {sorted(known)}"
+            )
         for key in ("matrix_world", "resolution"):
             if key not in d:
                 raise InvalidCameraError(f"camera is missing '{key}'")
@@ -192,7 +194,7 @@ class Camera:
     # -- extrinsics ---------------------------------------------------------------------
     @property
     def rotation(self) -> np.ndarray:
-        """World-from-camera rotation (3x3, orthonormal: object scale is ignored as Blender does)."""
+        """World-from-camera rotation (orthonormal: object scale is ignored, as Blender does)."""
         r = self.matrix_world[:3, :3]
         u, _, vt = np.linalg.svd(r)
         rot = u @ vt

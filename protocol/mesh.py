@@ -5,7 +5,7 @@ One topology moved frame by frame (so that every frame can be a shape key):
     faces      (M, 3) uint32   triangles, counter-clockwise seen from outside
     frames     (F, N, 3) float32  vertex positions per frame, object frame
     colors     (N, 4) uint8    optional RGBA vertex colours (sRGB)
-    uvs        (N, 2) float32  optional texture coordinates (Blender's convention: origin bottom-left)
+    uvs        (N, 2) float32  optional texture coordinates (origin bottom-left, as Blender)
     fps        float           playback rate; frame i plays at time i / fps
     transform  (4, 4) float64  object frame -> Blender world
     metadata   dict            prompt, preset, seed, versions, timings, loop, ... (small)

@@ -5,9 +5,9 @@ For a disc of radius R that is exactly a sphere, and a limb of half-width w gets
 section of about its own width, so thin parts stay thin (a plain distance transform would make
 them as deep as the body is wide).
 
-The closed surface is the zero level of F(u, v, w) = H(u, v) - |w| over a grid whose (u, v) are
-the reference view's pixels and whose w is depth towards the camera; marching cubes gives a
-watertight mesh, and every vertex is then placed on the ray through its pixel, so the silhouette
+The closed surface is the zero level of F(u, v, w) = U(u, v) - (w / thickness)^2, U = h^2,
+over a grid whose (u, v) are the reference view's pixels and whose w is depth towards the
+camera; marching cubes gives a watertight mesh, and every vertex is then placed on the ray through its pixel, so the silhouette
 seen from the reference camera is the mask exactly, whatever the depth.
 """
 
@@ -51,12 +51,19 @@ def poisson_height(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def signed_height(mask: np.ndarray, thickness: float, smooth_px: float = 0.75) -> np.ndarray:
-    """Height inside (thickness * Poisson height), minus the distance to the mask outside."""
+def inflation_potential(mask: np.ndarray, smooth_px: float = 1.5) -> np.ndarray:
+    """U with the surface at w = +-thickness * sqrt(U): the Poisson solution inside, continued
+    outside with the slope it has at the nearest inside pixel.
+
+    U is nearly linear across the outline (sqrt(U) is not), so blurring it smooths the pixel
+    staircase away without moving the outline.
+    """
     m = np.asarray(mask, bool)
-    h = thickness * poisson_height(m)
-    outside = ndimage.distance_transform_edt(~m)
-    field = np.where(m, np.maximum(h, 0.5), -outside)
+    u = poisson_height(m) ** 2
+    gy, gx = np.gradient(u)
+    slope = np.hypot(gx, gy)
+    dist_out, (iy, ix) = ndimage.distance_transform_edt(~m, return_indices=True)
+    field = np.where(m, u, -np.maximum(slope[iy, ix], 1.0) * dist_out)
     return ndimage.gaussian_filter(field, smooth_px) if smooth_px > 0 else field
 
 
@@ -69,11 +76,10 @@ def inflate(mask: np.ndarray, camera: Camera, *, thickness: float = 1.0) -> tupl
     if camera.resolution != (mask.shape[1], mask.shape[0]):
         raise ValueError("mask and camera resolution differ")
     pad = 3
-    m = np.pad(np.asarray(mask, bool), pad)
-    height = signed_height(m, thickness)
-    k = int(np.ceil(max(1.0, height.max()))) + 2
+    potential = inflation_potential(np.pad(np.asarray(mask, bool), pad))
+    k = int(np.ceil(thickness * np.sqrt(max(1.0, potential.max())))) + 2
     w = np.arange(-k, k + 1, dtype=np.float64)
-    volume = height[:, :, None] - np.abs(w)[None, None, :]
+    volume = potential[:, :, None] - (w / thickness)[None, None, :] ** 2
     verts, faces = mcubes.marching_cubes(volume, 0.0)
     v_px = verts[:, 0] - pad + 0.5
     u_px = verts[:, 1] - pad + 0.5

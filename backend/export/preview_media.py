@@ -1,0 +1,52 @@
+"""A looping GIF an artist can glance at: the reference view beside a turntable view."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from animate4d.protocol import AnimatedMesh, Camera
+
+from ..preprocess.framing import CANONICAL_FOV_DEG, CANONICAL_RADIUS
+from ..progress import ProgressFn, no_progress
+from ..raster import render
+
+PANEL = 256
+
+
+def preview_frames(mesh: AnimatedMesh, progress: ProgressFn = no_progress) -> list[np.ndarray]:
+    """One (PANEL, 2*PANEL, 3) image per frame: reference view | camera orbiting once."""
+    centre = mesh.vertices.mean(axis=0)
+    extent = float(np.linalg.norm(mesh.vertices - centre, axis=1).max())
+    dist = max(CANONICAL_RADIUS, 1.1 * extent / np.tan(np.radians(CANONICAL_FOV_DEG / 2)))
+    front = Camera.look_at(centre + (0.0, -dist, 0.0), centre, fov_deg=CANONICAL_FOV_DEG,
+                           resolution=(PANEL, PANEL))
+    out = []
+    f = mesh.num_frames
+    for k in range(f):
+        progress("preview", k, f)
+        a = 2 * np.pi * k / f
+        orbit = Camera.look_at(
+            centre + dist * np.array([np.sin(a), -np.cos(a), 0.25]), centre,
+            fov_deg=CANONICAL_FOV_DEG, resolution=(PANEL, PANEL),
+        )
+        verts = mesh.frames[k]
+        left = render(verts, mesh.faces, mesh.colors, front)
+        right = render(verts, mesh.faces, mesh.colors, orbit)
+        out.append(np.concatenate([left, right], axis=1))
+    progress("preview", f, f)
+    return out
+
+
+def write_gif(frames: list[np.ndarray], fps: float, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    images = [Image.fromarray(fr).quantize(colors=255, method=Image.Quantize.MEDIANCUT)
+              for fr in frames]
+    tmp = path.with_name(path.name + ".tmp")
+    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                   duration=max(20, round(1000 / fps)), loop=0, disposal=1)
+    os.replace(tmp, path)
+    return path
