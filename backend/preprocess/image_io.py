@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,8 +63,14 @@ def load_image(path_or_bytes: str | os.PathLike | bytes) -> LoadedImage:
             f"{source} is not an image that can be read",
             hint="use PNG, JPEG, WebP or TIFF",
         ) from None
-    except Image.DecompressionBombError:
-        raise LimitExceededError(f"{source} is far too large to open") from None
+    except Image.DecompressionBombError as e:
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f" ({int(found.group(1)) / 1e6:.0f} megapixels)" if found else ""
+        raise LimitExceededError(
+            f"{source} is far too large{size}; the limit is "
+            f"{limits.MAX_IMAGE_PIXELS / 1e6:.1f} megapixels",
+            hint="downscale it (1024 px on the long side is plenty)",
+        ) from None
     if im.format not in FORMATS:
         raise InvalidImageError(
             f"{source} is a {im.format} image; use PNG, JPEG, WebP or TIFF"

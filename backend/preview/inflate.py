@@ -7,8 +7,9 @@ them as deep as the body is wide).
 
 The closed surface is the zero level of F(u, v, w) = U(u, v) - (w / thickness)^2, U = h^2,
 over a grid whose (u, v) are the reference view's pixels and whose w is depth towards the
-camera; marching cubes gives a watertight mesh, and every vertex is then placed on the ray through its pixel, so the silhouette
-seen from the reference camera is the mask exactly, whatever the depth.
+camera; marching cubes gives a watertight mesh, and every vertex is then placed on the ray
+through its pixel, so the silhouette seen from the reference camera is the mask, whatever the
+depth.
 """
 
 from __future__ import annotations

@@ -96,18 +96,25 @@ def _rig(vertices: np.ndarray) -> _Rig:
 
 
 def animate(vertices: np.ndarray, spec: MotionSpec, frames: int) -> np.ndarray:
-    """(F, N, 3) float32 positions; phase 2*pi*k/F, so frame F equals frame 0."""
+    """(F, N, 3) float32 positions of frames k = 0..F-1, i.e. pose(t = k / F)."""
     v = np.asarray(vertices, np.float64)
     rig = _rig(v)
     out = np.empty((frames, len(v), 3), np.float32)
-    s = np.clip((v[:, 2] - rig.root_z) / rig.height, 0.0, 1.0)  # height fraction, 0 at root
     for k in range(frames):
-        phase = 2.0 * math.pi * spec.cycles * k / frames
-        p = v.copy()
-        for mode in spec.modes:
-            p = _APPLY[mode](p, s, rig, spec.amplitude, phase)
-        out[k] = p
+        out[k] = pose(v, spec, k / frames, rig)
     return out
+
+
+def pose(vertices: np.ndarray, spec: MotionSpec, t: float, rig: _Rig | None = None) -> np.ndarray:
+    """Positions at loop fraction `t` (0 and 1 give the same pose, the rest pose)."""
+    v = np.asarray(vertices, np.float64)
+    rig = rig or _rig(v)
+    s = np.clip((v[:, 2] - rig.root_z) / rig.height, 0.0, 1.0)  # height fraction, 0 at root
+    phase = 2.0 * math.pi * spec.cycles * t
+    p = v
+    for mode in spec.modes:
+        p = _APPLY[mode](p, s, rig, spec.amplitude, phase)
+    return p
 
 
 def _sway(p, s, rig, amp, phase):
