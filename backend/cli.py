@@ -64,7 +64,8 @@ def _add_job_options(p: argparse.ArgumentParser, *, prompt_required: bool) -> No
                         "(default: %(default)s)")
     g = p.add_argument_group("output")
     g.add_argument("--no-preview", action="store_true", help="skip preview.gif")
-    g.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    g.add_argument("--quiet", action="store_true",
+                   help="print only the output paths (and errors)")
 
 
 def _options(args) -> JobOptions:
@@ -117,12 +118,13 @@ def _run_job(image, args, out: Path) -> int:
             progress.close(ok)
     seconds = time.perf_counter() - t0
     md = mesh.metadata
-    print(
-        f"{mesh.num_vertices} vertices, {mesh.num_faces} faces, {mesh.num_frames} frames at "
-        f"{mesh.fps:g} fps; motion: {'+'.join(md['motion']['modes'])} "
-        f"({md['motion']['chosen_by']}); {seconds:.1f} s",
-        file=sys.stderr,
-    )
+    if not args.quiet:
+        print(
+            f"{mesh.num_vertices} vertices, {mesh.num_faces} faces, {mesh.num_frames} frames at "
+            f"{mesh.fps:g} fps; motion: {'+'.join(md['motion']['modes'])} "
+            f"({md['motion']['chosen_by']}); {seconds:.1f} s",
+            file=sys.stderr,
+        )
     for path in (files.a4d, files.glb, files.preview):
         if path is not None:
             print(path.resolve())
@@ -176,6 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="output folder (default: %(default)s)")
     _add_job_options(demo, prompt_required=False)
     demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser(
+        "bench", help="measure speed and memory (figures for docs/BENCHMARKS.md)",
+        description="Benchmarks. Each prints JSON on stdout.",
+    )
+    bench_sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    bench_sub.required = True
+    from .bench import preview as bench_preview
+
+    bench_preview.add_parser(bench_sub)
     return parser
 
 

@@ -1,0 +1,134 @@
+"""The `animate4d` command as a user runs it: real subprocesses, exit codes and files."""
+
+import subprocess
+import sys
+from importlib import resources
+
+import numpy as np
+import pytest
+from PIL import Image, ImageSequence
+
+from animate4d.protocol import a4d
+from tests.backend.helpers import reference_iou
+from tests.conftest import blob_rgba, write_png
+
+
+def animate4d(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "animate4d.backend", *map(str, args)],
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_run_writes_the_three_files_and_prints_their_paths(tmp_path):
+    rgba = blob_rgba(300, 360)
+    png = write_png(tmp_path / "creature.png", rgba)
+    out = tmp_path / "out"
+    r = animate4d("run", png, "--prompt", "a creature is bouncing", "--preset", "preview",
+                  "--frames", 8, "--fps", 8, "--out", out)
+    assert r.returncode == 0, r.stderr
+    paths = r.stdout.strip().splitlines()
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["result.a4d", "result.glb", "preview.gif"]
+    mesh = a4d.load(out / "result.a4d")
+    assert mesh.num_frames == 8 and mesh.fps == 8.0
+    assert mesh.metadata["motion"]["modes"] == ["bounce"]
+    assert reference_iou(mesh, rgba[..., 3] > 127) >= 0.9
+    gif = Image.open(out / "preview.gif")
+    assert sum(1 for _ in ImageSequence.Iterator(gif)) == 8
+    assert "geometry" in r.stderr  # progress was shown
+
+
+def test_run_with_a_camera_file_and_flags(tmp_path):
+    from animate4d.protocol import Camera
+
+    png = write_png(tmp_path / "c.png", blob_rgba(320, 240, centre=(120, 130), scale=0.6))
+    cam = Camera.look_at((1.0, -4.0, 1.5), (0, 0, 0.5), fov_deg=30, resolution=(640, 480))
+    (tmp_path / "cam.json").write_text(__import__("json").dumps(cam.to_dict()))
+    r = animate4d("run", png, "--prompt", "x", "--camera", f"@{tmp_path / 'cam.json'}",
+                  "--target", "0,0,0.5", "--motion", "twist,nod", "--amplitude", "0.5",
+                  "--no-preview", "--quiet", "--out", tmp_path / "o")
+    assert r.returncode == 0, r.stderr
+    mesh = a4d.load(tmp_path / "o" / "result.a4d")
+    assert mesh.metadata["motion"]["modes"] == ["twist", "nod"]
+    assert not (tmp_path / "o" / "preview.gif").exists()
+    mask = np.asarray(Image.open(png))[..., 3] > 127
+    assert reference_iou(mesh, mask) >= 0.9
+
+
+def test_demo_covers_the_bundled_example(tmp_path):
+    r = animate4d("demo", "--out", tmp_path / "demo", "--frames", 6, "--no-preview")
+    assert r.returncode == 0, r.stderr
+    mesh = a4d.load(tmp_path / "demo" / "result.a4d")
+    assert mesh.metadata["prompt"] == "a panda is dancing"
+    with resources.files("animate4d.backend").joinpath("examples", "panda.png").open("rb") as f:
+        mask = np.asarray(Image.open(f))[..., 3] > 127
+    assert reference_iou(mesh, mask) >= 0.9
+
+
+def _png_bytes(w, h, colour=(200, 200, 200, 255)):
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGBA", (w, h), colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("notes.png", b"just some text", "not an image"),
+        ("empty.png", b"", "empty"),
+        ("tiny.png", _png_bytes(1, 1), "at least 16 px"),
+        ("clear.png", _png_bytes(64, 64, (0, 0, 0, 0)), "no foreground"),
+        ("flat.png", _png_bytes(64, 64), "no foreground"),
+    ],
+)
+def test_bad_images_fail_cleanly(tmp_path, name, data, message):
+    p = tmp_path / name
+    p.write_bytes(data)
+    r = animate4d("run", p, "--prompt", "x", "--out", tmp_path / "o", "--quiet")
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "o" / "result.a4d").exists()
+
+
+def test_huge_image_is_refused_from_its_header(tmp_path):
+    from tests.backend.test_image_io import _png_header_only
+
+    p = tmp_path / "huge.png"
+    p.write_bytes(_png_header_only(30000, 30000))
+    r = animate4d("run", p, "--prompt", "x", "--quiet", "--out", tmp_path / "o")
+    assert r.returncode == 2 and "megapixels" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--frames", "0"], "frames"),
+        (["--camera", "{bad json"], "not valid JSON"),
+        (["--target", "1,2"], "target"),
+        (["--motion", "moonwalk"], "choose from"),
+        (["--camera", "@/nonexistent/cam.json"], "cannot read camera file"),
+    ],
+)
+def test_bad_options_fail_cleanly(tmp_path, blob_png, args, message):
+    r = animate4d("run", blob_png, "--prompt", "x", "--quiet", "--out", tmp_path / "o", *args)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_out_must_be_a_folder(tmp_path, blob_png):
+    (tmp_path / "file").write_text("x")
+    r = animate4d("run", blob_png, "--prompt", "x", "--quiet", "--out", tmp_path / "file")
+    assert r.returncode == 2 and "not a folder" in r.stderr
+
+
+@pytest.mark.parametrize("cmd", [[], ["run"], ["demo"]])
+def test_help_is_complete(cmd):
+    r = animate4d(*cmd, "--help")
+    assert r.returncode == 0
+    if cmd:
+        for flag in ("--prompt", "--frames", "--fps", "--motion", "--amplitude", "--speed",
+                     "--camera", "--target", "--out"):
+            assert flag in r.stdout, flag
+    else:
+        assert "run" in r.stdout and "demo" in r.stdout
