@@ -28,18 +28,17 @@ CANONICAL_FOV_DEG = 40.0
 DEFAULT_BORDER = 0.1  # Animate124's border_ratio 0.2: the object spans 80 % of the view
 
 
-def canonical_camera(size: int) -> Camera:
+def canonical_camera(resolution: int | tuple[int, int]) -> Camera:
+    """The front view at radius 1.8 with a 40 degree field of view (along the larger side).
+
+    At a square size it sees the canonical reference view; at the input image's size it is the
+    reference camera assumed when the user gives none.
+    """
+    if isinstance(resolution, int):
+        resolution = (resolution, resolution)
     return Camera.look_at(
         (0.0, -CANONICAL_RADIUS, 0.0), (0.0, 0.0, 0.0),
-        fov_deg=CANONICAL_FOV_DEG, resolution=(size, size),
-    )
-
-
-def default_reference_camera(image_size: tuple[int, int]) -> Camera:
-    """The camera assumed when none is given: the canonical front view, at the image's size."""
-    return Camera.look_at(
-        (0.0, -CANONICAL_RADIUS, 0.0), (0.0, 0.0, 0.0),
-        fov_deg=CANONICAL_FOV_DEG, resolution=image_size,
+        fov_deg=CANONICAL_FOV_DEG, resolution=resolution,
     )
 
 

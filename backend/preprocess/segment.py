@@ -23,6 +23,8 @@ def foreground_mask(image: LoadedImage, *, seed: int = 0) -> np.ndarray:
     """(H, W) float32 in [0, 1]: soft where alpha is soft, binary from GrabCut."""
     if image.has_alpha:
         mask = image.rgba[..., 3].copy()
+        # Specks of stray alpha would stretch the crop around the object: drop them.
+        mask *= clean_mask(mask > 0.5, keep_fraction=0.02, fill_holes=False)
     else:
         mask = _grabcut(image.rgba[..., :3], seed=seed).astype(np.float32)
     hard = mask > 0.5
@@ -81,12 +83,14 @@ def _min_colour_distance(px: np.ndarray, ref: np.ndarray, chunk: int = 4096) -> 
     return out
 
 
-def clean_mask(mask: np.ndarray, keep_fraction: float = 0.15) -> np.ndarray:
-    """Keep components at least `keep_fraction` of the largest one and fill their holes."""
+def clean_mask(
+    mask: np.ndarray, keep_fraction: float = 0.15, *, fill_holes: bool = True
+) -> np.ndarray:
+    """Keep components at least `keep_fraction` of the largest one (and fill their holes)."""
     labels, n = ndimage.label(mask)
     if n == 0:
         return mask
     sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
     keep = np.flatnonzero(sizes >= keep_fraction * sizes.max()) + 1
     out = np.isin(labels, keep)
-    return ndimage.binary_fill_holes(out)
+    return ndimage.binary_fill_holes(out) if fill_holes else out

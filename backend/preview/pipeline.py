@@ -37,7 +37,7 @@ def run_preview(
         camera = (
             framing.fit_camera_to_image(Camera.from_dict(options.camera), image.size)
             if options.camera is not None
-            else framing.default_reference_camera(image.size)
+            else framing.canonical_camera(image.size)
         )
 
     with clock.stage("segment"):
@@ -49,7 +49,7 @@ def run_preview(
         progress("geometry", 2, steps)
         size = options.mesh_resolution
         view = framing.crop_and_scale(image.rgba, mask, crop, size)
-        geo_mask = clean_mask(view[..., 3] > 0.5, keep_fraction=0.02)
+        geo_mask = clean_mask(view[..., 3] > 0.5, keep_fraction=0.02, fill_holes=False)
         vertices, faces = inflate(
             geo_mask, framing.canonical_camera(size), thickness=options.thickness
         )

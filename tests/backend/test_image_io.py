@@ -152,3 +152,14 @@ def test_grabcut_finds_the_object_without_alpha(background):
     mask = foreground_mask(img) > 0.5
     iou = (mask & truth).sum() / (mask | truth).sum()
     assert iou >= 0.9, iou
+
+
+def test_alpha_specks_are_dropped_but_holes_kept():
+    rgba = np.zeros((200, 200, 4), np.uint8)
+    cv2.circle(rgba, (100, 110), 60, (255, 0, 0, 255), -1)
+    cv2.circle(rgba, (100, 110), 20, (0, 0, 0, 0), -1)  # a real hole (a ring)
+    rgba[5:8, 190:193] = (0, 255, 0, 255)  # a 3x3 speck of stray alpha in a corner
+    mask = foreground_mask(load_image(_save(Image.fromarray(rgba), "PNG"))) > 0.5
+    assert not mask[5:8, 190:193].any()
+    assert not mask[110, 100]  # the hole stays a hole
+    assert mask[110, 50]
