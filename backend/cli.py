@@ -1,144 +1,20 @@
-"""The `animate4d` command.
+"""The `animate4d` command: assembles the subcommands of backend/commands.
 
 Exit codes: 0 done, 2 bad input or options (the message says what to change), 130 interrupted,
-1 an internal error (a bug: the traceback is printed so that it can be reported).
+1 an internal error (a bug: the traceback is printed so that it can be reported). Client
+commands add: 3 the job failed or was cancelled, 4 the server could not be reached.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 import traceback
-from importlib import resources
-from pathlib import Path
 
-from animate4d.protocol import Camera
-from animate4d.protocol.errors import Animate4DError, InvalidCameraError, InvalidRequestError
-from animate4d.protocol.options import MOTION_MODES, JobOptions
+from animate4d.protocol.errors import Animate4DError
 
+from .commands import keys, local, remote, serve
 from .version import package_version
-
-# Presets this version can run; the GPU pipeline adds "fast" and "paper".
-AVAILABLE_PRESETS = ("preview",)
-DEMO_IMAGE = "panda.png"
-DEMO_PROMPT = "a panda is dancing"
-
-
-def _add_job_options(p: argparse.ArgumentParser, *, prompt_required: bool) -> None:
-    d = JobOptions()
-    g = p.add_argument_group("what to make")
-    g.add_argument("--prompt", required=prompt_required, default=DEMO_PROMPT,
-                   help="the motion, in words ('a panda is dancing'); in preview mode its words "
-                        "pick the motion modes unless --motion is given")
-    g.add_argument("--preset", choices=AVAILABLE_PRESETS, default=d.preset,
-                   help="preview: seconds on a CPU, no model weights (default: %(default)s)")
-    g.add_argument("--frames", type=int, default=d.frames,
-                   help="frames in the clip (default: %(default)s)")
-    g.add_argument("--fps", type=float, default=d.fps,
-                   help="playback rate; frame i plays at i/fps seconds (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
-    g = p.add_argument_group("motion (preview mode)")
-    g.add_argument("--motion", metavar="MODES",
-                   help=f"comma-separated modes from {', '.join(MOTION_MODES)}; "
-                        "default: chosen from the prompt's words (sway+breathe if none match)")
-    g.add_argument("--amplitude", type=float, default=d.amplitude,
-                   help="strength of the motion, 0..3 (default: %(default)s)")
-    g.add_argument("--speed", type=float, default=d.speed,
-                   help="cycles per second, rounded to whole cycles per clip so the clip "
-                        "loops exactly (default: %(default)s)")
-    g = p.add_argument_group("placement")
-    g.add_argument("--camera", metavar="JSON",
-                   help="the reference camera as JSON or @file.json, in Blender's terms: "
-                        '{"matrix_world": 4x4 rows, "resolution": [W, H], "lens": mm or '
-                        '"fov": degrees, "sensor_width": 36, "sensor_fit": "AUTO", "shift_x": 0, '
-                        '"shift_y": 0}; default: a front view (-Y looking at +Y, Z up), 40 deg')
-    g.add_argument("--target", metavar="X,Y,Z",
-                   help="world point whose depth the object's centre takes (default: origin)")
-    g = p.add_argument_group("preview geometry")
-    g.add_argument("--thickness", type=float, default=d.thickness,
-                   help="depth of the inflated shape relative to a round one, 0.05..3 "
-                        "(default: %(default)s)")
-    g.add_argument("--mesh-resolution", type=int, default=d.mesh_resolution,
-                   help="grid size of the mesh, 32..512; more is finer and slower "
-                        "(default: %(default)s)")
-    g = p.add_argument_group("output")
-    g.add_argument("--no-preview", action="store_true", help="skip preview.gif")
-    g.add_argument("--quiet", action="store_true",
-                   help="print only the output paths (and errors)")
-
-
-def _options(args) -> JobOptions:
-    camera = None
-    if args.camera:
-        text = args.camera
-        if text.startswith("@"):
-            try:
-                text = Path(text[1:]).read_text()
-            except OSError as e:
-                raise InvalidCameraError(f"cannot read camera file {text[1:]}: {e.strerror}") \
-                    from None
-        camera = Camera.from_json(text).to_dict()
-    target = None
-    if args.target:
-        try:
-            target = [float(x) for x in args.target.split(",")]
-        except ValueError:
-            raise InvalidRequestError(f"--target must be X,Y,Z numbers, got {args.target!r}") \
-                from None
-    motion = None
-    if args.motion:
-        from .preview.motion import parse_modes
-
-        motion = list(parse_modes(args.motion))
-    return JobOptions(
-        prompt=args.prompt, preset=args.preset, frames=args.frames, fps=args.fps,
-        seed=args.seed, motion=motion, amplitude=args.amplitude, speed=args.speed,
-        camera=camera, target=target, thickness=args.thickness,
-        mesh_resolution=args.mesh_resolution,
-    ).validate()
-
-
-def _run_job(image, args, out: Path) -> int:
-    from .outputs import prepare_out_dir, write_outputs
-    from .preview.pipeline import run_preview
-    from .progress import TerminalProgress, no_progress
-
-    options = _options(args)
-    prepare_out_dir(out)
-    progress = no_progress if args.quiet else TerminalProgress()
-    t0 = time.perf_counter()
-    ok = False
-    try:
-        mesh = run_preview(image, options, progress)
-        files = write_outputs(mesh, out, preview=not args.no_preview, progress=progress)
-        ok = True
-    finally:
-        if not args.quiet:
-            progress.close(ok)
-    seconds = time.perf_counter() - t0
-    md = mesh.metadata
-    if not args.quiet:
-        print(
-            f"{mesh.num_vertices} vertices, {mesh.num_faces} faces, {mesh.num_frames} frames at "
-            f"{mesh.fps:g} fps; motion: {'+'.join(md['motion']['modes'])} "
-            f"({md['motion']['chosen_by']}); {seconds:.1f} s",
-            file=sys.stderr,
-        )
-    for path in (files.a4d, files.glb, files.preview):
-        if path is not None:
-            print(path.resolve())
-    return 0
-
-
-def cmd_run(args) -> int:
-    out = Path(args.out) if args.out else Path(Path(args.image).stem + "_animate4d")
-    return _run_job(args.image, args, out)
-
-
-def cmd_demo(args) -> int:
-    image = resources.files("animate4d.backend").joinpath("examples", DEMO_IMAGE).read_bytes()
-    return _run_job(image, args, Path(args.out))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,36 +24,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "(.a4d for Blender, .glb with morph targets for any 3D tool).",
         epilog="Examples:\n"
                "  animate4d demo\n"
-               "  animate4d run cat.png --prompt 'a cat is waving' --frames 24 --out cat/\n",
+               "  animate4d run cat.png --prompt 'a cat is waving' --frames 24 --out cat/\n"
+               "  animate4d serve --local --store jobs/ &\n"
+               "  animate4d submit cat.png --prompt 'a cat is waving' --wait --out cat/\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"animate4d {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-
-    run = sub.add_parser(
-        "run", help="animate an image here, in this process",
-        description="Animate IMAGE as PROMPT says; writes OUT/result.a4d, OUT/result.glb and "
-                    "OUT/preview.gif and prints their paths, one per line.",
-    )
-    run.add_argument("image", metavar="IMAGE",
-                     help="PNG, JPEG, WebP or TIFF; a transparent background is used as the "
-                          "object's outline, otherwise the object is cut out automatically")
-    run.add_argument("--out", metavar="DIR",
-                     help="output folder (default: IMAGE's name + '_animate4d'); existing result "
-                          "files there are replaced")
-    _add_job_options(run, prompt_required=True)
-    run.set_defaults(func=cmd_run)
-
-    demo = sub.add_parser(
-        "demo", help="animate the bundled example image (preview mode, a few seconds)",
-        description=f"Run preview mode on the bundled example ({DEMO_IMAGE}, "
-                    f"'{DEMO_PROMPT}') and print where the files are.",
-    )
-    demo.add_argument("--out", metavar="DIR", default="animate4d-demo",
-                      help="output folder (default: %(default)s)")
-    _add_job_options(demo, prompt_required=False)
-    demo.set_defaults(func=cmd_demo)
+    local.add_parsers(sub)
+    serve.add_parsers(sub)
+    remote.add_parsers(sub)
+    keys.add_parsers(sub)
 
     bench = sub.add_parser(
         "bench", help="measure speed and memory (figures for docs/BENCHMARKS.md)",
@@ -200,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"animate4d: error: {e.message}", file=sys.stderr)
         if e.hint:
             print(f"animate4d: {e.hint}", file=sys.stderr)
-        return 2
+        return 4 if e.code == "connection_lost" else 2
     except KeyboardInterrupt:
         print("animate4d: interrupted", file=sys.stderr)
         return 130

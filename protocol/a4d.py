@@ -15,7 +15,8 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from . import limits
+from . import arrays, limits
+from .arrays import Array
 from .errors import Animate4DError, FileFormatError, LimitExceededError
 from .mesh import AnimatedMesh
 
@@ -33,12 +34,6 @@ _DTYPES = {
 }
 
 
-class _Array(msgspec.Struct, forbid_unknown_fields=True):
-    dtype: str
-    shape: list[int]
-    data: bytes
-
-
 class _Header(msgspec.Struct):
     format: str
     version: int
@@ -47,13 +42,13 @@ class _Header(msgspec.Struct):
 class _File(msgspec.Struct):
     format: str
     version: int
-    vertices: _Array
-    faces: _Array
-    frames: _Array
+    vertices: Array
+    faces: Array
+    frames: Array
     fps: float
-    transform: _Array
-    colors: _Array | None = None
-    uvs: _Array | None = None
+    transform: Array
+    colors: Array | None = None
+    uvs: Array | None = None
     metadata: dict[str, Any] = {}
 
 
@@ -62,27 +57,12 @@ _header_decoder = msgspec.msgpack.Decoder(_Header)
 _decoder = msgspec.msgpack.Decoder(_File)
 
 
-def _pack(name: str, a: np.ndarray | None) -> _Array | None:
-    if a is None:
-        return None
-    a = np.ascontiguousarray(a, dtype=np.dtype(_DTYPES[name]))
-    return _Array(dtype=_DTYPES[name], shape=list(a.shape), data=a.tobytes())
+def _pack(name: str, a: np.ndarray | None) -> Array | None:
+    return None if a is None else arrays.pack(a, _DTYPES[name])
 
 
-def _unpack(name: str, arr: _Array | None) -> np.ndarray | None:
-    if arr is None:
-        return None
-    if arr.dtype != _DTYPES[name]:
-        raise FileFormatError(f"'{name}' is stored as {arr.dtype!r}, expected {_DTYPES[name]!r}")
-    if len(arr.shape) > 3 or any(d < 0 for d in arr.shape):
-        raise FileFormatError(f"'{name}' has an impossible shape {arr.shape}")
-    itemsize = np.dtype(arr.dtype).itemsize
-    expected = int(np.prod(arr.shape, dtype=np.int64)) * itemsize
-    if expected != len(arr.data):
-        raise FileFormatError(
-            f"'{name}' has shape {arr.shape} ({expected} bytes) but holds {len(arr.data)} bytes"
-        )
-    return np.frombuffer(arr.data, dtype=arr.dtype).reshape(arr.shape).copy()
+def _unpack(name: str, arr: Array | None) -> np.ndarray | None:
+    return None if arr is None else arrays.unpack(arr, _DTYPES[name], name=name)
 
 
 def dumps(mesh: AnimatedMesh) -> bytes:
@@ -111,7 +91,7 @@ def loads(data: bytes | bytearray | memoryview) -> AnimatedMesh:
         raise FileFormatError("the data is empty, not an animate4d mesh")
     try:
         head = _header_decoder.decode(data)
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, RecursionError) as e:
         raise FileFormatError(
             f"not an animate4d mesh (.a4d): {_reason(e)}",
             hint="the file is corrupt or truncated, or is another kind of file",
@@ -125,7 +105,7 @@ def loads(data: bytes | bytearray | memoryview) -> AnimatedMesh:
         )
     try:
         f = _decoder.decode(data)
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, RecursionError) as e:
         raise FileFormatError(f"corrupt animate4d mesh: {_reason(e)}") from None
     try:
         return AnimatedMesh(

@@ -24,3 +24,14 @@ MIN_IMAGE_SIDE = 16
 # Requests
 MAX_PROMPT_CHARS = 1_000
 MAX_CAMERA_JSON_BYTES = 64 * 1024
+
+# Wire (see protocol/README.md, "Messages")
+MAX_MESSAGE_BYTES = 72 * 1024 * 1024  # a submit carries the image (<= MAX_IMAGE_FILE_BYTES)
+CHUNK_BYTES = 4 * 1024 * 1024  # results and checkpoints travel in chunks of this size
+MAX_CHECKPOINT_BYTES = 256 * 1024 * 1024
+MAX_CHECKPOINTS_PER_JOB = 256
+MAX_ACTIVE_JOBS_PER_CLIENT = 32  # queued + running
+MAX_JOBS_LISTED = 500
+MAX_ID_CHARS = 64
+MAX_NAME_CHARS = 256
+MAX_PREVIEW_BYTES = 2 * 1024 * 1024

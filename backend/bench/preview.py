@@ -19,7 +19,7 @@ from pathlib import Path
 
 from animate4d.protocol import AnimatedMesh, Camera, a4d
 
-from ..cli import DEMO_IMAGE, DEMO_PROMPT
+from ..commands.local import DEMO_IMAGE, DEMO_PROMPT
 from ..preprocess.image_io import load_image
 from ..preprocess.segment import foreground_mask
 from ..raster import iou, silhouette

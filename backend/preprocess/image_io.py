@@ -52,8 +52,33 @@ def load_image(path_or_bytes: str | os.PathLike | bytes) -> LoadedImage:
                 hint="save it as PNG or JPEG at a smaller size",
             )
         data = p.read_bytes()
+    im = _open_checked(data, source)
+    try:
+        im.seek(0)
+        im = ImageOps.exif_transpose(im)
+        im.load()
+        rgba = _to_rgba_float(im)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InvalidImageError(f"{source} is damaged or truncated: {e}") from None
+    alpha = rgba[..., 3]
+    has_alpha = bool(alpha.min() < 0.999)
+    return LoadedImage(rgba=rgba, has_alpha=has_alpha, source=source)
+
+
+def probe_image(data: bytes, source: str = "the image") -> tuple[str, tuple[int, int]]:
+    """Format and size from the header alone, with every limit checked; decodes no pixels."""
+    im = _open_checked(data, source)
+    return im.format, im.size
+
+
+def _open_checked(data: bytes, source: str) -> Image.Image:
     if len(data) == 0:
         raise InvalidImageError(f"{source} is empty (0 bytes)")
+    if len(data) > limits.MAX_IMAGE_FILE_BYTES:
+        raise LimitExceededError(
+            f"{source} is {len(data) / 2**20:.0f} MiB; image files are limited to "
+            f"{limits.MAX_IMAGE_FILE_BYTES // 2**20} MiB"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -72,9 +97,7 @@ def load_image(path_or_bytes: str | os.PathLike | bytes) -> LoadedImage:
             hint="downscale it (1024 px on the long side is plenty)",
         ) from None
     if im.format not in FORMATS:
-        raise InvalidImageError(
-            f"{source} is a {im.format} image; use PNG, JPEG, WebP or TIFF"
-        )
+        raise InvalidImageError(f"{source} is a {im.format} image; use PNG, JPEG, WebP or TIFF")
     w, h = im.size
     if w * h > limits.MAX_IMAGE_PIXELS:
         raise LimitExceededError(
@@ -86,16 +109,7 @@ def load_image(path_or_bytes: str | os.PathLike | bytes) -> LoadedImage:
         raise InvalidImageError(
             f"{source} is {w}x{h}; images need at least {limits.MIN_IMAGE_SIDE} px on each side"
         )
-    try:
-        im.seek(0)
-        im = ImageOps.exif_transpose(im)
-        im.load()
-        rgba = _to_rgba_float(im)
-    except (OSError, ValueError, SyntaxError) as e:
-        raise InvalidImageError(f"{source} is damaged or truncated: {e}") from None
-    alpha = rgba[..., 3]
-    has_alpha = bool(alpha.min() < 0.999)
-    return LoadedImage(rgba=rgba, has_alpha=has_alpha, source=source)
+    return im
 
 
 def _to_rgba_float(im: Image.Image) -> np.ndarray:

@@ -87,7 +87,8 @@ class _Rig:
     axis_xy: np.ndarray  # (2,) vertical axis through the middle of the base
 
 
-def _rig(vertices: np.ndarray) -> _Rig:
+def rig_for(vertices: np.ndarray) -> _Rig:
+    """Root height, body height and vertical axis of a rest pose."""
     z = vertices[:, 2]
     z0, z1 = float(z.min()), float(z.max())
     height = max(z1 - z0, 1e-6)
@@ -98,7 +99,7 @@ def _rig(vertices: np.ndarray) -> _Rig:
 def animate(vertices: np.ndarray, spec: MotionSpec, frames: int) -> np.ndarray:
     """(F, N, 3) float32 positions of frames k = 0..F-1, i.e. pose(t = k / F)."""
     v = np.asarray(vertices, np.float64)
-    rig = _rig(v)
+    rig = rig_for(v)
     out = np.empty((frames, len(v), 3), np.float32)
     for k in range(frames):
         out[k] = pose(v, spec, k / frames, rig)
@@ -108,7 +109,7 @@ def animate(vertices: np.ndarray, spec: MotionSpec, frames: int) -> np.ndarray:
 def pose(vertices: np.ndarray, spec: MotionSpec, t: float, rig: _Rig | None = None) -> np.ndarray:
     """Positions at loop fraction `t` (0 and 1 give the same pose, the rest pose)."""
     v = np.asarray(vertices, np.float64)
-    rig = rig or _rig(v)
+    rig = rig or rig_for(v)
     s = np.clip((v[:, 2] - rig.root_z) / rig.height, 0.0, 1.0)  # height fraction, 0 at root
     phase = 2.0 * math.pi * spec.cycles * t
     p = v

@@ -129,6 +129,7 @@ def test_corrupt_and_foreign_files_give_a_clear_error(tmp_path):
         "other_msgpack": msgpack.packb({"format": "something.else", "version": 1}),
         "newer": msgpack.packb({"format": "animate4d.animated_mesh", "version": 99}),
         "deep": msgpack.packb(_nested(500)),
+        "very_deep": b"\x81\xa6format" + b"\x91" * 200_000 + b"\x00",
     }
     good = msgpack.unpackb(a4d.dumps(make_mesh()))
     wrong_dtype = dict(good, vertices=dict(good["vertices"], dtype="<f8"))

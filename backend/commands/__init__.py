@@ -1,0 +1,1 @@
+"""The `animate4d` subcommands, one module per group; `backend/cli.py` assembles them."""

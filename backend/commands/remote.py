@@ -1,0 +1,188 @@
+"""Client commands: submit, status, attach, cancel, fetch, delete (all take --server)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from animate4d.protocol import a4d, keys, wire
+from animate4d.protocol.client import DEFAULT_SERVER, Client
+from animate4d.protocol.options import PRESETS
+
+from .local import add_job_options, job_options
+
+
+def _client(args) -> Client:
+    server_key = keypair = None
+    if args.server_key or args.key:
+        if not (args.server_key and args.key):
+            raise keys.KeyFileError("CURVE needs both --server-key and --key")
+        server_key, keypair = keys.load_public(args.server_key), keys.load_keypair(args.key)
+    client = Client(args.server, server_key=server_key, keypair=keypair,
+                    name="animate4d-cli", timeout_s=args.timeout)
+    client.connect()
+    return client
+
+
+class _Follow:
+    """Prints a job's progress on stderr while `Client.wait` follows it."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.tty = quiet, sys.stderr.isatty()
+
+    def __call__(self, job_id: str, body: wire.Body) -> None:
+        if self.quiet:
+            return
+        if isinstance(body, wire.Progress):
+            text = f"  {body.stage:<10} {body.step}/{body.total}"
+            sys.stderr.write(("\r" + text + " " * 10) if self.tty else text + "\n")
+        elif isinstance(body, wire.JobState):
+            sys.stderr.write(("\n" if self.tty else "") + f"  job is {body.job.state}\n")
+        sys.stderr.flush()
+
+
+def _final(info: wire.JobInfo) -> int:
+    if info.state == wire.DONE:
+        return 0
+    if info.state in (wire.FAILED, wire.CANCELLED):
+        why = f": {info.error_code}: {info.error_message}" if info.error_code else ""
+        print(f"animate4d: job {info.id} {info.state}{why}", file=sys.stderr)
+        return 3
+    print(f"animate4d: job {info.id} is still {info.state}", file=sys.stderr)
+    return 0
+
+
+def _write(client: Client, job: str, out: str, preview: bool) -> None:
+    from ..outputs import write_outputs
+
+    mesh = a4d.loads(client.fetch(job))
+    files = write_outputs(mesh, out, preview=preview)
+    for p in (files.a4d, files.glb, files.preview):
+        if p is not None:
+            print(p.resolve())
+
+
+def cmd_submit(args) -> int:
+    path = Path(args.image)
+    if not path.is_file():
+        raise wire.WireError("bad_image", f"{path}: no such file") from None
+    options = job_options(args)
+    with _client(args) as client:
+        info = client.submit(path.read_bytes(), options, image_name=path.name)
+        print(f"submitted {path.name} as job {info.id} ({info.state})", file=sys.stderr)
+        code = 0
+        if args.wait or args.out:
+            info = client.wait(info.id, _Follow(args.quiet))
+            code = _final(info)
+            if info.state == wire.DONE and args.out:
+                _write(client, info.id, args.out, not args.no_preview)
+        print(info.id)
+        return code
+
+
+def cmd_status(args) -> int:
+    with _client(args) as client:
+        if args.job:
+            info = client.status(args.job)
+            print(info.state)
+            where = f"{info.stage} {info.step}/{info.total}" if info.stage else ""
+            if info.state == wire.QUEUED and info.queue_position is not None:
+                where = f"position {info.queue_position} in the queue"
+            print(f"job {info.id}: {info.preset}, '{info.prompt[:60]}', attempts "
+                  f"{info.attempts}" + (f", {where}" if where else ""))
+            if info.error_code:
+                print(f"error: {info.error_code}: {info.error_message}")
+            return 0
+        jobs = client.list()
+        for info in jobs:
+            print(f"{info.id}  {info.state:<9}  {info.preset:<7}  {info.prompt[:50]}")
+        if not jobs:
+            print("no jobs", file=sys.stderr)
+        return 0
+
+
+def cmd_attach(args) -> int:
+    with _client(args) as client:
+        info = client.wait(args.job, _Follow(args.quiet))
+        print(info.state)
+        return _final(info)
+
+
+def cmd_cancel(args) -> int:
+    with _client(args) as client:
+        info = client.cancel(args.job)
+        if info.state == wire.RUNNING and args.wait:
+            info = client.wait(args.job, _Follow(True), timeout_s=30)
+        print(info.state)
+        return 0
+
+
+def cmd_fetch(args) -> int:
+    with _client(args) as client:
+        _write(client, args.job, args.out, args.preview)
+        return 0
+
+
+def cmd_delete(args) -> int:
+    with _client(args) as client:
+        client.delete(args.job)
+        print(f"deleted {args.job}", file=sys.stderr)
+        return 0
+
+
+def _connection(p) -> None:
+    g = p.add_argument_group("server")
+    g.add_argument("--server", default=DEFAULT_SERVER, help="address (default: %(default)s)")
+    g.add_argument("--server-key", metavar="FILE", help="the server's public key (CURVE)")
+    g.add_argument("--key", metavar="FILE", help="your key pair, the .key_secret file (CURVE)")
+    g.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for an answer (default: %(default)s)")
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("submit", help="send an image to a server; prints the job id last",
+                       description="Submit a job. The job id is printed alone on the last line "
+                                   "of stdout. With --wait or --out, follow it to the end.")
+    s.add_argument("image", metavar="IMAGE")
+    s.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    s.add_argument("--out", metavar="DIR", help="wait, then write the result files to DIR")
+    add_job_options(s, prompt_required=True, presets=list(PRESETS))
+    _connection(s)
+    s.set_defaults(func=cmd_submit)
+
+    st = sub.add_parser("status", help="a job's state (first line: the state word), or all jobs",
+                        description="With JOB: the state word (queued, running, done, failed, "
+                                    "cancelled) on the first line, then details. Without: a "
+                                    "line per job.")
+    st.add_argument("job", metavar="JOB", nargs="?")
+    _connection(st)
+    st.set_defaults(func=cmd_status)
+
+    a = sub.add_parser("attach", help="follow a job's progress until it ends",
+                       description="Shows the job's state and then its live progress; the final "
+                                   "state is printed on stdout. Exit 3 if it failed or was "
+                                   "cancelled.")
+    a.add_argument("job", metavar="JOB")
+    a.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _connection(a)
+    a.set_defaults(func=cmd_attach)
+
+    c = sub.add_parser("cancel", help="cancel a job", description="Cancel a queued or running job.")
+    c.add_argument("job", metavar="JOB")
+    c.add_argument("--wait", action="store_true", help="wait until the worker has stopped")
+    _connection(c)
+    c.set_defaults(func=cmd_cancel)
+
+    f = sub.add_parser("fetch", help="download a finished job's result",
+                       description="Write OUT/result.a4d and OUT/result.glb (and preview.gif with "
+                                   "--preview) and print their paths.")
+    f.add_argument("job", metavar="JOB")
+    f.add_argument("--out", metavar="DIR", required=True)
+    f.add_argument("--preview", action="store_true", help="also render preview.gif")
+    _connection(f)
+    f.set_defaults(func=cmd_fetch)
+
+    d = sub.add_parser("delete", help="delete a finished or queued job and its files")
+    d.add_argument("job", metavar="JOB")
+    _connection(d)
+    d.set_defaults(func=cmd_delete)

@@ -1,0 +1,619 @@
+"""The server loop: one thread, one poller, two ROUTER sockets (clients, workers).
+
+It owns the job store and the queue and never runs a job. Every message is decoded and checked
+before anything happens; a bad one gets an `error` reply (or is dropped if it cannot even be
+answered), and a handler's unexpected exception is logged and answered as `internal` — the loop
+itself never stops for a message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+
+from animate4d.protocol import a4d, keys, limits, wire
+from animate4d.protocol.errors import Animate4DError
+from animate4d.protocol.wire import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    JobInfo,
+    WireError,
+)
+
+from ..preprocess.image_io import probe_image
+from ..version import package_version
+from .scheduler import FairQueue
+from .store import JobRecord, JobStore
+
+LOCAL_OWNER = "local"
+
+
+@dataclass
+class CurveConfig:
+    """Server side of CURVE: its key pair and the folders of allowed public keys."""
+
+    keys_dir: Path
+
+    @property
+    def server_keypair(self) -> tuple[bytes, bytes]:
+        return keys.load_keypair(self.keys_dir / "server.key_secret")
+
+    def allowed(self, kind: str) -> set[bytes]:
+        return keys.public_keys_in(self.keys_dir / kind)
+
+
+class _KeyFolders:
+    """ZAP credentials provider: a key is allowed when its file is in the folder (re-read
+    when the folder changes, so adding a client needs no restart)."""
+
+    def __init__(self, curve: CurveConfig):
+        self.curve = curve
+        self._cache: dict[str, tuple[float, set[bytes]]] = {}
+
+    def keys(self, kind: str) -> set[bytes]:
+        d = self.curve.keys_dir / kind
+        stamp = d.stat().st_mtime if d.exists() else 0.0
+        cached = self._cache.get(kind)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, self.curve.allowed(kind))
+            self._cache[kind] = cached
+        return cached[1]
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        if domain == "clients":
+            return key in self.keys("clients") or key in self.keys("admins")
+        if domain == "workers":
+            return key in self.keys("workers")
+        return False
+
+
+@dataclass
+class WorkerConn:
+    ident: bytes
+    name: str
+    presets: list[str]
+    last_seen: float
+    job: str | None = None
+    assigned_at: float = 0.0
+
+
+@dataclass
+class Upload:
+    total: int
+    data: bytearray = field(default_factory=bytearray)
+
+
+class Server:
+    def __init__(
+        self,
+        store: str | os.PathLike,
+        client_bind: str,
+        worker_bind: str,
+        *,
+        curve: CurveConfig | None = None,
+        insecure: bool = False,
+        heartbeat_s: float = 1.0,
+        dead_after_s: float = 3.0,
+        max_attempts: int = 3,
+        retention_s: float = 7 * 24 * 3600,
+        log=None,
+    ):
+        for address in (client_bind, worker_bind):
+            if curve is None and not insecure and not keys.is_loopback(address):
+                raise Animate4DError(
+                    f"refusing to listen on {address} without encryption",
+                    hint="give --keys DIR (made with `animate4d keys server DIR`), or "
+                         "--insecure if this network is trusted",
+                )
+        self.store = JobStore(store)
+        self.client_bind, self.worker_bind = client_bind, worker_bind
+        self.curve = curve
+        self.heartbeat_s, self.dead_after_s = heartbeat_s, dead_after_s
+        self.max_attempts, self.retention_s = max_attempts, retention_s
+        self.log = log or (lambda msg: print(f"serve: {msg}", file=sys.stderr, flush=True))
+
+        self.jobs: dict[str, JobRecord] = {}
+        self.queue = FairQueue()
+        self.workers: dict[bytes, WorkerConn] = {}
+        self.subscribers: dict[str, set[bytes]] = {}
+        self.client_seen: dict[bytes, float] = {}
+        self.uploads: dict[tuple[str, str], Upload] = {}
+        self.submits: dict[tuple[str, str], str] = {}
+        self._dirty: set[str] = set()
+        self._cancelling: set[str] = set()
+        self._sha: dict[str, tuple[int, str]] = {}
+        self._admins: set[str] = set()
+        self.messages_handled = 0
+        self._load()
+
+    # -- start-up ---------------------------------------------------------------------
+    def _load(self) -> None:
+        for rec in sorted(self.store.load_all(), key=lambda r: r.info.created):
+            self.jobs[rec.info.id] = rec
+            if rec.submit_id:
+                self.submits[(rec.owner, rec.submit_id)] = rec.info.id
+            if rec.info.state in (QUEUED, RUNNING):
+                if rec.info.state == RUNNING:
+                    rec.info.state = QUEUED
+                    self.store.log(rec.info.id, "server restarted: requeued")
+                    self.store.save(rec)
+                self.queue.push(rec.owner, rec.info.id, front=True)
+        if self.jobs:
+            self.log(f"{len(self.jobs)} job(s) in the store, {len(self.queue)} queued")
+
+    def _sockets(self, ctx: zmq.Context):
+        self.auth = None
+        clients, workers = ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
+        for s in (clients, workers):
+            s.setsockopt(zmq.MAXMSGSIZE, limits.MAX_MESSAGE_BYTES)
+            s.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SNDHWM, 1000)
+        if self.curve is not None:
+            self.auth = ThreadAuthenticator(ctx)
+            self.auth.start()
+            self.auth.configure_curve_callback("clients", _KeyFolders(self.curve))
+            self.auth.configure_curve_callback("workers", _KeyFolders(self.curve))
+            public, secret = self.curve.server_keypair
+            for s, domain in ((clients, b"clients"), (workers, b"workers")):
+                s.curve_server = True
+                s.curve_publickey, s.curve_secretkey = public, secret
+                s.zap_domain = domain
+            self._admins = {k.decode() for k in self.curve.allowed("admins")}
+        clients.bind(self.client_bind)
+        workers.bind(self.worker_bind)
+        return clients, workers
+
+    # -- the loop -----------------------------------------------------------------------
+    def run(self, stop: threading.Event | None = None, ready: threading.Event | None = None):
+        stop = stop or threading.Event()
+        ctx = zmq.Context()
+        self.clients, self.workers_sock = self._sockets(ctx)
+        self.log(f"clients on {self.client_bind}, workers on {self.worker_bind}"
+                 + (" (CURVE)" if self.curve else ""))
+        if ready is not None:
+            ready.set()
+        poller = zmq.Poller()
+        poller.register(self.clients, zmq.POLLIN)
+        poller.register(self.workers_sock, zmq.POLLIN)
+        next_tick = 0.0
+        try:
+            while not stop.is_set():
+                events = dict(poller.poll(100))
+                if self.clients in events:
+                    self._drain(self.clients, self._on_client)
+                if self.workers_sock in events:
+                    self._drain(self.workers_sock, self._on_worker)
+                now = time.monotonic()
+                if now >= next_tick:
+                    self._tick(now)
+                    next_tick = now + self.heartbeat_s
+        finally:
+            self._flush()
+            self.clients.close(0)
+            self.workers_sock.close(0)
+            if self.auth is not None:
+                self.auth.stop()
+            ctx.term()
+
+    def _drain(self, sock, handler, budget: int = 200) -> None:
+        for _ in range(budget):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.messages_handled += 1
+            if len(frames) != 2:
+                continue  # not a DEALER speaking our protocol: nothing to answer
+            ident, payload = frames[0].bytes, frames[1]
+            owner = LOCAL_OWNER
+            if self.curve is not None:
+                owner = payload.get("User-Id") or ""
+                if not owner:
+                    continue
+            try:
+                handler(ident, owner, payload.bytes)
+            except Exception:
+                self.log("internal error while handling a message:\n" + traceback.format_exc())
+
+    def _send(self, sock, ident: bytes, body: wire.Body, **env) -> bool:
+        try:
+            sock.send_multipart([ident, wire.encode(body, **env)], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:  # peer gone (ROUTER_MANDATORY) or its queue is full
+            return False
+
+    def _tick(self, now: float) -> None:
+        for w in list(self.workers.values()):
+            if now - w.last_seen > self.dead_after_s:
+                self._worker_lost(w, f"no heartbeat for {now - w.last_seen:.1f} s")
+            else:
+                self._send(self.workers_sock, w.ident, wire.Heartbeat(running=w.job))
+        for ident, seen in list(self.client_seen.items()):
+            if now - seen > 10 * self.heartbeat_s:
+                self._unsubscribe_all(ident)
+        self._flush()
+        if int(now) % 60 == 0:
+            self._sweep()
+        self._dispatch()
+
+    def _flush(self) -> None:
+        for job_id in list(self._dirty):
+            rec = self.jobs.get(job_id)
+            if rec is not None:
+                self.store.save(rec)
+        self._dirty.clear()
+
+    def _sweep(self) -> None:
+        for job_id in self.store.expired(self.jobs.values(), self.retention_s, time.time()):
+            self._forget(job_id)
+            self.log(f"job {job_id} expired after the retention time")
+
+    # -- clients ------------------------------------------------------------------------
+    def _on_client(self, ident: bytes, owner: str, payload: bytes) -> None:
+        self.client_seen[ident] = time.monotonic()
+        try:
+            env, body = wire.decode(payload)
+        except WireError as e:
+            self._send(self.clients, ident, wire.Error(code=e.code, message=e.message))
+            return
+        handler = self._client_handlers.get(type(body))
+        try:
+            if handler is None:
+                raise WireError("unexpected_type", f"'{env.type}' is not a client request")
+            reply = handler(self, ident, owner, env, body)
+        except WireError as e:
+            reply = wire.Error(code=e.code, message=e.message)
+        except Animate4DError as e:
+            reply = wire.Error(code=e.code, message=str(e))
+        except Exception:
+            self.log("internal error:\n" + traceback.format_exc())
+            reply = wire.Error(code="internal", message="internal server error (logged)")
+        if reply is not None:
+            self._send(self.clients, ident, reply, re=env.id, job=env.job)
+
+    def _is_admin(self, owner: str) -> bool:
+        return owner == LOCAL_OWNER or owner in self._admins
+
+    def _visible(self, owner: str, job_id: str | None) -> JobRecord:
+        rec = self.jobs.get(job_id) if job_id else None
+        if rec is None or not (rec.owner == owner or self._is_admin(owner)):
+            # Another client's job looks exactly like a job that does not exist.
+            raise WireError("not_found", f"no job {str(job_id)[:64]!r}")
+        return rec
+
+    def _info(self, rec: JobRecord) -> JobInfo:
+        if rec.info.state == QUEUED:
+            rec.info.queue_position = self.queue.positions().get(rec.info.id)
+        else:
+            rec.info.queue_position = None
+        return rec.info
+
+    def _hello(self, ident, owner, env, body: wire.Hello):
+        presets = sorted({p for w in self.workers.values() for p in w.presets})
+        return wire.Welcome(
+            server=f"animate4d {package_version()}", protocol=wire.PROTOCOL_VERSION,
+            presets=presets, owner=owner[:12], admin=self._is_admin(owner),
+            heartbeat_s=self.heartbeat_s,
+            limits={"message_bytes": limits.MAX_MESSAGE_BYTES,
+                    "image_pixels": limits.MAX_IMAGE_PIXELS,
+                    "image_bytes": limits.MAX_IMAGE_FILE_BYTES,
+                    "frames": limits.MAX_FRAMES, "prompt_chars": limits.MAX_PROMPT_CHARS,
+                    "active_jobs": limits.MAX_ACTIVE_JOBS_PER_CLIENT,
+                    "chunk_bytes": limits.CHUNK_BYTES},
+        )
+
+    def _submit(self, ident, owner, env, body: wire.Submit):
+        known = self.submits.get((owner, env.id))
+        if known is not None and known in self.jobs:  # a retried submit: same job, not a new one
+            return wire.Accepted(job=self._info(self.jobs[known]))
+        active = sum(1 for r in self.jobs.values()
+                     if r.owner == owner and r.info.state in (QUEUED, RUNNING))
+        if active >= limits.MAX_ACTIVE_JOBS_PER_CLIENT:
+            raise WireError("limit_exceeded", f"you have {active} jobs queued or running; the "
+                                              f"limit is {limits.MAX_ACTIVE_JOBS_PER_CLIENT}")
+        body.options.validate()
+        probe_image(body.image)  # header only: size, format, pixel limits
+        name = os.path.basename(body.image_name)[: limits.MAX_NAME_CHARS] or "image"
+        job_id = secrets.token_urlsafe(16)
+        rec = JobRecord(
+            info=JobInfo(id=job_id, state=QUEUED, preset=body.options.preset,
+                         prompt=body.options.prompt, created=time.time()),
+            owner=owner, options=body.options, image_name=name, submit_id=env.id,
+        )
+        self.store.create(rec, body.image)
+        self.jobs[job_id] = rec
+        self.submits[(owner, env.id)] = job_id
+        self.queue.push(owner, job_id)
+        self.subscribers.setdefault(job_id, set()).add(ident)  # the submitter hears progress
+        self._dispatch()
+        return wire.Accepted(job=self._info(rec))
+
+    def _status(self, ident, owner, env, body):
+        return wire.JobState(job=self._info(self._visible(owner, env.job)))
+
+    def _list(self, ident, owner, env, body):
+        recs = [r for r in self.jobs.values() if r.owner == owner or self._is_admin(owner)]
+        recs.sort(key=lambda r: r.info.created, reverse=True)
+        return wire.Jobs(jobs=[self._info(r) for r in recs[: limits.MAX_JOBS_LISTED]])
+
+    def _attach(self, ident, owner, env, body):
+        rec = self._visible(owner, env.job)
+        self.subscribers.setdefault(rec.info.id, set()).add(ident)
+        return wire.JobState(job=self._info(rec))
+
+    def _detach(self, ident, owner, env, body):
+        rec = self._visible(owner, env.job)
+        self.subscribers.get(rec.info.id, set()).discard(ident)
+        return wire.Ok()
+
+    def _cancel(self, ident, owner, env, body):
+        rec = self._visible(owner, env.job)
+        job_id = rec.info.id
+        if rec.info.state == QUEUED:
+            self.queue.remove(job_id)
+            self._finish(rec, CANCELLED, None, None)
+        elif rec.info.state == RUNNING:
+            worker = self._worker_of(job_id)
+            if worker is None:
+                self._finish(rec, CANCELLED, None, None)
+            else:
+                self._cancelling.add(job_id)
+                self._send(self.workers_sock, worker.ident, wire.Cancel(), job=job_id)
+                self.store.log(job_id, "cancel requested")
+        return wire.JobState(job=self._info(rec))
+
+    def _delete(self, ident, owner, env, body):
+        rec = self._visible(owner, env.job)
+        if rec.info.state == RUNNING:
+            raise WireError("busy", "the job is running: cancel it first")
+        self.queue.remove(rec.info.id)
+        self._forget(rec.info.id)
+        return wire.Ok()
+
+    def _fetch(self, ident, owner, env, body: wire.Fetch):
+        rec = self._visible(owner, env.job)
+        if rec.info.state != DONE:
+            raise WireError("not_ready", f"the job is {rec.info.state}; results exist once done")
+        path = self.store.result_path(rec.info.id)
+        size = path.stat().st_size
+        if not (0 <= body.offset <= size) or not (0 < body.length <= limits.CHUNK_BYTES):
+            raise WireError("bad_request", f"offset must be in 0..{size} and length in "
+                                           f"1..{limits.CHUNK_BYTES}")
+        with open(path, "rb") as fh:
+            fh.seek(body.offset)
+            data = fh.read(body.length)
+        return wire.Chunk(offset=body.offset, total=size, data=data,
+                          sha256=self._result_sha(rec.info.id, path, size))
+
+    def _result_sha(self, job_id: str, path: Path, size: int) -> str:
+        cached = self._sha.get(job_id)
+        if cached is None or cached[0] != size:
+            cached = (size, hashlib.sha256(path.read_bytes()).hexdigest())
+            self._sha[job_id] = cached
+        return cached[1]
+
+    def _ping(self, ident, owner, env, body):
+        return wire.Pong()
+
+    _client_handlers = {
+        wire.Hello: _hello, wire.Submit: _submit, wire.Status: _status, wire.List: _list,
+        wire.Attach: _attach, wire.Detach: _detach, wire.Cancel: _cancel,
+        wire.Delete: _delete, wire.Fetch: _fetch, wire.Ping: _ping,
+    }
+
+    def _publish(self, job_id: str, body: wire.Body) -> None:
+        subs = self.subscribers.get(job_id)
+        if not subs:
+            return
+        data = wire.encode(body, job=job_id)
+        for ident in list(subs):
+            try:
+                self.clients.send_multipart([ident, data], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                subs.discard(ident)
+
+    def _unsubscribe_all(self, ident: bytes) -> None:
+        for subs in self.subscribers.values():
+            subs.discard(ident)
+        self.client_seen.pop(ident, None)
+
+    # -- workers ------------------------------------------------------------------------
+    def _on_worker(self, ident: bytes, owner: str, payload: bytes) -> None:
+        try:
+            env, body = wire.decode(payload)
+        except WireError as e:
+            self._send(self.workers_sock, ident, wire.Error(code=e.code, message=e.message))
+            return
+        w = self.workers.get(ident)
+        if isinstance(body, wire.WorkerHello):
+            if w is not None and w.job:
+                self._worker_lost(w, "worker started again")
+            self.workers[ident] = WorkerConn(ident, body.name[:64], list(body.presets)[:16],
+                                             time.monotonic())
+            self.log(f"worker {body.name[:64]} joined ({', '.join(body.presets)})")
+            self._send(self.workers_sock, ident, wire.Ok(), re=env.id)
+            self._dispatch()
+            return
+        if w is None:
+            self._send(self.workers_sock, ident,
+                       wire.Error(code="unknown_worker", message="say worker_hello first"))
+            return
+        w.last_seen = time.monotonic()
+        handler = self._worker_handlers.get(type(body))
+        if handler is None:
+            return
+        if isinstance(body, wire.Heartbeat):
+            handler(self, w, env, body)
+            return
+        if env.job is None or env.job != w.job:
+            # A late message about a job this worker no longer holds: tell it to stop.
+            if env.job:
+                self._send(self.workers_sock, ident, wire.Cancel(), job=env.job)
+            return
+        handler(self, w, env, body)
+
+    def _worker_of(self, job_id: str) -> WorkerConn | None:
+        return next((w for w in self.workers.values() if w.job == job_id), None)
+
+    def _w_heartbeat(self, w: WorkerConn, env, body: wire.Heartbeat):
+        if body.running == w.job:
+            return
+        if body.running is not None:  # a job it should not be running: stop it
+            self._send(self.workers_sock, w.ident, wire.Cancel(), job=body.running)
+        # Idle although it holds a job, and the assignment is not just in flight: it lost it.
+        if w.job is not None and time.monotonic() - w.assigned_at > 2 * self.heartbeat_s:
+            job_id, w.job = w.job, None
+            self._requeue(job_id, "the worker lost the job")
+            self._dispatch()
+
+    def _w_progress(self, w, env, body: wire.Progress):
+        rec = self.jobs[env.job]
+        rec.info.stage, rec.info.step, rec.info.total = body.stage[:64], body.step, body.total
+        self._dirty.add(rec.info.id)
+        self._publish(rec.info.id, body)
+
+    def _w_preview(self, w, env, body: wire.Preview):
+        if len(body.png) <= limits.MAX_PREVIEW_BYTES:
+            self._publish(env.job, body)
+
+    def _w_chunk(self, w, env, body: wire.Chunk):
+        job_id = env.job
+        key = body.key
+        cap = limits.MAX_A4D_BYTES if key == "" else limits.MAX_CHECKPOINT_BYTES
+        up = self.uploads.get((job_id, key))
+        if body.offset == 0:
+            up = self.uploads[(job_id, key)] = Upload(total=body.total)
+        if up is None or body.offset != len(up.data) or body.total != up.total or \
+                body.total > cap or len(up.data) + len(body.data) > body.total:
+            self.uploads.pop((job_id, key), None)
+            self._send(self.workers_sock, w.ident,
+                       wire.Error(code="bad_upload", message=f"chunk out of order for {key!r}"),
+                       job=job_id)
+            return
+        up.data += body.data
+        if len(up.data) < up.total:
+            return
+        del self.uploads[(job_id, key)]
+        data = bytes(up.data)
+        if hashlib.sha256(data).hexdigest() != body.sha256:
+            self._send(self.workers_sock, w.ident,
+                       wire.Error(code="bad_upload", message="sha256 mismatch"), job=job_id)
+            return
+        if key:
+            if len(self.store.checkpoint_keys(job_id)) < limits.MAX_CHECKPOINTS_PER_JOB:
+                self.store.put_checkpoint(job_id, key, data)
+            return
+        rec = self.jobs[job_id]
+        try:
+            a4d.loads(data)  # never hand a client a result that does not load
+        except Animate4DError as e:
+            w.job = None
+            self._finish(rec, FAILED, "bad_result", f"the worker sent an invalid result: {e}")
+            return
+        self.store.put_result(job_id, data)
+        rec.info.result_bytes = len(data)
+        w.job = None
+        self._finish(rec, DONE, None, None)
+
+    def _w_checkpoint_get(self, w, env, body: wire.CheckpointGet):
+        data = self.store.checkpoint(env.job, body.key) or b""
+        start = max(0, min(body.offset, len(data)))
+        self._send(self.workers_sock, w.ident,
+                   wire.Chunk(offset=start, total=len(data), key=body.key,
+                              data=data[start : start + limits.CHUNK_BYTES],
+                              sha256=hashlib.sha256(data).hexdigest()),
+                   re=env.id, job=env.job)
+
+    def _w_failed(self, w, env, body: wire.Failed):
+        w.job = None
+        self._finish(self.jobs[env.job], FAILED, body.code[:64], body.message[:2000])
+
+    def _w_cancelled(self, w, env, body):
+        w.job = None
+        self._finish(self.jobs[env.job], CANCELLED, None, None)
+
+    _worker_handlers = {
+        wire.Heartbeat: _w_heartbeat, wire.Progress: _w_progress, wire.Preview: _w_preview,
+        wire.Chunk: _w_chunk, wire.CheckpointGet: _w_checkpoint_get, wire.Failed: _w_failed,
+        wire.Cancelled: _w_cancelled,
+    }
+
+    def _worker_lost(self, w: WorkerConn, why: str) -> None:
+        self.workers.pop(w.ident, None)
+        self.log(f"worker {w.name} lost: {why}")
+        if w.job is not None:
+            self._requeue(w.job, f"worker {w.name} lost ({why})")
+            w.job = None
+
+    def _requeue(self, job_id: str, why: str) -> None:
+        rec = self.jobs.get(job_id)
+        if rec is None or rec.info.state != RUNNING:
+            return
+        for key in [k for k in self.uploads if k[0] == job_id]:
+            del self.uploads[key]
+        if job_id in self._cancelling:
+            self._finish(rec, CANCELLED, None, None)
+        elif rec.info.attempts >= self.max_attempts:
+            self._finish(rec, FAILED, "worker_lost",
+                         f"{why}; gave up after {rec.info.attempts} attempts")
+        else:
+            rec.info.state = QUEUED
+            self.store.log(job_id, f"requeued: {why}")
+            self.queue.push(rec.owner, job_id, front=True)
+            self._dirty.add(job_id)
+            self._publish(job_id, wire.JobState(job=self._info(rec)))
+
+    def _dispatch(self) -> None:
+        for w in list(self.workers.values()):
+            if w.job is not None or not len(self.queue):
+                continue
+            job_id = self.queue.pop(lambda j, w=w: self.jobs[j].options.preset in w.presets)
+            if job_id is None:
+                continue
+            rec = self.jobs[job_id]
+            rec.info.state = RUNNING
+            rec.info.started = rec.info.started or time.time()
+            rec.info.attempts += 1
+            rec.info.stage, rec.info.step, rec.info.total = None, 0, 0
+            w.job, w.assigned_at = job_id, time.monotonic()
+            self.store.save(rec)
+            self.store.log(job_id, f"attempt {rec.info.attempts} on worker {w.name}")
+            ok = self._send(self.workers_sock, w.ident, wire.Assign(
+                options=rec.options, image=self.store.image(job_id), image_name=rec.image_name,
+                attempt=rec.info.attempts, checkpoints=self.store.checkpoint_keys(job_id),
+            ), job=job_id)
+            if not ok:
+                self._worker_lost(w, "unreachable")
+                continue
+            self._publish(job_id, wire.JobState(job=self._info(rec)))
+
+    def _finish(self, rec: JobRecord, state: str, code, message) -> None:
+        rec.info.state = state
+        rec.info.finished = time.time()
+        rec.info.error_code, rec.info.error_message = code, message
+        self._cancelling.discard(rec.info.id)
+        self.store.save(rec)
+        self._dirty.discard(rec.info.id)
+        self.store.log(rec.info.id, state + (f": {code}: {message}" if code else ""))
+        self._publish(rec.info.id, wire.JobState(job=self._info(rec)))
+        self._dispatch()
+
+    def _forget(self, job_id: str) -> None:
+        self.jobs.pop(job_id, None)
+        self.subscribers.pop(job_id, None)
+        self._sha.pop(job_id, None)
+        self.store.delete(job_id)

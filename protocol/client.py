@@ -1,0 +1,261 @@
+"""The client the CLI and the Blender extension share: connect, submit, watch, fetch.
+
+Requests are matched to replies by message id; events that arrive meanwhile (progress, job
+state, previews) are queued for `events()`. While waiting, the client pings the server about
+once a second; a server silent for three heartbeats counts as lost, and the client reconnects
+with back-off, says hello again and re-attaches the jobs it was watching. A submit that is
+retried after a reconnect carries the same message id, so the server returns the same job
+instead of making a second one.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+
+import zmq
+
+from . import a4d, keys, limits, wire
+from .errors import Animate4DError
+from .mesh import AnimatedMesh
+from .options import JobOptions
+
+
+class ServerError(Animate4DError):
+    """The server's `error` reply: `code` is the server's code."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        super().__init__(message)
+
+
+class ConnectionLost(Animate4DError):
+    code = "connection_lost"
+
+
+DEFAULT_SERVER = "tcp://127.0.0.1:5555"
+
+
+class Client:
+    def __init__(
+        self,
+        address: str = DEFAULT_SERVER,
+        *,
+        server_key: bytes | None = None,
+        keypair: tuple[bytes, bytes] | None = None,
+        name: str = "animate4d-client",
+        timeout_s: float = 10.0,
+        heartbeat_s: float = 1.0,
+        reconnect_tries: int = 5,
+        allow_insecure_remote: bool = False,
+    ):
+        if server_key is None and not keys.is_loopback(address) and not allow_insecure_remote:
+            raise Animate4DError(
+                f"{address} is not on this machine, and no server key was given",
+                hint="pass the server's public key (--server-key) and your key pair (--key)",
+            )
+        if (server_key is None) != (keypair is None):
+            raise Animate4DError("CURVE needs both the server's public key and your key pair")
+        self.address, self.server_key, self.keypair = address, server_key, keypair
+        self.name, self.timeout_s, self.heartbeat_s = name, timeout_s, heartbeat_s
+        self.reconnect_tries = reconnect_tries
+        self.ctx = zmq.Context.instance()
+        self.sock: zmq.Socket | None = None
+        self.welcome: wire.Welcome | None = None
+        self.attached: set[str] = set()
+        self._events: collections.deque = collections.deque()
+        self._last_heard = 0.0
+
+    # -- connection ---------------------------------------------------------------------
+    def connect(self) -> wire.Welcome:
+        self._open()
+        self.welcome = self._request(wire.Hello(client=self.name), retry=False)
+        return self.welcome
+
+    def _open(self) -> None:
+        if self.sock is not None:
+            self.sock.close(0)
+        s = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.MAXMSGSIZE, limits.MAX_MESSAGE_BYTES)
+        if self.server_key is not None:
+            keys.apply_client_curve(s, self.server_key, self.keypair)
+        s.connect(self.address)
+        self.sock = s
+        self._last_heard = time.monotonic()
+
+    def _reconnect(self) -> None:
+        delay = 0.25
+        for _ in range(self.reconnect_tries):
+            try:
+                self._open()
+                self.welcome = self._request(wire.Hello(client=self.name), retry=False)
+                for job in list(self.attached):
+                    self._request(wire.Attach(), job=job, retry=False)
+                return
+            except (ConnectionLost, ServerError):
+                time.sleep(delay)
+                delay = min(delay * 2, 4.0)
+        raise ConnectionLost(
+            f"lost the connection to {self.address} and could not get it back",
+            hint="is `animate4d serve` running there? Jobs keep running on the server; "
+                 "attach again later by job id",
+        )
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close(0)
+            self.sock = None
+
+    def __enter__(self) -> Client:
+        if self.sock is None:
+            self.connect()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- request/reply ------------------------------------------------------------------
+    def _request(self, body: wire.Body, *, job: str | None = None, retry: bool = True
+                 ) -> wire.Body:
+        if self.sock is None:
+            self._open()
+        msg_id = wire.new_id()
+        data = wire.encode(body, id=msg_id, job=job)
+        attempts = 2 if retry else 1
+        for attempt in range(attempts):
+            self.sock.send(data)
+            deadline = time.monotonic() + self.timeout_s
+            while True:
+                env, reply = self._recv(deadline)
+                if env is None:
+                    break
+                if env.re == msg_id:
+                    if isinstance(reply, wire.Error):
+                        raise ServerError(reply.code, reply.message)
+                    return reply
+                if env.re is None and isinstance(reply, wire.Error):
+                    raise ServerError(reply.code, reply.message)
+                if env.re is None:
+                    self._events.append((env, reply))
+            if attempt + 1 < attempts:
+                self._reconnect()
+        raise ConnectionLost(
+            f"no answer from {self.address} in {self.timeout_s:.0f} s",
+            hint="is `animate4d serve` running there?",
+        )
+
+    def _recv(self, deadline: float):
+        """Next message, or (None, None) at the deadline or when the server has gone silent."""
+        next_ping = time.monotonic() + self.heartbeat_s
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return None, None
+            wait = min(deadline, next_ping) - now
+            if self.sock.poll(max(1, int(wait * 1000))):
+                data = self.sock.recv()
+                self._last_heard = time.monotonic()
+                try:
+                    return wire.decode(data)
+                except wire.WireError:
+                    continue  # not something a client can act on
+            if time.monotonic() >= next_ping:
+                self.sock.send(wire.encode(wire.Ping()))
+                next_ping = time.monotonic() + self.heartbeat_s
+                if time.monotonic() - self._last_heard > 3 * self.heartbeat_s:
+                    return None, None
+
+    # -- operations ---------------------------------------------------------------------
+    def submit(self, image: bytes, options: JobOptions | None = None,
+               image_name: str = "image") -> wire.JobInfo:
+        options = (options or JobOptions()).validate()
+        if len(image) > limits.MAX_IMAGE_FILE_BYTES:
+            raise Animate4DError(f"the image is larger than {limits.MAX_IMAGE_FILE_BYTES} bytes")
+        # One message id for every retry: the server answers a repeat with the same job.
+        reply = self._request(wire.Submit(image=image, image_name=image_name, options=options))
+        self.attached.add(reply.job.id)
+        return reply.job
+
+    def status(self, job: str) -> wire.JobInfo:
+        return self._request(wire.Status(), job=job).job
+
+    def list(self) -> list[wire.JobInfo]:
+        return self._request(wire.List()).jobs
+
+    def attach(self, job: str) -> wire.JobInfo:
+        info = self._request(wire.Attach(), job=job).job
+        self.attached.add(job)
+        return info
+
+    def detach(self, job: str) -> None:
+        self._request(wire.Detach(), job=job)
+        self.attached.discard(job)
+
+    def cancel(self, job: str) -> wire.JobInfo:
+        return self._request(wire.Cancel(), job=job).job
+
+    def delete(self, job: str) -> None:
+        self._request(wire.Delete(), job=job)
+        self.attached.discard(job)
+
+    def events(self, timeout_s: float | None = None) -> Iterator[tuple[str, wire.Body]]:
+        """(job id, event body) as they come; stops after `timeout_s` of nothing new."""
+        while True:
+            while self._events:
+                env, body = self._events.popleft()
+                yield env.job, body
+            deadline = time.monotonic() + (timeout_s if timeout_s is not None else 1e9)
+            env, body = self._recv(deadline)
+            if env is None:
+                if time.monotonic() - self._last_heard > 3 * self.heartbeat_s:
+                    self._reconnect()
+                    continue
+                return
+            if env.re is None and not isinstance(body, (wire.Pong, wire.Error)):
+                yield env.job, body
+
+    def wait(self, job: str, on_event: Callable[[str, wire.Body], None] | None = None,
+             timeout_s: float | None = None) -> wire.JobInfo:
+        """Attach and follow the job until it is done, failed or cancelled."""
+        info = self.attach(job)
+        end = time.monotonic() + timeout_s if timeout_s else None
+        while info.state not in wire.FINAL_STATES:
+            left = None if end is None else max(0.0, end - time.monotonic())
+            if left == 0.0:
+                break
+            for job_id, body in self.events(timeout_s=min(left or 5.0, 5.0)):
+                if job_id != job:
+                    continue
+                if on_event is not None:
+                    on_event(job_id, body)
+                if isinstance(body, wire.JobState):
+                    info = body.job
+                    if info.state in wire.FINAL_STATES:
+                        break
+            else:
+                info = self.status(job)  # a quiet spell: make sure nothing was missed
+        return info
+
+    def fetch(self, job: str) -> bytes:
+        """The result's .a4d bytes, pulled in chunks and checked against the server's sha256."""
+        buf = bytearray()
+        total, digest = None, ""
+        while total is None or len(buf) < total:
+            chunk = self._request(wire.Fetch(offset=len(buf), length=limits.CHUNK_BYTES),
+                                  job=job)
+            if chunk.offset != len(buf) or (total is not None and chunk.total != total):
+                raise ConnectionLost("the result changed while it was being fetched")
+            total, digest = chunk.total, chunk.sha256
+            buf += chunk.data
+            if not chunk.data and len(buf) < total:
+                raise ConnectionLost("the server sent an empty chunk")
+        data = bytes(buf)
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ConnectionLost("the fetched result does not match its checksum; fetch again")
+        return data
+
+    def fetch_mesh(self, job: str) -> AnimatedMesh:
+        return a4d.loads(self.fetch(job))
