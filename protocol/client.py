@@ -11,6 +11,7 @@ instead of making a second one.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Iterator
@@ -80,6 +81,9 @@ class Client:
         s = self.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.MAXMSGSIZE, limits.MAX_MESSAGE_BYTES)
+        # A DEALER with no live connection (say, a refused CURVE handshake) blocks on send:
+        # never wait longer than a request may take.
+        s.setsockopt(zmq.SNDTIMEO, int(self.timeout_s * 1000))
         if self.server_key is not None:
             keys.apply_client_curve(s, self.server_key, self.keypair)
         s.connect(self.address)
@@ -126,7 +130,12 @@ class Client:
         data = wire.encode(body, id=msg_id, job=job)
         attempts = 2 if retry else 1
         for attempt in range(attempts):
-            self.sock.send(data)
+            try:
+                self.sock.send(data)
+            except zmq.Again:
+                raise ConnectionLost(f"cannot reach {self.address}",
+                                     hint="is `animate4d serve` running there, and are your "
+                                          "keys allowed?") from None
             deadline = time.monotonic() + self.timeout_s
             while True:
                 env, reply = self._recv(deadline)
@@ -163,7 +172,8 @@ class Client:
                 except wire.WireError:
                     continue  # not something a client can act on
             if time.monotonic() >= next_ping:
-                self.sock.send(wire.encode(wire.Ping()))
+                with contextlib.suppress(zmq.Again):  # nowhere to send: silence counts below
+                    self.sock.send(wire.encode(wire.Ping()), zmq.NOBLOCK)
                 next_ping = time.monotonic() + self.heartbeat_s
                 if time.monotonic() - self._last_heard > 3 * self.heartbeat_s:
                     return None, None

@@ -37,7 +37,8 @@ def run_preview(
     checkpoints: Checkpoints | None = None,
 ) -> AnimatedMesh:
     options.validate()
-    checkpoints = checkpoints or NoCheckpoints()
+    if checkpoints is None:
+        checkpoints = NoCheckpoints()
     clock = Stopwatch()
     saved = checkpoints.get("base")
     base = unpack_state(saved) if saved is not None else _prepare(image, options, progress,

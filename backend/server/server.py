@@ -137,6 +137,7 @@ class Server:
         self._sha: dict[str, tuple[int, str]] = {}
         self._admins: set[str] = set()
         self.messages_handled = 0
+        self.busy_s = 0.0  # time spent handling messages (the server's overhead)
         self._load()
 
     # -- start-up ---------------------------------------------------------------------
@@ -203,6 +204,9 @@ class Server:
                     next_tick = now + self.heartbeat_s
         finally:
             self._flush()
+            per = self.busy_s / max(1, self.messages_handled) * 1e6
+            self.log(f"stopping: handled {self.messages_handled} messages in {self.busy_s:.3f} s "
+                     f"({per:.1f} us per message)")
             self.clients.close(0)
             self.workers_sock.close(0)
             if self.auth is not None:
@@ -218,6 +222,7 @@ class Server:
             self.messages_handled += 1
             if len(frames) != 2:
                 continue  # not a DEALER speaking our protocol: nothing to answer
+            t0 = time.perf_counter()
             ident, payload = frames[0].bytes, frames[1]
             owner = LOCAL_OWNER
             if self.curve is not None:
@@ -228,6 +233,7 @@ class Server:
                 handler(ident, owner, payload.bytes)
             except Exception:
                 self.log("internal error while handling a message:\n" + traceback.format_exc())
+            self.busy_s += time.perf_counter() - t0
 
     def _send(self, sock, ident: bytes, body: wire.Body, **env) -> bool:
         try:
@@ -254,7 +260,7 @@ class Server:
         for job_id in list(self._dirty):
             rec = self.jobs.get(job_id)
             if rec is not None:
-                self.store.save(rec)
+                self.store.save(rec, durable=False)
         self._dirty.clear()
 
     def _sweep(self) -> None:
@@ -440,11 +446,12 @@ class Server:
             return
         w = self.workers.get(ident)
         if isinstance(body, wire.WorkerHello):
-            if w is not None and w.job:
-                self._worker_lost(w, "worker started again")
-            self.workers[ident] = WorkerConn(ident, body.name[:64], list(body.presets)[:16],
-                                             time.monotonic())
-            self.log(f"worker {body.name[:64]} joined ({', '.join(body.presets)})")
+            # A hello again on the same connection changes nothing (a restarted worker
+            # process comes on a new connection; its old one times out and is requeued).
+            if w is None:
+                self.workers[ident] = WorkerConn(ident, body.name[:64],
+                                                 list(body.presets)[:16], time.monotonic())
+                self.log(f"worker {body.name[:64]} joined ({', '.join(body.presets)})")
             self._send(self.workers_sock, ident, wire.Ok(), re=env.id)
             self._dispatch()
             return
@@ -590,7 +597,7 @@ class Server:
             rec.info.attempts += 1
             rec.info.stage, rec.info.step, rec.info.total = None, 0, 0
             w.job, w.assigned_at = job_id, time.monotonic()
-            self.store.save(rec)
+            self.store.save(rec, durable=False)
             self.store.log(job_id, f"attempt {rec.info.attempts} on worker {w.name}")
             ok = self._send(self.workers_sock, w.ident, wire.Assign(
                 options=rec.options, image=self.store.image(job_id), image_name=rec.image_name,

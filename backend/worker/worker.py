@@ -29,6 +29,15 @@ from ..checkpoints import MemoryCheckpoints
 from ..pipelines import JobFn, available
 
 
+def _try_send(sock: zmq.Socket, data: bytes) -> bool:
+    """Send without blocking: a DEALER with no live connection would wait forever."""
+    try:
+        sock.send(data, zmq.NOBLOCK)
+        return True
+    except zmq.Again:
+        return False
+
+
 @dataclass
 class JobRun:
     job_id: str
@@ -84,6 +93,8 @@ class Worker:
         self.log = log or (lambda m: print(f"worker: {m}", file=sys.stderr, flush=True))
         self.outbox: queue.Queue = queue.Queue()
         self.job: JobRun | None = None
+        self._pending = None  # an outbox item that could not be sent yet
+        self._hello_at = 0.0
 
     # -- the network loop ---------------------------------------------------------------
     def _connect(self, ctx: zmq.Context) -> zmq.Socket:
@@ -93,8 +104,13 @@ class Worker:
         if self.server_key is not None:
             keys.apply_client_curve(s, self.server_key, self.keypair)
         s.connect(self.server)
-        s.send(wire.encode(wire.WorkerHello(name=self.name, presets=sorted(self.pipelines))))
+        self._hello(s)
         return s
+
+    def _hello(self, sock) -> None:
+        _try_send(sock, wire.encode(wire.WorkerHello(name=self.name,
+                                                     presets=sorted(self.pipelines))))
+        self._hello_at = time.monotonic()
 
     def run(self, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()
@@ -119,7 +135,7 @@ class Worker:
                 now = time.monotonic()
                 if now - last_beat >= self.heartbeat_s:
                     running = self.job.job_id if self.job else None
-                    sock.send(wire.encode(wire.Heartbeat(running=running)))
+                    _try_send(sock, wire.encode(wire.Heartbeat(running=running)))
                     last_beat = now
                 if now - last_seen > self.dead_after_s + backoff:
                     self.log(f"server silent for {now - last_seen:.1f} s: reconnecting")
@@ -140,10 +156,9 @@ class Worker:
             self.log(f"ignoring a bad message from the server: {e}")
             return
         if isinstance(body, wire.Assign):
-            if self.job is not None:
-                sock.send(wire.encode(wire.Failed(code="busy", message="worker is busy"),
-                                      job=env.job))
-                return
+            if self.job is not None:  # the server thinks this worker idle: its view wins
+                self.log(f"job {self.job.job_id[:8]}: dropped for a new assignment")
+                self._abandon()
             self._start(env.job, body)
         elif isinstance(body, wire.Cancel):
             if self.job is not None and self.job.job_id == env.job:
@@ -154,25 +169,34 @@ class Worker:
                 waiting.put(body)
         elif isinstance(body, wire.Error):
             if body.code == "unknown_worker":
-                sock.send(wire.encode(wire.WorkerHello(name=self.name,
-                                                       presets=sorted(self.pipelines))))
+                # A restarted server: it has requeued our job (and resumes it from its
+                # checkpoints), so drop ours and introduce ourselves again.
+                self._abandon()
+                if time.monotonic() - self._hello_at > 1.0:
+                    self._hello(sock)
             else:
                 self.log(f"server says: {body.code}: {body.message}")
 
     def _drain_outbox(self, sock) -> None:
         while True:
-            try:
-                run, body, msg_id = self.outbox.get_nowait()
-            except queue.Empty:
-                return
+            if self._pending is None:
+                try:
+                    self._pending = self.outbox.get_nowait()
+                except queue.Empty:
+                    return
+            run, body, msg_id = self._pending
             if run is not self.job:
-                continue  # from an abandoned job
-            if body is None:  # the job thread has finished
-                self.job = None
+                self._pending = None  # from an abandoned job
                 continue
-            sock.send(wire.encode(body, id=msg_id, job=run.job_id))
+            if body is None:  # the job thread has finished
+                self.job, self._pending = None, None
+                continue
+            if not _try_send(sock, wire.encode(body, id=msg_id, job=run.job_id)):
+                return  # no connection right now: keep it, in order, for the next turn
+            self._pending = None
 
     def _abandon(self) -> None:
+        self._pending = None
         if self.job is not None:
             self.job.cancel.set()
             for q in self.job.replies.values():
