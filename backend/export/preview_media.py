@@ -41,6 +41,20 @@ def preview_frames(mesh: AnimatedMesh, progress: ProgressFn = no_progress) -> li
     return out
 
 
+def preview_png(mesh: AnimatedMesh, size: int = 128) -> bytes:
+    """A small PNG of frame 0 from the front: the `preview` event a client shows."""
+    import io
+
+    centre = mesh.vertices.mean(axis=0)
+    extent = float(np.linalg.norm(mesh.vertices - centre, axis=1).max())
+    dist = max(CANONICAL_RADIUS, 1.1 * extent / np.tan(np.radians(CANONICAL_FOV_DEG / 2)))
+    cam = Camera.look_at(centre + (0.0, -dist, 0.0), centre, fov_deg=CANONICAL_FOV_DEG,
+                         resolution=(size, size))
+    buf = io.BytesIO()
+    Image.fromarray(render(mesh.frames[0], mesh.faces, mesh.colors, cam)).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def write_gif(frames: list[np.ndarray], fps: float, path: str | os.PathLike) -> Path:
     path = Path(path)
     images = [Image.fromarray(fr).quantize(colors=255, method=Image.Quantize.MEDIANCUT)

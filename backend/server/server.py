@@ -138,6 +138,7 @@ class Server:
         self._admins: set[str] = set()
         self.messages_handled = 0
         self.busy_s = 0.0  # time spent handling messages (the server's overhead)
+        self._next_sweep = 0.0
         self._load()
 
     # -- start-up ---------------------------------------------------------------------
@@ -252,8 +253,9 @@ class Server:
             if now - seen > 10 * self.heartbeat_s:
                 self._unsubscribe_all(ident)
         self._flush()
-        if int(now) % 60 == 0:
+        if now >= self._next_sweep:
             self._sweep()
+            self._next_sweep = now + 60.0
         self._dispatch()
 
     def _flush(self) -> None:
@@ -334,7 +336,7 @@ class Server:
         body.options.validate()
         probe_image(body.image)  # header only: size, format, pixel limits
         name = os.path.basename(body.image_name)[: limits.MAX_NAME_CHARS] or "image"
-        job_id = secrets.token_urlsafe(16)
+        job_id = secrets.token_hex(16)  # 128 bits; hex never starts with "-" (argv-safe)
         rec = JobRecord(
             info=JobInfo(id=job_id, state=QUEUED, preset=body.options.preset,
                          prompt=body.options.prompt, created=time.time()),

@@ -26,6 +26,7 @@ from animate4d.protocol import a4d, keys, limits, wire
 from animate4d.protocol.errors import Animate4DError, CancelledError
 
 from ..checkpoints import MemoryCheckpoints
+from ..export.preview_media import preview_png
 from ..pipelines import JobFn, available
 
 
@@ -234,6 +235,7 @@ class Worker:
                       _ServerCheckpoints(self, run))
             if run.cancel.is_set():
                 raise CancelledError("cancelled")
+            self._send(run, wire.Preview(png=preview_png(mesh)))
             self._upload(run, "", a4d.dumps(mesh))
             self.log(f"job {run.job_id[:8]}: done")
         except CancelledError:

@@ -46,9 +46,9 @@ class Cluster:
             return subprocess.Popen([sys.executable, "-m", "animate4d.backend", *args],
                                     stdout=log, stderr=subprocess.STDOUT)
 
-    def start_server(self) -> subprocess.Popen:
+    def start_server(self, *extra: str) -> subprocess.Popen:
         args = ["serve", "--bind", self.client_addr, "--workers-bind", self.worker_addr,
-                "--store", str(self.store)]
+                "--store", str(self.store), *extra]
         if self.keys:
             args += ["--keys", str(self.keys)]
         self.server = self._spawn("server", args)

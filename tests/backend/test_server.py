@@ -11,7 +11,7 @@ from animate4d.backend.preview.pipeline import run_preview
 from animate4d.protocol import wire
 from animate4d.protocol.client import ServerError
 from animate4d.protocol.options import JobOptions
-from tests.backend.cluster import wait_until
+from tests.backend.cluster import Cluster, wait_until
 from tests.conftest import blob_rgba, write_png
 
 OPTIONS = JobOptions(prompt="a creature is dancing", frames=12, mesh_resolution=96)
@@ -34,11 +34,12 @@ def test_end_to_end_equals_a_local_run(cluster, image_bytes):
         assert c.welcome.protocol == wire.PROTOCOL_VERSION
         info = c.submit(image_bytes, OPTIONS, image_name="c.png")
         assert info.state in (wire.QUEUED, wire.RUNNING)
-        stages = []
-        final = c.wait(info.id, lambda j, b: stages.append(getattr(b, "stage", None)),
-                       timeout_s=60)
+        events = []
+        final = c.wait(info.id, lambda j, b: events.append(b), timeout_s=60)
         assert final.state == wire.DONE, final
-        assert "motion" in stages
+        assert "motion" in [getattr(b, "stage", None) for b in events]
+        previews = [b for b in events if isinstance(b, wire.Preview)]
+        assert previews and previews[0].png.startswith(b"\x89PNG")
         mesh = c.fetch_mesh(info.id)
     local = run_preview(image_bytes, OPTIONS)
     assert same_geometry(mesh, local)
@@ -182,7 +183,7 @@ def test_cli_contract(cluster, image_bytes, tmp_path):
               "--mesh-resolution", "64")
     assert sub.returncode == 0, sub.stderr
     job = sub.stdout.strip().splitlines()[-1]
-    assert len(job) >= 16 and " " not in job
+    assert len(job) == 32 and all(ch in "0123456789abcdef" for ch in job)  # safe in argv
     att = cli("attach", job, "--quiet")
     assert att.returncode == 0 and att.stdout.strip() == "done"
     st = cli("status", job)
@@ -193,3 +194,42 @@ def test_cli_contract(cluster, image_bytes, tmp_path):
                            "tcp://127.0.0.1:1", "--timeout", "1"], capture_output=True,
                           text=True, timeout=60)
     assert down.returncode == 4 and "serve" in down.stderr
+
+
+def test_a_job_whose_workers_keep_dying_fails_after_max_attempts(tmp_path, image_bytes):
+    cluster = Cluster(tmp_path / "store")
+    try:
+        cluster.start_server("--max-attempts", "2")
+        with cluster.client() as c:
+            info = c.submit(image_bytes, OPTIONS)
+            for attempt in (1, 2):
+                w = cluster.start_worker(throttle=0.2)
+                wait_until(lambda a=attempt: c.status(info.id).attempts == a
+                           and c.status(info.id).state == wire.RUNNING, what="a run")
+                cluster.kill(w)
+            final = c.wait(info.id, timeout_s=30)
+            assert final.state == wire.FAILED and final.error_code == "worker_lost"
+            assert "2 attempts" in final.error_message
+    finally:
+        cluster.stop()
+
+
+def test_serve_local_runs_jobs_with_its_own_worker(tmp_path, image_bytes):
+    from tests.backend.cluster import free_port
+
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "animate4d.backend", "serve", "--local", "--bind", addr,
+         "--workers-bind", f"tcp://127.0.0.1:{free_port()}", "--store", str(tmp_path / "s")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        from animate4d.protocol.client import Client
+
+        c = Client(addr, timeout_s=30)
+        wait_until(lambda: c.connect().presets == ["preview"], 30, 0.3, "the local worker")
+        job = c.submit(image_bytes, JobOptions(frames=3, mesh_resolution=48))
+        assert c.wait(job.id, timeout_s=60).state == wire.DONE
+        c.close()
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0  # a clean stop: the worker is stopped with it
