@@ -1,0 +1,7 @@
+"""Where the protocol comes from: the copy bundled in the built extension, else an installed
+animate4d (a development checkout)."""
+
+try:  # the built extension: scripts/build_addon.py copies protocol/ here
+    from .protocol import a4d, client, keys, options, wire  # noqa: F401
+except ImportError:  # pragma: no cover - development
+    from animate4d.protocol import a4d, client, keys, options, wire  # noqa: F401

@@ -1,0 +1,98 @@
+"""Preferences (per user) and settings (per scene, saved in the .blend with the job list)."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import (
+    BoolProperty,
+    CollectionProperty,
+    EnumProperty,
+    FloatProperty,
+    IntProperty,
+    PointerProperty,
+    StringProperty,
+)
+
+MODES = [("sway", "Sway", "Bend side to side"), ("bounce", "Bounce", "Squash and stretch"),
+         ("breathe", "Breathe", "Swell in the middle"), ("twist", "Twist", "Turn about up"),
+         ("nod", "Nod", "Bend forward and back")]
+PRESETS = [("preview", "Preview", "Seconds, on any CPU, no model weights"),
+           ("fast", "Fast", "The GPU pipeline with fewer steps"),
+           ("paper", "Paper", "Animate124's published schedule (about an hour on a GPU)")]
+
+
+class Animate4DPreferences(bpy.types.AddonPreferences):
+    bl_idname = __package__
+
+    server: StringProperty(
+        name="Server", default="",
+        description="tcp://HOST:PORT of an Animate4D server; empty: a server on this computer, "
+                    "started when needed")
+    server_key: StringProperty(name="Server public key", subtype="FILE_PATH",
+                               description="The server's .key file (remote servers)")
+    client_key: StringProperty(name="Your key pair", subtype="FILE_PATH",
+                               description="Your .key_secret file (remote servers)")
+    backend_python: StringProperty(
+        name="Backend Python", subtype="FILE_PATH",
+        description="Python of an animate4d install, used to start the local server "
+                    "(e.g. /path/to/animate4d/.venv/bin/python)")
+    local_store: StringProperty(name="Local job store", subtype="DIR_PATH", default="",
+                                description="Folder for the local server's jobs (default: "
+                                            "the server's own default)")
+    timeout: FloatProperty(name="Timeout", default=10.0, min=1.0, max=300.0, unit="TIME",
+                           description="Seconds to wait for the server to answer")
+
+    def draw(self, context):
+        col = self.layout.column()
+        col.prop(self, "server")
+        sub = col.column()
+        sub.prop(self, "server_key")
+        sub.prop(self, "client_key")
+        col.separator()
+        col.prop(self, "backend_python")
+        col.prop(self, "local_store")
+        col.prop(self, "timeout")
+
+
+class Animate4DJob(bpy.types.PropertyGroup):
+    job_id: StringProperty(name="Job")
+    label: StringProperty(name="Label")
+    state: StringProperty(name="State", default="sending")
+    stage: StringProperty(name="Stage")
+    step: IntProperty(name="Step")
+    total: IntProperty(name="Total")
+    message: StringProperty(name="Message")
+    object_name: StringProperty(name="Object")
+    start_frame: IntProperty(name="Start frame", default=1)
+    set_frame_range: BoolProperty(name="Set frame range", default=True)
+
+
+class Animate4DSettings(bpy.types.PropertyGroup):
+    image: PointerProperty(name="Image", type=bpy.types.Image,
+                           description="The picture to animate (a loaded image)")
+    image_path: StringProperty(name="Image file", subtype="FILE_PATH",
+                               description="Or a file on disk")
+    prompt: StringProperty(name="Prompt", default="",
+                           description="The motion, in words: 'a panda is dancing'")
+    preset: EnumProperty(name="Preset", items=PRESETS, default="preview")
+    frames: IntProperty(name="Frames", default=24, min=1, max=1000)
+    fps: IntProperty(name="FPS", default=24, min=1, max=240)
+    start_frame: IntProperty(name="Start frame", default=1)
+    set_frame_range: BoolProperty(name="Set scene frame range", default=True)
+    use_prompt_motion: BoolProperty(name="Motion from prompt", default=True,
+                                    description="Pick the motion from the prompt's words")
+    motion: EnumProperty(name="Motion", items=MODES, options={"ENUM_FLAG"}, default={"sway"})
+    amplitude: FloatProperty(name="Amplitude", default=1.0, min=0.0, max=3.0)
+    speed: FloatProperty(name="Speed", default=1.0, min=0.05, max=10.0,
+                         description="Cycles per second (rounded so the loop closes)")
+    camera: PointerProperty(name="Camera", type=bpy.types.Object,
+                            poll=lambda self, obj: obj.type == "CAMERA",
+                            description="Reference camera (default: the scene camera)")
+    target: PointerProperty(name="Target", type=bpy.types.Object,
+                            description="Where the object stands (default: the 3D cursor)")
+    status: StringProperty(name="Status", default="")
+    jobs: CollectionProperty(type=Animate4DJob)
+    active_job: IntProperty(default=0)
+
+
+CLASSES = (Animate4DPreferences, Animate4DJob, Animate4DSettings)

@@ -1,0 +1,84 @@
+"""The sidebar panel (View3D > Sidebar > Animate4D)."""
+
+from __future__ import annotations
+
+import bpy
+
+
+class ANIMATE4D_UL_jobs(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname):
+        icons = {"done": "CHECKMARK", "failed": "ERROR", "cancelled": "CANCEL",
+                 "running": "PLAY", "queued": "TIME"}
+        row = layout.row(align=True)
+        row.label(text=item.label or item.job_id[:8], icon=icons.get(item.state, "URL"))
+        state = item.state
+        if item.state == "running" and item.total:
+            state = f"{item.stage} {item.step}/{item.total}"
+        row.label(text=state)
+
+
+class ANIMATE4D_PT_panel(bpy.types.Panel):
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Animate4D"
+    bl_label = "Animate4D"
+
+    def draw(self, context):
+        st = context.scene.animate4d
+        layout = self.layout
+
+        box = layout.box()
+        box.label(text="Source", icon="IMAGE_DATA")
+        box.template_ID(st, "image", open="image.open")
+        if st.image is None:
+            box.prop(st, "image_path")
+
+        box = layout.box()
+        box.label(text="Motion", icon="ANIM")
+        box.prop(st, "prompt", text="")
+        row = box.row(align=True)
+        row.prop(st, "preset", text="")
+        row.prop(st, "frames")
+        row.prop(st, "fps")
+        box.prop(st, "use_prompt_motion")
+        if not st.use_prompt_motion:
+            box.row(align=True).prop(st, "motion")
+        row = box.row(align=True)
+        row.prop(st, "amplitude")
+        row.prop(st, "speed")
+
+        box = layout.box()
+        box.label(text="Placement", icon="CAMERA_DATA")
+        box.prop(st, "camera", text="Camera" if st.camera else "Camera (scene's)")
+        box.prop(st, "target", text="Target" if st.target else "Target (3D cursor)")
+        row = box.row(align=True)
+        row.prop(st, "start_frame")
+        row.prop(st, "set_frame_range", text="Set range")
+
+        row = layout.row(align=True)
+        row.scale_y = 1.4
+        row.operator("animate4d.animate", icon="PLAY")
+        row.operator("animate4d.cancel", icon="CANCEL", text="")
+        if st.status:
+            layout.label(text=st.status, icon="INFO")
+
+        if 0 <= st.active_job < len(st.jobs):
+            job = st.jobs[st.active_job]
+            if job.state == "running" and job.total:
+                layout.progress(factor=job.step / max(1, job.total),
+                                text=f"{job.stage} {job.step}/{job.total}")
+            if job.message:
+                layout.label(text=job.message)
+        preview = bpy.data.images.get("Animate4D Preview")
+        if preview is not None:
+            layout.template_icon(icon_value=preview.preview_ensure().icon_id, scale=6)
+
+        layout.label(text="Jobs in this file")
+        layout.template_list("ANIMATE4D_UL_jobs", "", st, "jobs", st, "active_job", rows=3)
+        row = layout.row(align=True)
+        row.operator("animate4d.reattach", icon="FILE_REFRESH")
+        row.operator("animate4d.import_a4d", icon="IMPORT", text="Import .a4d")
+        row.operator("animate4d.export", icon="EXPORT", text="Export")
+
+
+CLASSES = (ANIMATE4D_UL_jobs, ANIMATE4D_PT_panel)
