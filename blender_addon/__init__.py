@@ -5,6 +5,8 @@ default); the network runs in a background thread and results are applied on the
 by a timer that calls `engine.drain()`.
 """
 
+import contextlib
+
 import bpy
 from bpy.app.handlers import persistent
 
@@ -16,10 +18,8 @@ _CLASSES = (*props.CLASSES, *operators.CLASSES, *ui.CLASSES)
 @persistent
 def _on_load(_):
     """Opening a .blend: follow again its unfinished jobs (quietly if no server is set up)."""
-    try:
+    with contextlib.suppress(engine.UserError):
         engine.reattach_all()
-    except engine.UserError:
-        pass
 
 
 def _menu_import(self, context):

@@ -2,6 +2,6 @@
 animate4d (a development checkout)."""
 
 try:  # the built extension: scripts/build_addon.py copies protocol/ here
-    from .protocol import a4d, client, keys, options, wire  # noqa: F401
+    from .protocol import a4d, arrays, client, keys, options, wire  # noqa: F401
 except ImportError:  # pragma: no cover - development
-    from animate4d.protocol import a4d, client, keys, options, wire  # noqa: F401
+    from animate4d.protocol import a4d, arrays, client, keys, options, wire  # noqa: F401

@@ -17,7 +17,7 @@ import uuid
 
 import bpy
 
-from .deps import keys, options, wire
+from .deps import arrays, keys, options, wire
 from .importer import import_animated_mesh
 from .session import Session
 
@@ -92,8 +92,12 @@ def shutdown() -> None:
 
 
 # -- requests --------------------------------------------------------------------------------
-def image_bytes(st) -> tuple[bytes, str]:
+def image_bytes(st, active=None) -> tuple[bytes, str]:
+    """The image: the chosen datablock, else a selected image empty's, else the file."""
     img = st.image
+    if img is None and active is not None and active.type == "EMPTY" and \
+            active.empty_display_type == "IMAGE" and active.data is not None:
+        img = active.data
     if img is not None:
         if img.packed_file is not None:
             return bytes(img.packed_file.data), img.name
@@ -127,7 +131,12 @@ def camera_dict(scene, cam_obj) -> dict:
 
 def build_request(context):
     st = settings(context.scene)
-    data, name = image_bytes(st)
+    mesh = None
+    if st.source == "MESH":
+        mesh = mesh_input(context)
+        data, name = mesh.views[0].png, f"{context.active_object.name}.png"
+    else:
+        data, name = image_bytes(st, context.active_object)
     if not st.prompt.strip():
         raise UserError("Describe the motion in the prompt ('a panda is dancing')")
     cam_obj = st.camera or context.scene.camera
@@ -144,18 +153,91 @@ def build_request(context):
         opts.validate()
     except Exception as e:
         raise UserError(str(e)) from None
-    return data, name, opts
+    return data, name, opts, mesh
+
+
+VIEW_SIZE = 128
+VIEW_YAWS = (0.0, 90.0, 180.0, 270.0)  # front, right, back, left
+
+
+def mesh_input(context):
+    """Mesh mode: the active mesh (evaluated, triangulated, world space) and four renders of
+    it, made with Cycles in a throwaway scene so the artist's scene is left as it was."""
+    import math
+
+    import numpy as np
+    from mathutils import Vector
+
+    obj = context.active_object
+    if obj is None or obj.type != "MESH":
+        raise UserError("Mesh mode: select the mesh to animate (make it active)")
+    ev = obj.evaluated_get(context.evaluated_depsgraph_get())
+    me = ev.to_mesh()
+    try:
+        me.calc_loop_triangles()
+        co = np.empty(len(me.vertices) * 3, np.float32)
+        me.vertices.foreach_get("co", co)
+        tris = np.empty(len(me.loop_triangles) * 3, np.int32)
+        me.loop_triangles.foreach_get("vertices", tris)
+    finally:
+        ev.to_mesh_clear()
+    if len(tris) == 0:
+        raise UserError(f"Mesh mode: '{obj.name}' has no faces")
+    mw = np.array(obj.matrix_world)
+    verts = co.reshape(-1, 3) @ mw[:3, :3].T + mw[:3, 3]
+    centre = (verts.min(0) + verts.max(0)) / 2
+    radius = float(np.linalg.norm(verts - centre, axis=1).max()) or 1.0
+    dist = 1.3 * radius / math.tan(math.radians(20))
+
+    scene = bpy.data.scenes.new("animate4d_views")
+    cam_data = bpy.data.cameras.new("animate4d_view_cam")
+    cam = bpy.data.objects.new("animate4d_view_cam", cam_data)
+    sun_data = bpy.data.lights.new("animate4d_view_sun", "SUN")
+    sun = bpy.data.objects.new("animate4d_view_sun", sun_data)
+    views = []
+    try:
+        scene.collection.objects.link(obj)
+        scene.collection.objects.link(cam)
+        scene.collection.objects.link(sun)
+        scene.camera = cam
+        cam_data.lens_unit, cam_data.sensor_fit = "FOV", "AUTO"
+        cam_data.angle = math.radians(40)
+        r = scene.render
+        r.engine, r.film_transparent = "CYCLES", True
+        r.resolution_x = r.resolution_y = VIEW_SIZE
+        r.resolution_percentage = 100
+        scene.cycles.samples, scene.cycles.device = 8, "CPU"
+        path = os.path.join(tempfile.gettempdir(), f"animate4d_view_{uuid.uuid4().hex}.png")
+        for yaw in VIEW_YAWS:
+            a = math.radians(yaw)
+            eye = Vector(centre) + Vector((dist * math.sin(a), -dist * math.cos(a), 0.0))
+            cam.location = eye
+            cam.rotation_euler = (Vector(centre) - eye).to_track_quat("-Z", "Y").to_euler()
+            sun.rotation_euler = cam.rotation_euler
+            r.filepath = path
+            bpy.ops.render.render(write_still=True, scene=scene.name)
+            with open(path, "rb") as fh:
+                views.append(wire.MeshView(png=fh.read(), camera=camera_dict(scene, cam)))
+        os.remove(path)
+    finally:
+        bpy.data.scenes.remove(scene)
+        bpy.data.objects.remove(cam)
+        bpy.data.objects.remove(sun)
+        bpy.data.cameras.remove(cam_data)
+        bpy.data.lights.remove(sun_data)
+    return wire.MeshInput(vertices=arrays.pack(verts, "<f4"),
+                          faces=arrays.pack(tris.reshape(-1, 3), "<u4"), views=views)
 
 
 def submit(context) -> str:
-    data, name, opts = build_request(context)
+    data, name, opts, mesh = build_request(context)
     st = settings(context.scene)
     token = "sending-" + uuid.uuid4().hex[:12]
     item = st.jobs.add()
     item.job_id, item.label, item.state = token, f"{name}: {opts.prompt[:40]}", "sending"
     item.start_frame, item.set_frame_range = st.start_frame, st.set_frame_range
     st.active_job = len(st.jobs) - 1
-    session().submit(token, data, name, opts)
+    session().submit(token, data, name, opts, mesh)
     st.status = f"Sending {name}..."
     return token
 

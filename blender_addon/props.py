@@ -68,6 +68,10 @@ class Animate4DJob(bpy.types.PropertyGroup):
 
 
 class Animate4DSettings(bpy.types.PropertyGroup):
+    source: EnumProperty(name="Source", items=[
+        ("IMAGE", "Image", "Animate a picture"),
+        ("MESH", "Selected mesh", "Animate the active mesh, keeping its topology (mesh mode)"),
+    ], default="IMAGE")
     image: PointerProperty(name="Image", type=bpy.types.Image,
                            description="The picture to animate (a loaded image)")
     image_path: StringProperty(name="Image file", subtype="FILE_PATH",

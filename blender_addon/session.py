@@ -27,8 +27,8 @@ class Session:
         self.thread.start()
 
     # -- called from Blender's main thread ---------------------------------------------
-    def submit(self, token: str, image: bytes, image_name: str, options) -> None:
-        self.commands.put(("submit", token, (image, image_name, options)))
+    def submit(self, token: str, image: bytes, image_name: str, options, mesh=None) -> None:
+        self.commands.put(("submit", token, (image, image_name, options, mesh)))
 
     def cancel(self, job: str) -> None:
         self.commands.put(("cancel", job, None))
@@ -81,8 +81,8 @@ class Session:
                 return
             try:
                 if kind == "submit":
-                    image, name, options = payload
-                    info = c.submit(image, options, image_name=name)
+                    image, name, options, mesh = payload
+                    info = c.submit(image, options, image_name=name, mesh=mesh)
                     self.events.put(("accepted", key, info))
                 elif kind == "cancel":
                     self.events.put(("state", key, c.cancel(key)))

@@ -29,9 +29,15 @@ class ANIMATE4D_PT_panel(bpy.types.Panel):
 
         box = layout.box()
         box.label(text="Source", icon="IMAGE_DATA")
-        box.template_ID(st, "image", open="image.open")
-        if st.image is None:
-            box.prop(st, "image_path")
+        box.row().prop(st, "source", expand=True)
+        if st.source == "IMAGE":
+            box.template_ID(st, "image", open="image.open")
+            if st.image is None:
+                box.prop(st, "image_path")
+        else:
+            obj = context.active_object
+            box.label(text=obj.name if obj and obj.type == "MESH" else "Select a mesh",
+                      icon="MESH_DATA")
 
         box = layout.box()
         box.label(text="Motion", icon="ANIM")

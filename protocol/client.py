@@ -180,12 +180,13 @@ class Client:
 
     # -- operations ---------------------------------------------------------------------
     def submit(self, image: bytes, options: JobOptions | None = None,
-               image_name: str = "image") -> wire.JobInfo:
+               image_name: str = "image", mesh: wire.MeshInput | None = None) -> wire.JobInfo:
         options = (options or JobOptions()).validate()
         if len(image) > limits.MAX_IMAGE_FILE_BYTES:
             raise Animate4DError(f"the image is larger than {limits.MAX_IMAGE_FILE_BYTES} bytes")
         # One message id for every retry: the server answers a repeat with the same job.
-        reply = self._request(wire.Submit(image=image, image_name=image_name, options=options))
+        reply = self._request(wire.Submit(image=image, image_name=image_name, options=options,
+                                          mesh=mesh))
         self.attached.add(reply.job.id)
         return reply.job
 

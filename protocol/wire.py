@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from . import limits
+from .arrays import Array
 from .options import JobOptions
 
 PROTOCOL_VERSION = 1
@@ -83,11 +84,27 @@ class Welcome(Body):
     limits: dict[str, int] = {}
 
 
+class MeshView(msgspec.Struct):
+    """A render of the input mesh and the camera (protocol.camera form) that made it."""
+
+    png: bytes
+    camera: dict
+
+
+class MeshInput(msgspec.Struct):
+    """Mesh mode: animate the artist's own mesh (its topology and UVs are kept)."""
+
+    vertices: Array  # (N, 3) <f4, world space
+    faces: Array  # (M, 3) <u4
+    views: list[MeshView] = []
+
+
 class Submit(Body):
     TYPE = "submit"
     image: bytes
     image_name: str = "image"
     options: JobOptions = msgspec.field(default_factory=JobOptions)
+    mesh: MeshInput | None = None
 
 
 class Accepted(Body):
@@ -185,6 +202,7 @@ class WorkerHello(Body):
     TYPE = "worker_hello"
     name: str
     presets: list[str]
+    features: list[str] = []  # optional abilities, e.g. "mesh" (mesh mode)
 
 
 class Heartbeat(Body):

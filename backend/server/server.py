@@ -86,6 +86,7 @@ class WorkerConn:
     name: str
     presets: list[str]
     last_seen: float
+    features: list[str] = field(default_factory=list)
     job: str | None = None
     assigned_at: float = 0.0
 
@@ -335,6 +336,8 @@ class Server:
                                               f"limit is {limits.MAX_ACTIVE_JOBS_PER_CLIENT}")
         body.options.validate()
         probe_image(body.image)  # header only: size, format, pixel limits
+        if body.mesh is not None:
+            self._check_mesh(body.mesh)
         name = os.path.basename(body.image_name)[: limits.MAX_NAME_CHARS] or "image"
         job_id = secrets.token_hex(16)  # 128 bits; hex never starts with "-" (argv-safe)
         rec = JobRecord(
@@ -349,6 +352,15 @@ class Server:
         self.subscribers.setdefault(job_id, set()).add(ident)  # the submitter hears progress
         self._dispatch()
         return wire.Accepted(job=self._info(rec))
+
+    def _check_mesh(self, mesh: wire.MeshInput) -> None:
+        if not any("mesh" in w.features for w in self.workers.values()):
+            raise WireError("unsupported", "this server cannot animate a mesh yet (mesh mode "
+                                           "is not supported by its workers): send an image")
+        n = mesh.vertices.shape[0] if mesh.vertices.shape else 0
+        if n > limits.MAX_VERTICES or len(mesh.views) > limits.MAX_MESH_VIEWS:
+            raise WireError("limit_exceeded", f"mesh mode takes at most {limits.MAX_VERTICES} "
+                                              f"vertices and {limits.MAX_MESH_VIEWS} views")
 
     def _status(self, ident, owner, env, body):
         return wire.JobState(job=self._info(self._visible(owner, env.job)))
@@ -452,7 +464,8 @@ class Server:
             # process comes on a new connection; its old one times out and is requeued).
             if w is None:
                 self.workers[ident] = WorkerConn(ident, body.name[:64],
-                                                 list(body.presets)[:16], time.monotonic())
+                                                 list(body.presets)[:16], time.monotonic(),
+                                                 features=list(body.features)[:16])
                 self.log(f"worker {body.name[:64]} joined ({', '.join(body.presets)})")
             self._send(self.workers_sock, ident, wire.Ok(), re=env.id)
             self._dispatch()

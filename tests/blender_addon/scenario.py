@@ -107,6 +107,13 @@ if obj is not None:
     sil = sil.astype(bool)
     obs["iou"] = float((sil & mask).sum() / (sil | mask).sum())
 
+# Export the animated mesh: glTF morph targets and Alembic.
+bpy.context.view_layer.objects.active = obj
+obj.select_set(True)
+export_dir = blend_path.rsplit("/", 1)[0]
+obs["export_glb"] = sorted(bpy.ops.animate4d.export(filepath=export_dir + "/out.glb"))
+obs["export_abc"] = sorted(bpy.ops.animate4d.export(filepath=export_dir + "/out.abc"))
+
 # Cancel a long job.
 st.frames = 120
 bpy.ops.animate4d.animate()
@@ -116,11 +123,22 @@ obs["cancel"] = sorted(bpy.ops.animate4d.cancel())
 obs["cancelled"] = pump(lambda: st.jobs[1].state == "cancelled", 20)
 obs["cancel_status"] = st.status
 
+# Mesh mode: the request carries the mesh and Blender renders of it; this server says no.
+bpy.ops.mesh.primitive_uv_sphere_add(radius=0.5, location=(0, 0, 0.5))
+st.source = "MESH"
+st.frames = 6
+obs["mesh_animate"] = sorted(bpy.ops.animate4d.animate())
+pump(lambda: len(st.jobs) == 3 and st.jobs[2].state == "failed", 60)
+obs["mesh_job"] = [st.jobs[2].state, st.jobs[2].message]
+obs["mesh_status"] = st.status
+obs["scenes_after_mesh_mode"] = len(bpy.data.scenes)
+st.source = "IMAGE"
+
 # Save, reopen: the job list survives and unfinished jobs are followed again.
 bpy.ops.wm.save_as_mainfile(filepath=blend_path)
 bpy.ops.wm.open_mainfile(filepath=blend_path)
 st = bpy.context.scene.animate4d
-obs["jobs_after_reopen"] = [(j.job_id[:8], j.state) for j in st.jobs]
+obs["jobs_after_reopen"] = [(j.job_id[:8], j.state) for j in st.jobs][:2]
 
 # The server goes away: the panel says so, nothing raises.
 prefs.server = "tcp://127.0.0.1:9"

@@ -77,8 +77,14 @@ def test_animate_from_blender_against_a_live_server(addon_zip, tmp_path):
     assert obs["matrix_error"] < 1e-5
     assert obs["frame_range"] == [1, 6]
     assert obs["iou"] >= 0.9, obs["iou"]
+    assert obs["export_glb"] == obs["export_abc"] == ["FINISHED"]
+    assert (tmp_path / "out.glb").stat().st_size > 0 and (tmp_path / "out.abc").stat().st_size > 0
     assert obs["cancel"] == ["FINISHED"] and obs["cancelled"], obs["cancel_status"]
     assert "cancelled" in obs["cancel_status"]
+    assert obs["mesh_animate"] == ["FINISHED"]
+    assert obs["mesh_job"][0] == "failed" and "mesh" in obs["mesh_job"][1], obs["mesh_job"]
+    assert "not supported" in obs["mesh_status"]
+    assert obs["scenes_after_mesh_mode"] == 1  # the render scene was cleaned up
     assert [s for _, s in obs["jobs_after_reopen"]] == ["done", "cancelled"]
     assert obs["down_animate"] == ["FINISHED"]
     assert "unreachable" in obs["down_status"], obs["down_status"]
