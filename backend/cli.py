@@ -43,11 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     bench_sub.required = True
+    from .bench import hashgrid as bench_hashgrid
     from .bench import network as bench_network
     from .bench import preview as bench_preview
 
     bench_preview.add_parser(bench_sub)
     bench_network.add_parsers(bench_sub)
+    bench_hashgrid.add_parser(bench_sub)
     return parser
 
 
