@@ -1,0 +1,125 @@
+"""The fields: canonical density + albedo, and motion (a backward warp in time).
+
+Canonical: hash grid (3D) + small MLP -> density and albedo, with Animate124's activations
+(truncated exp for density, sigmoid for albedo) and its density blob, a Gaussian bump at the
+centre that gives the optimisation something to start from.
+
+Motion: a backward warp. For a point x seen at time t in [0, 1], `warp(x, t)` is the canonical
+point it shows: x + D(x, t), with D(x, 0) = 0 exactly, so frame 0 is the canonical (static)
+model. Two forms:
+  - `MotionField` (4D hash grid + MLP): D(x, t) = g(x, t) - g(x, 0);
+  - `LoopingMotionField` (3D hash grid + MLP, K Fourier terms in t, after Generative Image
+    Dynamics): D(x, t) = sum_k a_k(x) (cos 2 pi k t - 1) + b_k(x) sin 2 pi k t, so that
+    D(x, 1) = D(x, 0) = 0 and the clip loops exactly.
+
+Points are in the object frame within [-bound, bound]^3.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .hashgrid import HashGrid
+
+
+class _TruncExp(torch.autograd.Function):
+    """exp with its gradient clamped (Instant-NGP / stable-dreamfusion's density activation)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * torch.exp(x.clamp(max=15))
+
+
+def trunc_exp(x: torch.Tensor) -> torch.Tensor:
+    return _TruncExp.apply(x)
+
+
+def mlp(inp: int, hidden: int, out: int, layers: int = 2) -> nn.Sequential:
+    mods: list[nn.Module] = []
+    d = inp
+    for _ in range(layers - 1):
+        mods += [nn.Linear(d, hidden), nn.ReLU(inplace=True)]
+        d = hidden
+    mods.append(nn.Linear(d, out))
+    return nn.Sequential(*mods)
+
+
+class CanonicalField(nn.Module):
+    def __init__(self, bound: float = 1.0, *, blob_density: float = 10.0,
+                 blob_radius: float = 0.5, hidden: int = 64, **grid):
+        super().__init__()
+        self.bound = bound
+        self.blob_density, self.blob_radius = blob_density, blob_radius
+        self.encoder = HashGrid(dims=3, **grid)
+        self.net = mlp(self.encoder.output_dim, hidden, 4, layers=3)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x / self.bound + 1.0) * 0.5
+
+    def blob(self, x: torch.Tensor) -> torch.Tensor:
+        d2 = (x * x).sum(-1)
+        return self.blob_density * torch.exp(-d2 / (2 * self.blob_radius**2))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, 3) points -> density (n,), albedo (n, 3)."""
+        h = self.net(self.encoder(self.normalise(x)))
+        density = trunc_exp(h[:, 0] + self.blob(x))
+        albedo = torch.sigmoid(h[:, 1:])
+        return density, albedo
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)[0]
+
+
+class MotionField(nn.Module):
+    """D(x, t) = g(x, t) - g(x, 0) from a 4D hash grid."""
+
+    def __init__(self, bound: float = 1.0, hidden: int = 64, scale: float = 0.1, **grid):
+        super().__init__()
+        self.bound, self.scale = bound, scale
+        self.encoder = HashGrid(dims=4, **grid)
+        self.net = mlp(self.encoder.output_dim, hidden, 3, layers=2)
+
+    def _g(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        xt = torch.cat([(x / self.bound + 1.0) * 0.5, t.reshape(-1, 1).expand(len(x), 1)], 1)
+        return self.scale * self.net(self.encoder(xt))
+
+    def displacement(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        return self._g(x, t) - self._g(x, torch.zeros_like(t))
+
+    def warp(self, x: torch.Tensor, t) -> torch.Tensor:
+        return x + self.displacement(x, t)
+
+
+class LoopingMotionField(nn.Module):
+    """K Fourier terms per point: periodic in t with period 1, zero at t = 0."""
+
+    def __init__(self, bound: float = 1.0, terms: int = 4, hidden: int = 64,
+                 scale: float = 0.1, **grid):
+        super().__init__()
+        self.bound, self.terms, self.scale = bound, terms, scale
+        self.encoder = HashGrid(dims=3, **grid)
+        self.net = mlp(self.encoder.output_dim, hidden, 6 * terms, layers=2)
+
+    def displacement(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1, 1)
+        coef = self.scale * self.net(self.encoder((x / self.bound + 1.0) * 0.5))
+        coef = coef.reshape(len(x), self.terms, 2, 3)
+        k = torch.arange(1, self.terms + 1, device=x.device, dtype=x.dtype)
+        phase = 2 * math.pi * k * t  # (1 or n, K)
+        cos_t = (torch.cos(phase) - 1.0).unsqueeze(-1)
+        sin_t = torch.sin(phase).unsqueeze(-1)
+        return (coef[:, :, 0] * cos_t + coef[:, :, 1] * sin_t).sum(1)
+
+    def warp(self, x: torch.Tensor, t) -> torch.Tensor:
+        return x + self.displacement(x, t)
