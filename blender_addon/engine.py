@@ -46,14 +46,13 @@ def session() -> Session:
         return s
     if s is not None:
         s.stop()
-    server_key = keypair = None
-    if p.server_key or p.client_key:
-        try:
-            server_key = keys.load_public(bpy.path.abspath(p.server_key))
-            keypair = keys.load_keypair(bpy.path.abspath(p.client_key))
-        except Exception as e:
-            raise UserError(f"Cannot read the keys: {e}. Check them in the add-on "
-                            "preferences.") from None
+    try:
+        server_key, keypair = keys.load_curve_files(
+            p.server_key and bpy.path.abspath(p.server_key),
+            p.client_key and bpy.path.abspath(p.client_key))
+    except Exception as e:
+        raise UserError(f"Cannot read the keys: {e}. Check them in the add-on "
+                        "preferences.") from None
     if not keys.is_loopback(address):
         if not bpy.app.online_access:
             raise UserError("Online access is off (Preferences > System > Network): turn it "

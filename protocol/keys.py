@@ -47,6 +47,17 @@ def load_keypair(path: str | os.PathLike) -> tuple[bytes, bytes]:
     return public, secret
 
 
+def load_curve_files(server_key_path, keypair_path):
+    """(server public key, own key pair) from the two files, or (None, None) if neither is
+    given; giving only one is an error."""
+    if not server_key_path and not keypair_path:
+        return None, None
+    if not (server_key_path and keypair_path):
+        raise KeyFileError("CURVE needs both the server's public key and your key pair",
+                           hint="give --server-key and --key together")
+    return load_public(server_key_path), load_keypair(keypair_path)
+
+
 def public_keys_in(directory: str | os.PathLike) -> set[bytes]:
     d = Path(directory)
     if not d.is_dir():

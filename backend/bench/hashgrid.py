@@ -12,10 +12,10 @@ for the coarse levels, so it is a guide, not a bound.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
+
+from . import report
 
 BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}  # bytes/s (SXM)
 
@@ -76,10 +76,7 @@ def run(args) -> dict:
 
 def main(args) -> int:
     result = run(args)
-    print(json.dumps(result, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return report(result, args.json)
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,6 @@ reports each leg's time.
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import signal
@@ -27,6 +26,8 @@ from PIL import Image
 from animate4d.protocol import AnimatedMesh, keys, wire
 from animate4d.protocol.client import Client
 from animate4d.protocol.options import JobOptions
+
+from . import report
 
 
 def _port() -> int:
@@ -126,7 +127,7 @@ def load(args) -> int:
         "server_us_per_message": float(m.group(3)) if m else None,
         "machine": f"{os.cpu_count()} cores",
     }
-    return _report(result, args)
+    return report(result, args.json)
 
 
 def transfer(args) -> int:
@@ -175,14 +176,7 @@ def transfer(args) -> int:
         "server_to_client_s": round(fetch, 3), "total_s": round(upload + fetch, 3),
         "note": "upload includes encoding the .a4d and the server validating it",
     }
-    return _report(result, args)
-
-
-def _report(result: dict, args) -> int:
-    print(json.dumps(result, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return report(result, args.json)
 
 
 def add_parsers(sub) -> None:

@@ -6,7 +6,6 @@ peak memory is the child's maximum resident set size as the kernel reports it.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -23,6 +22,7 @@ from ..commands.local import DEMO_IMAGE, DEMO_PROMPT
 from ..preprocess.image_io import load_image
 from ..preprocess.segment import foreground_mask
 from ..raster import iou, silhouette
+from . import report
 
 
 def frame0_iou(mesh: AnimatedMesh, image: Path) -> float:
@@ -81,10 +81,7 @@ def main(args) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
                    f"{platform.python_version()}",
     }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return report(result, args.json)
 
 
 def add_parser(sub) -> None:

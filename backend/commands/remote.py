@@ -13,11 +13,7 @@ from .local import add_job_options, job_options
 
 
 def _client(args) -> Client:
-    server_key = keypair = None
-    if args.server_key or args.key:
-        if not (args.server_key and args.key):
-            raise keys.KeyFileError("CURVE needs both --server-key and --key")
-        server_key, keypair = keys.load_public(args.server_key), keys.load_keypair(args.key)
+    server_key, keypair = keys.load_curve_files(args.server_key, args.key)
     client = Client(args.server, server_key=server_key, keypair=keypair,
                     name="animate4d-cli", timeout_s=args.timeout)
     client.connect()

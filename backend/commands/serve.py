@@ -84,12 +84,8 @@ def _supervise_worker(args, stop: threading.Event) -> None:
 def cmd_worker(args) -> int:
     from ..worker.worker import Worker
 
-    server_key = keypair = None
-    if args.server_key or args.key:
-        if not (args.server_key and args.key):
-            raise keys.KeyFileError("CURVE needs both --server-key and --key")
-        server_key, keypair = keys.load_public(args.server_key), keys.load_keypair(args.key)
-    elif not keys.is_loopback(args.server) and not args.insecure:
+    server_key, keypair = keys.load_curve_files(args.server_key, args.key)
+    if server_key is None and not keys.is_loopback(args.server) and not args.insecure:
         raise keys.KeyFileError(
             f"{args.server} is not on this machine, and no keys were given",
             hint="pass --server-key and --key (see `animate4d keys`), or --insecure")
