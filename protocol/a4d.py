@@ -8,7 +8,7 @@ a finished job's result on the wire.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -133,15 +133,17 @@ def save(mesh: AnimatedMesh, path: str | os.PathLike) -> Path:
     """Write atomically: a reader never sees a half-written file."""
     path = Path(path)
     data = dumps(mesh)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    # A fresh name opened exclusively: the file gets the user's usual permissions (umask),
+    # unlike mkstemp's owner-only ones, which would hide an artist's result from the team.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 

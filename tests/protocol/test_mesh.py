@@ -170,8 +170,13 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 
 def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
+    import os
+
     p = tmp_path / "r.a4d"
     a4d.save(make_mesh(), p)
     a4d.save(make_mesh(n_frames=5), p)
     assert a4d.load(p).num_frames == 5
     assert [x.name for x in tmp_path.iterdir()] == ["r.a4d"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~umask  # the user's usual permissions
