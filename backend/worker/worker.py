@@ -29,6 +29,8 @@ from ..checkpoints import MemoryCheckpoints
 from ..export.preview_media import preview_png
 from ..pipelines import JobFn, available
 
+PROGRESS_HZ = 10.0
+
 
 def _try_send(sock: zmq.Socket, data: bytes) -> bool:
     """Send without blocking: a DEALER with no live connection would wait forever."""
@@ -223,10 +225,17 @@ class Worker:
         self.outbox.put((run, body, msg_id))
 
     def _run_job(self, run: JobRun, fn: JobFn) -> None:
+        last = {"stage": None, "at": 0.0}
+
         def progress(stage: str, step: int, total: int) -> None:
             if run.cancel.is_set():
                 raise CancelledError("cancelled")
-            self._send(run, wire.Progress(stage=stage, step=step, total=total))
+            # At most PROGRESS_HZ messages a second: a GPU stage reports thousands of steps.
+            # A new stage and the last step of one always go out.
+            now = time.monotonic()
+            if stage != last["stage"] or step >= total or now - last["at"] >= 1 / PROGRESS_HZ:
+                self._send(run, wire.Progress(stage=stage, step=step, total=total))
+                last["stage"], last["at"] = stage, now
             if self.throttle_s and run.cancel.wait(self.throttle_s):
                 raise CancelledError("cancelled")
 

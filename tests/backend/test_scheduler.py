@@ -97,3 +97,40 @@ def test_many_clients_two_workers_nothing_lost_or_duplicated(tmp_path):
         assert len(results) == 32
     finally:
         cluster.stop()
+
+
+def test_a_chatty_pipeline_is_coalesced_to_a_few_progress_events(tmp_path):
+    """10,000 progress reports in a fraction of a second reach the client as a handful, and the
+    last one (the stage's end) always arrives."""
+    import numpy as np
+
+    from animate4d.backend.server.server import Server
+    from animate4d.backend.worker.worker import Worker
+    from animate4d.protocol import AnimatedMesh
+    from animate4d.protocol.client import Client
+    from tests.backend.cluster import free_port
+
+    def chatty(image, options, progress, checkpoints):
+        for i in range(10_001):
+            progress("optimise", i, 10_000)
+        v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32)
+        return AnimatedMesh(vertices=v, faces=[[0, 1, 2]], frames=v[None])
+
+    caddr, waddr = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    stop = threading.Event()
+    server = Server(tmp_path / "store", caddr, waddr, log=lambda m: None)
+    threading.Thread(target=server.run, args=(stop,), daemon=True).start()
+    worker = Worker(waddr, pipelines={"preview": chatty}, log=lambda m: None)
+    threading.Thread(target=worker.run, args=(stop,), daemon=True).start()
+    try:
+        with Client(caddr, timeout_s=10) as c:
+            png = write_png(tmp_path / "c.png", blob_rgba(64, 64)).read_bytes()
+            job = c.submit(png, JobOptions(frames=1))
+            steps = []
+            final = c.wait(job.id, lambda j, b: steps.append(b.step)
+                           if isinstance(b, wire.Progress) else None, timeout_s=30)
+            assert final.state == wire.DONE
+    finally:
+        stop.set()
+    assert 1 <= len(steps) <= 50, len(steps)
+    assert steps[-1] == 10_000
