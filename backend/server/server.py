@@ -304,9 +304,11 @@ class Server:
             raise WireError("not_found", f"no job {str(job_id)[:64]!r}")
         return rec
 
-    def _info(self, rec: JobRecord) -> JobInfo:
+    def _info(self, rec: JobRecord, positions: dict[str, int] | None = None) -> JobInfo:
+        """The job's info with its current queue position (`positions` once per reply)."""
         if rec.info.state == QUEUED:
-            rec.info.queue_position = self.queue.positions().get(rec.info.id)
+            positions = self.queue.positions() if positions is None else positions
+            rec.info.queue_position = positions.get(rec.info.id)
         else:
             rec.info.queue_position = None
         return rec.info
@@ -368,7 +370,8 @@ class Server:
     def _list(self, ident, owner, env, body):
         recs = [r for r in self.jobs.values() if r.owner == owner or self._is_admin(owner)]
         recs.sort(key=lambda r: r.info.created, reverse=True)
-        return wire.Jobs(jobs=[self._info(r) for r in recs[: limits.MAX_JOBS_LISTED]])
+        positions = self.queue.positions()
+        return wire.Jobs(jobs=[self._info(r, positions) for r in recs[: limits.MAX_JOBS_LISTED]])
 
     def _attach(self, ident, owner, env, body):
         rec = self._visible(owner, env.job)
