@@ -80,6 +80,14 @@ class CanonicalField(nn.Module):
         return self.forward(x)[0]
 
 
+def set_level_window(window: torch.Tensor, encoder: HashGrid, amount: float) -> None:
+    """Level l gets weight clamp(amount * L - l, 0, 1) (the first level is always on)."""
+    levels = torch.arange(encoder.levels, device=window.device, dtype=window.dtype)
+    w = (amount * encoder.levels - levels).clamp(0.0, 1.0)
+    w[0] = 1.0
+    window.copy_(w.repeat_interleave(encoder.features))
+
+
 class MotionField(nn.Module):
     """D(x, t) = g(x, t) - g(x, 0) from a 4D hash grid."""
 
@@ -88,10 +96,16 @@ class MotionField(nn.Module):
         self.bound, self.scale = bound, scale
         self.encoder = HashGrid(dims=4, **grid)
         self.net = mlp(self.encoder.output_dim, hidden, 3, layers=2)
+        self.register_buffer("level_window", torch.ones(self.encoder.output_dim))
+
+    def open_levels(self, amount: float) -> None:
+        """Coarse to fine: features of levels beyond `amount` (0..1 of the levels) are faded
+        out, so large, smooth motions are found before fine ones (as in Nerfies)."""
+        set_level_window(self.level_window, self.encoder, amount)
 
     def _g(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         xt = torch.cat([(x / self.bound + 1.0) * 0.5, t.reshape(-1, 1).expand(len(x), 1)], 1)
-        return self.scale * self.net(self.encoder(xt))
+        return self.scale * self.net(self.encoder(xt) * self.level_window)
 
     def displacement(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
@@ -110,10 +124,15 @@ class LoopingMotionField(nn.Module):
         self.bound, self.terms, self.scale = bound, terms, scale
         self.encoder = HashGrid(dims=3, **grid)
         self.net = mlp(self.encoder.output_dim, hidden, 6 * terms, layers=2)
+        self.register_buffer("level_window", torch.ones(self.encoder.output_dim))
+
+    def open_levels(self, amount: float) -> None:
+        set_level_window(self.level_window, self.encoder, amount)
 
     def displacement(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1, 1)
-        coef = self.scale * self.net(self.encoder((x / self.bound + 1.0) * 0.5))
+        coef = self.scale * self.net(self.encoder((x / self.bound + 1.0) * 0.5) *
+                                     self.level_window)
         coef = coef.reshape(len(x), self.terms, 2, 3)
         k = torch.arange(1, self.terms + 1, device=x.device, dtype=x.dtype)
         phase = 2 * math.pi * k * t  # (1 or n, K)

@@ -7,7 +7,8 @@ d-linearly. A level whose dense grid ((N_l + 1)^d entries) fits in the table is 
 start uniform in [-1e-4, 1e-4].
 
 All levels are evaluated in one batched gather, which is what torch.compile fuses well; the
-module is written so that `torch.compile(HashGrid(...))` works unchanged.
+module is written so that `torch.compile(HashGrid(...))` works unchanged. The backward pass is
+written by hand (`_Interpolate`): it recomputes indices rather than storing them.
 """
 
 from __future__ import annotations
@@ -56,33 +57,92 @@ class HashGrid(nn.Module):
         self.register_buffer("strides", strides, persistent=False)
         self.register_buffer("primes", torch.tensor(PRIMES[:dims], dtype=torch.int64),
                              persistent=False)
-        corners = torch.tensor([[(c >> i) & 1 for i in range(dims)] for c in range(2**dims)],
-                               dtype=torch.int64)
-        self.register_buffer("corners", corners, persistent=False)
+        # Levels grow finer, so the densely indexed ones come first; hashed levels use the
+        # whole (power-of-two) table, so "mod T" is a mask, as in tinycudann.
+        self.n_dense = sum(dense)
+        if any(dense[self.n_dense:]):
+            raise AssertionError("dense levels must precede hashed ones")
+        self.hash_mask = table - 1
         self.embeddings = nn.Parameter(torch.empty(offsets[-1], features).uniform_(-1e-4, 1e-4))
 
     @property
     def output_dim(self) -> int:
         return self.levels * self.features
 
-    def level_index(self, corner: torch.Tensor) -> torch.Tensor:
-        """Table rows of integer grid corners (..., L, d) -> (..., L), offsets included."""
-        dense_idx = (corner * self.strides).sum(-1)
-        hashed = corner[..., 0] * self.primes[0]
-        for i in range(1, self.dims):
-            hashed = torch.bitwise_xor(hashed, corner[..., i] * self.primes[i])
-        idx = torch.where(self.dense, dense_idx, hashed % self.sizes)
-        return idx + self.offsets
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(n, d) points in [0, 1]^d -> (n, L * F) features."""
-        pos = x.float().clamp(0.0, 1.0).unsqueeze(1) * self.resolution[:, None]  # (n, L, d)
-        base = pos.floor()
-        frac = pos - base
-        # All 2^d corners at once: one gather forward, one scatter-add backward.
-        corner = base.long().unsqueeze(2) + self.corners  # (n, L, C, d)
-        idx = self.level_index(corner.transpose(1, 2)).transpose(1, 2)  # (n, L, C)
-        w = torch.where(self.corners.bool(), frac.unsqueeze(2), 1.0 - frac.unsqueeze(2))
-        w = w.prod(-1)  # (n, L, C)
-        feats = self.embeddings[idx]  # (n, L, C, F)
-        return (w.unsqueeze(-1) * feats).sum(2).reshape(x.shape[0], -1)
+        x = x.to(self.embeddings.dtype).clamp(0.0, 1.0)
+        out = _Interpolate.apply(x, self.embeddings, self.resolution, self.strides,
+                                 self.primes, self.offsets, self.n_dense, self.hash_mask)
+        return out.reshape(x.shape[0], -1)
+
+
+def _combine(pairs: torch.Tensor, op) -> torch.Tensor:
+    """(n, L, d, 2) per-dimension values for corner offsets 0 and 1 -> (n, L, 2^d) values of
+    every corner, op-combined across dimensions; corner c has offset (c >> i) & 1 in dim i.
+    Building it one dimension at a time costs 2 + 4 + ... + 2^d operations per point and
+    level instead of d * 2^d."""
+    out = pairs[:, :, 0]  # (n, L, 2)
+    for i in range(1, pairs.shape[2]):
+        out = torch.stack([op(out, pairs[:, :, i, :1]), op(out, pairs[:, :, i, 1:])], 2)
+        out = out.flatten(2)
+    return out
+
+
+def _lookup(x, resolution, strides, primes, offsets, n_dense: int, hash_mask: int):
+    """Table rows (n, L, C) of the 2^d corners around each point, and the per-dimension
+    weight factors (n, L, d, 2): (1 - frac, frac)."""
+    pos = x.unsqueeze(1) * resolution[:, None].to(x.dtype)  # (n, L, d)
+    base = pos.floor()
+    frac = pos - base
+    cell = base.long().unsqueeze(-1) + torch.arange(2, device=x.device)  # (n, L, d, 2)
+    parts = []
+    if n_dense:
+        parts.append(_combine(cell[:, :n_dense] * strides[:n_dense, :, None], torch.add))
+    if n_dense < cell.shape[1]:
+        hashed = _combine(cell[:, n_dense:] * primes[:, None], torch.bitwise_xor)
+        parts.append(torch.bitwise_and(hashed, hash_mask))
+    idx = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+    factors = torch.stack([1.0 - frac, frac], -1)
+    return idx + offsets[:, None], factors
+
+
+class _Interpolate(torch.autograd.Function):
+    """d-linear interpolation of the table with a hand-written backward.
+
+    The backward recomputes the corner indices instead of saving them (an (n, L, 2^d) int64
+    tensor, 537 MB for 2^18 4D points), scatters the weighted output gradient into the table,
+    and gives d/dx analytically (the motion field's warp needs it) without autograd's generic
+    product backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x, embeddings, resolution, strides, primes, offsets, n_dense, hash_mask):
+        grid = (resolution, strides, primes, offsets)
+        idx, factors = _lookup(x, *grid, n_dense, hash_mask)
+        w = _combine(factors, torch.mul)  # (n, L, C)
+        out = (w.unsqueeze(-1) * embeddings[idx]).sum(2)  # (n, L, F)
+        ctx.save_for_backward(x, embeddings, *grid)
+        ctx.n_dense, ctx.hash_mask = n_dense, hash_mask
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, embeddings, *grid = ctx.saved_tensors
+        idx, factors = _lookup(x, *grid, ctx.n_dense, ctx.hash_mask)
+        grad_x = grad_emb = None
+        if ctx.needs_input_grad[1]:
+            w = _combine(factors, torch.mul)
+            vals = (w.unsqueeze(-1) * grad.unsqueeze(2)).to(embeddings.dtype)
+            grad_emb = torch.zeros_like(embeddings).index_add_(
+                0, idx.reshape(-1), vals.reshape(-1, embeddings.shape[1]))
+        if ctx.needs_input_grad[0]:
+            g_corner = (embeddings[idx] * grad.unsqueeze(2)).sum(-1)  # (n, L, C)
+            slope = torch.tensor([-1.0, 1.0], dtype=x.dtype, device=x.device)
+            grad_frac = []
+            for i in range(x.shape[1]):  # d w_c / d frac_i: factor i replaced by -1 / +1
+                f = factors.clone()
+                f[:, :, i] = slope
+                grad_frac.append((g_corner * _combine(f, torch.mul)).sum(2))
+            grad_x = (torch.stack(grad_frac, -1) * grid[0][:, None].to(x.dtype)).sum(1)
+        return (grad_x, grad_emb) + (None,) * 6

@@ -17,14 +17,36 @@ import torch
 from animate4d.protocol import Camera
 
 
+class CameraBatch:
+    """Several `protocol.Camera`s as tensors, so rays through any (camera, pixel) pairs,
+    sub-pixel positions included, are made on the device in one call (the same pinhole
+    model as `Camera.pixel_rays`)."""
+
+    def __init__(self, cameras: list[Camera], device=None):
+        f32 = dict(dtype=torch.float32, device=device)
+        self.cameras = list(cameras)
+        self.location = torch.tensor(np.stack([c.location for c in cameras]), **f32)
+        self.rotation = torch.tensor(np.stack([c.rotation for c in cameras]), **f32)
+        self.focal = torch.tensor([c.focal_px for c in cameras], **f32)
+        self.centre = torch.tensor([c.principal_point for c in cameras], **f32)
+
+    def rays(self, index: torch.Tensor, uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Origins and unit directions for cameras `index` (n,) at pixel coordinates uv (n, 2)."""
+        f = self.focal[index][:, None]
+        xy = (uv - self.centre[index]) / f
+        d = torch.stack([xy[:, 0], -xy[:, 1], -torch.ones_like(xy[:, 0])], -1)
+        d = torch.nn.functional.normalize(d, dim=-1)
+        return self.location[index], torch.einsum("nij,nj->ni", self.rotation[index], d)
+
+
 def camera_rays(camera: Camera, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Origins and unit directions (H*W, 3) through every pixel centre, row by row."""
     w, h = camera.resolution
-    u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
-    dirs = camera.pixel_rays(np.stack([u, v], -1).reshape(-1, 2))
-    origins = np.broadcast_to(camera.location, dirs.shape)
-    return (torch.as_tensor(np.ascontiguousarray(origins), dtype=torch.float32, device=device),
-            torch.as_tensor(dirs, dtype=torch.float32, device=device))
+    u, v = torch.meshgrid(torch.arange(w, device=device) + 0.5,
+                          torch.arange(h, device=device) + 0.5, indexing="xy")
+    uv = torch.stack([u, v], -1).reshape(-1, 2).float()
+    return CameraBatch([camera], device).rays(torch.zeros(len(uv), dtype=torch.long,
+                                                          device=device), uv)
 
 
 def box_intersect(o, d, bound: float):
@@ -91,6 +113,8 @@ class Renderer:
 
     def render_rays(self, o, d, t=None, *, shading: Shading | None = None,
                     background=(1.0, 1.0, 1.0), jitter: bool = False) -> dict:
+        """Render rays at time t: None (canonical), a number, or one time per ray (n,).
+        `background` is one colour or one per ray (n, 3)."""
         shading = shading or Shading()
         n_rays, s = len(o), self.samples
         near, far = box_intersect(o, d, self.bound)
@@ -109,7 +133,12 @@ class Renderer:
         normal = torch.zeros(len(pts), 3, device=o.device)
         if live.any():
             xl = pts[live]
-            xc = self.motion.warp(xl, t) if (self.motion is not None and t is not None) else xl
+            xc = xl
+            if self.motion is not None and t is not None:
+                if torch.is_tensor(t) and t.ndim == 1:
+                    xc = self.motion.warp(xl, t[:, None].expand(n_rays, s).reshape(-1)[live])
+                else:
+                    xc = self.motion.warp(xl, t)
             dens, alb = self.canonical(xc)
             sigma = sigma.index_put((live.nonzero()[:, 0],), dens)
             albedo = albedo.index_put((live.nonzero()[:, 0],), alb)
@@ -123,8 +152,9 @@ class Renderer:
         weights = alpha * trans
         acc = weights.sum(1)
         if shading.mode == "lambertian":
-            light = shading.light if shading.light is not None else -d[0]
-            lam = (normal * light.to(normal)).sum(-1).clamp(min=0.0)
+            # Default: a headlight (each ray lit from its own camera).
+            light = shading.light.to(normal) if shading.light is not None else -d[:, None, :]
+            lam = (normal * light).sum(-1).clamp(min=0.0)
             colour = albedo * (shading.ambient + (1 - shading.ambient) * lam)[..., None]
         else:
             colour = albedo
@@ -136,16 +166,27 @@ class Renderer:
             "normal": (weights[..., None] * normal).sum(1),
         }
 
-    def render(self, cameras: list[Camera], times: list | None = None, *, chunk: int = 2**15,
+    def render(self, cameras: list[Camera], times: list | None = None, *, chunk: int = 2**16,
                **kw) -> dict:
-        """One image per (camera, time): each output is (B, H, W, ...)."""
-        times = times if times is not None else [None] * len(cameras)
-        outs = []
-        for cam, t in zip(cameras, times, strict=True):
-            o, d = camera_rays(cam, device=next(self.canonical.parameters()).device)
-            parts = [self.render_rays(o[i : i + chunk], d[i : i + chunk], t, **kw)
-                     for i in range(0, len(o), chunk)]
-            w, h = cam.resolution
-            outs.append({k: torch.cat([p[k] for p in parts]).reshape(h, w, -1).squeeze(-1)
-                         for k in parts[0]})
-        return {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
+        """One image per (camera, time), all rays of the batch rendered together in chunks
+        (cameras of one size): each output is (B, H, W, ...)."""
+        if len({c.resolution for c in cameras}) != 1:
+            raise ValueError("render: all cameras of one batch must have the same resolution")
+        device = next(self.canonical.parameters()).device
+        w, h = cameras[0].resolution
+        u, v = torch.meshgrid(torch.arange(w, device=device) + 0.5,
+                              torch.arange(h, device=device) + 0.5, indexing="xy")
+        uv = torch.stack([u, v], -1).reshape(-1, 2).float().repeat(len(cameras), 1)
+        index = torch.arange(len(cameras), device=device).repeat_interleave(w * h)
+        o, d = CameraBatch(cameras, device).rays(index, uv)
+        t = None
+        if times is not None:
+            if len(times) != len(cameras):
+                raise ValueError("render: give one time per camera")
+            t = torch.tensor([0.0 if x is None else float(x) for x in times],
+                             device=device).repeat_interleave(w * h)
+        parts = [self.render_rays(o[i : i + chunk], d[i : i + chunk],
+                                  None if t is None else t[i : i + chunk], **kw)
+                 for i in range(0, len(o), chunk)]
+        return {k: torch.cat([p[k] for p in parts]).reshape(len(cameras), h, w, -1).squeeze(-1)
+                for k in parts[0]}

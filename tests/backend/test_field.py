@@ -43,7 +43,8 @@ class Translate(nn.Module):
         self.v = torch.tensor(v)
 
     def displacement(self, x, t):
-        return -self.v.to(x) * float(t) * torch.ones(len(x), 1)
+        t = torch.as_tensor(t, dtype=x.dtype).reshape(-1, 1)
+        return -self.v.to(x) * t * torch.ones(len(x), 1)
 
     def warp(self, x, t):
         return x + self.displacement(x, t)
@@ -112,18 +113,25 @@ def test_known_rigid_motion_moves_extracted_vertices_exactly():
     assert report["warp_residual_max"] < 1e-5
 
 
-def test_fixed_point_inverts_a_smooth_nonrigid_warp():
-    torch.manual_seed(0)
+def test_newton_inverts_a_warp_that_is_not_a_contraction():
+    """A quarter turn about Z: |dD/dx| = sqrt(2) > 1, where the plain fixed point diverges."""
 
-    class Swirl(nn.Module):
+    class Turn(nn.Module):
         def displacement(self, x, t):
-            return 0.1 * float(t) * torch.stack([torch.sin(2 * x[:, 1]), torch.cos(2 * x[:, 0]),
-                                                 torch.zeros(len(x))], 1)
+            a = math.pi / 2 * float(t)
+            rot = torch.tensor([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0],
+                                [0, 0, 1]], dtype=x.dtype)
+            return x @ rot.T - x
 
+    torch.manual_seed(0)
     c = torch.rand(500, 3) - 0.5
-    x, residual = forward_warp(Swirl(), c, 0.7)
+    x, residual = forward_warp(Turn(), c, 1.0)
     assert residual < 1e-5
-    torch.testing.assert_close(x + Swirl().displacement(x, 0.7), c, atol=1e-5, rtol=0)
+    torch.testing.assert_close(x + Turn().displacement(x, 1.0), c, atol=1e-5, rtol=0)
+    naive = c.clone()
+    for _ in range(12):
+        naive = c - Turn().displacement(naive, 1.0)
+    assert float((naive + Turn().displacement(naive, 1.0) - c).norm(dim=-1).max()) > 1.0
 
 
 @pytest.mark.parametrize("cls", [MotionField, LoopingMotionField])
