@@ -43,13 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     bench_sub.required = True
+    from .bench import field as bench_field
     from .bench import hashgrid as bench_hashgrid
     from .bench import network as bench_network
     from .bench import preview as bench_preview
+    from .bench import synthetic as bench_synthetic
 
     bench_preview.add_parser(bench_sub)
     bench_network.add_parsers(bench_sub)
     bench_hashgrid.add_parser(bench_sub)
+    bench_field.add_parsers(bench_sub)
+    bench_synthetic.add_parser(bench_sub)
     return parser
 
 

@@ -15,8 +15,8 @@ import fast_simplification
 import mcubes
 import numpy as np
 import scipy.sparse as sp
-from scipy import ndimage
 import torch
+from scipy import ndimage
 from scipy.sparse.csgraph import connected_components
 
 from animate4d.protocol import AnimatedMesh
@@ -139,7 +139,8 @@ def extract(canonical, motion=None, *, frames: int = 24, fps: float = 24.0,
         if motion is None or k == 0:
             out[k] = verts
             continue
-        x, residual = forward_warp(motion, vt, k / frames)
+        # A tensor time, so that a compiled motion field is not re-specialised per frame.
+        x, residual = forward_warp(motion, vt, torch.tensor(k / frames, device=vt.device))
         out[k] = x.cpu().numpy()
         worst = max(worst, residual)
     mesh = AnimatedMesh(vertices=verts.astype(np.float32), faces=faces, frames=out, fps=fps,

@@ -114,6 +114,9 @@ class MotionField(nn.Module):
     def warp(self, x: torch.Tensor, t) -> torch.Tensor:
         return x + self.displacement(x, t)
 
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        return self.displacement(x, t)
+
 
 class LoopingMotionField(nn.Module):
     """K Fourier terms per point: periodic in t with period 1, zero at t = 0."""
@@ -142,3 +145,6 @@ class LoopingMotionField(nn.Module):
 
     def warp(self, x: torch.Tensor, t) -> torch.Tensor:
         return x + self.displacement(x, t)
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        return self.displacement(x, t)

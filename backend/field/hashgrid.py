@@ -13,6 +13,7 @@ written by hand (`_Interpolate`): it recomputes indices rather than storing them
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -72,8 +73,9 @@ class HashGrid(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(n, d) points in [0, 1]^d -> (n, L * F) features."""
         x = x.to(self.embeddings.dtype).clamp(0.0, 1.0)
-        out = _Interpolate.apply(x, self.embeddings, self.resolution, self.strides,
-                                 self.primes, self.offsets, self.n_dense, self.hash_mask)
+        fn = _interpolate(self.n_dense, self.hash_mask)
+        out = fn.apply(x, self.embeddings, self.resolution, self.strides, self.primes,
+                       self.offsets)
         return out.reshape(x.shape[0], -1)
 
 
@@ -107,8 +109,11 @@ def _lookup(x, resolution, strides, primes, offsets, n_dense: int, hash_mask: in
     return idx + offsets[:, None], factors
 
 
-class _Interpolate(torch.autograd.Function):
-    """d-linear interpolation of the table with a hand-written backward.
+@functools.cache
+def _interpolate(n_dense: int, hash_mask: int) -> type:
+    """d-linear interpolation of the table as an autograd Function with a hand-written backward,
+    one class per grid layout (the layout's integers are constants of the class, so that
+    torch.compile with dynamic shapes does not turn them into symbols).
 
     The backward recomputes the corner indices instead of saving them (an (n, L, 2^d) int64
     tensor, 537 MB for 2^18 4D points), scatters the weighted output gradient into the table,
@@ -116,33 +121,35 @@ class _Interpolate(torch.autograd.Function):
     product backward.
     """
 
-    @staticmethod
-    def forward(ctx, x, embeddings, resolution, strides, primes, offsets, n_dense, hash_mask):
-        grid = (resolution, strides, primes, offsets)
-        idx, factors = _lookup(x, *grid, n_dense, hash_mask)
-        w = _combine(factors, torch.mul)  # (n, L, C)
-        out = (w.unsqueeze(-1) * embeddings[idx]).sum(2)  # (n, L, F)
-        ctx.save_for_backward(x, embeddings, *grid)
-        ctx.n_dense, ctx.hash_mask = n_dense, hash_mask
-        return out
+    class Interpolate(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, embeddings, resolution, strides, primes, offsets):
+            grid = (resolution, strides, primes, offsets)
+            idx, factors = _lookup(x, *grid, n_dense, hash_mask)
+            w = _combine(factors, torch.mul)  # (n, L, C)
+            out = (w.unsqueeze(-1) * embeddings[idx]).sum(2)  # (n, L, F)
+            ctx.save_for_backward(x, embeddings, *grid)
+            return out
 
-    @staticmethod
-    def backward(ctx, grad):
-        x, embeddings, *grid = ctx.saved_tensors
-        idx, factors = _lookup(x, *grid, ctx.n_dense, ctx.hash_mask)
-        grad_x = grad_emb = None
-        if ctx.needs_input_grad[1]:
-            w = _combine(factors, torch.mul)
-            vals = (w.unsqueeze(-1) * grad.unsqueeze(2)).to(embeddings.dtype)
-            grad_emb = torch.zeros_like(embeddings).index_add_(
-                0, idx.reshape(-1), vals.reshape(-1, embeddings.shape[1]))
-        if ctx.needs_input_grad[0]:
-            g_corner = (embeddings[idx] * grad.unsqueeze(2)).sum(-1)  # (n, L, C)
-            slope = torch.tensor([-1.0, 1.0], dtype=x.dtype, device=x.device)
-            grad_frac = []
-            for i in range(x.shape[1]):  # d w_c / d frac_i: factor i replaced by -1 / +1
-                f = factors.clone()
-                f[:, :, i] = slope
-                grad_frac.append((g_corner * _combine(f, torch.mul)).sum(2))
-            grad_x = (torch.stack(grad_frac, -1) * grid[0][:, None].to(x.dtype)).sum(1)
-        return (grad_x, grad_emb) + (None,) * 6
+        @staticmethod
+        def backward(ctx, grad):
+            x, embeddings, *grid = ctx.saved_tensors
+            idx, factors = _lookup(x, *grid, n_dense, hash_mask)
+            grad_x = grad_emb = None
+            if ctx.needs_input_grad[1]:
+                w = _combine(factors, torch.mul)
+                vals = (w.unsqueeze(-1) * grad.unsqueeze(2)).to(embeddings.dtype)
+                grad_emb = torch.zeros_like(embeddings).index_add_(
+                    0, idx.reshape(-1), vals.reshape(-1, embeddings.shape[1]))
+            if ctx.needs_input_grad[0]:
+                g_corner = (embeddings[idx] * grad.unsqueeze(2)).sum(-1)  # (n, L, C)
+                slope = torch.tensor([-1.0, 1.0], dtype=x.dtype, device=x.device)
+                grad_frac = []
+                for i in range(x.shape[1]):  # d w_c / d frac_i: factor i -> -1 / +1
+                    f = factors.clone()
+                    f[:, :, i] = slope
+                    grad_frac.append((g_corner * _combine(f, torch.mul)).sum(2))
+                grad_x = (torch.stack(grad_frac, -1) * grid[0][:, None].to(x.dtype)).sum(1)
+            return grad_x, grad_emb, None, None, None, None
+
+    return Interpolate

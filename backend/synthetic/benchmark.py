@@ -30,7 +30,6 @@ from ..field.render import Shading
 from . import metrics
 from .scenes import SCENES, scene
 
-
 # blender_views puts every frame inside a sphere of radius 0.6: the field's box is a little larger.
 BOUND = 0.7
 
