@@ -33,22 +33,29 @@ def density_grid(canonical, bound: float, resolution: int, chunk: int = 2**18,
     return out.reshape((resolution,) * 3)
 
 
-def fill_interior(dens: np.ndarray, threshold: float, close_voxels: int = 2) -> np.ndarray:
-    """Raise the density of voxels inside the object to above the threshold.
+def fill_interior(dens: np.ndarray, threshold: float, close_voxels: int = 2,
+                  min_fraction: float = 0.05) -> np.ndarray:
+    """The density with everything the cameras cannot have seen made solid or empty.
 
-    The cameras never see inside, so the fitted interior is arbitrary: dips below the threshold
-    there become cavities and tunnels (inner surfaces, genus) in the marching-cubes mesh. A
-    morphological closing of the solid closes tunnels narrower than about 2 * close_voxels
-    voxels, and hole filling closes what is then enclosed.
+    The fitted interior is arbitrary (no ray reaches it): its dips below the threshold become
+    cavities, tunnels and floating inner pieces in the marching-cubes mesh. So: solids smaller
+    than `min_fraction` of the largest are emptied, a morphological closing closes tunnels
+    narrower than about 2 * close_voxels voxels, and what is then enclosed is filled.
     """
     inside = dens > threshold
+    labels, n = ndimage.label(inside)
+    if n > 1:
+        sizes = np.bincount(labels.ravel())[1:]
+        keep = np.concatenate([[False], sizes >= min_fraction * sizes.max()])
+        inside = keep[labels]
     solid = inside
     if close_voxels > 0:
         pad = close_voxels + 1
         solid = ndimage.binary_closing(np.pad(inside, pad), iterations=close_voxels)
         solid = solid[pad:-pad, pad:-pad, pad:-pad]
     solid = ndimage.binary_fill_holes(solid)
-    return np.where(solid & ~inside, 2.0 * threshold, dens)
+    out = np.where(solid & ~inside, 2.0 * threshold, dens)
+    return np.where(~solid & (dens > threshold), 0.5 * threshold, out)
 
 
 def keep_large_components(vertices, faces, min_fraction: float = 0.05):

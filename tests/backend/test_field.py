@@ -159,3 +159,13 @@ def test_canonical_field_gradients_and_blob():
     assert float(far.detach()) < float(dens.detach())
     (dens.sum() + alb.sum()).backward()
     assert f.encoder.embeddings.grad.abs().sum() > 0
+
+
+def test_one_batch_of_cameras_and_times_equals_separate_renders():
+    cam = canonical_camera(16)
+    r = Renderer(Sphere(), Translate((0.3, 0.0, 0.0)), samples=48)
+    both = r.render([cam, cam], [0.0, 1.0], shading=Shading(mode="albedo"))["alpha"]
+    for i, t in enumerate((0.0, 1.0)):
+        alone = r.render([cam], [t], shading=Shading(mode="albedo"))["alpha"][0]
+        torch.testing.assert_close(both[i], alone)
+    assert not torch.allclose(both[0], both[1])
