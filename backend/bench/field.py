@@ -79,11 +79,7 @@ def run_render(args) -> dict:
         times = [k / args.frames for k in range(args.frames)]
         step_len = 2 * 3**0.5 / args.samples  # as the fit does: 1% opacity per step
         frac = occupancy.update(renderer.density_at, times=times, threshold=0.01 / step_len)
-        cams = []
-        for k in range(args.frames):
-            c = canonical_camera(args.size)
-            cams.append(c)
-        batch = CameraBatch(cams, device)
+        batch = CameraBatch([canonical_camera(args.size)] * args.frames, device)
         n = args.size * args.size
         u, v = torch.meshgrid(torch.arange(args.size, device=device) + 0.5,
                               torch.arange(args.size, device=device) + 0.5, indexing="xy")
