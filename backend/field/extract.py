@@ -21,6 +21,8 @@ from scipy.sparse.csgraph import connected_components
 
 from animate4d.protocol import AnimatedMesh
 
+from .fields import warp_jacobian
+
 
 @torch.no_grad()
 def density_grid(canonical, bound: float, resolution: int, chunk: int = 2**18,
@@ -86,7 +88,6 @@ def forward_warp(motion, canonical_pts: torch.Tensor, t: float, iterations: int 
     does not reduce a point's residual is halved.
     """
     c = canonical_pts
-    eye = torch.eye(3, device=c.device, dtype=c.dtype)
 
     def residual(x):
         return x + motion.displacement(x, t) - c
@@ -97,9 +98,7 @@ def forward_warp(motion, canonical_pts: torch.Tensor, t: float, iterations: int 
         err = r.norm(dim=-1)
         if float(err.max()) < 1e-7:
             break
-        jac = torch.stack([(motion.displacement(x + eps * eye[i], t) -
-                            motion.displacement(x - eps * eye[i], t)) / (2 * eps)
-                           for i in range(3)], -1) + eye  # (n, 3, 3): d r_j / d x_i
+        jac = warp_jacobian(motion, x, t, eps)  # (n, 3, 3): d r_j / d x_i
         step = torch.linalg.solve(jac, r.unsqueeze(-1)).squeeze(-1)
         bad = ~torch.isfinite(step).all(-1)
         step[bad] = r[bad]

@@ -80,6 +80,15 @@ class CanonicalField(nn.Module):
         return self.forward(x)[0]
 
 
+def warp_jacobian(motion, x: torch.Tensor, t, eps: float) -> torch.Tensor:
+    """(n, 3, 3) central-difference Jacobian of the warp x -> x + D(x, t) (rigidity
+    regulariser, Newton inversion)."""
+    eye = torch.eye(3, device=x.device, dtype=x.dtype)
+    cols = [(motion.displacement(x + eps * eye[i], t) - motion.displacement(x - eps * eye[i], t))
+            / (2 * eps) for i in range(3)]
+    return torch.stack(cols, -1) + eye
+
+
 def set_level_window(window: torch.Tensor, encoder: HashGrid, amount: float) -> None:
     """Level l gets weight clamp(amount * L - l, 0, 1) (the first level is always on)."""
     levels = torch.arange(encoder.levels, device=window.device, dtype=window.dtype)

@@ -27,7 +27,7 @@ import torch
 
 from animate4d.protocol import Camera
 
-from .fields import CanonicalField, LoopingMotionField, MotionField
+from .fields import CanonicalField, LoopingMotionField, MotionField, warp_jacobian
 from .render import CameraBatch, OccupancyGrid, Renderer, Shading
 
 
@@ -93,14 +93,6 @@ def build_fields(config: FitConfig, device) -> tuple[CanonicalField, torch.nn.Mo
     motion = motion_cls(config.bound, hidden=config.hidden, scale=config.motion_scale,
                         **config.motion_grid)
     return canonical.to(device), motion.to(device)
-
-
-def warp_jacobian(motion, x: torch.Tensor, t: torch.Tensor, eps: float) -> torch.Tensor:
-    """(n, 3, 3) central-difference Jacobian of x -> x + D(x, t)."""
-    eye = torch.eye(3, device=x.device, dtype=x.dtype)
-    cols = [(motion.displacement(x + eps * eye[i], t) - motion.displacement(x - eps * eye[i], t))
-            / (2 * eps) for i in range(3)]
-    return torch.stack(cols, -1) + eye
 
 
 def rigidity_loss(motion, x, t, eps: float) -> torch.Tensor:
