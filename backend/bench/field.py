@@ -104,6 +104,27 @@ def run_render(args) -> dict:
             else None, "torch": torch.__version__}
 
 
+_BUCKET = 2**18
+
+
+def _padded(fn, x, *rest):
+    """fn on x (and per-point tensors in rest) padded to a multiple of _BUCKET points, so the
+    compiled graph sees a handful of static shapes. torch 2.11 on CUDA fails an internal Dynamo
+    assertion for an autograd.Function under dynamic=True with gradients; static shapes work."""
+    import torch
+
+    n = x.shape[0]
+    pad = -n % _BUCKET
+
+    def grow(v):
+        if not torch.is_tensor(v) or v.ndim == 0 or v.shape[0] != n or pad == 0:
+            return v
+        return torch.cat([v, v[:1].expand(pad, *v.shape[1:])])
+
+    out = fn(grow(x), *(grow(v) for v in rest))
+    return tuple(o[:n] for o in out) if isinstance(out, tuple) else out[:n]
+
+
 class _Canonical:
     """A (possibly compiled) canonical module seen through the field interface."""
 
@@ -111,10 +132,10 @@ class _Canonical:
         self.module, self.original = module, original
 
     def __call__(self, x):
-        return self.module(x)
+        return _padded(self.module, x)
 
     def density(self, x):
-        return self.module(x)[0]
+        return self(x)[0]
 
     def parameters(self):
         return self.original.parameters()
@@ -130,7 +151,13 @@ class _Warp:
         return x + self.displacement(x, t)
 
     def displacement(self, x, t):
-        return self.module(x, t)
+        import torch
+
+        if not torch.is_tensor(t):
+            t = torch.full((x.shape[0],), float(t), device=x.device)
+        elif t.ndim == 0:
+            t = t.expand(x.shape[0])
+        return _padded(self.module, x, t)
 
 
 def _maybe_compiled(canonical, motion, mode):
@@ -138,8 +165,9 @@ def _maybe_compiled(canonical, motion, mode):
 
     if mode == "eager":
         return canonical, motion
-    return (_Canonical(torch.compile(canonical, dynamic=True), canonical),
-            _Warp(torch.compile(motion, dynamic=True)))
+    torch._dynamo.config.cache_size_limit = 64  # one graph per bucket count
+    return (_Canonical(torch.compile(canonical, dynamic=False), canonical),
+            _Warp(torch.compile(motion, dynamic=False)))
 
 
 def run_extract(args) -> dict:

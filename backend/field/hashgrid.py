@@ -9,6 +9,8 @@ start uniform in [-1e-4, 1e-4].
 All levels are evaluated in one batched gather, which is what torch.compile fuses well; the
 module is written so that `torch.compile(HashGrid(...))` works unchanged. The backward pass is
 written by hand (`_Interpolate`): it recomputes indices rather than storing them.
+Indices are int32 (half the memory traffic of int64): wrap-around products keep the low bits,
+so the hash equals tinycudann's uint32 one.
 """
 
 from __future__ import annotations
@@ -50,13 +52,17 @@ class HashGrid(nn.Module):
                              persistent=False)
         self.register_buffer("dense", torch.tensor(dense), persistent=False)
         self.register_buffer("sizes", torch.tensor(sizes, dtype=torch.int64), persistent=False)
-        self.register_buffer("offsets", torch.tensor(offsets[:-1], dtype=torch.int64),
+        if offsets[-1] >= 2**31:
+            raise ValueError("the table (levels x entries) must hold fewer than 2^31 rows")
+        self.register_buffer("offsets", torch.tensor(offsets[:-1], dtype=torch.int32),
                              persistent=False)
-        # Strides of the dense layout per level: (n+1)^i.
-        strides = torch.tensor([[(n + 1) ** i for i in range(dims)] for n in res],
-                               dtype=torch.int64)
+        # Strides of the dense layout per level: (n+1)^i (unused, 0, on hashed levels).
+        strides = torch.tensor([[(n + 1) ** i if d else 0 for i in range(dims)]
+                                for n, d in zip(res, dense, strict=True)],
+                               dtype=torch.int32)
         self.register_buffer("strides", strides, persistent=False)
-        self.register_buffer("primes", torch.tensor(PRIMES[:dims], dtype=torch.int64),
+        self.register_buffer("primes", torch.tensor(
+            [p - 2**32 if p >= 2**31 else p for p in PRIMES[:dims]], dtype=torch.int32),
                              persistent=False)
         # Levels grow finer, so the densely indexed ones come first; hashed levels use the
         # whole (power-of-two) table, so "mod T" is a mask, as in tinycudann.
@@ -64,6 +70,9 @@ class HashGrid(nn.Module):
         if any(dense[self.n_dense:]):
             raise AssertionError("dense levels must precede hashed ones")
         self.hash_mask = table - 1
+        # Resolved here, not in forward: a cached call inside forward is a graph break for
+        # torch.compile, and the resumed frame trips a Dynamo assertion on CUDA (torch 2.11).
+        self._interpolate = _interpolate(self.n_dense, self.hash_mask)
         self.embeddings = nn.Parameter(torch.empty(offsets[-1], features).uniform_(-1e-4, 1e-4))
 
     @property
@@ -73,8 +82,7 @@ class HashGrid(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(n, d) points in [0, 1]^d -> (n, L * F) features."""
         x = x.to(self.embeddings.dtype).clamp(0.0, 1.0)
-        fn = _interpolate(self.n_dense, self.hash_mask)
-        out = fn.apply(x, self.embeddings, self.resolution, self.strides, self.primes,
+        out = self._interpolate.apply(x, self.embeddings, self.resolution, self.strides, self.primes,
                        self.offsets)
         return out.reshape(x.shape[0], -1)
 
@@ -97,7 +105,8 @@ def _lookup(x, resolution, strides, primes, offsets, n_dense: int, hash_mask: in
     pos = x.unsqueeze(1) * resolution[:, None].to(x.dtype)  # (n, L, d)
     base = pos.floor()
     frac = pos - base
-    cell = base.long().unsqueeze(-1) + torch.arange(2, device=x.device)  # (n, L, d, 2)
+    cell = base.to(torch.int32).unsqueeze(-1) + torch.arange(2, device=x.device,
+                                                                dtype=torch.int32)  # (n, L, d, 2)
     parts = []
     if n_dense:
         parts.append(_combine(cell[:, :n_dense] * strides[:n_dense, :, None], torch.add))
@@ -115,8 +124,8 @@ def _interpolate(n_dense: int, hash_mask: int) -> type:
     one class per grid layout (the layout's integers are constants of the class, so that
     torch.compile with dynamic shapes does not turn them into symbols).
 
-    The backward recomputes the corner indices instead of saving them (an (n, L, 2^d) int64
-    tensor, 537 MB for 2^18 4D points), scatters the weighted output gradient into the table,
+    The backward recomputes the corner indices instead of saving them (an (n, L, 2^d) int32
+    tensor, 268 MB for 2^18 4D points), scatters the weighted output gradient into the table,
     and gives d/dx analytically (the motion field's warp needs it) without autograd's generic
     product backward.
     """

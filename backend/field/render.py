@@ -93,8 +93,12 @@ class Shading:
 
 class Renderer:
     def __init__(self, canonical, motion=None, *, bound: float = 1.0, samples: int = 64,
-                 occupancy: OccupancyGrid | None = None, normal_eps: float = 1e-3):
+                 occupancy: OccupancyGrid | None = None, normal_eps: float = 1e-3,
+                 point_chunk: int = 2**21):
         self.canonical, self.motion = canonical, motion
+        # Fields see at most this many points per call: the grids' transient gathers scale
+        # with it (about 1 KB per 4D point), whatever the batch of rays.
+        self.point_chunk = point_chunk
         self.bound, self.samples, self.occupancy = bound, samples, occupancy
         self.normal_eps = normal_eps
 
@@ -103,6 +107,14 @@ class Renderer:
         if self.motion is not None and t is not None:
             x = self.motion.warp(x, t)
         return self.canonical.density(x)
+
+    def _shade_points(self, x: torch.Tensor, t, with_normals: bool) -> tuple:
+        """Density, albedo (and normals) at world points x at time(s) t."""
+        xc = x
+        if self.motion is not None and t is not None:
+            xc = self.motion.warp(x, t)
+        dens, alb = self.canonical(xc)
+        return dens, alb, (self._normals(xc) if with_normals else None)
 
     def _normals(self, xc: torch.Tensor) -> torch.Tensor:
         e = self.normal_eps
@@ -133,17 +145,20 @@ class Renderer:
         normal = torch.zeros(len(pts), 3, device=o.device)
         if live.any():
             xl = pts[live]
-            xc = xl
-            if self.motion is not None and t is not None:
-                if torch.is_tensor(t) and t.ndim == 1:
-                    xc = self.motion.warp(xl, t[:, None].expand(n_rays, s).reshape(-1)[live])
-                else:
-                    xc = self.motion.warp(xl, t)
-            dens, alb = self.canonical(xc)
-            sigma = sigma.index_put((live.nonzero()[:, 0],), dens)
-            albedo = albedo.index_put((live.nonzero()[:, 0],), alb)
-            if shading.mode == "lambertian" or shading.mode == "normals":
-                normal = normal.index_put((live.nonzero()[:, 0],), self._normals(xc))
+            tl = t
+            if torch.is_tensor(t) and t.ndim == 1:
+                tl = t[:, None].expand(n_rays, s).reshape(-1)[live]
+            with_normals = shading.mode in ("lambertian", "normals")
+            parts = [self._shade_points(xl[i : i + self.point_chunk],
+                                        tl[i : i + self.point_chunk]
+                                        if torch.is_tensor(tl) and tl.ndim == 1 else tl,
+                                        with_normals)
+                     for i in range(0, len(xl), self.point_chunk)]
+            where = (live.nonzero()[:, 0],)
+            sigma = sigma.index_put(where, torch.cat([p[0] for p in parts]))
+            albedo = albedo.index_put(where, torch.cat([p[1] for p in parts]))
+            if with_normals:
+                normal = normal.index_put(where, torch.cat([p[2] for p in parts]))
         sigma, albedo, normal = sigma.view(n_rays, s), albedo.view(n_rays, s, 3), \
             normal.view(n_rays, s, 3)
         alpha = 1.0 - torch.exp(-sigma * delta)

@@ -169,3 +169,16 @@ def test_one_batch_of_cameras_and_times_equals_separate_renders():
         alone = r.render([cam], [t], shading=Shading(mode="albedo"))["alpha"][0]
         torch.testing.assert_close(both[i], alone)
     assert not torch.allclose(both[0], both[1])
+
+
+def test_field_evaluation_in_point_chunks_changes_nothing():
+    """The renderer bounds the points per field call; a chunk far smaller than the batch gives
+    the same images and normals (lambertian exercises the normal path)."""
+    cam = canonical_camera(16)
+    whole = Renderer(Sphere(), Translate((0.3, 0.0, 0.0)), samples=32)
+    small = Renderer(Sphere(), Translate((0.3, 0.0, 0.0)), samples=32, point_chunk=97)
+    a = whole.render([cam, cam], [0.0, 1.0], shading=Shading(mode="lambertian"))
+    b = small.render([cam, cam], [0.0, 1.0], shading=Shading(mode="lambertian"))
+    for key in ("rgb", "alpha", "depth", "normal"):
+        torch.testing.assert_close(a[key], b[key])
+    assert a["alpha"].max() > 0.9
