@@ -58,3 +58,10 @@ class CancelledError(Animate4DError):
     """The job was cancelled by its owner; raised inside the pipeline to unwind it."""
 
     code = "cancelled"
+
+
+class MissingModelError(Animate4DError):
+    """Pretrained weights a preset needs are not on this machine (names the role, where it
+    looked and the command that fetches them)."""
+
+    code = "missing_model"

@@ -1,0 +1,48 @@
+"""Prompts to text embeddings, with the object's learned token (textual inversion) spliced in,
+and Animate124's view-dependent prompt suffixes."""
+
+from __future__ import annotations
+
+import torch
+
+PLACEHOLDER = "<a4d-object>"
+
+
+def add_placeholder(tokenizer, text_encoder, vector: torch.Tensor | None = None) -> int:
+    """Give the tokenizer the placeholder token and the text encoder a row for it (initialised
+    from `vector`, or from the embedding of "object"). Idempotent. Returns the token id."""
+    if PLACEHOLDER not in tokenizer.get_vocab():
+        tokenizer.add_tokens([PLACEHOLDER])
+    token = tokenizer.convert_tokens_to_ids(PLACEHOLDER)
+    emb = text_encoder.get_input_embeddings()
+    if emb.num_embeddings <= token:
+        text_encoder.resize_token_embeddings(token + 1)
+        emb = text_encoder.get_input_embeddings()
+        init = tokenizer("object", add_special_tokens=False).input_ids[:1] or [0]
+        with torch.no_grad():
+            emb.weight[token] = emb.weight[init[0]]
+    if vector is not None:
+        with torch.no_grad():
+            emb.weight[token] = vector.to(emb.weight)
+    return token
+
+
+def encode(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
+    """(len(prompts), tokens, width) last hidden states, padded to the tokenizer's length."""
+    ids = tokenizer(prompts, padding="max_length", truncation=True,
+                    max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    ids = ids.clamp(max=text_encoder.get_input_embeddings().num_embeddings - 1)
+    return text_encoder(ids.to(text_encoder.device))[0]
+
+
+def view_prompt(prompt: str, azimuth_deg: float, polar_deg: float) -> str:
+    """Animate124 / stable-dreamfusion view suffixes: azimuth relative to the reference view
+    (0 = front), polar from the +z axis."""
+    if polar_deg < 30:
+        return f"{prompt}, overhead view"
+    a = (azimuth_deg + 180) % 360 - 180
+    if abs(a) < 30:
+        return f"{prompt}, front view"
+    if abs(a) > 150:
+        return f"{prompt}, back view"
+    return f"{prompt}, side view"
