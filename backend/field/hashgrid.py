@@ -82,8 +82,8 @@ class HashGrid(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(n, d) points in [0, 1]^d -> (n, L * F) features."""
         x = x.to(self.embeddings.dtype).clamp(0.0, 1.0)
-        out = self._interpolate.apply(x, self.embeddings, self.resolution, self.strides, self.primes,
-                       self.offsets)
+        out = self._interpolate.apply(x, self.embeddings, self.resolution, self.strides,
+                                      self.primes, self.offsets)
         return out.reshape(x.shape[0], -1)
 
 

@@ -12,13 +12,18 @@ prior's resolution, encoded by its VAE (gradients flow through the encoder) and 
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
 from . import text
 from .loading import Prior
 from .sds import SDSOutput, TimestepRange, sds
+
+# Animate124's ranges (DESIGN.md, Pipeline).
+SD_RANGE = TimestepRange(0.2, 0.6)
+ZERO123_RANGE = TimestepRange(0.2, 0.6)
+VIDEO_RANGE = TimestepRange(0.02, 0.98)
+TILE_RANGE = TimestepRange(0.2, 0.8)
 
 
 def encode_images(vae, rgb: torch.Tensor, size: int) -> torch.Tensor:
@@ -33,7 +38,7 @@ def _vae_size(vae) -> int:
 
 class StableDiffusionGuidance:
     def __init__(self, prior: Prior, *, scale: float = 100.0,
-                 timesteps: TimestepRange = TimestepRange(0.2, 0.6), size: int | None = None):
+                 timesteps: TimestepRange = SD_RANGE, size: int | None = None):
         self.prior, self.scale, self.timesteps = prior, scale, timesteps
         self.size = size or _vae_size(prior.vae)
         self.alphas = prior.scheduler.alphas_cumprod
@@ -73,7 +78,7 @@ class Zero123Guidance:
     to the noisy latents. Unconditional: zeros for both."""
 
     def __init__(self, prior: Prior, *, scale: float = 5.0, weight: float = 40.0,
-                 timesteps: TimestepRange = TimestepRange(0.2, 0.6), size: int | None = None):
+                 timesteps: TimestepRange = ZERO123_RANGE, size: int | None = None):
         self.prior, self.scale, self.weight, self.timesteps = prior, scale, weight, timesteps
         self.size = size or _vae_size(prior.vae)
         self.alphas = prior.scheduler.alphas_cumprod
@@ -133,7 +138,7 @@ class VideoGuidance:
     one timestep for the whole clip."""
 
     def __init__(self, prior: Prior, *, scale: float = 100.0,
-                 timesteps: TimestepRange = TimestepRange(0.02, 0.98), size: int = 256):
+                 timesteps: TimestepRange = VIDEO_RANGE, size: int = 256):
         self.prior, self.scale, self.timesteps, self.size = prior, scale, timesteps, size
         self.alphas = prior.scheduler.alphas_cumprod
         self._emb: dict[str, torch.Tensor] = {}
@@ -167,7 +172,7 @@ class ControlNetTileGuidance:
     token."""
 
     def __init__(self, sd: Prior, controlnet: Prior, *, scale: float = 7.5,
-                 timesteps: TimestepRange = TimestepRange(0.2, 0.8), size: int | None = None):
+                 timesteps: TimestepRange = TILE_RANGE, size: int | None = None):
         self.sd_guidance = StableDiffusionGuidance(sd, scale=scale, timesteps=timesteps,
                                                    size=size)
         self.controlnet = controlnet.controlnet
