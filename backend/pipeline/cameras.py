@@ -1,0 +1,42 @@
+"""Camera and time sampling for the SDS stages (object frame: Z up, front view along +Y from
+-Y, radius 1.8, as framing.canonical_camera)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+
+from animate4d.protocol import Camera
+
+from ..preprocess.framing import CANONICAL_FOV_DEG, CANONICAL_RADIUS
+
+
+def orbit_camera(polar_deg: float, azimuth_deg: float, size: int,
+                 radius: float = CANONICAL_RADIUS) -> Camera:
+    """polar from +Z (90 = level), azimuth 0 = the reference (front) view, positive to the
+    object's left."""
+    p, a = math.radians(polar_deg), math.radians(azimuth_deg)
+    eye = (radius * math.sin(p) * math.sin(a), -radius * math.sin(p) * math.cos(a),
+           radius * math.cos(p))
+    up = (0.0, 0.0, 1.0) if abs(math.sin(p)) > 1e-3 else (0.0, 1.0, 0.0)
+    return Camera.look_at(eye, (0.0, 0.0, 0.0), fov_deg=CANONICAL_FOV_DEG,
+                          resolution=(size, size), up=up)
+
+
+def random_view(rng: random.Random, polar_range=(45.0, 135.0)) -> tuple[float, float]:
+    return rng.uniform(*polar_range), rng.uniform(-180.0, 180.0)
+
+
+def sample_clip(rng: random.Random, frames: int, time_steps: int, span: tuple[int, int],
+                p_start_at_zero: float, p_mirror: float) -> np.ndarray:
+    """Times in [0, 1) of one training clip (Animate124's temporal sampling): a span of
+    `span` time steps out of `time_steps`, starting at 0 with p_start_at_zero, played
+    backwards with p_mirror."""
+    s = rng.randint(max(span[0], frames), min(span[1], time_steps))
+    start = 0 if rng.random() < p_start_at_zero else rng.randint(0, time_steps - s)
+    idx = start + np.floor(np.arange(frames) * s / frames)
+    if rng.random() < p_mirror:
+        idx = idx[::-1]
+    return (idx / time_steps).astype(np.float32)

@@ -1,0 +1,268 @@
+"""Animate124 end to end: preprocess -> textual inversion -> static -> dynamic -> refine ->
+export, with checkpoints, resume, cancel (the progress callback raises) and progress.
+
+Checkpoints (keys in the job's Checkpoints store):
+    "a124/prep"    the reference view, its depth, the framing (written once)
+    "a124/token"   the learned token's embedding
+    "a124/fields"  canonical + motion weights (fp32), the stage and the step reached;
+                   written every `checkpoint_every` steps and at each stage's end. Optimiser
+                   moments are not kept (they would triple the size past the 256 MB limit on
+                   one checkpoint); Adam re-warms in a few steps after a resume.
+Only the priors the current stage needs are on the device (PriorPool.keep).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import random
+
+import numpy as np
+import torch
+
+from animate4d.protocol import AnimatedMesh, Camera
+from animate4d.protocol.errors import MissingModelError
+from animate4d.protocol.options import JobOptions
+
+from ..checkpoints import Checkpoints, NoCheckpoints
+from ..field.extract import extract
+from ..preprocess import framing
+from ..preprocess.image_io import LoadedImage, load_image
+from ..preprocess.segment import foreground_mask
+from ..priors import guidance, loading, registry, text
+from ..priors.sds import TimestepRange
+from ..progress import ProgressFn, Stopwatch, no_progress
+from ..version import versions
+from . import stages
+from .presets import PRESETS, STAGES, Preset
+from .textual_inversion import learn_token
+
+
+class PriorPool:
+    """Loads priors on first use; `keep` releases the others (GPU memory per stage)."""
+
+    def __init__(self, models, device, random_weights: bool = False):
+        self.models, self.device, self.random_weights = models, device, random_weights
+        self.loaded: dict[str, loading.Prior] = {}
+
+    def get(self, role: str) -> loading.Prior:
+        if role not in self.loaded:
+            self.loaded[role] = loading.load(role, self.models, self.device,
+                                             random_weights=self.random_weights)
+        return self.loaded[role]
+
+    def keep(self, *roles: str) -> None:
+        for r in [r for r in self.loaded if r not in roles]:
+            del self.loaded[r]
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def check_models(preset: str, models) -> None:
+    """Raise MissingModelError listing every missing role before any work starts."""
+    missing = [r for r in registry.PRESET_ROLES[preset]
+               if r not in registry.available_roles(models)]
+    if missing:
+        raise MissingModelError(
+            f"the {preset} preset needs the models {', '.join(missing)}, which are not in "
+            f"{models or 'ANIMATE4D_MODELS / the Hugging Face cache'}",
+            hint="fetch them with: animate4d models fetch " + " ".join(missing)
+            + (f" --models {models}" if models else ""))
+
+
+def _torch_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _torch_load(data: bytes):
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+
+
+def _prepare(image, options: JobOptions, preset: Preset, pool: PriorPool,
+             progress: ProgressFn) -> dict:
+    progress("preprocess", 0, 1)
+    if not isinstance(image, LoadedImage):
+        image = load_image(image)
+    camera = (framing.fit_camera_to_image(Camera.from_dict(options.camera), image.size)
+              if options.camera is not None else framing.canonical_camera(image.size))
+    mask = foreground_mask(image, seed=options.seed)
+    crop = framing.find_crop(mask)
+    big = max(preset.ti_size, preset.render_size, 256)
+    view = framing.crop_and_scale(image.rgba, mask, crop, big)  # (S, S, 4)
+    rgba = torch.as_tensor(view).permute(2, 0, 1)
+    rgb = rgba[:3] * rgba[3:] + (1 - rgba[3:])  # on white
+    depth_model = guidance.DepthEstimator(pool.get("depth"))
+    depth = depth_model(rgb[None].to(pool.device)).cpu()
+    progress("preprocess", 1, 1)
+    return {"rgb": rgb, "mask": rgba[3], "depth": depth,
+            "transform": framing.object_to_world(crop, camera, options.target),
+            "source": str(image.source).rsplit("/", 1)[-1]}
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    squeeze = x.ndim == 2
+    y = x[None, None] if squeeze else x[None]
+    y = torch.nn.functional.interpolate(y, (size, size), mode="area")
+    return y[0, 0] if squeeze else y[0]
+
+
+def _optimiser(scene: stages.Scene, stage: str, preset: Preset):
+    if stage == "dynamic":
+        groups = [{"params": scene.motion.parameters(), "lr": preset.lr},
+                  {"params": scene.canonical.parameters(),
+                   "lr": preset.lr * preset.canonical_lr_scale}]
+    else:
+        groups = [{"params": scene.canonical.encoder.parameters(), "lr": preset.lr},
+                  {"params": scene.canonical.net.parameters(), "lr": preset.lr * 0.1}]
+        if stage == "refine":
+            groups.append({"params": scene.motion.parameters(), "lr": preset.lr * 0.1})
+    return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
+
+
+def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progress,
+                   checkpoints: Checkpoints | None = None, *, models=None,
+                   preset: Preset | None = None, device=None,
+                   random_weights: bool = False) -> AnimatedMesh:
+    options.validate()
+    preset = preset or PRESETS[options.preset]
+    checkpoints = checkpoints or NoCheckpoints()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if not random_weights:
+        check_models(options.preset if options.preset in registry.PRESET_ROLES else "fast",
+                     models)
+    torch.manual_seed(options.seed)
+    rng = random.Random(options.seed)
+    pool = PriorPool(models, device, random_weights)
+    clock = Stopwatch()
+
+    saved = checkpoints.get("a124/prep")
+    with clock.stage("preprocess"):
+        prep = _torch_load(saved) if saved else _prepare(image, options, preset, pool, progress)
+    if saved is None:
+        checkpoints.put("a124/prep", _torch_bytes(prep))
+    pool.keep()
+    s = preset.render_size
+    ref = stages.Reference(_resize(prep["rgb"], s).to(device), _resize(prep["mask"], s)
+                           .to(device), _resize(prep["depth"], s).to(device))
+    object_prompt = f"a {text.PLACEHOLDER}"
+    motion_prompt = options.prompt or "an object is moving"
+
+    # Textual inversion
+    with clock.stage("textual_inversion"):
+        saved = checkpoints.get("a124/token")
+        sd = pool.get("sd")
+        if saved is not None:
+            token = _torch_load(saved)
+            text.add_placeholder(sd.tokenizer, sd.text_encoder, token)
+        else:
+            ti_rgb = _resize(prep["rgb"], preset.ti_size)
+            token, _ = learn_token(sd, ti_rgb, steps=preset.ti_steps, size=preset.ti_size,
+                                   batch=preset.ti_batch, lr=preset.ti_lr, seed=options.seed,
+                                   progress=progress, use_cache=not random_weights)
+            checkpoints.put("a124/token", _torch_bytes(token))
+
+    scene = stages.Scene(preset, device)
+    state = checkpoints.get("a124/fields")
+    done_stage, done_step = None, 0
+    if state is not None:
+        st = _torch_load(state)
+        scene.canonical.load_state_dict(st["canonical"])
+        scene.motion.load_state_dict(st["motion"])
+        done_stage, done_step = st["stage"], st["step"]
+
+    def save(stage, step):
+        checkpoints.put("a124/fields", _torch_bytes({
+            "canonical": scene.canonical.state_dict(), "motion": scene.motion.state_dict(),
+            "stage": stage, "step": step}))
+
+    frozen = None
+    for stage in ("static", "dynamic", "refine"):
+        total = preset.steps(stage)
+        order = STAGES.index(stage)
+        if done_stage is not None and STAGES.index(done_stage) > order:
+            continue
+        start = done_step if done_stage == stage else 0
+        if start >= total:
+            continue
+        with clock.stage(stage):
+            step_fn = _stage_setup(stage, scene, ref, preset, pool, prep, object_prompt,
+                                   motion_prompt, options, frozen)
+            opt = _optimiser(scene, stage, preset)
+            times = (None,) if stage == "static" else [k / 8 for k in range(8)]
+            for step in range(start, total):
+                progress(stage, step, total)
+                if step % 16 == 0:
+                    scene.refresh_occupancy(times)
+                if stage == "dynamic":
+                    scene.motion.open_levels(min(1.0, 2 * step / total))
+                losses = step_fn(rng, step / total)
+                loss = sum(losses.values())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if (step + 1) % preset.checkpoint_every == 0 and step + 1 < total:
+                    save(stage, step + 1)
+            save(stage, total)
+            progress(stage, total, total)
+    with clock.stage("export"):
+        progress("export", 0, 1)
+        pool.keep()
+        scene.refresh_occupancy([k / 8 for k in range(8)])
+        step_len = 2 * 3**0.5 / preset.samples
+        mesh, report = extract(
+            scene.canonical, scene.motion, frames=options.frames, fps=options.fps,
+            resolution=preset.export_resolution, threshold=float(np.log(2) / step_len),
+            target_faces=preset.export_faces, transform=prep["transform"], device=device,
+            metadata={"prompt": options.prompt, "preset": options.preset,
+                      "seed": options.seed, "versions": versions(),
+                      "source": prep["source"]})
+        progress("export", 1, 1)
+    mesh.metadata["timings"] = clock.seconds
+    mesh.metadata["export"] = report
+    return mesh
+
+
+def _stage_setup(stage, scene, ref, preset, pool, prep, object_prompt, motion_prompt, options,
+                 frozen):
+    """The prior set-up for one stage and a closure doing one step."""
+    def tr(pair):
+        return TimestepRange(*pair)
+
+    if stage in ("static", "dynamic"):
+        z = pool.get("zero123")
+        zero123 = guidance.Zero123Guidance(z, scale=preset.zero123_scale,
+                                           weight=preset.zero123_weight,
+                                           timesteps=tr(preset.zero123_t),
+                                           size=preset.zero123_size)
+        zero123.set_reference(prep["rgb"][None].to(scene.device))
+    if stage == "static":
+        pool.keep("sd", "zero123")
+        sd = guidance.StableDiffusionGuidance(pool.get("sd"), scale=preset.sd_scale,
+                                              timesteps=tr(preset.sd_t), size=preset.sd_size)
+        return lambda rng, p: stages.static_step(scene, ref, preset, sd, zero123,
+                                                 object_prompt, rng, p)
+    if stage == "dynamic":
+        pool.keep("video", "zero123")
+        video = guidance.VideoGuidance(pool.get("video"), scale=preset.video_scale,
+                                       timesteps=tr(preset.video_t), size=preset.video_size)
+        return lambda rng, p: stages.dynamic_step(scene, ref, preset, video, zero123,
+                                                  motion_prompt, rng, p)
+    pool.keep("sd", "controlnet_tile")
+    tile = guidance.ControlNetTileGuidance(pool.get("sd"), pool.get("controlnet_tile"),
+                                           scale=preset.tile_scale, timesteps=tr(preset.tile_t),
+                                           size=preset.tile_size)
+    frozen = stages.Scene(preset, scene.device)
+    frozen.canonical.load_state_dict(copy.deepcopy(scene.canonical.state_dict()))
+    frozen.motion.load_state_dict(copy.deepcopy(scene.motion.state_dict()))
+    frozen.canonical.requires_grad_(False)
+    frozen.motion.requires_grad_(False)
+    frozen.occupancy = scene.occupancy
+    frozen.renderer.occupancy = scene.occupancy
+    prompt = f"a photo of {object_prompt}, {motion_prompt}"
+    return lambda rng, p: stages.refine_step(scene, frozen, preset, tile, prompt,
+                                             options.frames, rng, p)
+
+
+__all__ = ["run_animate124", "check_models", "PriorPool"]

@@ -1,0 +1,122 @@
+"""One optimisation step of each SDS stage, on a `Scene` (fields, renderer, reference view).
+
+Each step returns the losses it logged; the caller owns the optimiser, the schedule and the
+checkpoints (run.py). Renders are (B, 3, H, W) in [0, 1] for the guidance modules.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..field.fields import CanonicalField, MotionField
+from ..field.render import OccupancyGrid, Renderer, Shading
+from ..preprocess.framing import canonical_camera
+from ..priors import text
+from .cameras import orbit_camera, random_view, sample_clip
+from .presets import Preset
+
+
+@dataclass
+class Reference:
+    """The reference view at the render size: rgb (3, S, S) on white, mask (S, S), relative
+    depth (S, S) from DPT (larger = nearer)."""
+
+    rgb: torch.Tensor
+    mask: torch.Tensor
+    depth: torch.Tensor
+
+
+class Scene:
+    def __init__(self, preset: Preset, device, looping: bool = False):
+        grid = {"levels": preset.grid_levels, "log2_table": preset.grid_log2_table}
+        self.canonical = CanonicalField(1.0, **grid).to(device)
+        motion_grid = dict(grid)
+        if looping:
+            from ..field.fields import LoopingMotionField
+
+            self.motion = LoopingMotionField(1.0, **motion_grid).to(device)
+        else:
+            self.motion = MotionField(1.0, **motion_grid).to(device)
+        self.occupancy = OccupancyGrid(1.0, preset.occupancy_resolution, device=device)
+        self.renderer = Renderer(self.canonical, self.motion, samples=preset.samples,
+                                 occupancy=self.occupancy)
+        self.device = torch.device(device)
+
+    def render(self, cameras, times, *, light: bool = True, background=(1.0, 1.0, 1.0)):
+        shading = Shading(mode="lambertian" if light else "albedo")
+        out = self.renderer.render(cameras, times, shading=shading, background=background,
+                                   jitter=True)
+        return (out["rgb"].permute(0, 3, 1, 2).clamp(0, 1), out["alpha"], out["depth"])
+
+    def refresh_occupancy(self, times=(None,)):
+        step = 2 * 3**0.5 / self.renderer.samples
+        self.occupancy.update(self.renderer.density_at, times=times, threshold=0.01 / step)
+
+
+def _pearson_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    p, t = pred - pred.mean(), target - target.mean()
+    return 1 - (p * t).sum() / (p.norm() * t.norm()).clamp(min=1e-8)
+
+
+def reference_losses(scene: Scene, ref: Reference, preset: Preset) -> dict:
+    """Reference-view RGB, mask and depth (1 - Pearson, foreground only) at frame 0."""
+    cam = canonical_camera(ref.rgb.shape[-1])
+    rgb, alpha, depth = scene.render([cam], [0.0], light=False)
+    m = ref.mask
+    losses = {"ref_rgb": preset.ref_rgb * F.mse_loss(rgb[0] * m, ref.rgb * m),
+              "ref_mask": preset.ref_mask * F.mse_loss(alpha[0], m)}
+    fg = m > 0.5
+    if fg.sum() > 8:
+        # DPT gives inverse depth: nearer is larger, so compare with -depth.
+        losses["ref_depth"] = preset.ref_depth * _pearson_loss(-depth[0][fg], ref.depth[fg])
+    return losses
+
+
+def static_step(scene, ref, preset, sd_guidance, zero123, prompt, rng: random.Random,
+                progress: float) -> dict:
+    losses = reference_losses(scene, ref, preset)
+    polar, az = random_view(rng, preset.polar_deg)
+    cam = orbit_camera(polar, az, preset.render_size)
+    rgb, _, _ = scene.render([cam], [0.0])
+    vp = text.view_prompt(prompt, az, polar)
+    losses["sd"] = sd_guidance(rgb, [vp], progress).loss
+    losses["zero123"] = zero123(rgb, polar - 90.0, az, 0.0, progress).loss
+    return losses
+
+
+def dynamic_step(scene, ref, preset, video, zero123, prompt, rng: random.Random,
+                 progress: float) -> dict:
+    losses = reference_losses(scene, ref, preset)
+    times = sample_clip(rng, preset.clip_frames, preset.time_steps, preset.clip_span,
+                        preset.p_start_at_zero, preset.p_mirror)
+    polar, az = random_view(rng, preset.polar_deg)
+    if rng.random() < preset.p_moving_camera:  # the camera sweeps while the clip plays
+        sweep = rng.uniform(-30.0, 30.0)
+        azs = [az + sweep * k / max(len(times) - 1, 1) for k in range(len(times))]
+    else:
+        azs = [az] * len(times)
+    cams = [orbit_camera(polar, a, preset.render_size) for a in azs]
+    frames, _, _ = scene.render(cams, [float(t) for t in times])
+    losses["video"] = video(frames, prompt, progress).loss
+    polar0, az0 = random_view(rng, preset.polar_deg)
+    rgb0, _, _ = scene.render([orbit_camera(polar0, az0, preset.render_size)], [0.0])
+    losses["zero123"] = zero123(rgb0, polar0 - 90.0, az0, 0.0, progress).loss
+    return losses
+
+
+def refine_step(scene, frozen: Scene, preset, tile, prompt, frames: int, rng: random.Random,
+                progress: float) -> dict:
+    """ControlNet-tile on `refine_frames` random frames of one random view; the condition is
+    the frozen dynamic model's render of the same frame and view."""
+    polar, az = random_view(rng, preset.polar_deg)
+    ks = rng.sample(range(frames), min(preset.refine_frames, frames))
+    times = [k / frames for k in ks]
+    cams = [orbit_camera(polar, az, preset.refine_render_size)] * len(ks)
+    rgb, _, _ = scene.render(cams, times)
+    with torch.no_grad():
+        cond, _, _ = frozen.render(cams, times)
+    return {"tile": tile(rgb, cond, prompt, progress).loss}
