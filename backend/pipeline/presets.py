@@ -88,6 +88,7 @@ def scaled(preset: Preset, max_steps: int | None = None, **sizes) -> Preset:
 # A preset at tiny sizes, for tests and the tiny models (16-px priors).
 def tiny(preset: Preset = FAST, max_steps: int = 2) -> Preset:
     return scaled(preset, max_steps, ti_size=16, ti_batch=2, render_size=12, video_size=16,
-                  clip_frames=4, refine_render_size=12, tile_size=16, samples=16, grid_levels=4, occupancy_resolution=16,
+                  clip_frames=4, refine_render_size=12, tile_size=16, samples=16, grid_levels=4,
+                  occupancy_resolution=16,
                   grid_log2_table=12, export_resolution=32, export_faces=2000, time_steps=16,
                   clip_span=(4, 16))

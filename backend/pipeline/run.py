@@ -127,7 +127,7 @@ def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progres
                    random_weights: bool = False) -> AnimatedMesh:
     options.validate()
     preset = preset or PRESETS[options.preset]
-    checkpoints = checkpoints or NoCheckpoints()
+    checkpoints = NoCheckpoints() if checkpoints is None else checkpoints
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if not random_weights:
         check_models(options.preset if options.preset in registry.PRESET_ROLES else "fast",

@@ -1,0 +1,93 @@
+"""The Animate124 pipeline end to end on tiny models (CPU, a few steps per stage)."""
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("diffusers")
+
+import torch  # noqa: E402
+
+from animate4d.backend.checkpoints import MemoryCheckpoints  # noqa: E402
+from animate4d.backend.pipeline import presets  # noqa: E402
+from animate4d.backend.pipeline.cameras import sample_clip  # noqa: E402
+from animate4d.backend.pipeline.run import run_animate124  # noqa: E402
+from animate4d.backend.pipeline.textual_inversion import learn_token  # noqa: E402
+from animate4d.backend.priors import loading  # noqa: E402
+from animate4d.protocol.errors import CancelledError, MissingModelError  # noqa: E402
+from animate4d.protocol.options import JobOptions  # noqa: E402
+
+
+EXAMPLE_IMAGE = str(Path(__file__).parents[2] / "backend" / "examples" / "panda.png")
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANIMATE4D_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_whole_pipeline_runs_and_a_job_killed_in_the_dynamic_stage_resumes(tiny_models):
+    options = JobOptions(prompt="a panda is dancing", preset="fast", frames=4)
+    preset = presets.tiny(max_steps=4)
+    store = MemoryCheckpoints()
+    seen = []
+
+    def killed(stage, step, total):
+        seen.append((stage, step))
+        if stage == "dynamic" and step == 3:
+            raise CancelledError("worker lost")
+
+    with pytest.raises(CancelledError):
+        run_animate124(EXAMPLE_IMAGE, options, killed, store, models=tiny_models,
+                       preset=preset, device="cpu")
+    assert {"a124/prep", "a124/token", "a124/fields"} <= set(store)
+    assert ("static", 3) in seen
+
+    resumed = []
+    mesh = run_animate124(EXAMPLE_IMAGE, options, lambda s, i, n: resumed.append((s, i)),
+                          store, models=tiny_models, preset=preset, device="cpu")
+    stages_run = [s for s, _ in resumed]
+    assert "static" not in stages_run and "textual_inversion" not in stages_run
+    assert "preprocess" not in stages_run
+    first_dynamic = min(i for s, i in resumed if s == "dynamic")
+    assert first_dynamic == 2  # the checkpoint every 2 steps, not step 0
+    assert "refine" in stages_run and "export" in stages_run
+    assert mesh.frames.dtype.kind == "f" and bool((abs(mesh.frames) < 10).all())  # validated on build
+    assert mesh.frames.shape[0] == 4 and len(mesh.faces) > 0
+    assert mesh.metadata["preset"] == "fast"
+
+
+def test_missing_models_are_named_before_any_work(tmp_path):
+    with pytest.raises(MissingModelError) as err:
+        run_animate124(EXAMPLE_IMAGE, JobOptions(prompt="x", preset="paper"),
+                       models=tmp_path / "none", device="cpu")
+    assert "animate4d models fetch" in str(err.value) and "zero123" in str(err.value)
+
+
+def test_textual_inversion_learns_and_is_cached_by_image(tiny_models):
+    sd = loading.load("sd", tiny_models)
+    image = torch.rand(3, 24, 24)
+    vec, cached = learn_token(sd, image, steps=3, size=16, batch=2, lr=1e-1)
+    assert not cached
+    start = sd.text_encoder.get_input_embeddings().weight[
+        sd.tokenizer.convert_tokens_to_ids("object")]
+    assert not torch.allclose(vec, start)  # it learned something
+    again, cached = learn_token(loading.load("sd", tiny_models), image, steps=3, size=16,
+                                batch=2, lr=1e-1)
+    assert cached and torch.equal(again, vec)
+    _, cached = learn_token(loading.load("sd", tiny_models), image.flip(-1), steps=3, size=16,
+                            batch=2, lr=1e-1)
+    assert not cached
+
+
+def test_clip_sampling_follows_the_papers_rules():
+    import random
+
+    rng = random.Random(0)
+    clips = [sample_clip(rng, 16, 256, (16, 256), 0.2, 0.5) for _ in range(2000)]
+    assert all(len(c) == 16 and c.min() >= 0 and c.max() < 1 for c in clips)
+    starts_at_zero = sum(min(c) == 0 for c in clips) / len(clips)
+    mirrored = sum(c[0] > c[-1] for c in clips) / len(clips)
+    assert 0.18 < starts_at_zero < 0.3 and 0.45 < mirrored < 0.55
