@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import hashgrid as bench_hashgrid
     from .bench import network as bench_network
     from .bench import preview as bench_preview
+    from .bench import stages as bench_stages
     from .bench import synthetic as bench_synthetic
 
     bench_preview.add_parser(bench_sub)
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_hashgrid.add_parser(bench_sub)
     bench_field.add_parsers(bench_sub)
     bench_synthetic.add_parser(bench_sub)
+    bench_stages.add_parser(bench_sub)
     return parser
 
 

@@ -1,0 +1,151 @@
+"""`animate4d bench stages --random-weights --preset paper`: ms per step (median) and peak GPU
+memory of each stage at the preset's sizes, with every prior at its real architecture size and
+random weights (the cost of the real ones), the share of each step spent inside the priors'
+own forward passes, and the projected wall time of the whole schedule."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+from . import report
+
+
+class _PriorClock:
+    """Wall time inside the hooked modules' forward passes (synchronised on CUDA)."""
+
+    def __init__(self, device):
+        self.device, self.seconds, self._t0 = device, 0.0, {}
+
+    def _sync(self):
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def hook(self, module):
+        def pre(m, *a):
+            self._sync()
+            self._t0[id(m)] = time.perf_counter()
+
+        def post(m, *a):
+            self._sync()
+            self.seconds += time.perf_counter() - self._t0.pop(id(m))
+
+        module.register_forward_pre_hook(pre)
+        module.register_forward_hook(post)
+
+
+def run(args) -> dict:
+    import torch
+
+    from ..pipeline import stages
+    from ..pipeline.presets import PRESETS, scaled
+    from ..pipeline.run import PriorPool, _optimiser, _stage_setup
+    from ..pipeline.textual_inversion import learn_token
+    from ..priors import text
+
+    device = torch.device(args.device if args.device != "auto" else
+                          ("cuda" if torch.cuda.is_available() else "cpu"))
+    preset = PRESETS[args.preset]
+    if args.tiny:
+        from ..pipeline.presets import tiny
+        preset = tiny(preset, max_steps=10**6)
+    pool = PriorPool(args.models, device, random_weights=args.random_weights)
+    s = preset.render_size
+    ref = stages.Reference(torch.ones(3, s, s, device=device) * 0.5,
+                           torch.zeros(s, s, device=device), torch.rand(s, s, device=device))
+    ref.mask[s // 4 : 3 * s // 4, s // 4 : 3 * s // 4] = 1
+    big = max(preset.ti_size, 256)
+    prep = {"rgb": torch.rand(3, big, big)}
+    out = {"benchmark": "stages", "preset": preset.name, "device":
+           torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+           "random_weights": args.random_weights, "torch": torch.__version__, "stages": {}}
+    rng = random.Random(0)
+    scene = stages.Scene(preset, device)
+    for stage in args.stages:
+        clock = _PriorClock(device)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            if stage == "textual_inversion":
+                sd = pool.get("sd")
+                pool.keep("sd")
+                for m in (sd.unet, sd.vae.encoder, sd.text_encoder):
+                    clock.hook(m)
+
+                def step(p, sd=sd):
+                    learn_token(sd, prep["rgb"], steps=1, size=preset.ti_size,
+                                batch=preset.ti_batch, lr=preset.ti_lr, use_cache=False)
+            else:
+                fn = _stage_setup(stage, scene, ref, preset, pool, prep, f"a {text.PLACEHOLDER}",
+                                  "a panda is dancing", _Opts(), None)
+                for prior in pool.loaded.values():
+                    for name in ("unet", "controlnet", "image_encoder"):
+                        if name in prior.parts:
+                            clock.hook(prior.parts[name])
+                    if "vae" in prior.parts:
+                        clock.hook(prior.parts["vae"].encoder)
+                opt = _optimiser(scene, stage, preset)
+                scene.refresh_occupancy((None,) if stage == "static" else [0.0, 0.5])
+
+                def step(p, fn=fn, opt=opt):
+                    loss = sum(fn(rng, p).values())
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+
+            times, inside = [], []
+            for i in range(args.warmup + args.iters):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                clock.seconds = 0.0
+                t0 = time.perf_counter()
+                step(0.5)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if i >= args.warmup:
+                    times.append(time.perf_counter() - t0)
+                    inside.append(clock.seconds)
+            ms = statistics.median(times) * 1e3
+            share = statistics.median(i / t for i, t in zip(inside, times, strict=True))
+            total_steps = preset.steps(stage)
+            out["stages"][stage] = {
+                "ms_per_step": round(ms, 1), "steps": total_steps,
+                "projected_minutes": round(ms * total_steps / 6e4, 1),
+                "prior_forward_share": round(share, 3),
+                "peak_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
+                if device.type == "cuda" else None}
+        except torch.cuda.OutOfMemoryError as e:
+            out["stages"][stage] = {"error": "out of memory", "detail": str(e)[:200],
+                                    "peak_gb": round(torch.cuda.max_memory_allocated(device)
+                                                     / 1e9, 2)}
+        print(stage, out["stages"][stage], flush=True)
+    done = [v for v in out["stages"].values() if "projected_minutes" in v]
+    out["projected_minutes_total"] = round(sum(v["projected_minutes"] for v in done), 1)
+    out["complete"] = len(done) == len(args.stages)
+    return out
+
+
+class _Opts:
+    frames = 16
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("stages", help="per-stage step time and GPU memory at a preset's sizes",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", default="paper", choices=("paper", "fast"))
+    p.add_argument("--random-weights", action="store_true",
+                   help="real architectures with random weights (no model files needed)")
+    p.add_argument("--models", help="models folder (without --random-weights)")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument("--stages", nargs="+", default=["textual_inversion", "static", "dynamic",
+                                                   "refine"])
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--tiny", action="store_true", help="tiny sizes (a CPU smoke test)")
+    p.add_argument("--json", metavar="OUT")
+    p.set_defaults(func=lambda a: report(run(a), a.json))
