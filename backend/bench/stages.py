@@ -42,7 +42,7 @@ def run(args) -> dict:
     import torch
 
     from ..pipeline import stages
-    from ..pipeline.presets import PRESETS, scaled
+    from ..pipeline.presets import PRESETS
     from ..pipeline.run import PriorPool, _optimiser, _stage_setup
     from ..pipeline.textual_inversion import learn_token
     from ..priors import text

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from animate4d.protocol import Camera
 from animate4d.protocol.errors import InvalidCameraError, InvalidRequestError
-from animate4d.protocol.options import MOTION_MODES, JobOptions
+from animate4d.protocol.options import MOTION_MODES, PRESETS, JobOptions
 
 DEMO_IMAGE = "panda.png"
 DEMO_PROMPT = "a panda is dancing"
@@ -106,7 +106,10 @@ def _run_job(image, args, out: Path) -> int:
     t0 = time.perf_counter()
     ok = False
     try:
-        mesh = run_preview(image, options, progress)
+        if options.preset == "preview":
+            mesh = run_preview(image, options, progress)
+        else:
+            mesh = _run_gpu_preset(image, options, args, progress)
         files = write_outputs(mesh, out, preview=not args.no_preview, progress=progress)
         ok = True
     finally:
@@ -125,6 +128,15 @@ def _run_job(image, args, out: Path) -> int:
         if path is not None:
             print(path.resolve())
     return 0
+
+
+def _run_gpu_preset(image, options, args, progress):
+    from ..pipeline.presets import PRESETS, scaled
+    from ..pipeline.run import run_animate124
+
+    preset = scaled(PRESETS[options.preset], getattr(args, "max_steps", None))
+    return run_animate124(image, options, progress, models=getattr(args, "models", None),
+                          preset=preset, device=getattr(args, "device", None))
 
 
 def cmd_run(args) -> int:
@@ -149,7 +161,14 @@ def add_parsers(sub) -> None:
     run.add_argument("--out", metavar="DIR",
                      help="output folder (default: IMAGE's name + '_animate4d'); existing result "
                           "files there are replaced")
-    add_job_options(run, prompt_required=True)
+    add_job_options(run, prompt_required=True, presets=list(PRESETS))
+    g = run.add_argument_group("GPU presets (fast, paper)")
+    g.add_argument("--models", metavar="DIR",
+                   help="folder with one sub-folder per role (default: ANIMATE4D_MODELS, then "
+                        "the Hugging Face cache); see `animate4d models`")
+    g.add_argument("--max-steps", type=int, metavar="N",
+                   help="cap every stage at N steps (smoke runs)")
+    g.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser(

@@ -89,8 +89,10 @@ def cmd_worker(args) -> int:
         raise keys.KeyFileError(
             f"{args.server} is not on this machine, and no keys were given",
             hint="pass --server-key and --key (see `animate4d keys`), or --insecure")
+    from ..pipelines import available
+
     worker = Worker(args.server, name=args.name, server_key=server_key, keypair=keypair,
-                    throttle_s=args.throttle)
+                    throttle_s=args.throttle, pipelines=available(args.models))
     worker.run(_stop_on_signals())
     return 0
 
@@ -132,6 +134,9 @@ def add_parsers(sub) -> None:
     w.add_argument("--key", metavar="FILE",
                    help="this worker's key pair (.key_secret), allowed in the server's workers/")
     w.add_argument("--name", help="name shown in the server's log (default: host:pid)")
+    w.add_argument("--models", metavar="DIR",
+                   help="pretrained models (one sub-folder per role): the worker offers the "
+                        "fast and paper presets when all are there (default: ANIMATE4D_MODELS)")
     w.add_argument("--insecure", action="store_true",
                    help="connect to a non-loopback server without CURVE")
     w.add_argument("--throttle", type=float, default=0.0,

@@ -17,7 +17,6 @@ from animate4d.backend.priors import loading  # noqa: E402
 from animate4d.protocol.errors import CancelledError, MissingModelError  # noqa: E402
 from animate4d.protocol.options import JobOptions  # noqa: E402
 
-
 EXAMPLE_IMAGE = str(Path(__file__).parents[2] / "backend" / "examples" / "panda.png")
 
 
@@ -54,7 +53,7 @@ def test_whole_pipeline_runs_and_a_job_killed_in_the_dynamic_stage_resumes(tiny_
     first_dynamic = min(i for s, i in resumed if s == "dynamic")
     assert first_dynamic == 2  # the checkpoint every 2 steps, not step 0
     assert "refine" in stages_run and "export" in stages_run
-    assert mesh.frames.dtype.kind == "f" and bool((abs(mesh.frames) < 10).all())  # validated on build
+    assert mesh.frames.dtype.kind == "f" and bool((abs(mesh.frames) < 10).all())
     assert mesh.frames.shape[0] == 4 and len(mesh.faces) > 0
     assert mesh.metadata["preset"] == "fast"
 
