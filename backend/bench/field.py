@@ -77,8 +77,8 @@ def run_render(args) -> dict:
         can, mot = _maybe_compiled(canonical, motion, mode)
         renderer = Renderer(can, mot, samples=args.samples, occupancy=occupancy)
         times = [k / args.frames for k in range(args.frames)]
-        step_len = 2 * 3**0.5 / args.samples  # as the fit does: 1% opacity per step
-        frac = occupancy.update(renderer.density_at, times=times, threshold=0.01 / step_len)
+        frac = occupancy.update(renderer.density_at, times=times,  # 1% opacity per step
+                                threshold=0.01 / renderer.step_length)
         batch = CameraBatch([canonical_camera(args.size)] * args.frames, device)
         n = args.size * args.size
         u, v = torch.meshgrid(torch.arange(args.size, device=device) + 0.5,

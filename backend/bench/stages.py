@@ -82,7 +82,7 @@ def run(args) -> dict:
                                 batch=preset.ti_batch, lr=preset.ti_lr, use_cache=False)
             else:
                 fn = _stage_setup(stage, scene, ref, preset, pool, prep, f"a {text.PLACEHOLDER}",
-                                  "a panda is dancing", _Opts(), None)
+                                  "a panda is dancing", _Opts())
                 for prior in pool.loaded.values():
                     for name in ("unet", "controlnet", "image_encoder"):
                         if name in prior.parts:

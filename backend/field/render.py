@@ -9,6 +9,7 @@ Lambertian light as in Animate124, normals from central differences of the canon
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,16 @@ def box_intersect(o, d, bound: float):
     return near, far
 
 
+def step_length(bound: float, samples: int) -> float:
+    return 2 * bound * 3**0.5 / samples
+
+
+def half_opaque_density(step: float) -> float:
+    """The density whose one render step is half opaque (sigma * step = ln 2): the surface
+    threshold for mesh extraction."""
+    return math.log(2.0) / step
+
+
 class OccupancyGrid:
     """Which cells of the box may hold density at any time (max over the given times)."""
 
@@ -101,6 +112,12 @@ class Renderer:
         self.point_chunk = point_chunk
         self.bound, self.samples, self.occupancy = bound, samples, occupancy
         self.normal_eps = normal_eps
+
+    @property
+    def step_length(self) -> float:
+        """The longest ray step: the box's diagonal over the samples per ray. The occupancy
+        and extraction thresholds are stated per step of this length."""
+        return step_length(self.bound, self.samples)
 
     def density_at(self, x: torch.Tensor, t=None) -> torch.Tensor:
         """Density seen at points x at time t (for the occupancy grid)."""

@@ -17,7 +17,6 @@ import copy
 import io
 import random
 
-import numpy as np
 import torch
 
 from animate4d.protocol import AnimatedMesh, Camera
@@ -26,6 +25,7 @@ from animate4d.protocol.options import JobOptions
 
 from ..checkpoints import Checkpoints, NoCheckpoints
 from ..field.extract import extract
+from ..field.render import half_opaque_density
 from ..preprocess import framing
 from ..preprocess.image_io import LoadedImage, load_image
 from ..preprocess.segment import foreground_mask
@@ -177,7 +177,6 @@ def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progres
             "canonical": scene.canonical.state_dict(), "motion": scene.motion.state_dict(),
             "stage": stage, "step": step}))
 
-    frozen = None
     for stage in ("static", "dynamic", "refine"):
         total = preset.steps(stage)
         order = STAGES.index(stage)
@@ -188,7 +187,7 @@ def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progres
             continue
         with clock.stage(stage):
             step_fn = _stage_setup(stage, scene, ref, preset, pool, prep, object_prompt,
-                                   motion_prompt, options, frozen)
+                                   motion_prompt, options)
             opt = _optimiser(scene, stage, preset)
             times = (None,) if stage == "static" else [k / 8 for k in range(8)]
             for step in range(start, total):
@@ -210,10 +209,10 @@ def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progres
         progress("export", 0, 1)
         pool.keep()
         scene.refresh_occupancy([k / 8 for k in range(8)])
-        step_len = 2 * 3**0.5 / preset.samples
         mesh, report = extract(
             scene.canonical, scene.motion, frames=options.frames, fps=options.fps,
-            resolution=preset.export_resolution, threshold=float(np.log(2) / step_len),
+            resolution=preset.export_resolution,
+            threshold=half_opaque_density(scene.renderer.step_length),
             target_faces=preset.export_faces, transform=prep["transform"], device=device,
             metadata={"prompt": options.prompt, "preset": options.preset,
                       "seed": options.seed, "versions": versions(),
@@ -224,8 +223,7 @@ def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progres
     return mesh
 
 
-def _stage_setup(stage, scene, ref, preset, pool, prep, object_prompt, motion_prompt, options,
-                 frozen):
+def _stage_setup(stage, scene, ref, preset, pool, prep, object_prompt, motion_prompt, options):
     """The prior set-up for one stage and a closure doing one step."""
     def tr(pair):
         return TimestepRange(*pair)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..field.fields import CanonicalField, MotionField
+from ..field.fields import CanonicalField, LoopingMotionField, MotionField
 from ..field.render import OccupancyGrid, Renderer, Shading
 from ..preprocess.framing import canonical_camera
 from ..priors import text
@@ -34,13 +34,8 @@ class Scene:
     def __init__(self, preset: Preset, device, looping: bool = False):
         grid = {"levels": preset.grid_levels, "log2_table": preset.grid_log2_table}
         self.canonical = CanonicalField(1.0, **grid).to(device)
-        motion_grid = dict(grid)
-        if looping:
-            from ..field.fields import LoopingMotionField
-
-            self.motion = LoopingMotionField(1.0, **motion_grid).to(device)
-        else:
-            self.motion = MotionField(1.0, **motion_grid).to(device)
+        motion_cls = LoopingMotionField if looping else MotionField
+        self.motion = motion_cls(1.0, **grid).to(device)
         self.occupancy = OccupancyGrid(1.0, preset.occupancy_resolution, device=device)
         self.renderer = Renderer(self.canonical, self.motion, samples=preset.samples,
                                  occupancy=self.occupancy)
@@ -53,8 +48,8 @@ class Scene:
         return (out["rgb"].permute(0, 3, 1, 2).clamp(0, 1), out["alpha"], out["depth"])
 
     def refresh_occupancy(self, times=(None,)):
-        step = 2 * 3**0.5 / self.renderer.samples
-        self.occupancy.update(self.renderer.density_at, times=times, threshold=0.01 / step)
+        self.occupancy.update(self.renderer.density_at, times=times,
+                              threshold=0.01 / self.renderer.step_length)
 
 
 def _pearson_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

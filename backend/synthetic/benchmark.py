@@ -26,7 +26,7 @@ from animate4d.protocol import Camera
 from ..export.gltf import write_glb
 from ..field.extract import extract
 from ..field.fit import FitConfig, MultiViewClip, fit
-from ..field.render import Shading
+from ..field.render import Shading, half_opaque_density, step_length
 from . import metrics
 from .scenes import SCENES, scene
 
@@ -141,11 +141,11 @@ def peak_bytes(device: torch.device) -> int:
 def score(views: Views, result, size: Size, device, seed: int = 0) -> dict:
     """Extract the animated mesh and score it frame by frame against the truth."""
     fitc = size.fit
-    step = 2 * fitc.bound * 3**0.5 / fitc.samples
+    step = step_length(fitc.bound, fitc.samples)
     t0 = time.perf_counter()
     mesh, report = extract(result.canonical, result.motion, frames=len(views.clip.times),
                            fps=views.fps, bound=fitc.bound, resolution=size.mc_resolution,
-                           threshold=extraction_threshold(step),
+                           threshold=half_opaque_density(step),
                            target_faces=size.target_faces, device=device)
     extract_s = time.perf_counter() - t0
     rng = np.random.default_rng(seed)
@@ -177,11 +177,6 @@ def score(views: Views, result, size: Size, device, seed: int = 0) -> dict:
         "psnr_heldout": float(np.mean(psnr)), "iou_heldout": float(np.mean(iou)),
         "extract_seconds": extract_s, **{f"extract_{k}": v for k, v in report.items()},
     }
-
-
-def extraction_threshold(step: float) -> float:
-    """The density whose one render step is half opaque: sigma * step = ln 2."""
-    return float(np.log(2.0) / step)
 
 
 def run(source: str, *, size: str = "small", device: str = "cpu", steps: int | None = None,
