@@ -4,9 +4,12 @@
     animate4d bench extract [--device cuda --frames 24 --resolution 256 --faces 50000]
 
 Fields are the DESIGN.md sizes (canonical 16 levels x 2 features, 2^19 table, 16..2048; motion
-4D grid likewise), at their initial state (the density blob: a ball of radius ~0.5, which
-the occupancy grid tightens to as a fitted object would be), with a motion field whose
-weights are scaled up so that it moves points by a few percent of the box.
+4D grid likewise), with a motion field whose weights are scaled up so that it moves points by a
+few percent of the box. The canonical density is in one of two states (`--state`):
+  blob    the initial density blob, tightened (a soft ball of radius ~0.5, no sharp surface):
+          what the static stage starts from;
+  fitted  regressed onto a solid ball of radius 0.5 with a sharp surface (the size a reference
+          object takes in the view): what the dynamic and refine stages start from.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import time
 from . import report
 
 
-def _fields(device):
+def _fields(device, state: str = "blob"):
     import torch
 
     from ..field.fields import CanonicalField, MotionField
@@ -29,7 +32,36 @@ def _fields(device):
     with torch.no_grad():
         canonical.net[-1].bias[0] = -5.0  # density only inside the blob (radius ~0.4-0.7)
         motion.encoder.embeddings.uniform_(-0.05, 0.05)
+    if state == "fitted":
+        fit_solid_ball(canonical)
     return canonical, motion
+
+
+def fit_solid_ball(canonical, radius: float = 0.5, steps: int = 300, points: int = 2**16,
+                   inside: float = 5.0, outside: float = -5.0) -> float:
+    """Regress the canonical field's log-density onto a solid ball (log-density `inside` within
+    `radius`, `outside` beyond, a 0.01-wide edge), as a stand-in for a fitted object with a
+    sharp surface. Returns the last mean squared error of the log-density."""
+    import torch
+
+    device = next(canonical.parameters()).device
+    opt = torch.optim.Adam(canonical.parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-15)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    b = canonical.bound
+    for _ in range(steps):
+        x = (torch.rand(points, 3, generator=gen) * 2 - 1) * b
+        shell = torch.nn.functional.normalize(torch.randn(points // 2, 3, generator=gen), dim=-1)
+        shell = shell * (radius + 0.03 * torch.randn(points // 2, 1, generator=gen))
+        x = torch.cat([x, shell]).to(device)
+        r = x.norm(dim=-1)
+        target = outside + (inside - outside) * torch.sigmoid((radius - r) / 0.01)
+        h = canonical.net(canonical.encoder(canonical.normalise(x)))[:, 0] + canonical.blob(x)
+        loss = ((h - target) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    canonical.zero_grad(set_to_none=True)
+    return float(loss)
 
 
 def _timed(fn, iters, warmup, device) -> list[float]:
@@ -70,12 +102,13 @@ def run_render(args) -> dict:
     from ..preprocess.framing import canonical_camera
 
     device = _device(args.device)
-    canonical, motion = _fields(device)
+    canonical, motion = _fields(device, args.state)
     occupancy = OccupancyGrid(1.0, 64, device=device)
     results = {}
-    for mode in ("eager", "compiled"):
+    for mode in ("eager",) if args.eager_only else ("eager", "compiled"):
         can, mot = _maybe_compiled(canonical, motion, mode)
-        renderer = Renderer(can, mot, samples=args.samples, occupancy=occupancy)
+        renderer = Renderer(can, mot, samples=args.samples, occupancy=occupancy,
+                            prune=not args.no_prune)
         times = [k / args.frames for k in range(args.frames)]
         frac = occupancy.update(renderer.density_at, times=times,  # 1% opacity per step
                                 threshold=0.01 / renderer.step_length)
@@ -95,79 +128,46 @@ def run_render(args) -> dict:
             canonical.zero_grad(set_to_none=True)
             motion.zero_grad(set_to_none=True)
 
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         ms = _timed(step, args.iters, args.warmup, device)
         results[f"{mode}_ms"] = round(statistics.median(ms), 2)
+        if device.type == "cuda":
+            results[f"{mode}_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+    if args.profile:
+        results["profile"] = _profile(step, device)
+    rays = args.frames * args.size**2
+    counts = {k: round(float(v) / rays, 2) for k, v in renderer.last_samples.items()}
     return {"benchmark": "render", "device": _gpu_name(device), "frames": args.frames,
-            "size": args.size, "rays": args.frames * args.size**2, "samples": args.samples,
-            "shading": args.shading, "occupied_fraction": round(frac, 4), **results,
+            "size": args.size, "rays": rays, "samples": args.samples, "state": args.state,
+            "shading": args.shading, "occupied_fraction": round(frac, 4),
+            "samples_per_ray": counts, "prune": not args.no_prune, **results,
             "peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda"
             else None, "torch": torch.__version__}
 
 
-_BUCKET = 2**18
-
-
-def _padded(fn, x, *rest):
-    """fn on x (and per-point tensors in rest) padded to a multiple of _BUCKET points, so the
-    compiled graph sees a handful of static shapes. torch 2.11 on CUDA fails an internal Dynamo
-    assertion for an autograd.Function under dynamic=True with gradients; static shapes work."""
+def _profile(step, device, rows: int = 25) -> list[dict]:
+    """The kernels and ops that took the most device time over three steps (the last variant
+    timed), as rows of name, total ms per step and calls per step."""
     import torch
+    from torch.profiler import ProfilerActivity, profile
 
-    n = x.shape[0]
-    pad = -n % _BUCKET
-
-    def grow(v):
-        if not torch.is_tensor(v) or v.ndim == 0 or v.shape[0] != n or pad == 0:
-            return v
-        return torch.cat([v, v[:1].expand(pad, *v.shape[1:])])
-
-    out = fn(grow(x), *(grow(v) for v in rest))
-    return tuple(o[:n] for o in out) if isinstance(out, tuple) else out[:n]
-
-
-class _Canonical:
-    """A (possibly compiled) canonical module seen through the field interface."""
-
-    def __init__(self, module, original):
-        self.module, self.original = module, original
-
-    def __call__(self, x):
-        return _padded(self.module, x)
-
-    def density(self, x):
-        return self(x)[0]
-
-    def parameters(self):
-        return self.original.parameters()
-
-
-class _Warp:
-    """The motion module's displacement through a (possibly compiled) forward."""
-
-    def __init__(self, module):
-        self.module = module
-
-    def warp(self, x, t):
-        return x + self.displacement(x, t)
-
-    def displacement(self, x, t):
-        import torch
-
-        if not torch.is_tensor(t):
-            t = torch.full((x.shape[0],), float(t), device=x.device)
-        elif t.ndim == 0:
-            t = t.expand(x.shape[0])
-        return _padded(self.module, x, t)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(3):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    return [{"name": e.key[:80], "ms_per_step": round(getattr(e, key) / 3e3, 3),
+             "calls_per_step": e.count // 3} for e in events[:rows]]
 
 
 def _maybe_compiled(canonical, motion, mode):
-    import torch
+    from ..field.compiled import compiled_fields
 
-    if mode == "eager":
-        return canonical, motion
-    torch._dynamo.config.cache_size_limit = 64  # one graph per bucket count
-    return (_Canonical(torch.compile(canonical, dynamic=False), canonical),
-            _Warp(torch.compile(motion, dynamic=False)))
+    return (canonical, motion) if mode == "eager" else compiled_fields(canonical, motion)
 
 
 def run_extract(args) -> dict:
@@ -176,7 +176,7 @@ def run_extract(args) -> dict:
     from ..field.extract import extract
 
     device = _device(args.device)
-    canonical, motion = _fields(device)
+    canonical, motion = _fields(device, args.state)
     results = {}
     for mode in ("eager", "compiled"):
         can, mot = _maybe_compiled(canonical, motion, mode)
@@ -198,6 +198,8 @@ def run_extract(args) -> dict:
 
 def _common(p):
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument("--state", default="blob", choices=("blob", "fitted"),
+                   help="the canonical density: the initial blob or a fitted solid ball")
     p.add_argument("--json", metavar="OUT")
 
 
@@ -209,6 +211,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--shading", default="albedo", choices=("albedo", "lambertian"))
+    p.add_argument("--profile", action="store_true",
+                   help="also list the ops that take the most time (torch.profiler)")
+    p.add_argument("--eager-only", action="store_true", help="skip the compiled variant")
+    p.add_argument("--no-prune", action="store_true",
+                   help="shade every occupied sample (no first pass): the older renderer")
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.set_defaults(func=lambda a: report(run_render(a), a.json))

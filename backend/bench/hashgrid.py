@@ -1,4 +1,5 @@
-"""Hash-grid forward + backward time, eager and torch.compile'd, beside a memory-traffic floor.
+"""Hash-grid forward + backward time: PyTorch eager, torch.compile'd, and the Triton kernels
+(on CUDA), beside a memory-traffic floor.
 
     animate4d bench hashgrid --device cuda [--dims 4 --points 262144 --json OUT]
     python -m animate4d.backend.bench.hashgrid ...   (the same, without the CLI's imports)
@@ -43,14 +44,21 @@ def run(args) -> dict:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    grid = HashGrid(dims=args.dims).to(device)
-    x = torch.rand(args.points, args.dims, device=device)
+    from ..field import hashgrid_triton
+
+    grid = HashGrid(dims=args.dims, backend="torch").to(device)
+    x = torch.rand(args.points, args.dims, device=device).requires_grad_(args.input_grad)
     results = {}
     compiled = torch.compile(grid) if args.mode == "default" else torch.compile(grid,
                                                                                 mode=args.mode)
-    for name, module in (("eager", grid), ("compiled", compiled)):
+    variants = [("eager", grid), ("compiled", compiled)]
+    if hashgrid_triton.available(x):
+        kernels = HashGrid(dims=args.dims, backend="triton").to(device)
+        kernels.embeddings = grid.embeddings  # the same table
+        variants.append(("triton", kernels))
+    for name, module in variants:
         def step(module=module):
-            grid.embeddings.grad = None
+            grid.embeddings.grad = x.grad = None
             module(x).float().square().mean().backward()
         for _ in range(args.warmup):
             step()
@@ -64,7 +72,7 @@ def run(args) -> dict:
     bw = next((v for k, v in BANDWIDTH.items() if k in name), None)
     return {
         "benchmark": "hashgrid", "device": name, "dims": args.dims, "points": args.points,
-        "compile_mode": args.mode,
+        "compile_mode": args.mode, "input_grad": args.input_grad,
         "levels": grid.levels, "features": grid.features, "table": int(grid.sizes.max()),
         **{f"{k}_ms": v["ms_median"] for k, v in results.items()},
         **{f"{k}_ms_min": v["ms_min"] for k, v in results.items()},
@@ -89,6 +97,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="default",
                    choices=("default", "max-autotune", "max-autotune-no-cudagraphs"),
                    help="torch.compile mode (default: %(default)s)")
+    p.add_argument("--input-grad", action="store_true",
+                   help="also d/dx (what the motion field and normals need)")
     p.add_argument("--json", metavar="OUT")
 
 

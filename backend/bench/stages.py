@@ -11,6 +11,7 @@ import statistics
 import time
 
 from . import report
+from .field import fit_solid_ball
 
 
 class _PriorClock:
@@ -60,11 +61,13 @@ def run(args) -> dict:
     ref.mask[s // 4 : 3 * s // 4, s // 4 : 3 * s // 4] = 1
     big = max(preset.ti_size, 256)
     prep = {"rgb": torch.rand(3, big, big)}
-    out = {"benchmark": "stages", "preset": preset.name, "device":
+    out = {"benchmark": "stages", "preset": preset.name, "state": args.state, "device":
            torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "random_weights": args.random_weights, "torch": torch.__version__, "stages": {}}
     rng = random.Random(0)
     scene = stages.Scene(preset, device)
+    if args.state == "fitted":
+        fit_solid_ball(scene.canonical)
     for stage in args.stages:
         clock = _PriorClock(device)
         if device.type == "cuda":
@@ -146,6 +149,9 @@ def add_parser(sub) -> None:
                                                    "refine"])
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--state", default="fitted", choices=("initial", "fitted"),
+                   help="the canonical field: the initial density blob (what the static stage "
+                   "starts from) or a fitted solid ball (what the later stages start from)")
     p.add_argument("--tiny", action="store_true", help="tiny sizes (a CPU smoke test)")
     p.add_argument("--json", metavar="OUT")
     p.set_defaults(func=lambda a: report(run(a), a.json))

@@ -11,15 +11,22 @@ module is written so that `torch.compile(HashGrid(...))` works unchanged. The ba
 written by hand (`_Interpolate`): it recomputes indices rather than storing them.
 Indices are int32 (half the memory traffic of int64): wrap-around products keep the low bits,
 so the hash equals tinycudann's uint32 one.
+
+On CUDA with Triton the same interpolation runs as Triton kernels (`hashgrid_triton`), which
+keep the per-corner work in registers; `backend="torch"` (or ANIMATE4D_HASHGRID=torch) keeps
+the PyTorch path everywhere.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 
 import torch
 from torch import nn
+
+from . import hashgrid_triton
 
 # Instant-NGP's primes; the first dimension is not scrambled.
 PRIMES = (1, 2654435761, 805459861, 3674653429)
@@ -28,8 +35,12 @@ PRIMES = (1, 2654435761, 805459861, 3674653429)
 class HashGrid(nn.Module):
     def __init__(self, dims: int = 3, levels: int = 16, features: int = 2,
                  log2_table: int = 19, base_resolution: int = 16,
-                 finest_resolution: int = 2048):
+                 finest_resolution: int = 2048, backend: str | None = None):
         super().__init__()
+        backend = backend or os.environ.get("ANIMATE4D_HASHGRID", "auto")
+        if backend not in ("auto", "torch", "triton"):
+            raise ValueError("backend must be auto, torch or triton")
+        self.backend = backend
         if dims not in (3, 4):
             raise ValueError("HashGrid encodes 3D or 4D points")
         if levels < 1 or features < 1 or not (4 <= log2_table <= 26):
@@ -73,6 +84,9 @@ class HashGrid(nn.Module):
         # Resolved here, not in forward: a cached call inside forward is a graph break for
         # torch.compile, and the resumed frame trips a Dynamo assertion on CUDA (torch 2.11).
         self._interpolate = _interpolate(self.n_dense, self.hash_mask)
+        self._kernels = (hashgrid_triton.interpolate_function(self.n_dense, self.hash_mask,
+                                                              PRIMES[:dims])
+                         if hashgrid_triton.triton is not None else None)
         self.embeddings = nn.Parameter(torch.empty(offsets[-1], features).uniform_(-1e-4, 1e-4))
 
     @property
@@ -82,9 +96,27 @@ class HashGrid(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(n, d) points in [0, 1]^d -> (n, L * F) features."""
         x = x.to(self.embeddings.dtype).clamp(0.0, 1.0)
-        out = self._interpolate.apply(x, self.embeddings, self.resolution, self.strides,
-                                      self.primes, self.offsets)
+        if self._use_kernels(x):
+            out = _run_kernels(self._kernels, x, self.embeddings, self.resolution,
+                               self.strides, self.offsets)
+        else:
+            out = self._interpolate.apply(x, self.embeddings, self.resolution, self.strides,
+                                          self.primes, self.offsets)
         return out.reshape(x.shape[0], -1)
+
+    def _use_kernels(self, x: torch.Tensor) -> bool:
+        if self.backend == "torch":
+            return False
+        ok = hashgrid_triton.available(x) and self.embeddings.dtype == torch.float32
+        if self.backend == "triton" and not ok:
+            raise RuntimeError("the Triton hash grid needs CUDA, Triton and float32 tables")
+        return ok
+
+
+@torch.compiler.disable
+def _run_kernels(fn, x, embeddings, resolution, strides, offsets):
+    """Outside torch.compile's graphs: compiled fields call the kernels as they are."""
+    return fn.apply(x, embeddings, resolution, strides, offsets)
 
 
 def _combine(pairs: torch.Tensor, op) -> torch.Tensor:

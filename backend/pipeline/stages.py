@@ -31,7 +31,11 @@ class Reference:
 
 
 class Scene:
+    """The fields, their occupancy grid and a renderer (eager: on CUDA the hash grids run as
+    Triton kernels, which measured faster than torch.compile'd fields; docs/BENCHMARKS.md)."""
+
     def __init__(self, preset: Preset, device, looping: bool = False):
+        self.device = torch.device(device)
         grid = {"levels": preset.grid_levels, "log2_table": preset.grid_log2_table}
         self.canonical = CanonicalField(1.0, **grid).to(device)
         motion_cls = LoopingMotionField if looping else MotionField
@@ -39,7 +43,6 @@ class Scene:
         self.occupancy = OccupancyGrid(1.0, preset.occupancy_resolution, device=device)
         self.renderer = Renderer(self.canonical, self.motion, samples=preset.samples,
                                  occupancy=self.occupancy)
-        self.device = torch.device(device)
 
     def render(self, cameras, times, *, light: bool = True, background=(1.0, 1.0, 1.0)):
         shading = Shading(mode="lambertian" if light else "albedo")

@@ -182,3 +182,66 @@ def test_field_evaluation_in_point_chunks_changes_nothing():
     for key in ("rgb", "alpha", "depth", "normal"):
         torch.testing.assert_close(a[key], b[key])
     assert a["alpha"].max() > 0.9
+
+
+class Counting(nn.Module):
+    """Wraps a field and counts the points it is asked about with gradients on."""
+
+    def __init__(self, field):
+        super().__init__()
+        self.field, self.points = field, 0
+
+    def forward(self, x):
+        self.points += len(x) if torch.is_grad_enabled() else 0
+        return self.field(x)
+
+    def density(self, x):
+        return self.forward(x)[0]
+
+
+def test_pruning_hidden_and_empty_samples_keeps_the_picture_and_its_gradients():
+    """The no-grad first pass drops samples behind the opaque surface or in empty space: the
+    render and the gradients match the full evaluation, with far fewer points reaching the
+    gradient pass."""
+    torch.manual_seed(0)
+    field = CanonicalField(log2_table=12, levels=4, base_resolution=4, finest_resolution=32,
+                           blob_density=30.0, blob_radius=0.25)
+    with torch.no_grad():
+        field.net[-1].bias[0] = -12.0  # empty outside the blob's core
+    cam = canonical_camera(24)
+    outs, grads, points = [], [], []
+    for prune in (False, True):
+        counted = Counting(field)
+        occ = OccupancyGrid(1.0, 32)
+        r = Renderer(counted, samples=64, occupancy=occ, prune=prune)
+        occ.update(r.density_at, threshold=0.01 / r.step_length)
+        field.zero_grad()
+        counted.points = 0
+        out = r.render([cam], shading=Shading(mode="lambertian"))
+        (out["rgb"] ** 2).sum().backward()
+        outs.append(out)
+        grads.append(field.encoder.embeddings.grad.clone())
+        points.append(counted.points)
+    full, pruned = outs
+    assert float(full["alpha"].detach().max()) > 0.99  # the rays do reach an opaque core
+    for key in ("rgb", "alpha", "normal"):
+        torch.testing.assert_close(pruned[key], full[key], atol=2e-3, rtol=0)
+    cosine = torch.nn.functional.cosine_similarity(grads[0].flatten(), grads[1].flatten(), 0)
+    assert float(cosine) > 0.999
+    # Autograd keeps what the gradient pass computes: far fewer points reach it.
+    assert points[1] < 0.7 * points[0]
+
+
+def test_the_benchmarks_fitted_state_is_a_sharp_solid_ball():
+    """`bench render/stages --state fitted` stand for a fitted object: check that the field
+    really becomes a solid ball of radius 0.5 with a sharp surface."""
+    from animate4d.backend.bench.field import fit_solid_ball
+
+    torch.manual_seed(0)
+    f = CanonicalField(log2_table=14, levels=8, base_resolution=8, finest_resolution=128)
+    fit_solid_ball(f, steps=200, points=4096)
+    directions = torch.nn.functional.normalize(torch.randn(200, 3), dim=-1)
+    with torch.no_grad():
+        inner, outer = f.density(directions * 0.4), f.density(directions * 0.6)
+    half_opaque = math.log(2) / (2 * math.sqrt(3) / 64)  # one 64-sample step
+    assert float(inner.min()) > half_opaque and float(outer.max()) < 0.1 * half_opaque

@@ -1,0 +1,193 @@
+"""The hash grid's d-linear interpolation as Triton kernels (CUDA only).
+
+Same layout and the same arithmetic as `hashgrid._lookup` (dense levels first, int32 hash with
+wrap-around products, "mod T" as a mask), so the two agree to float rounding; a GPU test checks
+outputs and both gradients against the PyTorch path. Why kernels: the PyTorch path materialises
+(n, L, 2^d) indices, weights and gathered rows; here each (block of points, level) program keeps
+them in registers, reads each corner's F features once, and the backward pass adds into the
+table with atomics and writes d/dx per level.
+
+One program per (BLOCK points, level): all programs of a level run close together in time, so
+that level's rows stay in L2 (the coarse levels are small).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+try:  # Triton ships with CUDA builds of torch; CPU builds and some platforms have none.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+
+BLOCK = 128
+
+
+def available(x: torch.Tensor) -> bool:
+    return triton is not None and x.is_cuda
+
+
+if triton is not None:
+
+    @triton.jit
+    def _corner(c0, c1, c2, c3, f0, f1, f2, f3, s1, s2, s3, dense, off,
+                C: tl.constexpr, D: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr,
+                P3: tl.constexpr, HASH_MASK: tl.constexpr):
+        """Table row of corner C (bit i = its offset in dimension i) and its weight's factors
+        (the caller multiplies them, or leaves one out for d w / d frac_i)."""
+        o0 = C & 1
+        o1 = (C >> 1) & 1
+        o2 = (C >> 2) & 1
+        o3 = (C >> 3) & 1
+        k0 = c0 + o0
+        k1 = c1 + o1
+        k2 = c2 + o2
+        w0 = f0 * o0 + (1.0 - f0) * (1 - o0)
+        w1 = f1 * o1 + (1.0 - f1) * (1 - o1)
+        w2 = f2 * o2 + (1.0 - f2) * (1 - o2)
+        hashed = k0 ^ (k1 * P1) ^ (k2 * P2)
+        flat = k0 + k1 * s1 + k2 * s2
+        if D == 4:
+            k3 = c3 + o3
+            w3 = f3 * o3 + (1.0 - f3) * (1 - o3)
+            hashed = hashed ^ (k3 * P3)
+            flat = flat + k3 * s3
+        else:
+            w3 = f0 * 0.0 + 1.0
+        idx = tl.where(dense, flat, hashed & HASH_MASK) + off
+        return idx, w0, w1, w2, w3
+
+    @triton.jit
+    def _prepare(x_ptr, res_ptr, strides_ptr, offsets_ptr, rows, m, lvl,
+                 D: tl.constexpr, N_DENSE: tl.constexpr):
+        res = tl.load(res_ptr + lvl)
+        off = tl.load(offsets_ptr + lvl)
+        s1 = tl.load(strides_ptr + lvl * D + 1)
+        s2 = tl.load(strides_ptr + lvl * D + 2)
+        p0 = tl.load(x_ptr + rows * D + 0, mask=m, other=0.0) * res
+        p1 = tl.load(x_ptr + rows * D + 1, mask=m, other=0.0) * res
+        p2 = tl.load(x_ptr + rows * D + 2, mask=m, other=0.0) * res
+        b0 = tl.floor(p0)
+        b1 = tl.floor(p1)
+        b2 = tl.floor(p2)
+        if D == 4:
+            s3 = tl.load(strides_ptr + lvl * D + 3)
+            p3 = tl.load(x_ptr + rows * D + 3, mask=m, other=0.0) * res
+        else:
+            s3 = s2 * 0
+            p3 = p2 * 0.0
+        b3 = tl.floor(p3)
+        return (b0.to(tl.int32), b1.to(tl.int32), b2.to(tl.int32), b3.to(tl.int32),
+                p0 - b0, p1 - b1, p2 - b2, p3 - b3, s1, s2, s3, lvl < N_DENSE, off, res)
+
+    @triton.jit
+    def _forward_kernel(x_ptr, emb_ptr, out_ptr, res_ptr, strides_ptr, offsets_ptr, n,
+                        D: tl.constexpr, F: tl.constexpr, L: tl.constexpr,
+                        N_DENSE: tl.constexpr, HASH_MASK: tl.constexpr, P1: tl.constexpr,
+                        P2: tl.constexpr, P3: tl.constexpr, BLOCK: tl.constexpr):
+        lvl = tl.program_id(1)
+        rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = rows < n
+        feat = tl.arange(0, F)
+        c0, c1, c2, c3, f0, f1, f2, f3, s1, s2, s3, dense, off, res = _prepare(
+            x_ptr, res_ptr, strides_ptr, offsets_ptr, rows, m, lvl, D, N_DENSE)
+        acc = tl.zeros((BLOCK, F), tl.float32)
+        for c in tl.static_range(2**D):
+            idx, w0, w1, w2, w3 = _corner(c0, c1, c2, c3, f0, f1, f2, f3, s1, s2, s3, dense,
+                                          off, c, D, P1, P2, P3, HASH_MASK)
+            vals = tl.load(emb_ptr + idx[:, None] * F + feat[None, :], mask=m[:, None],
+                           other=0.0)
+            acc += (w0 * w1 * w2 * w3)[:, None] * vals
+        tl.store(out_ptr + rows[:, None] * (L * F) + lvl * F + feat[None, :], acc,
+                 mask=m[:, None])
+
+    @triton.jit
+    def _backward_kernel(x_ptr, emb_ptr, grad_ptr, gemb_ptr, gx_ptr, res_ptr, strides_ptr,
+                         offsets_ptr, n, D: tl.constexpr, F: tl.constexpr, L: tl.constexpr,
+                         N_DENSE: tl.constexpr, HASH_MASK: tl.constexpr, P1: tl.constexpr,
+                         P2: tl.constexpr, P3: tl.constexpr, NEED_EMB: tl.constexpr,
+                         NEED_X: tl.constexpr, BLOCK: tl.constexpr):
+        lvl = tl.program_id(1)
+        rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = rows < n
+        feat = tl.arange(0, F)
+        c0, c1, c2, c3, f0, f1, f2, f3, s1, s2, s3, dense, off, res = _prepare(
+            x_ptr, res_ptr, strides_ptr, offsets_ptr, rows, m, lvl, D, N_DENSE)
+        g = tl.load(grad_ptr + rows[:, None] * (L * F) + lvl * F + feat[None, :],
+                    mask=m[:, None], other=0.0)
+        gx0 = tl.zeros((BLOCK,), tl.float32)
+        gx1 = tl.zeros((BLOCK,), tl.float32)
+        gx2 = tl.zeros((BLOCK,), tl.float32)
+        gx3 = tl.zeros((BLOCK,), tl.float32)
+        for c in tl.static_range(2**D):
+            idx, w0, w1, w2, w3 = _corner(c0, c1, c2, c3, f0, f1, f2, f3, s1, s2, s3, dense,
+                                          off, c, D, P1, P2, P3, HASH_MASK)
+            rowp = idx[:, None] * F + feat[None, :]
+            if NEED_EMB:
+                tl.atomic_add(gemb_ptr + rowp, (w0 * w1 * w2 * w3)[:, None] * g,
+                              mask=m[:, None], sem="relaxed")
+            if NEED_X:
+                vals = tl.load(emb_ptr + rowp, mask=m[:, None], other=0.0)
+                dot = tl.sum(vals * g, axis=1)
+                # d w / d frac_i: factor i replaced by its slope, -1 or +1.
+                gx0 += dot * (2.0 * (c & 1) - 1.0) * w1 * w2 * w3
+                gx1 += dot * (2.0 * ((c >> 1) & 1) - 1.0) * w0 * w2 * w3
+                gx2 += dot * (2.0 * ((c >> 2) & 1) - 1.0) * w0 * w1 * w3
+                if D == 4:
+                    gx3 += dot * (2.0 * ((c >> 3) & 1) - 1.0) * w0 * w1 * w2
+        if NEED_X:
+            base = gx_ptr + rows * (L * D) + lvl * D
+            tl.store(base + 0, gx0 * res, mask=m)
+            tl.store(base + 1, gx1 * res, mask=m)
+            tl.store(base + 2, gx2 * res, mask=m)
+            if D == 4:
+                tl.store(base + 3, gx3 * res, mask=m)
+
+
+def _signed(p: int) -> int:
+    return p - 2**32 if p >= 2**31 else p
+
+
+@functools.cache
+def interpolate_function(n_dense: int, hash_mask: int, primes: tuple[int, ...]) -> type:
+    """An autograd Function for one grid layout (like `hashgrid._interpolate`), running the
+    kernels: (x (n, d) fp32 in [0, 1], table (rows, F) fp32, resolution, strides, offsets) ->
+    (n, L, F)."""
+    p = [_signed(v) for v in primes] + [0] * (4 - len(primes))
+    consts = dict(N_DENSE=n_dense, HASH_MASK=hash_mask, P1=p[1], P2=p[2], P3=p[3],
+                  BLOCK=BLOCK)
+
+    class TritonInterpolate(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, embeddings, resolution, strides, offsets):
+            x = x.contiguous()
+            n, d = x.shape
+            levels, f = len(resolution), embeddings.shape[1]
+            out = torch.empty(n, levels, f, device=x.device, dtype=torch.float32)
+            grid = (triton.cdiv(n, BLOCK), levels)
+            _forward_kernel[grid](x, embeddings, out, resolution, strides, offsets, n,
+                                  D=d, F=f, L=levels, **consts)
+            ctx.save_for_backward(x, embeddings, resolution, strides, offsets)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            x, embeddings, resolution, strides, offsets = ctx.saved_tensors
+            n, d = x.shape
+            levels, f = len(resolution), embeddings.shape[1]
+            need_x, need_emb = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            if not (need_x or need_emb):
+                return None, None, None, None, None
+            grad = grad.contiguous().float()
+            gemb = torch.zeros_like(embeddings) if need_emb else embeddings
+            gx = torch.empty(n, levels, d, device=x.device) if need_x else x
+            grid = (triton.cdiv(n, BLOCK), levels)
+            _backward_kernel[grid](x, embeddings, grad, gemb, gx, resolution, strides, offsets,
+                                   n, D=d, F=f, L=levels, NEED_EMB=need_emb, NEED_X=need_x,
+                                   **consts)
+            return (gx.sum(1) if need_x else None, gemb if need_emb else None, None, None, None)
+
+    return TritonInterpolate
