@@ -84,8 +84,11 @@ def _timed(fn, iters, warmup, device) -> list[float]:
 def _device(name):
     import torch
 
+    from ..field import use_tensor_cores
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    use_tensor_cores(name)
     return torch.device(name)
 
 

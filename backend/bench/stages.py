@@ -15,10 +15,12 @@ from .field import fit_solid_ball
 
 
 class _PriorClock:
-    """Wall time inside the hooked modules' forward passes (synchronised on CUDA)."""
+    """Wall time inside the hooked modules' forward passes (synchronised on CUDA), and apart
+    from it inside their backward passes (only the VAE encoders have one: SDS gradients reach
+    the render through them)."""
 
     def __init__(self, device):
-        self.device, self.seconds, self._t0 = device, 0.0, {}
+        self.device, self.seconds, self.backward_seconds, self._t0 = device, 0.0, 0.0, {}
 
     def _sync(self):
         import torch
@@ -35,13 +37,26 @@ class _PriorClock:
             self._sync()
             self.seconds += time.perf_counter() - self._t0.pop(id(m))
 
+        def back_pre(m, *a):
+            self._sync()
+            self._t0[("b", id(m))] = time.perf_counter()
+
+        def back_post(m, *a):
+            self._sync()
+            t0 = self._t0.pop(("b", id(m)), None)
+            if t0 is not None:
+                self.backward_seconds += time.perf_counter() - t0
+
         module.register_forward_pre_hook(pre)
         module.register_forward_hook(post)
+        module.register_full_backward_pre_hook(back_pre)
+        module.register_full_backward_hook(back_post)
 
 
 def run(args) -> dict:
     import torch
 
+    from ..field import use_tensor_cores
     from ..pipeline import stages
     from ..pipeline.presets import PRESETS
     from ..pipeline.run import PriorPool, _optimiser, _stage_setup
@@ -51,6 +66,7 @@ def run(args) -> dict:
     device = torch.device(args.device if args.device != "auto" else
                           ("cuda" if torch.cuda.is_available() else "cpu"))
     preset = PRESETS[args.preset]
+    use_tensor_cores(device)
     if args.tiny:
         from ..pipeline.presets import tiny
         preset = tiny(preset, max_steps=10**6)
@@ -101,11 +117,11 @@ def run(args) -> dict:
                     loss.backward()
                     opt.step()
 
-            times, inside = [], []
+            times, inside, inside_back = [], [], []
             for i in range(args.warmup + args.iters):
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
-                clock.seconds = 0.0
+                clock.seconds = clock.backward_seconds = 0.0
                 t0 = time.perf_counter()
                 step(0.5)
                 if device.type == "cuda":
@@ -113,13 +129,16 @@ def run(args) -> dict:
                 if i >= args.warmup:
                     times.append(time.perf_counter() - t0)
                     inside.append(clock.seconds)
+                    inside_back.append(clock.backward_seconds)
             ms = statistics.median(times) * 1e3
             share = statistics.median(i / t for i, t in zip(inside, times, strict=True))
+            back = statistics.median(i / t for i, t in zip(inside_back, times, strict=True))
             total_steps = preset.steps(stage)
             out["stages"][stage] = {
                 "ms_per_step": round(ms, 1), "steps": total_steps,
                 "projected_minutes": round(ms * total_steps / 6e4, 1),
                 "prior_forward_share": round(share, 3),
+                "prior_backward_share": round(back, 3),
                 "peak_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
                 if device.type == "cuda" else None}
         except torch.cuda.OutOfMemoryError as e:

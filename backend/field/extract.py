@@ -11,6 +11,8 @@ residual next to the Chamfer distance.
 
 from __future__ import annotations
 
+import math
+
 import fast_simplification
 import mcubes
 import numpy as np
@@ -19,9 +21,10 @@ import torch
 from scipy import ndimage
 from scipy.sparse.csgraph import connected_components
 
-from animate4d.protocol import AnimatedMesh
+from animate4d.protocol import AnimatedMesh, Camera
 
 from .fields import warp_jacobian
+from .render import CameraBatch, OccupancyGrid, Renderer, Shading
 
 
 @torch.no_grad()
@@ -58,6 +61,53 @@ def fill_interior(dens: np.ndarray, threshold: float, close_voxels: int = 2,
     solid = ndimage.binary_fill_holes(solid)
     out = np.where(solid & ~inside, 2.0 * threshold, dens)
     return np.where(~solid & (dens > threshold), 0.5 * threshold, out)
+
+
+def fibonacci_cameras(bound: float, views: int, size: int) -> list[Camera]:
+    """`views` cameras spread evenly over the whole sphere (below the object too), each
+    seeing the whole box [-bound, bound]^3 (60 degrees, at 3.2 bound)."""
+    cams = []
+    for k in range(views):
+        z = 1.0 - 2.0 * (k + 0.5) / views
+        r, a = math.sqrt(max(0.0, 1.0 - z * z)), k * math.pi * (3.0 - math.sqrt(5.0))
+        eye = 3.2 * bound * np.array([r * math.cos(a), r * math.sin(a), z])
+        up = (0.0, 0.0, 1.0) if r > 1e-3 else (0.0, 1.0, 0.0)
+        cams.append(Camera.look_at(eye, fov_deg=60.0, resolution=(size, size), up=up))
+    return cams
+
+
+@torch.no_grad()
+def seen_empty(canonical, bound: float, resolution: int, *,
+               views: int = 24, size: int = 128, device=None) -> np.ndarray:
+    """(R, R, R) bool: grid points (as `density_grid` lays them out) that some view around
+    the object sees as empty space: they project onto a pixel the field leaves transparent
+    (alpha < 0.1), or lie in front of what that pixel shows by more than a voxel.
+
+    Everything else was never seen from outside: the fitted interior, which is arbitrary,
+    and pockets reached only through tunnels no view looks along. Extraction makes those
+    solid, so their dips below the threshold do not become surfaces inside the object.
+    """
+    samples = min(512, 2 * resolution)
+    occupancy = OccupancyGrid(bound, 64, device=device)
+    renderer = Renderer(canonical, bound=bound, samples=samples, occupancy=occupancy)
+    occupancy.update(renderer.density_at, threshold=0.01 / renderer.step_length)
+    cameras = fibonacci_cameras(bound, views, size)
+    batch = CameraBatch(cameras, device)
+    axis = torch.linspace(-bound, bound, resolution, device=device)
+    pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    empty = torch.zeros(len(pts), dtype=torch.bool, device=device)
+    margin = 2 * bound / (resolution - 1)
+    for i, cam in enumerate(cameras):
+        out = renderer.render([cam], shading=Shading(mode="albedo"))
+        alpha, depth = out["alpha"][0].reshape(-1), out["depth"][0].reshape(-1)
+        index = torch.full((len(pts),), i, device=device, dtype=torch.long)
+        uv, _ = batch.project(index, pts)
+        px = uv.floor().long()
+        inside = (px >= 0).all(-1) & (px[:, 0] < size) & (px[:, 1] < size)
+        pix = (px[:, 1].clamp(0, size - 1) * size + px[:, 0].clamp(0, size - 1))
+        dist = (pts - batch.location[i]).norm(dim=-1)
+        empty |= inside & ((alpha[pix] < 0.1) | (dist < depth[pix] - margin))
+    return empty.reshape((resolution,) * 3).cpu().numpy()
 
 
 def keep_large_components(vertices, faces, min_fraction: float = 0.05):
@@ -118,12 +168,22 @@ def forward_warp(motion, canonical_pts: torch.Tensor, t: float, iterations: int 
 @torch.no_grad()
 def extract(canonical, motion=None, *, frames: int = 24, fps: float = 24.0,
             bound: float = 1.0, resolution: int = 256, threshold: float = 10.0,
-            target_faces: int = 50_000, close_voxels: int = 2, transform=None, metadata=None,
-            device=None) -> tuple[AnimatedMesh, dict]:
-    """The AnimatedMesh and a report (face counts, warp residual)."""
+            target_faces: int = 50_000, close_voxels: int = 2, carve_views: int = 24,
+            transform=None, metadata=None, device=None) -> tuple[AnimatedMesh, dict]:
+    """The AnimatedMesh and a report (face counts, warp residual, voxels made solid because
+    no view sees them: `seen_empty`; carve_views=0 skips that)."""
     dens = density_grid(canonical, bound, resolution, device=device)
     if dens.max() <= threshold:
         raise ValueError(f"no density above the threshold {threshold}: nothing to extract")
+    unseen_filled = 0
+    if carve_views > 0:
+        # Two voxels off everything seen empty: the thin band just outside the surface that
+        # depth alone cannot clear (pixel footprint, blur) stays as the field has it.
+        seen = seen_empty(canonical, bound, resolution, views=carve_views, device=device)
+        unseen = ndimage.binary_erosion(~seen, iterations=2, border_value=1) & \
+            (dens <= threshold)
+        unseen_filled = int(unseen.sum())
+        dens = np.where(unseen, 2.0 * threshold, dens)
     dens = fill_interior(dens, threshold, close_voxels)
     verts, faces = mcubes.marching_cubes(dens, threshold)
     verts = verts / (resolution - 1) * 2 * bound - bound
@@ -153,4 +213,5 @@ def extract(canonical, motion=None, *, frames: int = 24, fps: float = 24.0,
                         transform=np.eye(4) if transform is None else transform,
                         colors=colours, metadata=metadata or {})
     return mesh, {"faces_marching_cubes": raw_faces, "faces": len(faces),
+                  "unseen_voxels_filled": unseen_filled,
                   "vertices": len(verts), "warp_residual_max": worst}

@@ -27,6 +27,7 @@ import torch
 
 from animate4d.protocol import Camera
 
+from . import use_tensor_cores
 from .fields import CanonicalField, LoopingMotionField, MotionField, warp_jacobian
 from .render import CameraBatch, OccupancyGrid, Renderer, Shading
 
@@ -113,6 +114,7 @@ def fit(clip: MultiViewClip, config: FitConfig | None = None, *, device=None,
     """Fit the fields to the clip; `progress(step, steps, losses)` may raise to cancel."""
     config = config or FitConfig()
     device = torch.device(device or "cpu")
+    use_tensor_cores(device)
     gen = torch.Generator(device="cpu").manual_seed(config.seed)
     torch.manual_seed(config.seed)
     canonical, motion = build_fields(config, device)

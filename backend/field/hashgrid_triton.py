@@ -98,9 +98,12 @@ if triton is not None:
         for c in tl.static_range(2**D):
             idx, w0, w1, w2, w3 = _corner(c0, c1, c2, c3, f0, f1, f2, f3, s1, s2, s3, dense,
                                           off, c, D, P1, P2, P3, HASH_MASK)
-            vals = tl.load(emb_ptr + idx[:, None] * F + feat[None, :], mask=m[:, None],
-                           other=0.0)
-            acc += (w0 * w1 * w2 * w3)[:, None] * vals
+            w = w0 * w1 * w2 * w3
+            # A corner of weight 0 (a point on a cell's face, e.g. every corner at t + 1 when
+            # the motion field asks about t = 0) is not read at all.
+            vals = tl.load(emb_ptr + idx[:, None] * F + feat[None, :],
+                           mask=(m & (w != 0.0))[:, None], other=0.0)
+            acc += w[:, None] * vals
         tl.store(out_ptr + rows[:, None] * (L * F) + lvl * F + feat[None, :], acc,
                  mask=m[:, None])
 
@@ -127,8 +130,9 @@ if triton is not None:
                                           off, c, D, P1, P2, P3, HASH_MASK)
             rowp = idx[:, None] * F + feat[None, :]
             if NEED_EMB:
-                tl.atomic_add(gemb_ptr + rowp, (w0 * w1 * w2 * w3)[:, None] * g,
-                              mask=m[:, None], sem="relaxed")
+                w = w0 * w1 * w2 * w3
+                tl.atomic_add(gemb_ptr + rowp, w[:, None] * g, mask=(m & (w != 0.0))[:, None],
+                              sem="relaxed")
             if NEED_X:
                 vals = tl.load(emb_ptr + rowp, mask=m[:, None], other=0.0)
                 dot = tl.sum(vals * g, axis=1)

@@ -41,6 +41,17 @@ class CameraBatch:
         return self.location[index], torch.einsum("nij,nj->ni", self.rotation[index], d)
 
 
+    def project(self, index: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixel coordinates (n, 2) and depth in front of the camera (n,) of world points x
+        in cameras `index` (the inverse of `rays`, as `Camera.project`)."""
+        q = torch.einsum("nij,ni->nj", self.rotation[index], x - self.location[index])
+        depth = -q[:, 2]
+        safe = torch.where(depth.abs() < 1e-12, torch.full_like(depth, 1e-12), depth)
+        f, c = self.focal[index], self.centre[index]
+        uv = torch.stack([c[:, 0] + f * q[:, 0] / safe, c[:, 1] - f * q[:, 1] / safe], -1)
+        return uv, depth
+
+
 def camera_rays(camera: Camera, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Origins and unit directions (H*W, 3) through every pixel centre, row by row."""
     w, h = camera.resolution

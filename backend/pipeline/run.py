@@ -24,6 +24,7 @@ from animate4d.protocol.errors import MissingModelError
 from animate4d.protocol.options import JobOptions
 
 from ..checkpoints import Checkpoints, NoCheckpoints
+from ..field import use_tensor_cores
 from ..field.extract import extract
 from ..field.render import half_opaque_density
 from ..preprocess import framing
@@ -129,6 +130,7 @@ def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progres
     preset = preset or PRESETS[options.preset]
     checkpoints = NoCheckpoints() if checkpoints is None else checkpoints
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    use_tensor_cores(device)
     if not random_weights:
         check_models(options.preset if options.preset in registry.PRESET_ROLES else "fast",
                      models)

@@ -245,3 +245,45 @@ def test_the_benchmarks_fitted_state_is_a_sharp_solid_ball():
         inner, outer = f.density(directions * 0.4), f.density(directions * 0.6)
     half_opaque = math.log(2) / (2 * math.sqrt(3) / 64)  # one 64-sample step
     assert float(inner.min()) > half_opaque and float(outer.max()) < 0.1 * half_opaque
+
+
+def _capsule_distance(x, a, b):
+    a, b = torch.tensor(a), torch.tensor(b)
+    ab = b - a
+    h = (((x - a) @ ab) / (ab @ ab)).clamp(0, 1)
+    return (x - a - h[:, None] * ab).norm(dim=-1)
+
+
+class PocketedBall(nn.Module):
+    """A solid ball (radius 0.5) with a hidden pocket (radius 0.2) at its centre, reached by
+    an L-shaped tunnel (radius 0.09): up to z = 0.38, then out along +X. No straight line
+    from outside reaches the pocket, so it must come out solid."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        hollow = torch.minimum(
+            x.norm(dim=-1) - 0.2,
+            torch.minimum(_capsule_distance(x, (0, 0, 0), (0, 0, 0.38)) - 0.09,
+                          _capsule_distance(x, (0, 0, 0.38), (0.7, 0, 0.38)) - 0.09))
+        solid = torch.sigmoid((0.5 - x.norm(dim=-1)) / 0.004) * torch.sigmoid(hollow / 0.004)
+        return 1000.0 * solid, torch.full((len(x), 3), 0.5)
+
+    def density(self, x):
+        return self.forward(x)[0]
+
+
+def test_pockets_no_view_can_see_come_out_solid():
+    kw = dict(frames=1, resolution=64, threshold=500.0, target_faces=20_000)
+    plain, _ = extract(PocketedBall(), carve_views=0, **kw)
+    carved, report = extract(PocketedBall(), **kw)
+    # Without carving, the pocket's wall (radius 0.2) is a surface inside the ball.
+    assert np.linalg.norm(plain.vertices, axis=1).min() < 0.25
+    # With it, the pocket and the tunnel's hidden leg are solid; the visible leg of the tunnel
+    # (its far end at radius ~0.38 is seen from +X) stays open.
+    r = np.linalg.norm(carved.vertices, axis=1)
+    assert r.min() > 0.28 and report["unseen_voxels_filled"] > 0
+    assert np.abs(r - RADIUS).max() > 0.05  # the tunnel's mouth is still there
+    assert edges_are_manifold(carved.faces)

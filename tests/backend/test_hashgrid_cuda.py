@@ -35,10 +35,30 @@ def test_kernels_match_the_pytorch_path_values_and_both_gradients(dims, layout):
     for a, b in zip(*outs, strict=True):
         # Equal up to float32 rounding of the position: at resolution 2048 one ulp of x * N is
         # 2.4e-4 of a cell, so a handful of values may differ by about that much.
-        scale = float(a.abs().max())
-        assert float((b - a).abs().max()) <= 2e-3 * scale
-        assert float((b - a).abs().mean()) <= 1e-6 * scale
+        scale, err = float(a.abs().max()), (b - a).abs()
+        assert float(err.max()) <= 2e-3 * scale, (float(err.max()), scale)
+        assert float(err.mean()) <= 1e-5 * scale, (float(err.mean()), scale)
     assert outs[1][2].abs().sum() > 0 and outs[1][1].abs().sum() > 0
+
+
+def test_points_on_cell_faces_skip_nothing_they_need():
+    """At t = 0 (how the motion field anchors frame 0) half the corners weigh 0 and are not
+    read; values and the spatial gradient still match the PyTorch path."""
+    torch.manual_seed(0)
+    ref = HashGrid(dims=4, backend="torch").cuda()
+    fast = HashGrid(dims=4, backend="triton").cuda()
+    with torch.no_grad():
+        ref.embeddings.normal_()
+        fast.embeddings.copy_(ref.embeddings)
+    x = torch.rand(4000, 4, device="cuda")
+    x[:, 3] = 0.0
+    grads = []
+    for grid in (ref, fast):
+        xi = x.clone().requires_grad_(True)
+        grid(xi).square().sum().backward()
+        grads.append(xi.grad[:, :3])
+    torch.testing.assert_close(fast(x), ref(x), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-2)
 
 
 def test_compiled_module_with_kernels_matches_eager():
