@@ -24,7 +24,7 @@ from scipy.sparse.csgraph import connected_components
 from animate4d.protocol import AnimatedMesh, Camera
 
 from .fields import warp_jacobian
-from .render import CameraBatch, OccupancyGrid, Renderer, Shading
+from .render import CameraBatch, OccupancyGrid, Renderer, Shading, camera_rays
 
 
 @torch.no_grad()
@@ -77,11 +77,14 @@ def fibonacci_cameras(bound: float, views: int, size: int) -> list[Camera]:
 
 
 @torch.no_grad()
-def seen_empty(canonical, bound: float, resolution: int, *,
-               views: int = 24, size: int = 128, device=None) -> np.ndarray:
-    """(R, R, R) bool: grid points (as `density_grid` lays them out) that some view around
-    the object sees as empty space: they project onto a pixel the field leaves transparent
-    (alpha < 0.1), or lie in front of what that pixel shows by more than a voxel.
+def look_around(canonical, bound: float, resolution: int, *,
+                views: int = 24, size: int = 128, device=None) -> tuple[np.ndarray, torch.Tensor]:
+    """What views all around the object see of the field: (R, R, R) bool, the grid points
+    (as `density_grid` lays them out) that some view sees as empty space, and the points
+    (n, 3) where opaque pixels' rays end (their rendered depth).
+
+    A grid point is seen empty when it projects onto a pixel the field leaves transparent
+    (alpha < 0.1), or lies in front of what that pixel shows by more than a voxel.
 
     Everything else was never seen from outside: the fitted interior, which is arbitrary,
     and pockets reached only through tunnels no view looks along. Extraction makes those
@@ -97,9 +100,13 @@ def seen_empty(canonical, bound: float, resolution: int, *,
     pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
     empty = torch.zeros(len(pts), dtype=torch.bool, device=device)
     margin = 2 * bound / (resolution - 1)
+    surface = []
     for i, cam in enumerate(cameras):
         out = renderer.render([cam], shading=Shading(mode="albedo"))
         alpha, depth = out["alpha"][0].reshape(-1), out["depth"][0].reshape(-1)
+        o, d = camera_rays(cam, device)
+        opaque = alpha > 0.95
+        surface.append(o[opaque] + d[opaque] * depth[opaque, None])
         index = torch.full((len(pts),), i, device=device, dtype=torch.long)
         uv, _ = batch.project(index, pts)
         px = uv.floor().long()
@@ -107,7 +114,19 @@ def seen_empty(canonical, bound: float, resolution: int, *,
         pix = (px[:, 1].clamp(0, size - 1) * size + px[:, 0].clamp(0, size - 1))
         dist = (pts - batch.location[i]).norm(dim=-1)
         empty |= inside & ((alpha[pix] < 0.1) | (dist < depth[pix] - margin))
-    return empty.reshape((resolution,) * 3).cpu().numpy()
+    return empty.reshape((resolution,) * 3).cpu().numpy(), torch.cat(surface)
+
+
+def surface_level(canonical, surface: torch.Tensor, fallback: float) -> float:
+    """The density at which the renders put the surface: the median density at the points
+    where opaque pixels' rays end. Marching cubes at this level puts the mesh where the images
+    show the surface (the default level, half-opaque per render step, sits a soft surface's
+    ramp away from it). The fallback when no pixel is opaque, and the result kept within a
+    factor of 10 of it."""
+    if len(surface) < 100:
+        return fallback
+    level = float(torch.median(canonical.density(surface)))
+    return float(np.clip(level, fallback / 10, fallback * 10))
 
 
 def keep_large_components(vertices, faces, min_fraction: float = 0.05):
@@ -169,17 +188,26 @@ def forward_warp(motion, canonical_pts: torch.Tensor, t: float, iterations: int 
 def extract(canonical, motion=None, *, frames: int = 24, fps: float = 24.0,
             bound: float = 1.0, resolution: int = 256, threshold: float = 10.0,
             target_faces: int = 50_000, close_voxels: int = 2, carve_views: int = 24,
-            transform=None, metadata=None, device=None) -> tuple[AnimatedMesh, dict]:
-    """The AnimatedMesh and a report (face counts, warp residual, voxels made solid because
-    no view sees them: `seen_empty`; carve_views=0 skips that)."""
+            level: str = "threshold", transform=None, metadata=None,
+            device=None) -> tuple[AnimatedMesh, dict]:
+    """The AnimatedMesh and a report (face counts, warp residual, the level used, voxels made
+    solid because no view sees them: `look_around`; carve_views=0 skips that).
+
+    `level`: "threshold" runs marching cubes at `threshold`; "rendered" at the density where
+    the views' renders put the surface (`surface_level`, needs carve_views > 0)."""
+    if level not in ("threshold", "rendered"):
+        raise ValueError("level must be 'threshold' or 'rendered'")
     dens = density_grid(canonical, bound, resolution, device=device)
     if dens.max() <= threshold:
         raise ValueError(f"no density above the threshold {threshold}: nothing to extract")
-    unseen_filled = 0
+    unseen_filled, default_threshold = 0, threshold
     if carve_views > 0:
+        seen, surface = look_around(canonical, bound, resolution, views=carve_views,
+                                    device=device)
+        if level == "rendered":
+            threshold = surface_level(canonical, surface, threshold)
         # Two voxels off everything seen empty: the thin band just outside the surface that
         # depth alone cannot clear (pixel footprint, blur) stays as the field has it.
-        seen = seen_empty(canonical, bound, resolution, views=carve_views, device=device)
         unseen = ndimage.binary_erosion(~seen, iterations=2, border_value=1) & \
             (dens <= threshold)
         unseen_filled = int(unseen.sum())
@@ -213,5 +241,6 @@ def extract(canonical, motion=None, *, frames: int = 24, fps: float = 24.0,
                         transform=np.eye(4) if transform is None else transform,
                         colors=colours, metadata=metadata or {})
     return mesh, {"faces_marching_cubes": raw_faces, "faces": len(faces),
-                  "unseen_voxels_filled": unseen_filled,
+                  "unseen_voxels_filled": unseen_filled, "level": threshold,
+                  "default_level": default_threshold,
                   "vertices": len(verts), "warp_residual_max": worst}
