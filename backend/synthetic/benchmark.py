@@ -137,7 +137,6 @@ def peak_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
 
 
-@torch.no_grad()
 def _mesh_scores(mesh, views: Views, size: Size, seed: int) -> tuple[list, list]:
     """Per-frame Chamfer (fraction of the clip's diagonal) and normal consistency."""
     rng = np.random.default_rng(seed)
@@ -153,6 +152,7 @@ def _mesh_scores(mesh, views: Views, size: Size, seed: int) -> tuple[list, list]
     return chamfer, normals
 
 
+@torch.no_grad()
 def score(views: Views, result, size: Size, device, seed: int = 0,
           level: str = "rendered", compare_levels: bool = False) -> dict:
     """Extract the animated mesh and score it frame by frame against the truth (with
