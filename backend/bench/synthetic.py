@@ -18,8 +18,7 @@ def main(args) -> int:
     try:
         result = benchmark.run(args.source, size=args.size, device=args.device,
                                steps=args.steps, blender_python=args.blender_python,
-                               keep_views=args.keep_views, out_dir=args.out, log=log,
-                               level=args.level, compare_levels=args.compare_levels)
+                               keep_views=args.keep_views, out_dir=args.out, log=log)
     except (ValueError, RuntimeError) as e:
         print(f"animate4d bench synthetic: {e}", file=sys.stderr)
         return 2
@@ -40,10 +39,5 @@ def add_parser(sub) -> None:
                    help="a Python with bpy for the ground-truth renders (default: this one)")
     p.add_argument("--keep-views", metavar="NPZ", help="keep the ground-truth renders here")
     p.add_argument("--out", metavar="DIR", help="write the fitted animated mesh (fitted.glb)")
-    p.add_argument("--level", default="rendered", choices=("rendered", "threshold"),
-                   help="marching cubes at the density where the renders put the surface, or "
-                   "at the fixed half-opaque threshold (default: rendered)")
-    p.add_argument("--compare-levels", action="store_true",
-                   help="also extract at the other level and report its Chamfer distance")
     p.add_argument("--json", metavar="OUT", help="also write the figures to this file")
     p.set_defaults(func=main)

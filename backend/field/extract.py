@@ -3,8 +3,9 @@ decimation, albedo colours, and per-frame vertices through the motion field.
 
 The motion field is a backward warp (seen point -> canonical point). Frame vertices need the
 forward map, so each canonical vertex c is carried to the x that solves x + D(x, t) = c by
-Newton's method (`forward_warp`); the largest residual is reported so a caller can see when
-the warp is not invertible there. Inverting the one field keeps a single motion model (no
+Newton's method (`forward_warp`); vertices where it does not converge (the warp folds there)
+take their neighbours' motion (`fill_from_neighbours`), and the largest residual and the count
+of such vertices are reported. Inverting the one field keeps a single motion model (no
 second, forward field to keep consistent with it); the synthetic benchmark reports the
 residual next to the Chamfer distance.
 """
@@ -24,7 +25,7 @@ from scipy.sparse.csgraph import connected_components
 from animate4d.protocol import AnimatedMesh, Camera
 
 from .fields import warp_jacobian
-from .render import CameraBatch, OccupancyGrid, Renderer, Shading, camera_rays
+from .render import CameraBatch, OccupancyGrid, Renderer, Shading
 
 
 @torch.no_grad()
@@ -77,14 +78,11 @@ def fibonacci_cameras(bound: float, views: int, size: int) -> list[Camera]:
 
 
 @torch.no_grad()
-def look_around(canonical, bound: float, resolution: int, *,
-                views: int = 24, size: int = 128, device=None) -> tuple[np.ndarray, torch.Tensor]:
-    """What views all around the object see of the field: (R, R, R) bool, the grid points
-    (as `density_grid` lays them out) that some view sees as empty space, and the points
-    (n, 3) where opaque pixels' rays end (their rendered depth).
-
-    A grid point is seen empty when it projects onto a pixel the field leaves transparent
-    (alpha < 0.1), or lies in front of what that pixel shows by more than a voxel.
+def seen_empty(canonical, bound: float, resolution: int, *,
+               views: int = 24, size: int = 128, device=None) -> np.ndarray:
+    """(R, R, R) bool: grid points (as `density_grid` lays them out) that some view around
+    the object sees as empty space: they project onto a pixel the field leaves transparent
+    (alpha < 0.1), or lie in front of what that pixel shows by more than a voxel.
 
     Everything else was never seen from outside: the fitted interior, which is arbitrary,
     and pockets reached only through tunnels no view looks along. Extraction makes those
@@ -100,13 +98,9 @@ def look_around(canonical, bound: float, resolution: int, *,
     pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
     empty = torch.zeros(len(pts), dtype=torch.bool, device=device)
     margin = 2 * bound / (resolution - 1)
-    surface = []
     for i, cam in enumerate(cameras):
         out = renderer.render([cam], shading=Shading(mode="albedo"))
         alpha, depth = out["alpha"][0].reshape(-1), out["depth"][0].reshape(-1)
-        o, d = camera_rays(cam, device)
-        opaque = alpha > 0.95
-        surface.append(o[opaque] + d[opaque] * depth[opaque, None])
         index = torch.full((len(pts),), i, device=device, dtype=torch.long)
         uv, _ = batch.project(index, pts)
         px = uv.floor().long()
@@ -114,19 +108,7 @@ def look_around(canonical, bound: float, resolution: int, *,
         pix = (px[:, 1].clamp(0, size - 1) * size + px[:, 0].clamp(0, size - 1))
         dist = (pts - batch.location[i]).norm(dim=-1)
         empty |= inside & ((alpha[pix] < 0.1) | (dist < depth[pix] - margin))
-    return empty.reshape((resolution,) * 3).cpu().numpy(), torch.cat(surface)
-
-
-def surface_level(canonical, surface: torch.Tensor, fallback: float) -> float:
-    """The density at which the renders put the surface: the median density at the points
-    where opaque pixels' rays end. Marching cubes at this level puts the mesh where the images
-    show the surface (the default level, half-opaque per render step, sits a soft surface's
-    ramp away from it). The fallback when no pixel is opaque, and the result kept within a
-    factor of 10 of it."""
-    if len(surface) < 100:
-        return fallback
-    level = float(torch.median(canonical.density(surface)))
-    return float(np.clip(level, fallback / 10, fallback * 10))
+    return empty.reshape((resolution,) * 3).cpu().numpy()
 
 
 def keep_large_components(vertices, faces, min_fraction: float = 0.05):
@@ -149,7 +131,7 @@ def keep_large_components(vertices, faces, min_fraction: float = 0.05):
 @torch.no_grad()
 def forward_warp(motion, canonical_pts: torch.Tensor, t: float, iterations: int = 12,
                  eps: float = 1e-3):
-    """x with x + D(x, t) = c for each canonical point c; and the largest residual.
+    """x with x + D(x, t) = c for each canonical point c; and each point's residual |r|.
 
     Newton's method on r(x) = x + D(x, t) - c with a finite-difference Jacobian, started
     from one fixed-point step. Unlike the plain fixed point x <- c - D(x, t) it does not need
@@ -181,31 +163,46 @@ def forward_warp(motion, canonical_pts: torch.Tensor, t: float, iterations: int 
             scale[worse] *= 0.5
         keep = (r_new.norm(dim=-1) <= err)[:, None]
         x, r = torch.where(keep, x_new, x), torch.where(keep, r_new, r)
-    return x, float(r.norm(dim=-1).max()) if len(r) else 0.0
+    return x, r.norm(dim=-1)
+
+
+def fill_from_neighbours(vertices: np.ndarray, faces: np.ndarray, moved: np.ndarray,
+                         bad: np.ndarray, sweeps: int = 100) -> np.ndarray:
+    """`moved` with each bad vertex displaced by the mean displacement of its good (or already
+    filled) mesh neighbours, ring by ring. Where the warp folds, Newton's method finds no
+    inverse for a few vertices; their neighbours' motion is the best guess, and it keeps the
+    surface in one piece instead of leaving spikes."""
+    if not bad.any():
+        return moved
+    n = len(vertices)
+    i, j = faces[:, [0, 1, 2]].ravel(), faces[:, [1, 2, 0]].ravel()
+    adj = sp.coo_matrix((np.ones(2 * len(i)), (np.r_[i, j], np.r_[j, i])), shape=(n, n)).tocsr()
+    disp = np.where(bad[:, None], 0.0, moved - vertices)
+    known = ~bad
+    for _ in range(sweeps):
+        total, count = adj @ (disp * known[:, None]), adj @ known.astype(np.float64)
+        new = ~known & (count > 0)
+        if not new.any():
+            break
+        disp[new] = total[new] / count[new, None]
+        known = known | new
+    out = vertices + disp
+    return np.where(known[:, None], out, moved).astype(moved.dtype)
 
 
 @torch.no_grad()
 def extract(canonical, motion=None, *, frames: int = 24, fps: float = 24.0,
             bound: float = 1.0, resolution: int = 256, threshold: float = 10.0,
             target_faces: int = 50_000, close_voxels: int = 2, carve_views: int = 24,
-            level: str = "threshold", transform=None, metadata=None,
-            device=None) -> tuple[AnimatedMesh, dict]:
-    """The AnimatedMesh and a report (face counts, warp residual, the level used, voxels made
-    solid because no view sees them: `look_around`; carve_views=0 skips that).
-
-    `level`: "threshold" runs marching cubes at `threshold`; "rendered" at the density where
-    the views' renders put the surface (`surface_level`, needs carve_views > 0)."""
-    if level not in ("threshold", "rendered"):
-        raise ValueError("level must be 'threshold' or 'rendered'")
+            transform=None, metadata=None, device=None) -> tuple[AnimatedMesh, dict]:
+    """The AnimatedMesh and a report (face counts, warp residual, voxels made solid because
+    no view sees them: `seen_empty`; carve_views=0 skips that)."""
     dens = density_grid(canonical, bound, resolution, device=device)
     if dens.max() <= threshold:
         raise ValueError(f"no density above the threshold {threshold}: nothing to extract")
-    unseen_filled, default_threshold = 0, threshold
+    unseen_filled = 0
     if carve_views > 0:
-        seen, surface = look_around(canonical, bound, resolution, views=carve_views,
-                                    device=device)
-        if level == "rendered":
-            threshold = surface_level(canonical, surface, threshold)
+        seen = seen_empty(canonical, bound, resolution, views=carve_views, device=device)
         # Two voxels off everything seen empty: the thin band just outside the surface that
         # depth alone cannot clear (pixel footprint, blur) stays as the field has it.
         unseen = ndimage.binary_erosion(~seen, iterations=2, border_value=1) & \
@@ -228,19 +225,23 @@ def extract(canonical, motion=None, *, frames: int = 24, fps: float = 24.0,
     colours[:, :3] = np.clip(np.rint(albedo.float().cpu().numpy() * 255), 0, 255)
     colours[:, 3] = 255
     out = np.empty((frames, len(verts), 3), np.float32)
-    worst = 0.0
+    worst, unconverged = 0.0, 0
+    tolerance = 2e-3 * bound  # a tenth of a 256^3 voxel
     for k in range(frames):
         if motion is None or k == 0:
             out[k] = verts
             continue
         # A tensor time, so that a compiled motion field is not re-specialised per frame.
         x, residual = forward_warp(motion, vt, torch.tensor(k / frames, device=vt.device))
-        out[k] = x.cpu().numpy()
-        worst = max(worst, residual)
+        residual = residual.cpu().numpy()
+        bad = residual > tolerance
+        out[k] = fill_from_neighbours(verts, faces, x.cpu().numpy(), bad)
+        worst = max(worst, float(residual.max(initial=0.0)))
+        unconverged = max(unconverged, int(bad.sum()))
     mesh = AnimatedMesh(vertices=verts.astype(np.float32), faces=faces, frames=out, fps=fps,
                         transform=np.eye(4) if transform is None else transform,
                         colors=colours, metadata=metadata or {})
     return mesh, {"faces_marching_cubes": raw_faces, "faces": len(faces),
-                  "unseen_voxels_filled": unseen_filled, "level": threshold,
-                  "default_level": default_threshold,
-                  "vertices": len(verts), "warp_residual_max": worst}
+                  "unseen_voxels_filled": unseen_filled,
+                  "vertices": len(verts), "warp_residual_max": worst,
+                  "warp_unconverged_max": unconverged}

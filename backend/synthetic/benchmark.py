@@ -153,28 +153,16 @@ def _mesh_scores(mesh, views: Views, size: Size, seed: int) -> tuple[list, list]
 
 
 @torch.no_grad()
-def score(views: Views, result, size: Size, device, seed: int = 0,
-          level: str = "rendered", compare_levels: bool = False) -> dict:
-    """Extract the animated mesh and score it frame by frame against the truth (with
-    compare_levels, also the Chamfer distance of the other extraction level)."""
+def score(views: Views, result, size: Size, device, seed: int = 0) -> dict:
+    """Extract the animated mesh and score it frame by frame against the truth."""
     fitc = size.fit
-
-    def extract_at(lv):
-        return extract(result.canonical, result.motion, frames=len(views.clip.times),
-                       fps=views.fps, bound=fitc.bound, resolution=size.mc_resolution,
-                       threshold=half_opaque_density(step_length(fitc.bound, fitc.samples)),
-                       level=lv, target_faces=size.target_faces, device=device)
-
     t0 = time.perf_counter()
-    mesh, report = extract_at(level)
+    mesh, report = extract(result.canonical, result.motion, frames=len(views.clip.times),
+                           fps=views.fps, bound=fitc.bound, resolution=size.mc_resolution,
+                           threshold=half_opaque_density(step_length(fitc.bound, fitc.samples)),
+                           target_faces=size.target_faces, device=device)
     extract_s = time.perf_counter() - t0
     chamfer, normals = _mesh_scores(mesh, views, size, seed)
-    other = {}
-    if compare_levels:
-        lv = "threshold" if level == "rendered" else "rendered"
-        c, _ = _mesh_scores(extract_at(lv)[0], views, size, seed)
-        other = {f"chamfer_mean_at_{lv}_level": float(np.mean(c)),
-                 f"chamfer_max_at_{lv}_level": float(np.max(c))}
     psnr, iou = [], []
     n_held = len(views.heldout_cameras)
     for k, t in enumerate(views.clip.times):
@@ -193,14 +181,12 @@ def score(views: Views, result, size: Size, device, seed: int = 0,
         "normal_consistency_mean": float(np.mean(normals)),
         "psnr_heldout": float(np.mean(psnr)), "iou_heldout": float(np.mean(iou)),
         "extract_seconds": extract_s, **{f"extract_{k}": v for k, v in report.items()},
-        "extract_level_rule": level, **other,
     }
 
 
 def run(source: str, *, size: str = "small", device: str = "cpu", steps: int | None = None,
         blender_python: str | None = None, keep_views: str | None = None,
-        out_dir: str | None = None, log=None, level: str = "rendered",
-        compare_levels: bool = False) -> dict:
+        out_dir: str | None = None, log=None) -> dict:
     if size not in SIZES:
         raise ValueError(f"size must be one of {', '.join(SIZES)}")
     sz = SIZES[size]
@@ -224,7 +210,7 @@ def run(source: str, *, size: str = "small", device: str = "cpu", steps: int | N
         torch.cuda.reset_peak_memory_stats(dev)
     t1 = time.perf_counter()
     result = fit(views.clip, sz.fit, device=dev, progress=_progress_logger(log))
-    scores = score(views, result, sz, dev, level=level, compare_levels=compare_levels)
+    scores = score(views, result, sz, dev)
     seconds = time.perf_counter() - t1
     mesh = scores.pop("mesh")
     if out_dir:
