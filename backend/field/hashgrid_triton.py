@@ -61,8 +61,12 @@ if triton is not None:
         return idx, w0, w1, w2, w3
 
     @triton.jit
-    def _prepare(x_ptr, res_ptr, strides_ptr, offsets_ptr, rows, m, lvl,
-                 D: tl.constexpr, N_DENSE: tl.constexpr):
+    def _prepare(x_ptr, res_ptr, strides_ptr, offsets_ptr, n, D: tl.constexpr,
+                 N_DENSE: tl.constexpr, BLOCK: tl.constexpr):
+        """This program's level and points, and per dimension the cell and the fraction."""
+        lvl = tl.program_id(1)
+        rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = rows < n
         res = tl.load(res_ptr + lvl)
         off = tl.load(offsets_ptr + lvl)
         s1 = tl.load(strides_ptr + lvl * D + 1)
@@ -80,20 +84,18 @@ if triton is not None:
             s3 = s2 * 0
             p3 = p2 * 0.0
         b3 = tl.floor(p3)
-        return (b0.to(tl.int32), b1.to(tl.int32), b2.to(tl.int32), b3.to(tl.int32),
-                p0 - b0, p1 - b1, p2 - b2, p3 - b3, s1, s2, s3, lvl < N_DENSE, off, res)
+        return (lvl, rows, m, b0.to(tl.int32), b1.to(tl.int32), b2.to(tl.int32),
+                b3.to(tl.int32), p0 - b0, p1 - b1, p2 - b2, p3 - b3, s1, s2, s3, lvl < N_DENSE,
+                off, res)
 
     @triton.jit
     def _forward_kernel(x_ptr, emb_ptr, out_ptr, res_ptr, strides_ptr, offsets_ptr, n,
                         D: tl.constexpr, F: tl.constexpr, L: tl.constexpr,
                         N_DENSE: tl.constexpr, HASH_MASK: tl.constexpr, P1: tl.constexpr,
                         P2: tl.constexpr, P3: tl.constexpr, BLOCK: tl.constexpr):
-        lvl = tl.program_id(1)
-        rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        m = rows < n
+        lvl, rows, m, c0, c1, c2, c3, f0, f1, f2, f3, s1, s2, s3, dense, off, res = _prepare(
+            x_ptr, res_ptr, strides_ptr, offsets_ptr, n, D, N_DENSE, BLOCK)
         feat = tl.arange(0, F)
-        c0, c1, c2, c3, f0, f1, f2, f3, s1, s2, s3, dense, off, res = _prepare(
-            x_ptr, res_ptr, strides_ptr, offsets_ptr, rows, m, lvl, D, N_DENSE)
         acc = tl.zeros((BLOCK, F), tl.float32)
         for c in tl.static_range(2**D):
             idx, w0, w1, w2, w3 = _corner(c0, c1, c2, c3, f0, f1, f2, f3, s1, s2, s3, dense,
@@ -113,12 +115,9 @@ if triton is not None:
                          N_DENSE: tl.constexpr, HASH_MASK: tl.constexpr, P1: tl.constexpr,
                          P2: tl.constexpr, P3: tl.constexpr, NEED_EMB: tl.constexpr,
                          NEED_X: tl.constexpr, BLOCK: tl.constexpr):
-        lvl = tl.program_id(1)
-        rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        m = rows < n
+        lvl, rows, m, c0, c1, c2, c3, f0, f1, f2, f3, s1, s2, s3, dense, off, res = _prepare(
+            x_ptr, res_ptr, strides_ptr, offsets_ptr, n, D, N_DENSE, BLOCK)
         feat = tl.arange(0, F)
-        c0, c1, c2, c3, f0, f1, f2, f3, s1, s2, s3, dense, off, res = _prepare(
-            x_ptr, res_ptr, strides_ptr, offsets_ptr, rows, m, lvl, D, N_DENSE)
         g = tl.load(grad_ptr + rows[:, None] * (L * F) + lvl * F + feat[None, :],
                     mask=m[:, None], other=0.0)
         gx0 = tl.zeros((BLOCK,), tl.float32)
