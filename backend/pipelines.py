@@ -31,14 +31,25 @@ def _animate124(models):
     return job
 
 
-def available(models=None) -> dict[str, JobFn]:
-    """preview always; fast and paper when every role they need is in `models` (default:
-    ANIMATE4D_MODELS) or the Hugging Face cache."""
+def offer(models=None) -> tuple[dict[str, JobFn], dict[str, list[str]]]:
+    """The pipelines this machine can run: preview always; fast and paper when every role they
+    need is in `models` (default: ANIMATE4D_MODELS) or the Hugging Face cache. And, for each
+    GPU preset it cannot run, the roles it lacks (a worker tells the server, which tells a
+    client asking for that preset)."""
     out: dict[str, JobFn] = {"preview": _preview}
     try:
-        from .priors.registry import runnable_presets
+        from .priors.registry import missing_roles
     except ImportError:  # the backend without its GPU extras
-        return out
-    for preset in runnable_presets(models):
-        out[preset] = _animate124(models)
-    return out
+        return out, {}
+    lacking = {}
+    for preset, roles in missing_roles(models).items():
+        if roles:
+            lacking[preset] = roles
+        else:
+            out[preset] = _animate124(models)
+    return out, lacking
+
+
+def available(models=None) -> dict[str, JobFn]:
+    """The presets this machine can run (see `offer`)."""
+    return offer(models)[0]

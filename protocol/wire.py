@@ -203,6 +203,9 @@ class WorkerHello(Body):
     name: str
     presets: list[str]
     features: list[str] = []  # optional abilities, e.g. "mesh" (mesh mode)
+    # Presets this worker could run but for models it lacks: preset -> missing roles. The
+    # server names them to a client asking for such a preset when no worker offers it.
+    missing: dict[str, list[str]] = {}
 
 
 class Heartbeat(Body):

@@ -89,10 +89,11 @@ def cmd_worker(args) -> int:
         raise keys.KeyFileError(
             f"{args.server} is not on this machine, and no keys were given",
             hint="pass --server-key and --key (see `animate4d keys`), or --insecure")
-    from ..pipelines import available
+    from ..pipelines import offer
 
+    pipelines, missing = offer(args.models)
     worker = Worker(args.server, name=args.name, server_key=server_key, keypair=keypair,
-                    throttle_s=args.throttle, pipelines=available(args.models))
+                    throttle_s=args.throttle, pipelines=pipelines, missing=missing)
     worker.run(_stop_on_signals())
     return 0
 

@@ -148,5 +148,10 @@ def available_roles(models: Path | str | None) -> set[str]:
 
 
 def runnable_presets(models: Path | str | None) -> list[str]:
+    return [p for p, roles in missing_roles(models).items() if not roles]
+
+
+def missing_roles(models: Path | str | None) -> dict[str, list[str]]:
+    """For each GPU preset, the roles it needs that are not on this machine (empty: runnable)."""
     have = available_roles(models)
-    return [p for p, needs in PRESET_ROLES.items() if set(needs) <= have]
+    return {p: [r for r in needs if r not in have] for p, needs in PRESET_ROLES.items()}

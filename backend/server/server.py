@@ -87,6 +87,7 @@ class WorkerConn:
     presets: list[str]
     last_seen: float
     features: list[str] = field(default_factory=list)
+    missing: dict[str, list[str]] = field(default_factory=dict)  # preset -> roles it lacks
     job: str | None = None
     assigned_at: float = 0.0
 
@@ -129,6 +130,7 @@ class Server:
         self.jobs: dict[str, JobRecord] = {}
         self.queue = FairQueue()
         self.workers: dict[bytes, WorkerConn] = {}
+        self.offered: set[str] = set()  # presets any worker has offered since the start
         self.subscribers: dict[str, set[bytes]] = {}
         self.client_seen: dict[bytes, float] = {}
         self.uploads: dict[tuple[str, str], Upload] = {}
@@ -337,6 +339,7 @@ class Server:
             raise WireError("limit_exceeded", f"you have {active} jobs queued or running; the "
                                               f"limit is {limits.MAX_ACTIVE_JOBS_PER_CLIENT}")
         body.options.validate()
+        self._check_preset(body.options.preset)
         probe_image(body.image)  # header only: size, format, pixel limits
         if body.mesh is not None:
             self._check_mesh(body.mesh)
@@ -354,6 +357,25 @@ class Server:
         self.subscribers.setdefault(job_id, set()).add(ident)  # the submitter hears progress
         self._dispatch()
         return wire.Accepted(job=self._info(rec))
+
+    def _check_preset(self, preset: str) -> None:
+        """Refuse a preset that no worker has offered since the server started when connected
+        workers have said which models they lack for it: the artist hears what is missing
+        instead of waiting on a job nobody can take. Otherwise the job waits in the queue
+        (no worker yet, or one that offered it may come back)."""
+        if preset in self.offered:
+            return
+        lacking = [(w.name, w.missing[preset]) for w in self.workers.values()
+                   if preset in w.missing]
+        if not lacking:
+            return
+        roles = sorted({r for _, rs in lacking for r in rs})
+        who = "; ".join(f"{name} lacks {', '.join(rs)}" for name, rs in lacking[:4])
+        raise WireError(
+            "missing_model",
+            f"no worker of this server can run the {preset} preset yet ({who}). On a worker's "
+            f"host: animate4d models fetch {' '.join(roles)} --models DIR, then start "
+            f"`animate4d worker --models DIR`; or ask for the preview preset")
 
     def _check_mesh(self, mesh: wire.MeshInput) -> None:
         if not any("mesh" in w.features for w in self.workers.values()):
@@ -466,9 +488,13 @@ class Server:
             # A hello again on the same connection changes nothing (a restarted worker
             # process comes on a new connection; its old one times out and is requeued).
             if w is None:
+                missing = {p[:32]: [r[:32] for r in roles[:16]]
+                           for p, roles in list(body.missing.items())[:16]}
                 self.workers[ident] = WorkerConn(ident, body.name[:64],
                                                  list(body.presets)[:16], time.monotonic(),
-                                                 features=list(body.features)[:16])
+                                                 features=list(body.features)[:16],
+                                                 missing=missing)
+                self.offered.update(body.presets[:16])
                 self.log(f"worker {body.name[:64]} joined ({', '.join(body.presets)})")
             self._send(self.workers_sock, ident, wire.Ok(), re=env.id)
             self._dispatch()

@@ -27,7 +27,7 @@ from animate4d.protocol.errors import Animate4DError, CancelledError
 
 from ..checkpoints import MemoryCheckpoints
 from ..export.preview_media import preview_png
-from ..pipelines import JobFn, available
+from ..pipelines import JobFn, offer
 
 PROGRESS_HZ = 10.0
 
@@ -85,6 +85,7 @@ class Worker:
         dead_after_s: float = 3.0,
         throttle_s: float = 0.0,
         pipelines: dict[str, JobFn] | None = None,
+        missing: dict[str, list[str]] | None = None,
         log=None,
     ):
         self.server = server
@@ -92,7 +93,11 @@ class Worker:
         self.server_key, self.keypair = server_key, keypair
         self.heartbeat_s, self.dead_after_s = heartbeat_s, dead_after_s
         self.throttle_s = throttle_s
-        self.pipelines = pipelines if pipelines is not None else available()
+        if pipelines is None:
+            pipelines, missing = offer()
+        self.pipelines = pipelines
+        # Presets it cannot run for want of models -> the roles it lacks (said in the hello).
+        self.missing = {p: list(r) for p, r in (missing or {}).items() if p not in pipelines}
         self.log = log or (lambda m: print(f"worker: {m}", file=sys.stderr, flush=True))
         self.outbox: queue.Queue = queue.Queue()
         self.job: JobRun | None = None
@@ -112,7 +117,8 @@ class Worker:
 
     def _hello(self, sock) -> None:
         _try_send(sock, wire.encode(wire.WorkerHello(name=self.name,
-                                                     presets=sorted(self.pipelines))))
+                                                     presets=sorted(self.pipelines),
+                                                     missing=self.missing)))
         self._hello_at = time.monotonic()
 
     def run(self, stop: threading.Event | None = None) -> None:

@@ -238,3 +238,27 @@ def test_serve_local_runs_jobs_with_its_own_worker(tmp_path, image_bytes):
     finally:
         proc.terminate()
         assert proc.wait(15) == 0  # a clean stop: the worker is stopped with it
+
+
+def test_a_preset_no_worker_can_run_is_refused_with_what_is_missing(cluster, image_bytes,
+                                                                     tmp_path, monkeypatch):
+    """A worker without weights says which models it lacks; the server names them to a client
+    asking for `paper`, keeps what it already accepted, and still runs previews."""
+    monkeypatch.setenv("ANIMATE4D_MODELS", str(tmp_path / "no-models"))  # the worker inherits
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    paper = JobOptions(prompt="a creature is dancing", preset="paper")
+    cluster.start_server()
+    with cluster.client() as c:
+        early = c.submit(image_bytes, paper)  # no worker has spoken yet: it waits
+        cluster.start_worker()
+        wait_until(lambda: "worker w0 joined" in cluster.log("server"), what="worker hello")
+        with pytest.raises(ServerError) as err:
+            c.submit(image_bytes, paper)
+        assert err.value.code == "missing_model"
+        message = str(err.value)
+        for words in ("paper", "w0 lacks", "video", "zero123", "animate4d models fetch"):
+            assert words in message
+        preview = c.submit(image_bytes, OPTIONS)
+        assert c.wait(preview.id, timeout_s=60).state == wire.DONE
+        assert c.status(early.id).state == wire.QUEUED  # accepted before: kept, not dropped
