@@ -81,10 +81,19 @@ def half_opaque_density(step: float) -> float:
     return math.log(2.0) / step
 
 
-def _transmittance(alpha: torch.Tensor) -> torch.Tensor:
-    """(R, S) light reaching each sample: the product of (1 - alpha) of the samples before."""
-    return torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha + 1e-10], 1),
-                         1)[:, :-1]
+def _packed_transmittance(tau: torch.Tensor, ray: torch.Tensor) -> torch.Tensor:
+    """Light reaching each packed sample: exp(-sum of tau = sigma * delta over the samples
+    before it on its ray). `ray` holds each sample's ray, ascending. The running sum is in
+    float64, so that subtracting a ray's start from it keeps full precision over millions of
+    samples."""
+    if len(tau) == 0:
+        return tau
+    t64 = tau.double()
+    before = torch.cumsum(t64, 0) - t64
+    first = torch.ones_like(ray, dtype=torch.bool)
+    first[1:] = ray[1:] != ray[:-1]
+    start = before[first][torch.cumsum(first, 0) - 1]
+    return torch.exp(-(before - start)).to(tau.dtype)
 
 
 class OccupancyGrid:
@@ -187,20 +196,23 @@ class Renderer:
                 for i in range(0, len(x), step)]
 
     @torch.no_grad()
-    def _visible(self, pts, live, t, delta) -> torch.Tensor:
-        """Of the live samples, those that can still show: the first pass (no gradients)."""
-        idx = live.nonzero()[:, 0]
-        sigma = torch.zeros(len(pts), device=pts.device, dtype=pts.dtype)
-        sigma[idx] = torch.cat(self._chunks(self.density_at, pts[idx], self._per_point(t, idx)))
-        alpha = 1.0 - torch.exp(-sigma.view_as(delta) * delta)
-        trans = _transmittance(alpha)
-        keep = (trans > self.min_transmittance) & (alpha > self.min_alpha)
-        return live & keep.view(-1)
+    def _visible(self, pts, idx, t, delta) -> torch.Tensor:
+        """Of the samples idx, those that can still show: the first pass (no gradients)."""
+        sigma = torch.cat(self._chunks(self.density_at, pts[idx], self._per_point(t, idx)))
+        ray = idx // self.samples
+        tau = sigma * delta[ray]
+        keep = (_packed_transmittance(tau, ray) > self.min_transmittance) & \
+            (-torch.expm1(-tau) > self.min_alpha)
+        return idx[keep]
 
     def render_rays(self, o, d, t=None, *, shading: Shading | None = None,
                     background=(1.0, 1.0, 1.0), jitter: bool = False) -> dict:
         """Render rays at time t: None (canonical), a number, or one time per ray (n,).
-        `background` is one colour or one per ray (n, 3)."""
+        `background` is one colour or one per ray (n, 3).
+
+        Samples are packed: only the (ray, step) pairs that reach the fields are kept, in ray
+        order, and compositing sums over each ray's run of them (no rays x steps arrays
+        beyond the positions and the occupancy test)."""
         shading = shading or Shading()
         with_normals = shading.mode in ("lambertian", "normals")
         n_rays, s = len(o), self.samples
@@ -209,47 +221,52 @@ class Renderer:
         steps = (torch.arange(s, device=o.device, dtype=o.dtype) + 0.5) / s
         if jitter:
             steps = steps + (torch.rand(n_rays, s, device=o.device) - 0.5) / s
-        z = near[:, None] + (far - near).clamp(min=0)[:, None] * steps  # (R, S)
-        delta = ((far - near).clamp(min=0) / s)[:, None].expand(n_rays, s)
-        pts = (o[:, None] + d[:, None] * z[..., None]).reshape(-1, 3)
-        live = hit[:, None].expand(n_rays, s).reshape(-1)
+        length = (far - near).clamp(min=0)
+        z = (near[:, None] + length[:, None] * steps).reshape(-1)  # (R * S,)
+        delta = length / s  # per ray
+        pts = o.repeat_interleave(s, 0) + d.repeat_interleave(s, 0) * z[:, None]
+        live = hit.repeat_interleave(s)
         if self.occupancy is not None:
             live = live & self.occupancy.query(pts)
-        occupied = live.sum()
-        if self.prune and live.any() and (with_normals or torch.is_grad_enabled()):
-            live = self._visible(pts, live, t, delta)
+        idx = live.nonzero()[:, 0]  # ascending: by ray, then by step
+        occupied = len(idx)
+        if self.prune and occupied and (with_normals or torch.is_grad_enabled()):
+            idx = self._visible(pts, idx, t, delta)
         self.last_samples = {"in_box": hit.sum() * s, "occupied": occupied,
-                             "shaded": live.sum()}
-        sigma = torch.zeros(len(pts), device=o.device)
-        albedo = torch.zeros(len(pts), 3, device=o.device)
-        normal = torch.zeros(len(pts), 3, device=o.device)
-        if live.any():
-            idx = live.nonzero()[:, 0]
+                             "shaded": len(idx)}
+        ray = idx // s
+        if len(idx):
             parts = self._chunks(lambda x, tt: self._shade_points(x, tt, with_normals),
                                  pts[idx], self._per_point(t, idx))
-            where = (idx,)
-            sigma = sigma.index_put(where, torch.cat([p[0] for p in parts]))
-            albedo = albedo.index_put(where, torch.cat([p[1] for p in parts]))
-            if with_normals:
-                normal = normal.index_put(where, torch.cat([p[2] for p in parts]))
-        sigma, albedo, normal = sigma.view(n_rays, s), albedo.view(n_rays, s, 3), \
-            normal.view(n_rays, s, 3)
-        alpha = 1.0 - torch.exp(-sigma * delta)
-        weights = alpha * _transmittance(alpha)
-        acc = weights.sum(1)
+            sigma = torch.cat([p[0] for p in parts])
+            albedo = torch.cat([p[1] for p in parts])
+            normal = torch.cat([p[2] for p in parts]) if with_normals else None
+        else:
+            sigma = torch.zeros(0, device=o.device)
+            albedo = torch.zeros(0, 3, device=o.device)
+            normal = torch.zeros(0, 3, device=o.device) if with_normals else None
+        tau = sigma * delta[ray]
+        weights = -torch.expm1(-tau) * _packed_transmittance(tau, ray)
         if shading.mode == "lambertian":
             # Default: a headlight (each ray lit from its own camera).
-            light = shading.light.to(normal) if shading.light is not None else -d[:, None, :]
+            light = shading.light.to(normal) if shading.light is not None else -d[ray]
             lam = (normal * light).sum(-1).clamp(min=0.0)
-            colour = albedo * (shading.ambient + (1 - shading.ambient) * lam)[..., None]
+            colour = albedo * (shading.ambient + (1 - shading.ambient) * lam)[:, None]
         else:
             colour = albedo
+
+        def per_ray(v):  # sum over each ray's samples
+            return torch.zeros((n_rays, *v.shape[1:]), device=o.device,
+                               dtype=v.dtype).index_add(0, ray, v)
+
+        acc = per_ray(weights)
         bg = torch.as_tensor(background, dtype=o.dtype, device=o.device)
         return {
-            "rgb": (weights[..., None] * colour).sum(1) + (1.0 - acc)[:, None] * bg,
+            "rgb": per_ray(weights[:, None] * colour) + (1.0 - acc)[:, None] * bg,
             "alpha": acc,
-            "depth": (weights * z).sum(1) / acc.clamp(min=1e-6),
-            "normal": (weights[..., None] * normal).sum(1),
+            "depth": per_ray(weights * z[idx]) / acc.clamp(min=1e-6),
+            "normal": per_ray(weights[:, None] * normal) if with_normals
+            else torch.zeros(n_rays, 3, device=o.device),
         }
 
     def render(self, cameras: list[Camera], times: list | None = None, *, chunk: int = 2**16,
