@@ -61,7 +61,7 @@ def fit_solid_ball(canonical, radius: float = 0.5, steps: int = 300, points: int
         loss.backward()
         opt.step()
     canonical.zero_grad(set_to_none=True)
-    return float(loss)
+    return float(loss.detach())
 
 
 def _timed(fn, iters, warmup, device) -> list[float]:
