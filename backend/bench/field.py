@@ -37,31 +37,18 @@ def _fields(device, state: str = "blob"):
     return canonical, motion
 
 
-def fit_solid_ball(canonical, radius: float = 0.5, steps: int = 300, points: int = 2**16,
-                   inside: float = 5.0, outside: float = -5.0) -> float:
-    """Regress the canonical field's log-density onto a solid ball (log-density `inside` within
-    `radius`, `outside` beyond, a 0.01-wide edge), as a stand-in for a fitted object with a
-    sharp surface. Returns the last mean squared error of the log-density."""
+def fit_solid_ball(canonical, radius: float = 0.5, steps: int = 300,
+                   points: int = 2**16) -> float:
+    """The canonical field regressed onto a solid ball with a 0.01-wide edge (`fit.fit_shape`):
+    a stand-in for a fitted object with a sharp surface."""
     import torch
 
-    device = next(canonical.parameters()).device
-    opt = torch.optim.Adam(canonical.parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-15)
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    b = canonical.bound
-    for _ in range(steps):
-        x = (torch.rand(points, 3, generator=gen) * 2 - 1) * b
-        shell = torch.nn.functional.normalize(torch.randn(points // 2, 3, generator=gen), dim=-1)
-        shell = shell * (radius + 0.03 * torch.randn(points // 2, 1, generator=gen))
-        x = torch.cat([x, shell]).to(device)
-        r = x.norm(dim=-1)
-        target = outside + (inside - outside) * torch.sigmoid((radius - r) / 0.01)
-        h = canonical.net(canonical.encoder(canonical.normalise(x)))[:, 0] + canonical.blob(x)
-        loss = ((h - target) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    canonical.zero_grad(set_to_none=True)
-    return float(loss.detach())
+    from ..field.fit import fit_shape
+
+    gen = torch.Generator().manual_seed(1)
+    shell = torch.nn.functional.normalize(torch.randn(4096, 3, generator=gen), dim=-1) * radius
+    return fit_shape(canonical, lambda x: torch.sigmoid((radius - x.norm(dim=-1)) / 0.01),
+                     near=shell, steps=steps, points=points)
 
 
 def _timed(fn, iters, warmup, device) -> list[float]:

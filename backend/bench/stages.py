@@ -84,6 +84,28 @@ def run(args) -> dict:
     scene = stages.Scene(preset, device)
     if args.state == "fitted":
         fit_solid_ball(scene.canonical)
+    elif args.state == "proxy":  # the bundled example's proxy, as `run --static-init proxy`
+        from importlib import resources
+
+        from ..pipeline.run import start_from_proxy
+        from ..preprocess import framing
+        from ..preprocess.image_io import load_image
+        from ..preprocess.segment import foreground_mask
+
+        image = load_image(resources.files("animate4d.backend").joinpath(
+            "examples", "panda.png").read_bytes())
+        mask = foreground_mask(image)
+        view = torch.as_tensor(framing.crop_and_scale(image.rgba, mask, framing.find_crop(mask),
+                                                      big)).permute(2, 0, 1)
+        prep = {"rgb": view[:3] * view[3:] + (1 - view[3:]), "mask": view[3]}
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        start_from_proxy(scene, prep, preset)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        out["proxy_seconds"] = round(time.perf_counter() - t0, 2)
+        print("proxy start", out["proxy_seconds"], "s", flush=True)
     for stage in args.stages:
         clock = _PriorClock(device)
         if device.type == "cuda":
@@ -168,9 +190,10 @@ def add_parser(sub) -> None:
                                                    "refine"])
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--state", default="fitted", choices=("initial", "fitted"),
+    p.add_argument("--state", default="fitted", choices=("initial", "fitted", "proxy"),
                    help="the canonical field: the initial density blob (what the static stage "
-                   "starts from) or a fitted solid ball (what the later stages start from)")
+                   "starts from), a fitted solid ball (what the later stages start from), or "
+                   "the bundled example's preview proxy (`run --static-init proxy`), timed")
     p.add_argument("--tiny", action="store_true", help="tiny sizes (a CPU smoke test)")
     p.add_argument("--json", metavar="OUT")
     p.set_defaults(func=lambda a: report(run(a), a.json))

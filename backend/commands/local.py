@@ -134,7 +134,8 @@ def _run_gpu_preset(image, options, args, progress):
     from ..pipeline.presets import PRESETS, scaled
     from ..pipeline.run import run_animate124
 
-    preset = scaled(PRESETS[options.preset], getattr(args, "max_steps", None))
+    preset = scaled(PRESETS[options.preset], getattr(args, "max_steps", None),
+                    static_init=getattr(args, "static_init", None) or "blob")
     return run_animate124(image, options, progress, models=getattr(args, "models", None),
                           preset=preset, device=getattr(args, "device", None))
 
@@ -169,6 +170,9 @@ def add_parsers(sub) -> None:
     g.add_argument("--max-steps", type=int, metavar="N",
                    help="cap every stage at N steps (smoke runs)")
     g.add_argument("--device", help="torch device (default: cuda when present, else cpu)")
+    g.add_argument("--static-init", choices=("blob", "proxy"), default="blob",
+                   help="start the static stage from the density blob (Animate124) or from "
+                        "the preview proxy fitted into the field (default: %(default)s)")
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser(

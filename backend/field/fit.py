@@ -96,6 +96,42 @@ def build_fields(config: FitConfig, device) -> tuple[CanonicalField, torch.nn.Mo
     return canonical.to(device), motion.to(device)
 
 
+def fit_shape(canonical: CanonicalField, inside: Callable[[torch.Tensor], torch.Tensor], *,
+              near: torch.Tensor | None = None, colour=None, steps: int = 300,
+              points: int = 2**16, log_density: tuple[float, float] = (5.0, -5.0),
+              seed: int = 0) -> float:
+    """Regress the canonical field onto a shape given as occupancy: log-density
+    `log_density[0]` where inside(x) (in [0, 1]) is 1, `[1]` where it is 0; the albedo onto
+    colour(x) (n, 3) in [0, 1] inside, when given. Half of each batch is uniform in the box,
+    half jittered around `near` (surface points), where the edge is decided. Returns the last
+    squared error of the log-density. Used to start the static stage from the preview proxy,
+    and by the benchmarks for a fitted object's density."""
+    device = next(canonical.parameters()).device
+    opt = torch.optim.Adam(canonical.parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-15)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    b, hi, lo = canonical.bound, *log_density
+    loss = torch.zeros(())
+    for _ in range(steps):
+        x = (torch.rand(points, 3, generator=gen) * 2 - 1) * b
+        if near is not None and len(near):
+            pick = near[torch.randint(0, len(near), (points // 2,), generator=gen)].cpu()
+            x = torch.cat([x[: points - len(pick)],
+                           pick + 0.02 * b * torch.randn(len(pick), 3, generator=gen)])
+        x = x.clamp(-b, b).to(device)
+        occ = inside(x).to(device)
+        h = canonical.net(canonical.encoder(canonical.normalise(x)))
+        loss = ((h[:, 0] + canonical.blob(x) - (lo + (hi - lo) * occ)) ** 2).mean()
+        total = loss
+        if colour is not None:
+            err = ((torch.sigmoid(h[:, 1:]) - colour(x).to(device)) ** 2).sum(-1)
+            total = total + (err * occ).sum() / occ.sum().clamp(min=1.0)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+    canonical.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
 def rigidity_loss(motion, x, t, eps: float) -> torch.Tensor:
     j = warp_jacobian(motion, x, t, eps)
     jtj = j.transpose(1, 2) @ j

@@ -54,6 +54,10 @@ class Preset:
     export_resolution: int = 256
     export_faces: int = 50_000
     checkpoint_every: int = 500
+    # The static stage starts from the density blob ("blob", Animate124) or from the preview
+    # proxy fitted into the field ("proxy": the inflated silhouette coloured from the image).
+    static_init: str = "blob"
+    proxy_steps: int = 300
     # Priors' own resolutions (None: the VAE's sample size: 512 for SD, 256 for Zero123)
     sd_size: int | None = None
     zero123_size: int | None = None
@@ -91,4 +95,4 @@ def tiny(preset: Preset = FAST, max_steps: int = 2) -> Preset:
                   clip_frames=4, refine_render_size=12, tile_size=16, samples=16, grid_levels=4,
                   occupancy_resolution=16,
                   grid_log2_table=12, export_resolution=32, export_faces=2000, time_steps=16,
-                  clip_span=(4, 16))
+                  clip_span=(4, 16), proxy_steps=100)

@@ -17,6 +17,7 @@ import copy
 import io
 import random
 
+import numpy as np
 import torch
 
 from animate4d.protocol import AnimatedMesh, Camera
@@ -26,10 +27,13 @@ from animate4d.protocol.options import JobOptions
 from ..checkpoints import Checkpoints, NoCheckpoints
 from ..field import use_tensor_cores
 from ..field.extract import extract
+from ..field.fit import fit_shape
 from ..field.render import half_opaque_density
 from ..preprocess import framing
 from ..preprocess.image_io import LoadedImage, load_image
-from ..preprocess.segment import foreground_mask
+from ..preprocess.segment import clean_mask, foreground_mask
+from ..preview.colour import fill_background, sample_image
+from ..preview.inflate import InflatedShape, inflate
 from ..priors import guidance, loading, registry, text
 from ..priors.sds import TimestepRange
 from ..progress import ProgressFn, Stopwatch, no_progress
@@ -174,6 +178,12 @@ def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progres
         scene.motion.load_state_dict(st["motion"])
         done_stage, done_step = st["stage"], st["step"]
 
+    if state is None and preset.static_init == "proxy":
+        with clock.stage("proxy"):
+            progress("proxy", 0, 1)
+            start_from_proxy(scene, prep, preset)
+            progress("proxy", 1, 1)
+
     def save(stage, step):
         checkpoints.put("a124/fields", _torch_bytes({
             "canonical": scene.canonical.state_dict(), "motion": scene.motion.state_dict(),
@@ -223,6 +233,31 @@ def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progres
     mesh.metadata["timings"] = clock.seconds
     mesh.metadata["export"] = report
     return mesh
+
+
+def start_from_proxy(scene: stages.Scene, prep: dict, preset: Preset, size: int = 128) -> float:
+    """Fit the canonical field to the preview proxy (the silhouette inflated as in preview
+    mode, coloured from the reference view) so that the static stage starts from the shape
+    the image shows instead of the density blob."""
+    mask = clean_mask(_resize(prep["mask"], size).numpy() > 0.5, keep_fraction=0.02,
+                      fill_holes=False)
+    camera = framing.canonical_camera(size)
+    shape = InflatedShape(mask, camera)
+    surface, _ = inflate(mask, camera)
+    rgba = torch.cat([prep["rgb"], prep["mask"][None]]).permute(1, 2, 0).numpy()
+    colour_camera = framing.canonical_camera(rgba.shape[0])
+    filled = fill_background(rgba).astype(np.float32)
+
+    def inside(x):
+        return torch.as_tensor(shape(x.detach().cpu().double().numpy()) > 0,
+                               dtype=torch.float32)
+
+    def colour(x):
+        return torch.as_tensor(sample_image(x.detach().cpu().double().numpy(), colour_camera,
+                                            filled), dtype=torch.float32)
+
+    return fit_shape(scene.canonical, inside, near=torch.as_tensor(surface, dtype=torch.float32),
+                     colour=colour, steps=preset.proxy_steps)
 
 
 def _stage_setup(stage, scene, ref, preset, pool, prep, object_prompt, motion_prompt, options):

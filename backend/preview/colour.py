@@ -22,16 +22,20 @@ def fill_background(rgba: np.ndarray) -> np.ndarray:
     return rgba[iy, ix, :3]
 
 
-def project_colours(vertices: np.ndarray, camera: Camera, rgba: np.ndarray) -> np.ndarray:
-    """(N, 4) uint8 sRGB colours of `vertices` seen by `camera` in the image `rgba` (H, W, 4)."""
-    rgb = fill_background(rgba).astype(np.float32)
-    uv, _ = camera.project(vertices)
+def sample_image(points: np.ndarray, camera: Camera, rgb: np.ndarray) -> np.ndarray:
+    """(N, 3) bilinear samples of the image rgb (H, W, 3) where `camera` sees `points`."""
+    uv, _ = camera.project(points)
     rows, cols = uv[:, 1] - 0.5, uv[:, 0] - 0.5  # pixel centres sit at integer + 0.5
-    sampled = np.stack(
+    return np.stack(
         [ndimage.map_coordinates(rgb[..., c], [rows, cols], order=1, mode="nearest")
          for c in range(3)],
         axis=1,
     )
+
+
+def project_colours(vertices: np.ndarray, camera: Camera, rgba: np.ndarray) -> np.ndarray:
+    """(N, 4) uint8 sRGB colours of `vertices` seen by `camera` in the image `rgba` (H, W, 4)."""
+    sampled = sample_image(vertices, camera, fill_background(rgba).astype(np.float32))
     colours = np.empty((len(vertices), 4), np.uint8)
     colours[:, :3] = np.clip(np.rint(sampled * 255.0), 0, 255).astype(np.uint8)
     colours[:, 3] = 255

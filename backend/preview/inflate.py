@@ -68,16 +68,39 @@ def inflation_potential(mask: np.ndarray, smooth_px: float = 1.5) -> np.ndarray:
     return ndimage.gaussian_filter(field, smooth_px) if smooth_px > 0 else field
 
 
+PAD = 3  # pixels around the mask, so the surface closes inside the grid
+
+
+class InflatedShape:
+    """The inflated silhouette as an implicit function of 3D points: F(x) = U(u, v) -
+    (w / thickness)^2, positive inside; the surface `inflate` polygonises. The static stage
+    can start from it (fitting the canonical field to F > 0)."""
+
+    def __init__(self, mask: np.ndarray, camera: Camera, *, thickness: float = 1.0):
+        if camera.resolution != (mask.shape[1], mask.shape[0]):
+            raise ValueError("mask and camera resolution differ")
+        self.camera, self.thickness = camera, thickness
+        self.potential = inflation_potential(np.pad(np.asarray(mask, bool), PAD))
+        self.centre_dist = float(np.linalg.norm(camera.location))
+        # World units per pixel at the centre plane (depth is in pixels there).
+        self.pixel_size = self.centre_dist / camera.focal_px
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        uv, depth = self.camera.project(points)
+        w_px = (self.centre_dist - depth) / self.pixel_size
+        rows, cols = uv[:, 1] - 0.5 + PAD, uv[:, 0] - 0.5 + PAD  # grid index of a pixel
+        u = ndimage.map_coordinates(self.potential, [rows, cols], order=1, mode="nearest")
+        return u - (w_px / self.thickness) ** 2
+
+
 def inflate(mask: np.ndarray, camera: Camera, *, thickness: float = 1.0) -> tuple:
     """Closed mesh (vertices (N,3) float64 in world/object frame, faces (M,3) int64).
 
     `mask` is (S, S) bool in the reference view of `camera` (resolution S x S). Depth is in
     pixels at the object's centre plane, which lies at the camera's distance to the origin.
     """
-    if camera.resolution != (mask.shape[1], mask.shape[0]):
-        raise ValueError("mask and camera resolution differ")
-    pad = 3
-    potential = inflation_potential(np.pad(np.asarray(mask, bool), pad))
+    shape = InflatedShape(mask, camera, thickness=thickness)
+    pad, potential = PAD, shape.potential
     k = int(np.ceil(thickness * np.sqrt(max(1.0, potential.max())))) + 2
     w = np.arange(-k, k + 1, dtype=np.float64)
     volume = potential[:, :, None] - (w / thickness)[None, None, :] ** 2
@@ -86,9 +109,7 @@ def inflate(mask: np.ndarray, camera: Camera, *, thickness: float = 1.0) -> tupl
     u_px = verts[:, 1] - pad + 0.5
     w_px = verts[:, 2] - k
 
-    centre_dist = float(np.linalg.norm(camera.location))
-    pixel_size = centre_dist / camera.focal_px  # world units per pixel at the centre plane
-    depth = centre_dist - w_px * pixel_size
+    depth = shape.centre_dist - w_px * shape.pixel_size
     cx, cy = camera.principal_point
     f = camera.focal_px
     cam_pts = np.stack([(u_px - cx) / f * depth, -(v_px - cy) / f * depth, -depth], axis=1)
