@@ -101,8 +101,7 @@ def seen_empty(canonical, bound: float, resolution: int, *,
     for i, cam in enumerate(cameras):
         out = renderer.render([cam], shading=Shading(mode="albedo"))
         alpha, depth = out["alpha"][0].reshape(-1), out["depth"][0].reshape(-1)
-        index = torch.full((len(pts),), i, device=device, dtype=torch.long)
-        uv, _ = batch.project(index, pts)
+        uv, _ = batch.project(i, pts)
         px = uv.floor().long()
         inside = (px >= 0).all(-1) & (px[:, 0] < size) & (px[:, 1] < size)
         pix = (px[:, 1].clamp(0, size - 1) * size + px[:, 0].clamp(0, size - 1))

@@ -40,14 +40,19 @@ class CameraBatch:
         d = torch.nn.functional.normalize(d, dim=-1)
         return self.location[index], torch.einsum("nij,nj->ni", self.rotation[index], d)
 
-
-    def project(self, index: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def project(self, index: torch.Tensor | int, x: torch.Tensor) -> tuple[torch.Tensor,
+                                                                             torch.Tensor]:
         """Pixel coordinates (n, 2) and depth in front of the camera (n,) of world points x
-        in cameras `index` (the inverse of `rays`, as `Camera.project`)."""
-        q = torch.einsum("nij,ni->nj", self.rotation[index], x - self.location[index])
+        in cameras `index` (one per point, or one camera for all), the inverse of `rays`, as
+        `Camera.project`."""
+        one = isinstance(index, int)
+        rot, loc = self.rotation[index], self.location[index]
+        f, c = self.focal[index], self.centre[index]
+        if one:
+            rot, loc, f, c = rot[None], loc[None], f[None], c[None]
+        q = ((x - loc)[:, None, :] @ rot)[:, 0]  # camera frame: q_j = sum_i R_ij (x - o)_i
         depth = -q[:, 2]
         safe = torch.where(depth.abs() < 1e-12, torch.full_like(depth, 1e-12), depth)
-        f, c = self.focal[index], self.centre[index]
         uv = torch.stack([c[:, 0] + f * q[:, 0] / safe, c[:, 1] - f * q[:, 1] / safe], -1)
         return uv, depth
 
@@ -151,9 +156,9 @@ class Renderer:
         self.bound, self.samples, self.occupancy = bound, samples, occupancy
         self.normal_eps = normal_eps
         self.min_transmittance, self.min_alpha, self.prune = min_transmittance, min_alpha, prune
-        # Samples of the last render_rays call (tensors, so reading them is the only sync):
-        # inside the box, in occupied cells, and shaded (after pruning).
-        self.last_samples: dict[str, torch.Tensor] = {}
+        # Sample counts of the last render_rays call (for benchmarks): inside the box, in
+        # occupied cells, and shaded (after pruning).
+        self.last_samples: dict[str, torch.Tensor | int] = {}
 
     @property
     def step_length(self) -> float:

@@ -306,3 +306,22 @@ def test_vertices_the_warp_cannot_invert_take_their_neighbours_motion():
     out = fill_from_neighbours(verts, faces, moved, bad)
     assert np.abs(out[~bad] - truth[~bad]).max() == 0
     assert np.abs(out[bad] - truth[bad]).max() < 0.03  # was 5 away
+
+
+def test_camera_batch_projection_matches_the_protocol_camera_and_inverts_rays():
+    from animate4d.backend.field.render import CameraBatch
+    from animate4d.protocol import Camera
+
+    cams = [Camera.look_at((1.0, -3.0, 0.5), fov_deg=50, resolution=(64, 48)),
+            Camera.look_at((0.0, 0.0, 3.0), up=(0.0, 1.0, 0.0), resolution=(32, 32))]
+    batch = CameraBatch(cams)
+    x = torch.rand(50, 3) - 0.5
+    for i, cam in enumerate(cams):
+        uv, depth = cam.project(x.double().numpy())
+        for index in (i, torch.full((50,), i)):
+            uv2, depth2 = batch.project(index, x)
+            np.testing.assert_allclose(uv2.numpy(), uv, atol=1e-4)
+            np.testing.assert_allclose(depth2.numpy(), depth, atol=1e-5)
+        o, d = batch.rays(torch.full((50,), i), torch.as_tensor(uv, dtype=torch.float32))
+        torch.testing.assert_close(o + d * (x - o).norm(dim=-1, keepdim=True), x, atol=1e-4,
+                                   rtol=0)
