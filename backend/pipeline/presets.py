@@ -62,6 +62,10 @@ class Preset:
     sd_size: int | None = None
     zero123_size: int | None = None
 
+    def __post_init__(self):
+        if self.static_init not in ("blob", "proxy"):
+            raise ValueError(f"static_init must be 'blob' or 'proxy', not {self.static_init!r}")
+
     def steps(self, stage: str) -> int:
         return {"textual_inversion": self.ti_steps, "static": self.static_steps,
                 "dynamic": self.dynamic_steps, "refine": self.refine_steps}[stage]
