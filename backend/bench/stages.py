@@ -87,17 +87,16 @@ def run(args) -> dict:
     elif args.state == "proxy":  # the bundled example's proxy, as `run --static-init proxy`
         from importlib import resources
 
-        from ..pipeline.run import start_from_proxy
-        from ..preprocess import framing
+        from ..pipeline.run import reference_view, start_from_proxy
+        from ..preprocess.framing import find_crop
         from ..preprocess.image_io import load_image
         from ..preprocess.segment import foreground_mask
 
         image = load_image(resources.files("animate4d.backend").joinpath(
             "examples", "panda.png").read_bytes())
         mask = foreground_mask(image)
-        view = torch.as_tensor(framing.crop_and_scale(image.rgba, mask, framing.find_crop(mask),
-                                                      big)).permute(2, 0, 1)
-        prep = {"rgb": view[:3] * view[3:] + (1 - view[3:]), "mask": view[3]}
+        rgb, view_mask = reference_view(image, mask, find_crop(mask), big)
+        prep = {"rgb": rgb, "mask": view_mask}
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()

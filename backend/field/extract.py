@@ -28,12 +28,17 @@ from .fields import warp_jacobian
 from .render import CameraBatch, OccupancyGrid, Renderer, Shading
 
 
+def grid_points(bound: float, resolution: int, device=None) -> torch.Tensor:
+    """(R^3, 3) points of the extraction grid, corners included, in (x, y, z) index order."""
+    axis = torch.linspace(-bound, bound, resolution, device=device)
+    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+
+
 @torch.no_grad()
 def density_grid(canonical, bound: float, resolution: int, chunk: int = 2**18,
                  device=None) -> np.ndarray:
-    axis = torch.linspace(-bound, bound, resolution, device=device)
     out = np.empty(resolution**3, np.float32)
-    pts_all = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    pts_all = grid_points(bound, resolution, device)
     for i in range(0, len(pts_all), chunk):
         out[i : i + chunk] = canonical.density(pts_all[i : i + chunk]).float().cpu().numpy()
     return out.reshape((resolution,) * 3)
@@ -94,8 +99,7 @@ def seen_empty(canonical, bound: float, resolution: int, *,
     occupancy.update(renderer.density_at, threshold=0.01 / renderer.step_length)
     cameras = fibonacci_cameras(bound, views, size)
     batch = CameraBatch(cameras, device)
-    axis = torch.linspace(-bound, bound, resolution, device=device)
-    pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    pts = grid_points(bound, resolution, device)
     empty = torch.zeros(len(pts), dtype=torch.bool, device=device)
     margin = 2 * bound / (resolution - 1)
     for i, cam in enumerate(cameras):

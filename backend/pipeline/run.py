@@ -85,6 +85,13 @@ def _torch_load(data: bytes):
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
 
+def reference_view(image: LoadedImage, mask, crop, size: int) -> tuple[torch.Tensor,
+                                                                       torch.Tensor]:
+    """The cropped reference view at size x size: rgb (3, S, S) on white and the mask (S, S)."""
+    rgba = torch.as_tensor(framing.crop_and_scale(image.rgba, mask, crop, size)).permute(2, 0, 1)
+    return rgba[:3] * rgba[3:] + (1 - rgba[3:]), rgba[3]
+
+
 def _prepare(image, options: JobOptions, preset: Preset, pool: PriorPool,
              progress: ProgressFn) -> dict:
     progress("preprocess", 0, 1)
@@ -95,13 +102,11 @@ def _prepare(image, options: JobOptions, preset: Preset, pool: PriorPool,
     mask = foreground_mask(image, seed=options.seed)
     crop = framing.find_crop(mask)
     big = max(preset.ti_size, preset.render_size, 256)
-    view = framing.crop_and_scale(image.rgba, mask, crop, big)  # (S, S, 4)
-    rgba = torch.as_tensor(view).permute(2, 0, 1)
-    rgb = rgba[:3] * rgba[3:] + (1 - rgba[3:])  # on white
+    rgb, view_mask = reference_view(image, mask, crop, big)
     depth_model = guidance.DepthEstimator(pool.get("depth"))
     depth = depth_model(rgb[None].to(pool.device)).cpu()
     progress("preprocess", 1, 1)
-    return {"rgb": rgb, "mask": rgba[3], "depth": depth,
+    return {"rgb": rgb, "mask": view_mask, "depth": depth,
             "transform": framing.object_to_world(crop, camera, options.target),
             "source": str(image.source).rsplit("/", 1)[-1]}
 

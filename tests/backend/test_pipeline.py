@@ -94,15 +94,15 @@ def test_clip_sampling_follows_the_papers_rules():
 
 def _reference_view(size: int) -> dict:
     """The example's reference view as the pipeline prepares it (rgb on white, mask)."""
-    from animate4d.backend.preprocess import framing
+    from animate4d.backend.pipeline.run import reference_view
+    from animate4d.backend.preprocess.framing import find_crop
     from animate4d.backend.preprocess.image_io import load_image
     from animate4d.backend.preprocess.segment import foreground_mask
 
     image = load_image(EXAMPLE_IMAGE)
     mask = foreground_mask(image)
-    view = torch.as_tensor(framing.crop_and_scale(image.rgba, mask, framing.find_crop(mask),
-                                                  size)).permute(2, 0, 1)
-    return {"rgb": view[:3] * view[3:] + (1 - view[3:]), "mask": view[3]}
+    rgb, view_mask = reference_view(image, mask, find_crop(mask), size)
+    return {"rgb": rgb, "mask": view_mask}
 
 
 def test_the_static_stage_can_start_from_the_preview_proxy():
