@@ -6,6 +6,7 @@ own forward passes, and the projected wall time of the whole schedule."""
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import time
@@ -65,6 +66,8 @@ def run(args) -> dict:
 
     device = torch.device(args.device if args.device != "auto" else
                           ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.no_cuda_graphs:
+        os.environ["ANIMATE4D_CUDA_GRAPHS"] = "0"
     preset = PRESETS[args.preset]
     use_tensor_cores(device)
     if args.tiny:
@@ -79,7 +82,9 @@ def run(args) -> dict:
     prep = {"rgb": torch.rand(3, big, big)}
     out = {"benchmark": "stages", "preset": preset.name, "state": args.state, "device":
            torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-           "random_weights": args.random_weights, "torch": torch.__version__, "stages": {}}
+           "random_weights": args.random_weights, "torch": torch.__version__,
+           "cuda_graphs": not args.no_cuda_graphs, "channels_last": args.channels_last,
+           "stages": {}}
     rng = random.Random(0)
     scene = stages.Scene(preset, device)
     if args.state == "fitted":
@@ -129,6 +134,8 @@ def run(args) -> dict:
                             clock.hook(prior.parts[name])
                     if "vae" in prior.parts:
                         clock.hook(prior.parts["vae"].encoder)
+                if args.channels_last:
+                    _channels_last(pool)
                 opt = _optimiser(scene, stage, preset)
                 scene.refresh_occupancy((None,) if stage == "static" else [0.0, 0.5])
 
@@ -161,6 +168,9 @@ def run(args) -> dict:
                 "prior_forward_share": round(share, 3),
                 "prior_backward_share": round(back, 3),
                 "peak_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
+                if device.type == "cuda" else None,
+                # CUDA graphs keep their pools reserved: what a 24 GB card must hold.
+                "peak_reserved_gb": round(torch.cuda.max_memory_reserved(device) / 1e9, 2)
                 if device.type == "cuda" else None}
         except torch.cuda.OutOfMemoryError as e:
             out["stages"][stage] = {"error": "out of memory", "detail": str(e)[:200],
@@ -171,6 +181,18 @@ def run(args) -> dict:
     out["projected_minutes_total"] = round(sum(v["projected_minutes"] for v in done), 1)
     out["complete"] = len(done) == len(args.stages)
     return out
+
+
+def _channels_last(pool) -> None:
+    import torch
+
+    for prior in pool.loaded.values():
+        for name in ("unet", "controlnet", "vae"):
+            for m in prior.parts[name].modules() if name in prior.parts else ():
+                # 2D convolutions only (the video UNet's 3D ones have no such layout);
+                # activations follow the weights' layout.
+                if isinstance(m, torch.nn.Conv2d):
+                    m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
 
 
 class _Opts:
@@ -193,6 +215,10 @@ def add_parser(sub) -> None:
                    help="the canonical field: the initial density blob (what the static stage "
                    "starts from), a fitted solid ball (what the later stages start from), or "
                    "the bundled example's preview proxy (`run --static-init proxy`), timed")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="run the UNets eagerly (ANIMATE4D_CUDA_GRAPHS=0)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="the UNets, ControlNet and VAEs in channels-last memory format")
     p.add_argument("--tiny", action="store_true", help="tiny sizes (a CPU smoke test)")
     p.add_argument("--json", metavar="OUT")
     p.set_defaults(func=lambda a: report(run(a), a.json))

@@ -292,10 +292,12 @@ class Renderer:
             else torch.zeros(n_rays, 3, device=o.device),
         }
 
-    def render(self, cameras: list[Camera], times: list | None = None, *, chunk: int = 2**16,
+    def render(self, cameras: list[Camera], times: list | None = None, *, chunk: int = 2**18,
                **kw) -> dict:
         """One image per (camera, time), all rays of the batch rendered together in chunks
-        (cameras of one size): each output is (B, H, W, ...)."""
+        (cameras of one size): each output is (B, H, W, ...). The default chunk holds the
+        dynamic stage's whole clip (16 x 128^2 rays, ~0.6 GB of per-sample positions and
+        indices): every chunk is another round of small kernel launches and host syncs."""
         if len({c.resolution for c in cameras}) != 1:
             raise ValueError("render: all cameras of one batch must have the same resolution")
         device = next(self.canonical.parameters()).device

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from . import architectures, registry
+from . import architectures, graphs, registry
 
 
 @dataclass
@@ -117,8 +117,11 @@ def _random_component(kind: str, role: str, dtype, device):
 
 def load(role: str, models: Path | str | None = None, device="cpu", *,
          dtype: torch.dtype | None = None, random_weights: bool = False,
-         components: tuple[str, ...] | None = None) -> Prior:
-    """A role's modules, frozen, in eval mode, on `device`."""
+         components: tuple[str, ...] | None = None,
+         cuda_graphs: bool | None = None) -> Prior:
+    """A role's modules, frozen, in eval mode, on `device`. On CUDA the no-grad UNet and
+    ControlNet calls replay CUDA graphs (`graphs.py`; `cuda_graphs=False` or
+    ANIMATE4D_CUDA_GRAPHS=0 turns that off)."""
     device = torch.device(device)
     dtype = dtype or default_dtype(device)
     prior = Prior(role, device, dtype)
@@ -135,4 +138,6 @@ def load(role: str, models: Path | str | None = None, device="cpu", *,
         if isinstance(part, torch.nn.Module):
             part = part.to(device).eval().requires_grad_(False)
         prior.parts[name] = part
+    if graphs.enabled(device) if cuda_graphs is None else cuda_graphs:
+        graphs.wrap_parts(prior.parts)
     return prior

@@ -1,0 +1,112 @@
+"""Replay a frozen prior's no-grad forward pass from CUDA graphs.
+
+Why: SDS calls the UNets (and ControlNet) under no_grad with the same shapes every step, and at
+the priors' sizes many of their ~1,000 kernels are small (Zero123 works on 32 x 32 latents), so
+the eager forward spends much of its time launching kernels from Python. A captured graph
+launches them all at once. One graph per call signature (tensor shapes and dtypes, the other
+arguments' values), at most `max_graphs`; calls with gradients enabled (textual inversion), on
+the CPU, or past the limit run eagerly, so wrapping never changes what a call computes.
+
+The graphs keep their own memory pool (the forward's intermediates stay reserved between
+calls): what `torch.cuda.max_memory_reserved` shows, not `max_memory_allocated`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+
+# The parts worth graphing: run every step without gradients. (The VAE encoders run with
+# gradients; the image encoder once per job.)
+GRAPHED_PARTS = ("unet", "controlnet")
+
+
+def enabled(device) -> bool:
+    """On for CUDA unless ANIMATE4D_CUDA_GRAPHS=0 (docs/BENCHMARKS.md: measured)."""
+    return torch.device(device).type == "cuda" and os.environ.get(
+        "ANIMATE4D_CUDA_GRAPHS", "1") != "0"
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    inputs: list[torch.Tensor]
+    output: object
+
+
+def _signature(leaves) -> tuple:
+    return tuple((x.shape, x.dtype, x.device) if isinstance(x, torch.Tensor) else
+                 (type(x), x) for x in leaves)
+
+
+class CudaGraphed(nn.Module):
+    """`CudaGraphed(unet)(...)` computes what `unet(...)` does; attributes (config, dtype)
+    come from the wrapped module."""
+
+    def __init__(self, module: nn.Module, max_graphs: int = 4, warmup: int = 2):
+        super().__init__()
+        self.inner = module
+        self.max_graphs, self.warmup = max_graphs, warmup
+        self._graphs: dict[tuple, _Graph] = {}
+        self.replays = 0
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            inner = self.__dict__.get("_modules", {}).get("inner")
+            if inner is None:
+                raise
+            return getattr(inner, name)
+
+    def _apply(self, fn, recurse=True):
+        # .to() / .half() move the weights: captured graphs would read the old addresses.
+        self._graphs.clear()
+        return super()._apply(fn, recurse)
+
+    def forward(self, *args, **kwargs):
+        leaves, spec = tree_flatten((args, kwargs))
+        tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
+        if (torch.is_grad_enabled() or not tensors
+                or not all(x.is_cuda for x in tensors)):
+            return self.inner(*args, **kwargs)
+        try:
+            key = (str(spec), _signature(leaves))
+            hash(key)
+        except TypeError:  # an argument that cannot be told apart by value
+            return self.inner(*args, **kwargs)
+        entry = self._graphs.get(key)
+        if entry is None:
+            if len(self._graphs) >= self.max_graphs:
+                return self.inner(*args, **kwargs)
+            entry = self._graphs[key] = self._capture(leaves, spec)
+        for dst, src in zip(entry.inputs, tensors, strict=True):
+            dst.copy_(src)
+        entry.graph.replay()
+        self.replays += 1
+        return tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, entry.output)
+
+    def _capture(self, leaves, spec) -> _Graph:
+        static = [x.clone() if isinstance(x, torch.Tensor) else x for x in leaves]
+        args, kwargs = tree_unflatten(static, spec)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # first calls outside the graph (lazy inits, autotune)
+            for _ in range(self.warmup):
+                self.inner(*args, **kwargs)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = self.inner(*args, **kwargs)
+        return _Graph(graph, [x for x in static if isinstance(x, torch.Tensor)], output)
+
+
+def wrap_parts(parts: dict) -> None:
+    """Wrap a prior's graphable parts in place."""
+    for name in GRAPHED_PARTS:
+        if name in parts and not isinstance(parts[name], CudaGraphed):
+            parts[name] = CudaGraphed(parts[name])
