@@ -150,10 +150,8 @@ def _profile(step, device, rows: int = 25) -> list[dict]:
             torch.cuda.synchronize()
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
-    busy = sum(getattr(e, key) for e in events)  # self times: no double counting
-    return [{"name": "(all, busy time)", "ms_per_step": round(busy / 3e3, 3)}] + [
-        {"name": e.key[:80], "ms_per_step": round(getattr(e, key) / 3e3, 3),
-         "calls_per_step": e.count // 3} for e in events[:rows]]
+    return [{"name": e.key[:80], "ms_per_step": round(getattr(e, key) / 3e3, 3),
+             "calls_per_step": e.count // 3} for e in events[:rows]]
 
 
 def _maybe_compiled(canonical, motion, mode):

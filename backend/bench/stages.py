@@ -68,6 +68,8 @@ def run(args) -> dict:
                           ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.no_cuda_graphs:
         os.environ["ANIMATE4D_CUDA_GRAPHS"] = "0"
+    if args.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
     preset = PRESETS[args.preset]
     use_tensor_cores(device)
     if args.tiny:
@@ -84,6 +86,7 @@ def run(args) -> dict:
            torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "random_weights": args.random_weights, "torch": torch.__version__,
            "cuda_graphs": not args.no_cuda_graphs, "channels_last": args.channels_last,
+           "cudnn_benchmark": args.cudnn_benchmark,
            "stages": {}}
     rng = random.Random(0)
     scene = stages.Scene(preset, device)
@@ -219,6 +222,8 @@ def add_parser(sub) -> None:
                    help="run the UNets eagerly (ANIMATE4D_CUDA_GRAPHS=0)")
     p.add_argument("--channels-last", action="store_true",
                    help="the UNets, ControlNet and VAEs in channels-last memory format")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="let cuDNN time its convolution algorithms for each shape")
     p.add_argument("--tiny", action="store_true", help="tiny sizes (a CPU smoke test)")
     p.add_argument("--json", metavar="OUT")
     p.set_defaults(func=lambda a: report(run(a), a.json))

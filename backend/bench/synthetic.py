@@ -17,7 +17,8 @@ def main(args) -> int:
 
     try:
         result = benchmark.run(args.source, size=args.size, device=args.device,
-                               steps=args.steps, blender_python=args.blender_python,
+                               steps=args.steps, distortion=args.distortion,
+                               blender_python=args.blender_python,
                                keep_views=args.keep_views, out_dir=args.out, log=log)
     except (ValueError, RuntimeError) as e:
         print(f"animate4d bench synthetic: {e}", file=sys.stderr)
@@ -35,6 +36,8 @@ def add_parser(sub) -> None:
                    help="small: minutes on a CPU; full: the GPU benchmark (default: small)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--steps", type=int, help="override the size's optimisation steps")
+    p.add_argument("--distortion", type=float, metavar="W",
+                   help="weight of the fit's distortion loss (default: the size's)")
     p.add_argument("--blender-python", metavar="PY",
                    help="a Python with bpy for the ground-truth renders (default: this one)")
     p.add_argument("--keep-views", metavar="NPZ", help="keep the ground-truth renders here")

@@ -86,19 +86,36 @@ def half_opaque_density(step: float) -> float:
     return math.log(2.0) / step
 
 
-def _packed_transmittance(tau: torch.Tensor, ray: torch.Tensor) -> torch.Tensor:
-    """Light reaching each packed sample: exp(-sum of tau = sigma * delta over the samples
-    before it on its ray). `ray` holds each sample's ray, ascending. The running sum is in
-    float64, so that subtracting a ray's start from it keeps full precision over millions of
-    samples."""
-    if len(tau) == 0:
-        return tau
-    t64 = tau.double()
-    before = torch.cumsum(t64, 0) - t64
+def _sum_before(v: torch.Tensor, ray: torch.Tensor) -> torch.Tensor:
+    """Per packed sample, the sum of v over the samples before it on its ray (`ray` holds each
+    sample's ray, ascending), in float64: subtracting a ray's start from one running sum keeps
+    full precision over millions of samples."""
+    v64 = v.double()
+    before = torch.cumsum(v64, 0) - v64
     first = torch.ones_like(ray, dtype=torch.bool)
     first[1:] = ray[1:] != ray[:-1]
-    start = before[first][torch.cumsum(first, 0) - 1]
-    return torch.exp(-(before - start)).to(tau.dtype)
+    return before - before[first][torch.cumsum(first, 0) - 1]
+
+
+def _packed_transmittance(tau: torch.Tensor, ray: torch.Tensor) -> torch.Tensor:
+    """Light reaching each packed sample: exp(-sum of tau = sigma * delta over the samples
+    before it on its ray)."""
+    if len(tau) == 0:
+        return tau
+    return torch.exp(-_sum_before(tau, ray)).to(tau.dtype)
+
+
+def _packed_distortion(w: torch.Tensor, m: torch.Tensor, ray: torch.Tensor, width: float,
+                       n_rays: int) -> torch.Tensor:
+    """Mip-NeRF 360's distortion loss per ray, sum_ij w_i w_j |m_i - m_j| + sum_i w_i^2 width
+    / 3, with m the samples' positions along the ray in [0, 1] (ascending per ray): small when
+    a ray's weight sits in one short interval, i.e. when the surface is sharp. The double sum
+    is 2 sum_i w_i (m_i W_<i - (wm)_<i) with per-ray running sums (linear, not quadratic)."""
+    out = torch.zeros(n_rays, device=w.device, dtype=w.dtype)
+    if len(w) == 0:
+        return out
+    pair = 2 * w * (m * _sum_before(w, ray).to(w.dtype) - _sum_before(w * m, ray).to(w.dtype))
+    return out.index_add(0, ray, pair + w * w * (width / 3))
 
 
 class OccupancyGrid:
@@ -229,9 +246,11 @@ class Renderer:
         return torch.cat(kept).sort().values if kept else idx[:0]
 
     def render_rays(self, o, d, t=None, *, shading: Shading | None = None,
-                    background=(1.0, 1.0, 1.0), jitter: bool = False) -> dict:
+                    background=(1.0, 1.0, 1.0), jitter: bool = False,
+                    distortion: bool = False) -> dict:
         """Render rays at time t: None (canonical), a number, or one time per ray (n,).
-        `background` is one colour or one per ray (n, 3).
+        `background` is one colour or one per ray (n, 3). `distortion`: also the per-ray
+        distortion loss ("distortion", see `_packed_distortion`).
 
         Samples are packed: only the (ray, step) pairs that reach the fields are kept, in ray
         order, and compositing sums over each ray's run of them (no rays x steps arrays
@@ -284,7 +303,11 @@ class Renderer:
 
         acc = per_ray(weights)
         bg = torch.as_tensor(background, dtype=o.dtype, device=o.device)
-        return {
+        extra = {}
+        if distortion:
+            m = (z[idx] - near[ray]) / length[ray].clamp(min=1e-9)
+            extra["distortion"] = _packed_distortion(weights, m, ray, 1.0 / s, n_rays)
+        return {**extra,
             "rgb": per_ray(weights[:, None] * colour) + (1.0 - acc)[:, None] * bg,
             "alpha": acc,
             "depth": per_ray(weights * z[idx]) / acc.clamp(min=1e-6),

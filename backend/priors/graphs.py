@@ -7,8 +7,11 @@ launches them all at once. One graph per call signature (tensor shapes and dtype
 arguments' values), at most `max_graphs`; calls with gradients enabled (textual inversion), on
 the CPU, or past the limit run eagerly, so wrapping never changes what a call computes.
 
-The graphs keep their own memory pool (the forward's intermediates stay reserved between
-calls): what `torch.cuda.max_memory_reserved` shows, not `max_memory_allocated`.
+Every graph captures into one shared memory pool, so the forward passes' intermediates are
+reserved once (the largest graph's), not once per graph: safe because graphs never run
+concurrently, inputs are copied in from outside the pool, and outputs are cloned out of it
+right after each replay. That pool stays reserved between calls: it shows in
+`torch.cuda.max_memory_reserved`, not in `max_memory_allocated`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,16 @@ class _Graph:
     graph: torch.cuda.CUDAGraph
     inputs: list[torch.Tensor]
     output: object
+
+
+_pool = None
+
+
+def _shared_pool():
+    global _pool
+    if _pool is None:
+        _pool = torch.cuda.graph_pool_handle()
+    return _pool
 
 
 def _signature(leaves) -> tuple:
@@ -100,7 +113,7 @@ class CudaGraphed(nn.Module):
                 self.inner(*args, **kwargs)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=_shared_pool()):
             output = self.inner(*args, **kwargs)
         return _Graph(graph, [x for x in static if isinstance(x, torch.Tensor)], output)
 

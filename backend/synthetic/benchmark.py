@@ -185,7 +185,8 @@ def score(views: Views, result, size: Size, device, seed: int = 0) -> dict:
 
 
 def run(source: str, *, size: str = "small", device: str = "cpu", steps: int | None = None,
-        blender_python: str | None = None, keep_views: str | None = None,
+        distortion: float | None = None, blender_python: str | None = None,
+        keep_views: str | None = None,
         out_dir: str | None = None, log=None) -> dict:
     if size not in SIZES:
         raise ValueError(f"size must be one of {', '.join(SIZES)}")
@@ -194,6 +195,10 @@ def run(source: str, *, size: str = "small", device: str = "cpu", steps: int | N
         if not 1 <= steps <= 1_000_000:
             raise ValueError("steps must be within 1..1000000")
         sz = replace(sz, fit=replace(sz.fit, steps=steps))
+    if distortion is not None:
+        if not 0 <= distortion <= 1:
+            raise ValueError("distortion must be within 0..1")
+        sz = replace(sz, fit=replace(sz.fit, w_distortion=distortion))
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: this machine has no CUDA device")
