@@ -161,6 +161,11 @@ def run(args) -> dict:
                     times.append(time.perf_counter() - t0)
                     inside.append(clock.seconds)
                     inside_back.append(clock.backward_seconds)
+            if args.profile:
+                from .field import _profile
+
+                out.setdefault("profiles", {})[stage] = _profile(lambda: step(0.5), device,
+                                                                 rows=40)
             ms = statistics.median(times) * 1e3
             share = statistics.median(i / t for i, t in zip(inside, times, strict=True))
             back = statistics.median(i / t for i, t in zip(inside_back, times, strict=True))
@@ -224,6 +229,8 @@ def add_parser(sub) -> None:
                    help="the UNets, ControlNet and VAEs in channels-last memory format")
     p.add_argument("--cudnn-benchmark", action="store_true",
                    help="let cuDNN time its convolution algorithms for each shape")
+    p.add_argument("--profile", action="store_true",
+                   help="also list each stage's ops and kernels that take the most time")
     p.add_argument("--tiny", action="store_true", help="tiny sizes (a CPU smoke test)")
     p.add_argument("--json", metavar="OUT")
     p.set_defaults(func=lambda a: report(run(a), a.json))
