@@ -22,6 +22,7 @@ class _PriorClock:
 
     def __init__(self, device):
         self.device, self.seconds, self.backward_seconds, self._t0 = device, 0.0, 0.0, {}
+        self._depth = 0  # hooked modules may call each other (a CUDA-graph wrapper's inner)
 
     def _sync(self):
         import torch
@@ -31,12 +32,16 @@ class _PriorClock:
 
     def hook(self, module):
         def pre(m, *a):
-            self._sync()
-            self._t0[id(m)] = time.perf_counter()
+            if self._depth == 0:
+                self._sync()
+                self._t0["f"] = time.perf_counter()
+            self._depth += 1
 
         def post(m, *a):
-            self._sync()
-            self.seconds += time.perf_counter() - self._t0.pop(id(m))
+            self._depth -= 1
+            if self._depth == 0:
+                self._sync()
+                self.seconds += time.perf_counter() - self._t0.pop("f")
 
         def back_pre(m, *a):
             self._sync()
@@ -62,7 +67,7 @@ def run(args) -> dict:
     from ..pipeline.presets import PRESETS
     from ..pipeline.run import PriorPool, _optimiser, _stage_setup
     from ..pipeline.textual_inversion import learn_token
-    from ..priors import text
+    from ..priors import graphs, text
 
     device = torch.device(args.device if args.device != "auto" else
                           ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -135,6 +140,8 @@ def run(args) -> dict:
                     for name in ("unet", "controlnet", "image_encoder"):
                         if name in prior.parts:
                             clock.hook(prior.parts[name])
+                            if graphs.eager(prior.parts[name]) is not prior.parts[name]:
+                                clock.hook(graphs.eager(prior.parts[name]))
                     if "vae" in prior.parts:
                         clock.hook(prior.parts["vae"].encoder)
                 if args.channels_last:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import text
+from . import graphs, text
 from .loading import Prior
 from .sds import SDSOutput, TimestepRange, sds
 
@@ -175,7 +175,8 @@ class ControlNetTileGuidance:
                  timesteps: TimestepRange = TILE_RANGE, size: int | None = None):
         self.sd_guidance = StableDiffusionGuidance(sd, scale=scale, timesteps=timesteps,
                                                    size=size)
-        self.controlnet = controlnet.controlnet
+        # Batch 4 at 128^2 latents: GPU-bound, so no CUDA graphs (graphs.py says why).
+        self.controlnet, self.unet = graphs.eager(controlnet.controlnet), graphs.eager(sd.unet)
         self.sd, self.scale, self.timesteps = sd, scale, timesteps
         self.size = self.sd_guidance.size
 
@@ -197,9 +198,9 @@ class ControlNetTileGuidance:
             down, mid = self.controlnet(x_in, t_in, encoder_hidden_states=emb,
                                         controlnet_cond=torch.cat([image, image]),
                                         return_dict=False)
-            eps = self.sd.unet(x_in, t_in, encoder_hidden_states=emb,
-                               down_block_additional_residuals=down,
-                               mid_block_additional_residual=mid).sample
+            eps = self.unet(x_in, t_in, encoder_hidden_states=emb,
+                            down_block_additional_residuals=down,
+                            mid_block_additional_residual=mid).sample
             return eps.chunk(2)
 
         return sds(latents, predict, scale=self.scale, alphas_cumprod=self.sd_guidance.alphas,
