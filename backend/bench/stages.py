@@ -120,6 +120,7 @@ def run(args) -> dict:
         print("proxy start", out["proxy_seconds"], "s", flush=True)
     for stage in args.stages:
         clock = _PriorClock(device)
+        step = fn = opt = None  # the last stage's guidance and graphs go before the peak reset
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
@@ -145,7 +146,7 @@ def run(args) -> dict:
                     if "vae" in prior.parts:
                         clock.hook(prior.parts["vae"].encoder)
                 if args.channels_last:
-                    _channels_last(pool)
+                    _channels_last(pool, args.channels_last)
                 opt = _optimiser(scene, stage, preset)
                 scene.refresh_occupancy((None,) if stage == "static" else [0.0, 0.5])
 
@@ -198,11 +199,11 @@ def run(args) -> dict:
     return out
 
 
-def _channels_last(pool) -> None:
+def _channels_last(pool, which: str) -> None:
     import torch
 
     for prior in pool.loaded.values():
-        for name in ("unet", "controlnet", "vae"):
+        for name in ("unet", "controlnet", "vae") if which == "all" else ("vae",):
             for m in prior.parts[name].modules() if name in prior.parts else ():
                 # 2D convolutions only (the video UNet's 3D ones have no such layout);
                 # activations follow the weights' layout.
@@ -232,8 +233,9 @@ def add_parser(sub) -> None:
                    "the bundled example's preview proxy (`run --static-init proxy`), timed")
     p.add_argument("--no-cuda-graphs", action="store_true",
                    help="run the UNets eagerly (ANIMATE4D_CUDA_GRAPHS=0)")
-    p.add_argument("--channels-last", action="store_true",
-                   help="the UNets, ControlNet and VAEs in channels-last memory format")
+    p.add_argument("--channels-last", choices=("vae", "all"),
+                   help="2D convolutions of the VAEs (or of every prior) in channels-last "
+                   "memory format")
     p.add_argument("--cudnn-benchmark", action="store_true",
                    help="let cuDNN time its convolution algorithms for each shape")
     p.add_argument("--profile", action="store_true",

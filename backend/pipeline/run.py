@@ -222,6 +222,9 @@ def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progres
                     save(stage, step + 1)
             save(stage, total)
             progress(stage, total, total)
+            # Release this stage's guidance (its priors' CUDA graphs and their memory pools)
+            # before the next stage loads its own.
+            step_fn = opt = None
     with clock.stage("export"):
         progress("export", 0, 1)
         pool.keep()
