@@ -172,7 +172,7 @@ def run(args) -> dict:
             if args.profile:
                 from .field import _profile
 
-                out.setdefault("profiles", {})[stage] = _profile(lambda: step(0.5), device,
+                out.setdefault("profiles", {})[stage] = _profile(lambda s=step: s(0.5), device,
                                                                  rows=40)
             ms = statistics.median(times) * 1e3
             share = statistics.median(i / t for i, t in zip(inside, times, strict=True))
