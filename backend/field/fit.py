@@ -74,7 +74,7 @@ class FitConfig:
     w_accel: float = 1e-3
     # Distortion loss (Mip-NeRF 360): pulls each ray's weight into one short interval, so the
     # fitted surface is sharp and marching cubes' level sits where the renders put it.
-    w_distortion: float = 0.0
+    w_distortion: float = 0.1
     reg_points: int = 4096
     occupancy_resolution: int = 64
     occupancy_every: int = 16
