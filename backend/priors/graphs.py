@@ -17,6 +17,7 @@ UNet at 1024 px measured 415 ms and 29 GB reserved graphed, 402 ms and 21 GB eag
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -86,7 +87,15 @@ class CudaGraphed(nn.Module):
         if entry is None:
             if len(self._graphs) >= self.max_graphs:
                 return self.inner(*args, **kwargs)
-            entry = self._graphs[key] = self._capture(leaves, spec)
+            try:
+                entry = self._capture(leaves, spec)
+            except RuntimeError as e:  # e.g. a host sync inside the forward: stay eager
+                warnings.warn(f"CUDA graph capture of {type(self.inner).__name__} failed "
+                              f"({str(e).splitlines()[0][:200]}); running it eagerly",
+                              RuntimeWarning, stacklevel=2)
+                self.max_graphs = 0
+                return self.inner(*args, **kwargs)
+            self._graphs[key] = entry
         for dst, src in zip(entry.inputs, tensors, strict=True):
             dst.copy_(src)
         entry.graph.replay()

@@ -95,3 +95,22 @@ def test_gradient_calls_run_eagerly_and_moving_drops_graphs():
     assert len(wrapped._graphs) == 1
     wrapped.to("cpu")
     assert not wrapped._graphs
+
+
+class _Syncs(torch.nn.Module):
+    """A forward that reads a value back to the host: cannot be captured."""
+
+    def forward(self, x):
+        return x * float(x.abs().max())
+
+
+@cuda
+def test_a_module_that_cannot_be_captured_runs_eagerly_with_a_warning():
+    wrapped = graphs.CudaGraphed(_Syncs())
+    x = torch.rand(8, device="cuda") + 1
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="capture"):
+        got = wrapped(x)
+    torch.testing.assert_close(got, x * float(x.max()))
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(x * 2), x * 2 * float(x.max() * 2))
+    assert wrapped.replays == 0 and not wrapped._graphs
