@@ -125,7 +125,7 @@ def run_render(args) -> dict:
         if device.type == "cuda":
             results[f"{mode}_peak_bytes"] = torch.cuda.max_memory_allocated(device)
     if args.profile:
-        results["profile"] = _profile(step, device)
+        results["profile"] = profile_steps(step, device)
     rays = args.frames * args.size**2
     counts = {k: round(float(v) / rays, 2) for k, v in renderer.last_samples.items()}
     return {"benchmark": "render", "device": _gpu_name(device), "frames": args.frames,
@@ -136,7 +136,7 @@ def run_render(args) -> dict:
             else None, "torch": torch.__version__}
 
 
-def _profile(step, device, rows: int = 25) -> list[dict]:
+def profile_steps(step, device, rows: int = 25) -> list[dict]:
     """The kernels and ops that took the most device time over three steps (the last variant
     timed), as rows of name, total ms per step and calls per step."""
     import torch

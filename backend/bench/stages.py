@@ -140,9 +140,10 @@ def run(args) -> dict:
                 for prior in pool.loaded.values():
                     for name in ("unet", "controlnet", "image_encoder"):
                         if name in prior.parts:
-                            clock.hook(prior.parts[name])
-                            if graphs.eager(prior.parts[name]) is not prior.parts[name]:
-                                clock.hook(graphs.eager(prior.parts[name]))
+                            part = prior.parts[name]
+                            clock.hook(part)
+                            if graphs.eager(part) is not part:  # refinement calls the inner
+                                clock.hook(graphs.eager(part))
                     if "vae" in prior.parts:
                         clock.hook(prior.parts["vae"].encoder)
                 if args.channels_last:
@@ -170,9 +171,9 @@ def run(args) -> dict:
                     inside.append(clock.seconds)
                     inside_back.append(clock.backward_seconds)
             if args.profile:
-                from .field import _profile
+                from .field import profile_steps
 
-                out.setdefault("profiles", {})[stage] = _profile(lambda s=step: s(0.5), device,
+                out.setdefault("profiles", {})[stage] = profile_steps(lambda s=step: s(0.5), device,
                                                                  rows=40)
             ms = statistics.median(times) * 1e3
             share = statistics.median(i / t for i, t in zip(inside, times, strict=True))

@@ -87,9 +87,9 @@ def half_opaque_density(step: float) -> float:
 
 
 def _sum_before(v: torch.Tensor, ray: torch.Tensor) -> torch.Tensor:
-    """Per packed sample, the sum of v over the samples before it on its ray (`ray` holds each
-    sample's ray, ascending), in float64: subtracting a ray's start from one running sum keeps
-    full precision over millions of samples."""
+    """Per packed sample, the sum of v (n, ...) over the samples before it on its ray (`ray`
+    holds each sample's ray, ascending), in float64: subtracting a ray's start from one
+    running sum keeps full precision over millions of samples."""
     v64 = v.double()
     before = torch.cumsum(v64, 0) - v64
     first = torch.ones_like(ray, dtype=torch.bool)
@@ -114,7 +114,8 @@ def _packed_distortion(w: torch.Tensor, m: torch.Tensor, ray: torch.Tensor, widt
     out = torch.zeros(n_rays, device=w.device, dtype=w.dtype)
     if len(w) == 0:
         return out
-    pair = 2 * w * (m * _sum_before(w, ray).to(w.dtype) - _sum_before(w * m, ray).to(w.dtype))
+    before = _sum_before(torch.stack([w, w * m], 1), ray).to(w.dtype)  # one pass for both
+    pair = 2 * w * (m * before[:, 0] - before[:, 1])
     return out.index_add(0, ray, pair + w * w * (width / 3))
 
 
