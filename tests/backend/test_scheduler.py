@@ -110,7 +110,10 @@ def test_a_chatty_pipeline_is_coalesced_to_a_few_progress_events(tmp_path):
     from animate4d.protocol.client import Client
     from tests.backend.cluster import free_port
 
+    attached = threading.Event()  # the job must not finish before the client follows it
+
     def chatty(image, options, progress, checkpoints):
+        attached.wait(30)
         for i in range(10_001):
             progress("optimise", i, 10_000)
         v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32)
@@ -126,6 +129,8 @@ def test_a_chatty_pipeline_is_coalesced_to_a_few_progress_events(tmp_path):
         with Client(caddr, timeout_s=10) as c:
             png = write_png(tmp_path / "c.png", blob_rgba(64, 64)).read_bytes()
             job = c.submit(png, JobOptions(frames=1))
+            c.attach(job.id)
+            attached.set()
             steps = []
             final = c.wait(job.id, lambda j, b: steps.append(b.step)
                            if isinstance(b, wire.Progress) else None, timeout_s=30)
