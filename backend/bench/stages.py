@@ -73,6 +73,11 @@ def run(args) -> dict:
                           ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.no_cuda_graphs:
         os.environ["ANIMATE4D_CUDA_GRAPHS"] = "0"
+    if args.compile is not None:
+        from ..priors import compiling
+
+        compiling.requested(args.compile)  # a bad name fails before any model loads
+        os.environ["ANIMATE4D_COMPILE"] = args.compile
     if args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     preset = PRESETS[args.preset]
@@ -92,6 +97,7 @@ def run(args) -> dict:
            "random_weights": args.random_weights, "torch": torch.__version__,
            "cuda_graphs": not args.no_cuda_graphs, "channels_last": args.channels_last,
            "cudnn_benchmark": args.cudnn_benchmark,
+           "compile": os.environ.get("ANIMATE4D_COMPILE", ""),
            "stages": {}}
     rng = random.Random(0)
     scene = stages.Scene(preset, device)
@@ -151,39 +157,32 @@ def run(args) -> dict:
                 opt = _optimiser(scene, stage, preset)
                 scene.refresh_occupancy((None,) if stage == "static" else [0.0, 0.5])
 
-                def step(p, fn=fn, opt=opt):
-                    loss = sum(fn(rng, p).values())
+                def step(p, reference=False, fn=fn, opt=opt):
+                    losses = fn(rng, p, reference)
+                    loss = sum(losses.values())
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
+                    return losses
 
-            times, inside, inside_back = [], [], []
-            for i in range(args.warmup + args.iters):
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                clock.seconds = clock.backward_seconds = 0.0
-                t0 = time.perf_counter()
-                step(0.5)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                if i >= args.warmup:
-                    times.append(time.perf_counter() - t0)
-                    inside.append(clock.seconds)
-                    inside_back.append(clock.backward_seconds)
+            kinds = _time_kinds(stage, step, clock, device, args.warmup, args.iters)
             if args.profile:
                 from .field import profile_steps
 
                 out.setdefault("profiles", {})[stage] = profile_steps(lambda s=step: s(0.5), device,
                                                                  rows=40)
-            ms = statistics.median(times) * 1e3
-            share = statistics.median(i / t for i, t in zip(inside, times, strict=True))
-            back = statistics.median(i / t for i, t in zip(inside_back, times, strict=True))
             total_steps = preset.steps(stage)
+            counts = _schedule_counts(stage, preset)
+            minutes = sum(counts[k] * kinds[k]["ms_per_step"] for k in counts) / 6e4
+            shares = {key: sum(counts[k] * kinds[k]["ms_per_step"] * kinds[k][key]
+                               for k in counts) / (minutes * 6e4)
+                      for key in ("prior_forward_share", "prior_backward_share")}
             out["stages"][stage] = {
-                "ms_per_step": round(ms, 1), "steps": total_steps,
-                "projected_minutes": round(ms * total_steps / 6e4, 1),
-                "prior_forward_share": round(share, 3),
-                "prior_backward_share": round(back, 3),
+                "ms_per_step": round(minutes * 6e4 / total_steps, 1), "steps": total_steps,
+                "projected_minutes": round(minutes, 1),
+                "prior_forward_share": round(shares["prior_forward_share"], 3),
+                "prior_backward_share": round(shares["prior_backward_share"], 3),
+                "kinds": {k: dict(kinds[k], steps=round(counts[k])) for k in counts},
                 "peak_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
                 if device.type == "cuda" else None,
                 # CUDA graphs keep their pools reserved: what a 24 GB card must hold.
@@ -198,6 +197,70 @@ def run(args) -> dict:
     out["projected_minutes_total"] = round(sum(v["projected_minutes"] for v in done), 1)
     out["complete"] = len(done) == len(args.stages)
     return out
+
+
+def _kind(stage: str, reference: bool, losses) -> str:
+    if stage == "textual_inversion":
+        return "step"
+    if reference:
+        return "reference"
+    # The dynamic stage asks Zero123 only on clips that start at time 0.
+    return "sds+zero123" if stage == "dynamic" and "zero123" in losses else "sds"
+
+
+def _time_kinds(stage, step, clock, device, warmup: int, iters: int) -> dict:
+    """Median ms and prior shares of each kind of step the stage has (reference steps, SDS
+    steps, and in the dynamic stage SDS steps with and without Zero123), `iters` of each
+    after `warmup`. The dynamic stage's clips are drawn as in a run, so the bench steps until
+    it has seen enough of both of its SDS kinds (at most 20 x iters)."""
+    import torch
+
+    want = {"step"} if stage == "textual_inversion" else {"reference", "sds"}
+    if stage == "dynamic":
+        want.add("sds+zero123")
+    seen: dict[str, list[tuple[float, float, float]]] = {k: [] for k in want}
+    warm = dict.fromkeys(want, 0)
+    tries = 0
+    while any(len(v) < iters for v in seen.values()) and tries < 20 * iters * len(want):
+        tries += 1
+        reference = "reference" in want and len(seen["reference"]) < iters and tries % 2 == 0
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        clock.seconds = clock.backward_seconds = 0.0
+        t0 = time.perf_counter()
+        losses = step(0.5) if stage == "textual_inversion" else step(0.5, reference)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        kind = _kind(stage, reference, losses)
+        if warm[kind] < warmup:
+            warm[kind] += 1
+        elif len(seen[kind]) < iters:
+            seen[kind].append((time.perf_counter() - t0, clock.seconds, clock.backward_seconds))
+    out = {}
+    for kind, rows in seen.items():
+        if not rows:
+            raise RuntimeError(f"the {stage} stage never took a {kind} step in {tries} steps")
+        out[kind] = {
+            "ms_per_step": round(statistics.median(t for t, _, _ in rows) * 1e3, 1),
+            "prior_forward_share": statistics.median(f / t for t, f, _ in rows),
+            "prior_backward_share": statistics.median(b / t for t, _, b in rows),
+            "timed": len(rows)}
+    return out
+
+
+def _schedule_counts(stage: str, preset) -> dict[str, float]:
+    """How many steps of each kind the preset's stage takes (the dynamic stage's Zero123
+    steps as their expected number: clips from time 0, not mirrored)."""
+    total = preset.steps(stage)
+    if stage == "textual_inversion":
+        return {"step": total}
+    ref = sum(preset.reference_step(stage, i) for i in range(total))
+    counts = {"reference": ref, "sds": total - ref}
+    if stage == "dynamic":
+        p = preset.p_start_at_zero * (1 - preset.p_mirror)
+        counts = {"reference": ref, "sds": (total - ref) * (1 - p),
+                  "sds+zero123": (total - ref) * p}
+    return counts
 
 
 def _channels_last(pool, which: str) -> None:
@@ -237,6 +300,9 @@ def add_parser(sub) -> None:
     p.add_argument("--channels-last", choices=("vae", "all"),
                    help="2D convolutions of the VAEs (or of every prior) in channels-last "
                    "memory format")
+    p.add_argument("--compile", metavar="PARTS",
+                   help="torch.compile these parts of every prior, comma-separated: "
+                   "vae (the encoder), unet, controlnet, text_encoder (ANIMATE4D_COMPILE)")
     p.add_argument("--cudnn-benchmark", action="store_true",
                    help="let cuDNN time its convolution algorithms for each shape")
     p.add_argument("--profile", action="store_true",

@@ -27,7 +27,13 @@ class Preset:
     zero123_t: tuple[float, float] = (0.2, 0.6)
     polar_deg: tuple[float, float] = (45.0, 135.0)
     lr: float = 1e-2
-    # dynamic: video SDS on clips, Zero123 at frame 0
+    # Animate124 (after stable-dreamfusion) fits the reference view on its own steps: every
+    # `ref_every`-th step of static, dynamic and refine, and the static stage's first
+    # `ref_first` steps, render only the reference view and take only its losses; the other
+    # steps take only the priors' (`known_view_interval` 4, `known_iters` 100).
+    ref_every: int = 4
+    ref_first: int = 100
+    # dynamic: video SDS on clips; Zero123 on the clip's first frame when it is time 0
     dynamic_steps: int = 10000
     clip_frames: int = 16
     video_size: int = 256
@@ -65,14 +71,22 @@ class Preset:
     def __post_init__(self):
         if self.static_init not in ("blob", "proxy"):
             raise ValueError(f"static_init must be 'blob' or 'proxy', not {self.static_init!r}")
+        if self.ref_every < 0 or self.ref_first < 0:
+            raise ValueError("ref_every and ref_first must be >= 0 (0: no such steps)")
 
     def steps(self, stage: str) -> int:
         return {"textual_inversion": self.ti_steps, "static": self.static_steps,
                 "dynamic": self.dynamic_steps, "refine": self.refine_steps}[stage]
 
+    def reference_step(self, stage: str, step: int) -> bool:
+        """Whether `step` of an SDS stage fits the reference view instead of the priors."""
+        if stage == "static" and step < self.ref_first:
+            return True
+        return self.ref_every > 0 and step % self.ref_every == 0
+
 
 PAPER = Preset("paper")
-FAST = replace(PAPER, name="fast", ti_steps=500, ti_batch=4, static_steps=1500,
+FAST = replace(PAPER, name="fast", ti_steps=500, ti_batch=4, static_steps=1500, ref_first=30,
                dynamic_steps=2500, refine_steps=500, checkpoint_every=250)
 PRESETS = {"paper": PAPER, "fast": FAST}
 
@@ -85,8 +99,10 @@ def scaled(preset: Preset, max_steps: int | None = None, **sizes) -> Preset:
     if max_steps is not None:
         if max_steps < 1:
             raise ValueError("max_steps must be at least 1")
-        out = replace(out, ti_steps=min(out.ti_steps, max_steps),
-                      static_steps=min(out.static_steps, max_steps),
+        static = min(out.static_steps, max_steps)
+        out = replace(out, ti_steps=min(out.ti_steps, max_steps), static_steps=static,
+                      # the static stage's reference-only start keeps its share of the stage
+                      ref_first=out.ref_first * static // max(out.static_steps, 1),
                       dynamic_steps=min(out.dynamic_steps, max_steps),
                       refine_steps=min(out.refine_steps, max_steps),
                       checkpoint_every=min(out.checkpoint_every, max(1, max_steps // 2)))
@@ -99,4 +115,4 @@ def tiny(preset: Preset = FAST, max_steps: int = 2) -> Preset:
                   clip_frames=4, refine_render_size=12, tile_size=16, samples=16, grid_levels=4,
                   occupancy_resolution=16,
                   grid_log2_table=12, export_resolution=32, export_faces=2000, time_steps=16,
-                  clip_span=(4, 16), proxy_steps=100)
+                  clip_span=(4, 16), proxy_steps=100, ref_first=0)

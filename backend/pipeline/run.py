@@ -213,7 +213,7 @@ def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progres
                     scene.refresh_occupancy(times)
                 if stage == "dynamic":
                     scene.motion.open_levels(min(1.0, 2 * step / total))
-                losses = step_fn(rng, step / total)
+                losses = step_fn(rng, step / total, preset.reference_step(stage, step))
                 loss = sum(losses.values())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -269,7 +269,8 @@ def start_from_proxy(scene: stages.Scene, prep: dict, preset: Preset, size: int 
 
 
 def _stage_setup(stage, scene, ref, preset, pool, prep, object_prompt, motion_prompt, options):
-    """The prior set-up for one stage and a closure doing one step."""
+    """The prior set-up for one stage and a closure doing one step:
+    `step(rng, progress, reference)`."""
     def tr(pair):
         return TimestepRange(*pair)
 
@@ -284,14 +285,14 @@ def _stage_setup(stage, scene, ref, preset, pool, prep, object_prompt, motion_pr
         pool.keep("sd", "zero123")
         sd = guidance.StableDiffusionGuidance(pool.get("sd"), scale=preset.sd_scale,
                                               timesteps=tr(preset.sd_t), size=preset.sd_size)
-        return lambda rng, p: stages.static_step(scene, ref, preset, sd, zero123,
-                                                 object_prompt, rng, p)
+        return lambda rng, p, r: stages.static_step(scene, ref, preset, sd, zero123,
+                                                    object_prompt, rng, p, r)
     if stage == "dynamic":
         pool.keep("video", "zero123")
         video = guidance.VideoGuidance(pool.get("video"), scale=preset.video_scale,
                                        timesteps=tr(preset.video_t), size=preset.video_size)
-        return lambda rng, p: stages.dynamic_step(scene, ref, preset, video, zero123,
-                                                  motion_prompt, rng, p)
+        return lambda rng, p, r: stages.dynamic_step(scene, ref, preset, video, zero123,
+                                                     motion_prompt, rng, p, r)
     pool.keep("sd", "controlnet_tile")
     tile = guidance.ControlNetTileGuidance(pool.get("sd"), pool.get("controlnet_tile"),
                                            scale=preset.tile_scale, timesteps=tr(preset.tile_t),
@@ -304,8 +305,8 @@ def _stage_setup(stage, scene, ref, preset, pool, prep, object_prompt, motion_pr
     frozen.occupancy = scene.occupancy
     frozen.renderer.occupancy = scene.occupancy
     prompt = f"a photo of {object_prompt}, {motion_prompt}"
-    return lambda rng, p: stages.refine_step(scene, frozen, preset, tile, prompt,
-                                             options.frames, rng, p)
+    return lambda rng, p, r: stages.refine_step(scene, frozen, ref, preset, tile, prompt,
+                                                options.frames, rng, p, r)
 
 
 __all__ = ["run_animate124", "check_models", "PriorPool"]

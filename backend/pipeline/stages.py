@@ -75,20 +75,25 @@ def reference_losses(scene: Scene, ref: Reference, preset: Preset) -> dict:
 
 
 def static_step(scene, ref, preset, sd_guidance, zero123, prompt, rng: random.Random,
-                progress: float) -> dict:
-    losses = reference_losses(scene, ref, preset)
+                progress: float, reference: bool = False) -> dict:
+    """A reference step (`Preset.reference_step`) or one random view under SD and Zero123."""
+    if reference:
+        return reference_losses(scene, ref, preset)
     polar, az = random_view(rng, preset.polar_deg)
     cam = orbit_camera(polar, az, preset.render_size)
     rgb, _, _ = scene.render([cam], [0.0])
     vp = text.view_prompt(prompt, az, polar)
-    losses["sd"] = sd_guidance(rgb, [vp], progress).loss
-    losses["zero123"] = zero123(rgb, polar - 90.0, az, 0.0, progress).loss
-    return losses
+    return {"sd": sd_guidance(rgb, [vp], progress).loss,
+            "zero123": zero123(rgb, polar - 90.0, az, 0.0, progress).loss}
 
 
 def dynamic_step(scene, ref, preset, video, zero123, prompt, rng: random.Random,
-                 progress: float) -> dict:
-    losses = reference_losses(scene, ref, preset)
+                 progress: float, reference: bool = False) -> dict:
+    """A reference step, or one clip under the video prior. A clip that plays forward from
+    time 0 also shows its first frame to Zero123 (Animate124: only then is that frame the
+    canonical object the static stage made)."""
+    if reference:
+        return reference_losses(scene, ref, preset)
     times = sample_clip(rng, preset.clip_frames, preset.time_steps, preset.clip_span,
                         preset.p_start_at_zero, preset.p_mirror)
     polar, az = random_view(rng, preset.polar_deg)
@@ -99,17 +104,18 @@ def dynamic_step(scene, ref, preset, video, zero123, prompt, rng: random.Random,
         azs = [az] * len(times)
     cams = [orbit_camera(polar, a, preset.render_size) for a in azs]
     frames, _, _ = scene.render(cams, [float(t) for t in times])
-    losses["video"] = video(frames, prompt, progress).loss
-    polar0, az0 = random_view(rng, preset.polar_deg)
-    rgb0, _, _ = scene.render([orbit_camera(polar0, az0, preset.render_size)], [0.0])
-    losses["zero123"] = zero123(rgb0, polar0 - 90.0, az0, 0.0, progress).loss
+    losses = {"video": video(frames, prompt, progress).loss}
+    if times[0] == 0.0:
+        losses["zero123"] = zero123(frames[:1], polar - 90.0, azs[0], 0.0, progress).loss
     return losses
 
 
-def refine_step(scene, frozen: Scene, preset, tile, prompt, frames: int, rng: random.Random,
-                progress: float) -> dict:
-    """ControlNet-tile on `refine_frames` random frames of one random view; the condition is
-    the frozen dynamic model's render of the same frame and view."""
+def refine_step(scene, frozen: Scene, ref, preset, tile, prompt, frames: int,
+                rng: random.Random, progress: float, reference: bool = False) -> dict:
+    """A reference step, or ControlNet-tile on `refine_frames` random frames of one random
+    view; the condition is the frozen dynamic model's render of the same frame and view."""
+    if reference:
+        return reference_losses(scene, ref, preset)
     polar, az = random_view(rng, preset.polar_deg)
     ks = rng.sample(range(frames), min(preset.refine_frames, frames))
     times = [k / frames for k in ks]

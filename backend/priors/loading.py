@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from . import architectures, graphs, registry
+from . import architectures, compiling, graphs, registry
 
 
 @dataclass
@@ -118,10 +118,12 @@ def _random_component(kind: str, role: str, dtype, device):
 def load(role: str, models: Path | str | None = None, device="cpu", *,
          dtype: torch.dtype | None = None, random_weights: bool = False,
          components: tuple[str, ...] | None = None,
-         cuda_graphs: bool | None = None) -> Prior:
+         cuda_graphs: bool | None = None, compile: str | None = None) -> Prior:
     """A role's modules, frozen, in eval mode, on `device`. On CUDA the no-grad UNet and
     ControlNet calls replay CUDA graphs (`graphs.py`; `cuda_graphs=False` or
-    ANIMATE4D_CUDA_GRAPHS=0 turns that off)."""
+    ANIMATE4D_CUDA_GRAPHS=0 turns that off). `compile` ("vae,unet"; default
+    ANIMATE4D_COMPILE) names the parts to torch.compile (`compiling.py`)."""
+    to_compile = compiling.requested(compile)
     device = torch.device(device)
     dtype = dtype or default_dtype(device)
     prior = Prior(role, device, dtype)
@@ -138,6 +140,7 @@ def load(role: str, models: Path | str | None = None, device="cpu", *,
         if isinstance(part, torch.nn.Module):
             part = part.to(device).eval().requires_grad_(False)
         prior.parts[name] = part
+    compiling.compile_parts(prior.parts, to_compile)
     if graphs.enabled(device) if cuda_graphs is None else cuda_graphs:
         graphs.wrap_parts(prior.parts)
     return prior

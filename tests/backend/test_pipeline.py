@@ -92,6 +92,57 @@ def test_clip_sampling_follows_the_papers_rules():
     assert 0.18 < starts_at_zero < 0.3 and 0.45 < mirrored < 0.55
 
 
+def test_a_quarter_of_the_sds_steps_fit_the_reference_view_alone():
+    """Animate124's known_view_interval 4 and known_iters 100: reference steps replace SDS
+    steps; the static stage starts with reference steps only."""
+    paper = presets.PAPER
+    for stage in ("static", "dynamic", "refine"):
+        ref = [paper.reference_step(stage, i) for i in range(paper.steps(stage))]
+        first = 100 if stage == "static" else 0
+        assert all(ref[:first]) and ref[first::4] == [True] * len(ref[first::4])
+        assert sum(ref) == first + (paper.steps(stage) - first) // 4
+    assert not any(presets.scaled(paper, 20).reference_step("static", i) for i in (1, 2, 3))
+
+
+class _Guidance:
+    """Stands in for a guidance module: records what it was shown, returns a loss that
+    reaches the render."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, rgb, *args):
+        self.calls.append((tuple(rgb.shape), args[:2]))
+        return type("Out", (), {"loss": rgb.mean()})()
+
+
+def test_the_dynamic_stage_shows_zero123_only_clips_that_play_from_time_0(monkeypatch):
+    import random
+
+    from animate4d.backend.pipeline import stages
+
+    preset = presets.tiny()
+    scene = stages.Scene(preset, "cpu")
+    s = preset.render_size
+    ref = stages.Reference(torch.ones(3, s, s), torch.ones(s, s), torch.rand(s, s))
+    video, zero123 = _Guidance(), _Guidance()
+    n = preset.clip_frames
+
+    def step(times, reference=False):
+        monkeypatch.setattr(stages, "sample_clip", lambda *a: torch.tensor(times).numpy())
+        return stages.dynamic_step(scene, ref, preset, video, zero123, "p", random.Random(0),
+                                   0.5, reference)
+
+    assert set(step([k / n for k in range(n)])) == {"video", "zero123"}
+    assert zero123.calls[-1][0] == (1, 3, s, s)  # the clip's first frame
+    assert video.calls[-1][0] == (n, 3, s, s)
+    assert set(step([(k + 1) / n for k in range(n)])) == {"video"}  # starts later
+    assert set(step([(n - 1 - k) / n for k in range(n)])) == {"video"}  # ends at 0
+    calls = len(video.calls), len(zero123.calls)
+    assert set(step([0.0] * n, reference=True)) >= {"ref_rgb", "ref_mask"}
+    assert (len(video.calls), len(zero123.calls)) == calls  # no prior on a reference step
+
+
 def _reference_view(size: int) -> dict:
     """The example's reference view as the pipeline prepares it (rgb on white, mask)."""
     from animate4d.backend.pipeline.run import reference_view
