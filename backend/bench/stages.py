@@ -23,6 +23,7 @@ class _PriorClock:
     def __init__(self, device):
         self.device, self.seconds, self.backward_seconds, self._t0 = device, 0.0, 0.0, {}
         self._depth = 0  # hooked modules may call each other (a CUDA-graph wrapper's inner)
+        self._handles = []
 
     def _sync(self):
         import torch
@@ -53,10 +54,19 @@ class _PriorClock:
             if t0 is not None:
                 self.backward_seconds += time.perf_counter() - t0
 
-        module.register_forward_pre_hook(pre)
-        module.register_forward_hook(post)
-        module.register_full_backward_pre_hook(back_pre)
-        module.register_full_backward_hook(back_post)
+        # (A compiled module's backward runs inside its compiled graph: no backward hooks fire,
+        # so a compiled VAE encoder's backward counts as time elsewhere.)
+        self._handles += [module.register_forward_pre_hook(pre),
+                          module.register_forward_hook(post),
+                          module.register_full_backward_pre_hook(back_pre),
+                          module.register_full_backward_hook(back_post)]
+
+    def remove(self):
+        """Unhook (a later stage may compile a module hooked here: hooks inside a compiled
+        module would split its graph)."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
 
 
 def run(args) -> dict:
@@ -67,16 +77,14 @@ def run(args) -> dict:
     from ..pipeline.presets import PRESETS
     from ..pipeline.run import PriorPool, _optimiser, _stage_setup
     from ..pipeline.textual_inversion import learn_token
-    from ..priors import graphs, text
+    from ..priors import compiling, graphs, text
 
     device = torch.device(args.device if args.device != "auto" else
                           ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.no_cuda_graphs:
         os.environ["ANIMATE4D_CUDA_GRAPHS"] = "0"
     if args.compile is not None:
-        from ..priors import compiling
-
-        compiling.requested(args.compile)  # a bad name fails before any model loads
+        compiling.parse(args.compile)  # a bad name fails before any model loads
         os.environ["ANIMATE4D_COMPILE"] = args.compile
     if args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
@@ -97,7 +105,7 @@ def run(args) -> dict:
            "random_weights": args.random_weights, "torch": torch.__version__,
            "cuda_graphs": not args.no_cuda_graphs, "channels_last": args.channels_last,
            "cudnn_benchmark": args.cudnn_benchmark,
-           "compile": os.environ.get("ANIMATE4D_COMPILE", ""),
+           "compile": {st: ",".join(compiling.for_stage(st)) for st in args.stages},
            "stages": {}}
     rng = random.Random(0)
     scene = stages.Scene(preset, device)
@@ -132,7 +140,7 @@ def run(args) -> dict:
             torch.cuda.reset_peak_memory_stats(device)
         try:
             if stage == "textual_inversion":
-                sd = pool.get("sd")
+                sd = pool.get("sd", stage)
                 pool.keep("sd")
                 for m in (sd.unet, sd.vae.encoder, sd.text_encoder):
                     clock.hook(m)
@@ -192,6 +200,7 @@ def run(args) -> dict:
             out["stages"][stage] = {"error": "out of memory", "detail": str(e)[:200],
                                     "peak_gb": round(torch.cuda.max_memory_allocated(device)
                                                      / 1e9, 2)}
+        clock.remove()
         print(stage, out["stages"][stage], flush=True)
     done = [v for v in out["stages"].values() if "projected_minutes" in v]
     out["projected_minutes_total"] = round(sum(v["projected_minutes"] for v in done), 1)
@@ -301,8 +310,9 @@ def add_parser(sub) -> None:
                    help="2D convolutions of the VAEs (or of every prior) in channels-last "
                    "memory format")
     p.add_argument("--compile", metavar="PARTS",
-                   help="torch.compile these parts of every prior, comma-separated: "
-                   "vae (the encoder), unet, controlnet, text_encoder (ANIMATE4D_COMPILE)")
+                   help="torch.compile these parts of every prior in every stage, "
+                   "comma-separated: vae (the encoder), unet, controlnet, text_encoder; '' for "
+                   "none (ANIMATE4D_COMPILE; default: each stage's measured choice)")
     p.add_argument("--cudnn-benchmark", action="store_true",
                    help="let cuDNN time its convolution algorithms for each shape")
     p.add_argument("--profile", action="store_true",

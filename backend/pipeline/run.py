@@ -34,7 +34,7 @@ from ..preprocess.image_io import LoadedImage, load_image
 from ..preprocess.segment import clean_mask, foreground_mask
 from ..preview.colour import fill_background, sample_image
 from ..preview.inflate import InflatedShape, inflate
-from ..priors import guidance, loading, registry, text
+from ..priors import compiling, guidance, loading, registry, text
 from ..priors.sds import TimestepRange
 from ..progress import ProgressFn, Stopwatch, no_progress
 from ..version import versions
@@ -50,11 +50,15 @@ class PriorPool:
         self.models, self.device, self.random_weights = models, device, random_weights
         self.loaded: dict[str, loading.Prior] = {}
 
-    def get(self, role: str) -> loading.Prior:
+    def get(self, role: str, stage: str = "") -> loading.Prior:
+        """The role's prior, with the parts `stage` compiles compiled and the rest eager."""
+        parts = compiling.for_stage(stage)
         if role not in self.loaded:
             self.loaded[role] = loading.load(role, self.models, self.device,
-                                             random_weights=self.random_weights)
-        return self.loaded[role]
+                                             random_weights=self.random_weights, compile=parts)
+        prior = self.loaded[role]
+        compiling.apply(prior.parts, parts, self.device)
+        return prior
 
     def keep(self, *roles: str) -> None:
         for r in [r for r in self.loaded if r not in roles]:
@@ -163,7 +167,7 @@ def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progres
     # Textual inversion
     with clock.stage("textual_inversion"):
         saved = checkpoints.get("a124/token")
-        sd = pool.get("sd")
+        sd = pool.get("sd", "textual_inversion")
         if saved is not None:
             token = _torch_load(saved)
             text.add_placeholder(sd.tokenizer, sd.text_encoder, token)
@@ -275,7 +279,7 @@ def _stage_setup(stage, scene, ref, preset, pool, prep, object_prompt, motion_pr
         return TimestepRange(*pair)
 
     if stage in ("static", "dynamic"):
-        z = pool.get("zero123")
+        z = pool.get("zero123", stage)
         zero123 = guidance.Zero123Guidance(z, scale=preset.zero123_scale,
                                            weight=preset.zero123_weight,
                                            timesteps=tr(preset.zero123_t),
@@ -283,18 +287,19 @@ def _stage_setup(stage, scene, ref, preset, pool, prep, object_prompt, motion_pr
         zero123.set_reference(prep["rgb"][None].to(scene.device))
     if stage == "static":
         pool.keep("sd", "zero123")
-        sd = guidance.StableDiffusionGuidance(pool.get("sd"), scale=preset.sd_scale,
+        sd = guidance.StableDiffusionGuidance(pool.get("sd", stage), scale=preset.sd_scale,
                                               timesteps=tr(preset.sd_t), size=preset.sd_size)
         return lambda rng, p, r: stages.static_step(scene, ref, preset, sd, zero123,
                                                     object_prompt, rng, p, r)
     if stage == "dynamic":
         pool.keep("video", "zero123")
-        video = guidance.VideoGuidance(pool.get("video"), scale=preset.video_scale,
+        video = guidance.VideoGuidance(pool.get("video", stage), scale=preset.video_scale,
                                        timesteps=tr(preset.video_t), size=preset.video_size)
         return lambda rng, p, r: stages.dynamic_step(scene, ref, preset, video, zero123,
                                                      motion_prompt, rng, p, r)
     pool.keep("sd", "controlnet_tile")
-    tile = guidance.ControlNetTileGuidance(pool.get("sd"), pool.get("controlnet_tile"),
+    tile = guidance.ControlNetTileGuidance(pool.get("sd", stage),
+                                           pool.get("controlnet_tile", stage),
                                            scale=preset.tile_scale, timesteps=tr(preset.tile_t),
                                            size=preset.tile_size)
     frozen = stages.Scene(preset, scene.device)

@@ -1,12 +1,15 @@
-"""torch.compile for the priors' hot parts, chosen by name (`ANIMATE4D_COMPILE=vae,unet`).
+"""torch.compile for the priors' hot parts, chosen per stage where measured to help.
 
-Why it is worth measuring: the VAE encoders run with gradients on every SDS step (the render's
-gradient comes back through them), and eagerly their group norms, SiLUs and cuDNN's NCHW <->
-NHWC conversions cost about as much as their convolutions (docs/BENCHMARKS.md, the dynamic
-stage's profile); Inductor fuses the norms with their activations, forward and backward. The
-UNets' no-grad calls already replay CUDA graphs (graphs.py); a compiled UNet is what the graph
-then captures. Compiling costs time once per process and per call shape (Inductor caches its
-kernels on disk across processes).
+Why: the VAE encoders run with gradients on every SDS step (the render's gradient comes back
+through them), and eagerly their group norms, SiLUs and cuDNN's NCHW <-> NHWC conversions cost
+about as much as their convolutions; Inductor fuses the norms with their activations, forward
+and backward. Measured (docs/BENCHMARKS.md, H200): the static stage's SDS step 104 -> 82 ms
+and the dynamic stage's 188 -> 173 ms with the VAE encoders compiled, while refinement's
+encoder at 1024 px got slower (389 -> 665 ms) and took 14 GB more, so refinement stays eager.
+Compiling costs time once per process and call shape (Inductor caches kernels on disk).
+
+`ANIMATE4D_COMPILE=vae,unet` (or "" for none) overrides the per-stage choice everywhere
+(`animate4d bench stages --compile`). Only CUDA compiles: on the CPU the parts stay eager.
 """
 
 from __future__ import annotations
@@ -14,15 +17,17 @@ from __future__ import annotations
 import os
 
 import torch
+from torch import nn
 
-# "vae" compiles the encoder only: the SDS stages never decode.
+from .graphs import CudaGraphed
+
+# "vae" is the encoder only: the SDS stages never decode.
 COMPILABLE = ("vae", "unet", "controlnet", "text_encoder")
+STAGE_DEFAULTS = {"textual_inversion": "", "static": "vae", "dynamic": "vae", "refine": ""}
 
 
-def requested(names: str | None = None) -> tuple[str, ...]:
-    """The parts named in `names` or ANIMATE4D_COMPILE (comma-separated; "" = none)."""
-    raw = os.environ.get("ANIMATE4D_COMPILE", "") if names is None else names
-    parts = tuple(p.strip() for p in raw.split(",") if p.strip())
+def parse(names: str) -> tuple[str, ...]:
+    parts = tuple(sorted({p.strip() for p in names.split(",") if p.strip()}))
     unknown = [p for p in parts if p not in COMPILABLE]
     if unknown:
         raise ValueError(f"cannot compile {', '.join(unknown)}: the parts that can be compiled "
@@ -30,12 +35,40 @@ def requested(names: str | None = None) -> tuple[str, ...]:
     return parts
 
 
-def compile_parts(parts: dict, names: tuple[str, ...]) -> None:
-    """Compile the named parts of one prior in place (before any CUDA-graph wrapping)."""
-    for name in names:
-        if name not in parts:
+def for_stage(stage: str) -> tuple[str, ...]:
+    """The parts a stage compiles: ANIMATE4D_COMPILE if set, else the measured default."""
+    return parse(os.environ.get("ANIMATE4D_COMPILE", STAGE_DEFAULTS.get(stage, "")))
+
+
+def eager(module: nn.Module) -> nn.Module:
+    return getattr(module, "_orig_mod", module)
+
+
+def _compiled(module: nn.Module, want: bool) -> nn.Module:
+    if (eager(module) is not module) == want:
+        return module
+    return torch.compile(module, dynamic=False) if want else eager(module)
+
+
+def _set(module: nn.Module, want: bool) -> nn.Module:
+    """`module` compiled (want) or eager; inside a CUDA-graph wrapper, what it captures."""
+    if isinstance(module, CudaGraphed):
+        inner = _compiled(module.inner, want)
+        if inner is not module.inner:
+            module.inner = inner
+            module._graphs.clear()  # they replay the old module's kernels
+        return module
+    return _compiled(module, want)
+
+
+def apply(parts: dict, names: tuple[str, ...], device) -> None:
+    """Compile the named parts of one prior and make the others eager, in place."""
+    on_cuda = torch.device(device).type == "cuda"
+    for name in COMPILABLE:
+        if name not in parts or not isinstance(parts[name], nn.Module):
             continue
+        want = on_cuda and name in names
         if name == "vae":
-            parts["vae"].encoder = torch.compile(parts["vae"].encoder, dynamic=False)
+            parts["vae"].encoder = _set(parts["vae"].encoder, want)
         else:
-            parts[name] = torch.compile(parts[name], dynamic=False)
+            parts[name] = _set(parts[name], want)

@@ -118,12 +118,11 @@ def _random_component(kind: str, role: str, dtype, device):
 def load(role: str, models: Path | str | None = None, device="cpu", *,
          dtype: torch.dtype | None = None, random_weights: bool = False,
          components: tuple[str, ...] | None = None,
-         cuda_graphs: bool | None = None, compile: str | None = None) -> Prior:
+         cuda_graphs: bool | None = None, compile: tuple[str, ...] = ()) -> Prior:
     """A role's modules, frozen, in eval mode, on `device`. On CUDA the no-grad UNet and
     ControlNet calls replay CUDA graphs (`graphs.py`; `cuda_graphs=False` or
-    ANIMATE4D_CUDA_GRAPHS=0 turns that off). `compile` ("vae,unet"; default
-    ANIMATE4D_COMPILE) names the parts to torch.compile (`compiling.py`)."""
-    to_compile = compiling.requested(compile)
+    ANIMATE4D_CUDA_GRAPHS=0 turns that off) and the parts named in `compile` are
+    torch.compile'd (`compiling.py`)."""
     device = torch.device(device)
     dtype = dtype or default_dtype(device)
     prior = Prior(role, device, dtype)
@@ -140,7 +139,7 @@ def load(role: str, models: Path | str | None = None, device="cpu", *,
         if isinstance(part, torch.nn.Module):
             part = part.to(device).eval().requires_grad_(False)
         prior.parts[name] = part
-    compiling.compile_parts(prior.parts, to_compile)
+    compiling.apply(prior.parts, compile, device)
     if graphs.enabled(device) if cuda_graphs is None else cuda_graphs:
         graphs.wrap_parts(prior.parts)
     return prior
