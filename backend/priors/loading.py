@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from . import architectures, compiling, graphs, registry
+from . import architectures, attention, compiling, graphs, registry
 
 
 @dataclass
@@ -138,6 +138,8 @@ def load(role: str, models: Path | str | None = None, device="cpu", *,
             part = _load_component(kind, sub, dtype)
         if isinstance(part, torch.nn.Module):
             part = part.to(device).eval().requires_grad_(False)
+        if kind == "vae":  # 1024-px encodes with gradients (refinement): attention.py
+            attention.use_for_vae(part)
         prior.parts[name] = part
     compiling.apply(prior.parts, compile, device)
     if graphs.enabled(device) if cuda_graphs is None else cuda_graphs:
