@@ -10,9 +10,16 @@ kernels keep them), and each chunk is recomputed in the backward pass instead of
 
 `LongSequenceAttention` is a diffusers attention processor: shorter sequences, masks, cross
 attention and normed q/k go to the stock `AttnProcessor2_0` unchanged.
+
+Not yet on by default: it is exact on the CPU (tests), but the GPU time to measure it ran out
+in session 6. `ANIMATE4D_VAE_ATTENTION=chunked` installs it when the priors load; measure with
+`ANIMATE4D_VAE_ATTENTION=chunked animate4d bench stages --random-weights --stages refine` and
+`pytest tests/backend/test_attention.py` on a GPU, then make it the default if it wins.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -71,6 +78,10 @@ class LongSequenceAttention:
         if attn.residual_connection:
             x = x + residual
         return x / attn.rescale_output_factor
+
+
+def enabled() -> bool:
+    return os.environ.get("ANIMATE4D_VAE_ATTENTION", "") == "chunked"
 
 
 def use_for_vae(vae) -> None:

@@ -138,7 +138,7 @@ def load(role: str, models: Path | str | None = None, device="cpu", *,
             part = _load_component(kind, sub, dtype)
         if isinstance(part, torch.nn.Module):
             part = part.to(device).eval().requires_grad_(False)
-        if kind == "vae":  # 1024-px encodes with gradients (refinement): attention.py
+        if kind == "vae" and attention.enabled():  # 1024-px encodes (refine): attention.py
             attention.use_for_vae(part)
         prior.parts[name] = part
     compiling.apply(prior.parts, compile, device)
