@@ -19,6 +19,7 @@ call shape (Inductor caches kernels on disk).
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from torch import nn
@@ -45,14 +46,51 @@ def for_stage(stage: str) -> tuple[str, ...]:
     return parse(os.environ.get("ANIMATE4D_COMPILE", STAGE_DEFAULTS.get(stage, "")))
 
 
+class Compiled(nn.Module):
+    """`Compiled(m)(...)` runs torch.compile(m); attributes (config, dtype) come from m. If
+    compiling or running the compiled code fails (a worker without a working Inductor
+    toolchain, say), it warns once and calls m eagerly from then on: a job never dies of
+    an optimisation. Out-of-memory errors are not swallowed."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.inner = module
+        # Not a registered submodule: it would list the same parameters a second time.
+        object.__setattr__(self, "_fn", torch.compile(module, dynamic=False))
+        self.failed = False
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            inner = self.__dict__.get("_modules", {}).get("inner")
+            if inner is None:
+                raise
+            return getattr(inner, name)
+
+    def forward(self, *args, **kwargs):
+        if self.failed:
+            return self.inner(*args, **kwargs)
+        try:
+            return self._fn(*args, **kwargs)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, once
+            warnings.warn(f"torch.compile of {type(self.inner).__name__} failed "
+                          f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); "
+                          "running it eagerly", RuntimeWarning, stacklevel=2)
+            self.failed = True
+            return self.inner(*args, **kwargs)
+
+
 def eager(module: nn.Module) -> nn.Module:
-    return getattr(module, "_orig_mod", module)
+    return module.inner if isinstance(module, Compiled) else module
 
 
 def _compiled(module: nn.Module, want: bool) -> nn.Module:
-    if (eager(module) is not module) == want:
+    if isinstance(module, Compiled) == want:
         return module
-    return torch.compile(module, dynamic=False) if want else eager(module)
+    return Compiled(module) if want else eager(module)
 
 
 def _set(module: nn.Module, want: bool) -> nn.Module:

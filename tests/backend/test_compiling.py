@@ -1,6 +1,8 @@
 """Per-stage torch.compile of prior parts: which parts, toggled in place, and (on a GPU) the
 compiled VAE encoder computes what the eager one does, gradients included."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -43,6 +45,26 @@ def test_apply_toggles_in_place_and_keeps_graph_wrappers():
 
     compiling.apply(parts, (), "cuda")
     assert parts["vae"].encoder is encoder and unet.inner is inner
+
+
+def test_a_compiler_failure_falls_back_to_eager_with_a_warning(monkeypatch):
+    def broken(module, **kw):
+        def fn(*a, **k):
+            raise RuntimeError("Inductor: no C compiler found")
+        return fn
+
+    monkeypatch.setattr(compiling.torch, "compile", broken)
+    linear = torch.nn.Linear(3, 2)
+    wrapped = compiling.Compiled(linear)
+    x = torch.randn(4, 3)
+    with pytest.warns(RuntimeWarning, match="no C compiler"):
+        y = wrapped(x)
+    assert torch.equal(y, linear(x)) and wrapped.failed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # eager from then on, no second warning
+        assert torch.equal(wrapped(x), linear(x))
+    assert wrapped.out_features == 2  # attributes pass through
+    assert len(list(wrapped.parameters())) == 2  # the weights once, not twice
 
 
 @cuda
