@@ -145,11 +145,26 @@ class OccupancyGrid:
         return self.mask[idx[:, 0], idx[:, 1], idx[:, 2]]
 
 
+SHADING_MODES = ("albedo", "lambertian", "textureless", "normals")
+
+
 @dataclass
 class Shading:
-    light: torch.Tensor | None = None  # unit direction towards the light, object frame
+    """How samples are coloured. "lambertian": albedo x (ambient + (1 - ambient) max(n.l, 0));
+    "textureless": the same on a white material; "normals": (n + 1) / 2; "albedo": as is.
+    The light: `light`, one unit direction towards it (object frame); else, with
+    `light_offset`, a light near each ray's camera, towards normalize(origin + offset)
+    (Animate124 / stable-dreamfusion: the camera position plus Gaussian noise); else a
+    headlight (each ray lit from its own camera)."""
+
+    light: torch.Tensor | None = None
     ambient: float = 0.1
-    mode: str = "lambertian"  # or "albedo"
+    mode: str = "lambertian"
+    light_offset: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.mode not in SHADING_MODES:
+            raise ValueError(f"shading mode {self.mode!r}: one of {', '.join(SHADING_MODES)}")
 
 
 class Renderer:
@@ -257,7 +272,7 @@ class Renderer:
         order, and compositing sums over each ray's run of them (no rays x steps arrays
         beyond the positions and the occupancy test)."""
         shading = shading or Shading()
-        with_normals = shading.mode in ("lambertian", "normals")
+        with_normals = shading.mode != "albedo"
         n_rays, s = len(o), self.samples
         near, far = box_intersect(o, d, self.bound)
         hit = far > near
@@ -290,11 +305,18 @@ class Renderer:
             normal = torch.zeros(0, 3, device=o.device) if with_normals else None
         tau = sigma * delta[ray]
         weights = -torch.expm1(-tau) * _packed_transmittance(tau, ray)
-        if shading.mode == "lambertian":
-            # Default: a headlight (each ray lit from its own camera).
-            light = shading.light.to(normal) if shading.light is not None else -d[ray]
+        if shading.mode in ("lambertian", "textureless"):
+            if shading.light is not None:
+                light = shading.light.to(normal)
+            elif shading.light_offset is not None:
+                light = torch.nn.functional.normalize(o + shading.light_offset.to(o), dim=-1)[ray]
+            else:
+                light = -d[ray]
             lam = (normal * light).sum(-1).clamp(min=0.0)
-            colour = albedo * (shading.ambient + (1 - shading.ambient) * lam)[:, None]
+            shade = (shading.ambient + (1 - shading.ambient) * lam)[:, None]
+            colour = albedo * shade if shading.mode == "lambertian" else shade.expand(-1, 3)
+        elif shading.mode == "normals":
+            colour = (normal + 1) * 0.5
         else:
             colour = albedo
 

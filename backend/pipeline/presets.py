@@ -33,6 +33,14 @@ class Preset:
     # steps take only the priors' (`known_view_interval` 4, `known_iters` 100).
     ref_every: int = 4
     ref_first: int = 100
+    # How SDS renders look (Animate124's run scripts on stable-dreamfusion's trainer): a light
+    # near the camera, ambient drawn in `ambient_range`, a white material with p_textureless
+    # (0 in refinement), a random background colour; the static stage's first
+    # `static_normal_fraction` renders normals instead (`normal_iter_ratio` 0.2).
+    ambient_range: tuple[float, float] = (0.1, 1.0)
+    p_textureless: float = 0.2
+    refine_p_textureless: float = 0.0
+    static_normal_fraction: float = 0.2
     # dynamic: video SDS on clips; Zero123 on the clip's first frame when it is time 0
     dynamic_steps: int = 10000
     clip_frames: int = 16

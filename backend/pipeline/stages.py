@@ -44,10 +44,10 @@ class Scene:
         self.renderer = Renderer(self.canonical, self.motion, samples=preset.samples,
                                  occupancy=self.occupancy)
 
-    def render(self, cameras, times, *, light: bool = True, background=(1.0, 1.0, 1.0)):
-        shading = Shading(mode="lambertian" if light else "albedo")
-        out = self.renderer.render(cameras, times, shading=shading, background=background,
-                                   jitter=True)
+    def render(self, cameras, times, *, shading: Shading | None = None,
+               background=(1.0, 1.0, 1.0)):
+        out = self.renderer.render(cameras, times, shading=shading or Shading(mode="albedo"),
+                                   background=background, jitter=True)
         return (out["rgb"].permute(0, 3, 1, 2).clamp(0, 1), out["alpha"], out["depth"])
 
     def refresh_occupancy(self, times=(None,)):
@@ -63,7 +63,7 @@ def _pearson_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def reference_losses(scene: Scene, ref: Reference, preset: Preset) -> dict:
     """Reference-view RGB, mask and depth (1 - Pearson, foreground only) at frame 0."""
     cam = canonical_camera(ref.rgb.shape[-1])
-    rgb, alpha, depth = scene.render([cam], [0.0], light=False)
+    rgb, alpha, depth = scene.render([cam], [0.0])
     m = ref.mask
     losses = {"ref_rgb": preset.ref_rgb * F.mse_loss(rgb[0] * m, ref.rgb * m),
               "ref_mask": preset.ref_mask * F.mse_loss(alpha[0], m)}
@@ -74,6 +74,21 @@ def reference_losses(scene: Scene, ref: Reference, preset: Preset) -> dict:
     return losses
 
 
+def sds_look(rng: random.Random, preset: Preset, stage: str,
+             progress: float) -> tuple[Shading, tuple[float, float, float]]:
+    """The shading and background of one SDS render (Animate124's randomisation: the priors
+    judge shape under varied light and never learn one background)."""
+    if stage == "static" and progress < preset.static_normal_fraction:
+        mode, ambient = "normals", 1.0
+    else:
+        p = preset.refine_p_textureless if stage == "refine" else preset.p_textureless
+        mode = "textureless" if rng.random() < p else "lambertian"
+        ambient = rng.uniform(*preset.ambient_range)
+    offset = torch.tensor([rng.gauss(0.0, 1.0) for _ in range(3)])
+    background = (rng.random(), rng.random(), rng.random())
+    return Shading(mode=mode, ambient=ambient, light_offset=offset), background
+
+
 def static_step(scene, ref, preset, sd_guidance, zero123, prompt, rng: random.Random,
                 progress: float, reference: bool = False) -> dict:
     """A reference step (`Preset.reference_step`) or one random view under SD and Zero123."""
@@ -81,7 +96,8 @@ def static_step(scene, ref, preset, sd_guidance, zero123, prompt, rng: random.Ra
         return reference_losses(scene, ref, preset)
     polar, az = random_view(rng, preset.polar_deg)
     cam = orbit_camera(polar, az, preset.render_size)
-    rgb, _, _ = scene.render([cam], [0.0])
+    shading, background = sds_look(rng, preset, "static", progress)
+    rgb, _, _ = scene.render([cam], [0.0], shading=shading, background=background)
     vp = text.view_prompt(prompt, az, polar)
     return {"sd": sd_guidance(rgb, [vp], progress).loss,
             "zero123": zero123(rgb, polar - 90.0, az, 0.0, progress).loss}
@@ -103,7 +119,9 @@ def dynamic_step(scene, ref, preset, video, zero123, prompt, rng: random.Random,
     else:
         azs = [az] * len(times)
     cams = [orbit_camera(polar, a, preset.render_size) for a in azs]
-    frames, _, _ = scene.render(cams, [float(t) for t in times])
+    shading, background = sds_look(rng, preset, "dynamic", progress)
+    frames, _, _ = scene.render(cams, [float(t) for t in times], shading=shading,
+                                background=background)
     losses = {"video": video(frames, prompt, progress).loss}
     if times[0] == 0.0:
         losses["zero123"] = zero123(frames[:1], polar - 90.0, azs[0], 0.0, progress).loss
@@ -120,7 +138,8 @@ def refine_step(scene, frozen: Scene, ref, preset, tile, prompt, frames: int,
     ks = rng.sample(range(frames), min(preset.refine_frames, frames))
     times = [k / frames for k in ks]
     cams = [orbit_camera(polar, az, preset.refine_render_size)] * len(ks)
-    rgb, _, _ = scene.render(cams, times)
-    with torch.no_grad():
-        cond, _, _ = frozen.render(cams, times)
+    shading, background = sds_look(rng, preset, "refine", progress)
+    rgb, _, _ = scene.render(cams, times, shading=shading, background=background)
+    with torch.no_grad():  # the condition: the frozen model seen the same way
+        cond, _, _ = frozen.render(cams, times, shading=shading, background=background)
     return {"tile": tile(rgb, cond, prompt, progress).loss}

@@ -82,6 +82,28 @@ def test_lambertian_shading_and_normals_point_out():
     assert float(out["rgb"][0, 16, 16, 0]) == pytest.approx(0.5, abs=0.05)  # lit head-on
 
 
+def test_textureless_normals_and_a_light_near_the_camera():
+    cam = canonical_camera(32)
+    r = Renderer(Sphere(), samples=128)
+
+    def centre(**kw):
+        return r.render([cam], shading=Shading(**kw))["rgb"][0, 16, 16]
+
+    # A white material lit head-on, whatever the albedo (0.5 here).
+    assert centre(mode="textureless", ambient=0.0).tolist() == pytest.approx([1.0] * 3, abs=0.05)
+    # Normals as colours: the centre faces the camera, n = (0, -1, 0).
+    assert centre(mode="normals").tolist() == pytest.approx([0.5, 0.0, 0.5], abs=0.05)
+    # light_offset: the light towards normalize(camera + offset). Zero: lit head-on; an offset
+    # that puts it behind the object leaves only the ambient term.
+    o = torch.tensor(cam.location, dtype=torch.float32)
+    assert centre(mode="lambertian", ambient=0.3, light_offset=torch.zeros(3)).tolist() == \
+        pytest.approx([0.5] * 3, abs=0.05)
+    assert centre(mode="lambertian", ambient=0.3, light_offset=-2 * o).tolist() == \
+        pytest.approx([0.15] * 3, abs=0.02)
+    with pytest.raises(ValueError, match="one of albedo"):
+        Shading(mode="toon")
+
+
 def test_motion_moves_the_render_and_the_occupancy_grid_skips_nothing_it_should_not():
     cam = canonical_camera(32)
     sphere, move = Sphere(), Translate((0.3, 0.0, 0.0))

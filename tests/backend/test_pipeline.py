@@ -104,6 +104,23 @@ def test_a_quarter_of_the_sds_steps_fit_the_reference_view_alone():
     assert not any(presets.scaled(paper, 20).reference_step("static", i) for i in (1, 2, 3))
 
 
+def test_sds_renders_are_lit_and_backed_as_animate124_draws_them():
+    import random
+
+    from animate4d.backend.pipeline import stages
+
+    rng, paper = random.Random(0), presets.PAPER
+    assert {stages.sds_look(rng, paper, "static", 0.1)[0].mode for _ in range(50)} == {"normals"}
+    looks = [stages.sds_look(rng, paper, "dynamic", 0.1) for _ in range(2000)]
+    textureless = sum(s.mode == "textureless" for s, _ in looks) / len(looks)
+    assert 0.17 < textureless < 0.23
+    assert all(0.1 <= s.ambient <= 1.0 for s, _ in looks)
+    assert len({bg for _, bg in looks}) == len(looks)  # a new background every time
+    assert len({tuple(s.light_offset.tolist()) for s, _ in looks}) == len(looks)
+    refine = {stages.sds_look(rng, paper, "refine", 0.1)[0].mode for _ in range(200)}
+    assert refine == {"lambertian"}
+
+
 class _Guidance:
     """Stands in for a guidance module: records what it was shown, returns a loss that
     reaches the render."""
