@@ -75,7 +75,7 @@ def run(args) -> dict:
     from ..field import use_tensor_cores
     from ..pipeline import stages
     from ..pipeline.presets import PRESETS
-    from ..pipeline.run import PriorPool, _optimiser, _stage_setup
+    from ..pipeline.run import PriorPool, _optimiser, _stage_setup, optimise
     from ..pipeline.textual_inversion import learn_token
     from ..priors import compiling, graphs, text
 
@@ -165,12 +165,11 @@ def run(args) -> dict:
                 opt = _optimiser(scene, stage, preset)
                 scene.refresh_occupancy((None,) if stage == "static" else [0.0, 0.5])
 
-                def step(p, reference=False, fn=fn, opt=opt):
+                clip = preset.clip_value(stage)
+
+                def step(p, reference=False, fn=fn, opt=opt, clip=clip):
                     losses = fn(rng, p, reference)
-                    loss = sum(losses.values())
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+                    optimise(opt, losses, clip)
                     return losses
 
             kinds = _time_kinds(stage, step, clock, device, args.warmup, args.iters)

@@ -53,6 +53,9 @@ class Preset:
     p_mirror: float = 0.5
     p_moving_camera: float = 0.9
     canonical_lr_scale: float = 0.1  # the canonical field keeps learning, slowly
+    # The dynamic and refine stages clip every gradient value at this (Animate124's
+    # run-dynamic.sh / run-cn.sh: --grad_clip 1); 0 turns it off.
+    grad_clip: float = 1.0
     # refine: ControlNet-tile SDS with the learned token, one-step x0 target
     refine_steps: int = 5000
     refine_frames: int = 2
@@ -85,6 +88,10 @@ class Preset:
     def steps(self, stage: str) -> int:
         return {"textual_inversion": self.ti_steps, "static": self.static_steps,
                 "dynamic": self.dynamic_steps, "refine": self.refine_steps}[stage]
+
+    def clip_value(self, stage: str) -> float | None:
+        """The gradient-value clip of a stage, or None."""
+        return self.grad_clip if stage in ("dynamic", "refine") and self.grad_clip > 0 else None
 
     def reference_step(self, stage: str, step: int) -> bool:
         """Whether `step` of an SDS stage fits the reference view instead of the priors."""

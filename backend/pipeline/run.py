@@ -135,6 +135,16 @@ def _optimiser(scene: stages.Scene, stage: str, preset: Preset):
     return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
 
 
+def optimise(opt: torch.optim.Optimizer, losses: dict, clip: float | None) -> None:
+    """One optimiser step on the sum of a step's losses, gradient values clipped at `clip`."""
+    opt.zero_grad(set_to_none=True)
+    sum(losses.values()).backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_value_([p for g in opt.param_groups for p in g["params"]
+                                         if p.grad is not None], clip)
+    opt.step()
+
+
 def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progress,
                    checkpoints: Checkpoints | None = None, *, models=None,
                    preset: Preset | None = None, device=None,
@@ -218,10 +228,7 @@ def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progres
                 if stage == "dynamic":
                     scene.motion.open_levels(min(1.0, 2 * step / total))
                 losses = step_fn(rng, step / total, preset.reference_step(stage, step))
-                loss = sum(losses.values())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                optimise(opt, losses, preset.clip_value(stage))
                 if (step + 1) % preset.checkpoint_every == 0 and step + 1 < total:
                     save(stage, step + 1)
             save(stage, total)

@@ -121,6 +121,19 @@ def test_sds_renders_are_lit_and_backed_as_animate124_draws_them():
     assert refine == {"lambertian"}
 
 
+def test_dynamic_and_refine_steps_clip_gradient_values():
+    from animate4d.backend.pipeline.run import optimise
+
+    paper = presets.PAPER
+    assert paper.clip_value("static") is None
+    assert paper.clip_value("dynamic") == paper.clip_value("refine") == 1.0
+    for clip, moved in ((None, [-5.0, 0.5]), (1.0, [-1.0, 0.5])):
+        w = torch.nn.Parameter(torch.zeros(2))
+        optimise(torch.optim.SGD([w], lr=1.0), {"a": (w * torch.tensor([5.0, -0.5])).sum()},
+                 clip)
+        assert w.detach().tolist() == pytest.approx(moved)
+
+
 class _Guidance:
     """Stands in for a guidance module: records what it was shown, returns a loss that
     reaches the render."""
