@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .graphs import CudaGraphed
+from .wrapping import Wrapper
 
 # "vae" is the encoder only: the SDS stages never decode.
 COMPILABLE = ("vae", "unet", "controlnet", "text_encoder")
@@ -46,27 +47,17 @@ def for_stage(stage: str) -> tuple[str, ...]:
     return parse(os.environ.get("ANIMATE4D_COMPILE", STAGE_DEFAULTS.get(stage, "")))
 
 
-class Compiled(nn.Module):
+class Compiled(Wrapper):
     """`Compiled(m)(...)` runs torch.compile(m); attributes (config, dtype) come from m. If
     compiling or running the compiled code fails (a worker without a working Inductor
     toolchain, say), it warns once and calls m eagerly from then on: a job never dies of
     an optimisation. Out-of-memory errors are not swallowed."""
 
     def __init__(self, module: nn.Module):
-        super().__init__()
-        self.inner = module
+        super().__init__(module)
         # Not a registered submodule: it would list the same parameters a second time.
         object.__setattr__(self, "_fn", torch.compile(module, dynamic=False))
         self.failed = False
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            inner = self.__dict__.get("_modules", {}).get("inner")
-            if inner is None:
-                raise
-            return getattr(inner, name)
 
     def forward(self, *args, **kwargs):
         if self.failed:

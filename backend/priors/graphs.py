@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
+from .wrapping import Wrapper
+
 # The parts worth graphing: run every step without gradients. (The VAE encoders run with
 # gradients; the image encoder once per job.)
 GRAPHED_PARTS = ("unet", "controlnet")
@@ -47,25 +49,15 @@ def _signature(leaves) -> tuple:
                  (type(x), x) for x in leaves)
 
 
-class CudaGraphed(nn.Module):
+class CudaGraphed(Wrapper):
     """`CudaGraphed(unet)(...)` computes what `unet(...)` does; attributes (config, dtype)
     come from the wrapped module."""
 
     def __init__(self, module: nn.Module, max_graphs: int = 4, warmup: int = 2):
-        super().__init__()
-        self.inner = module
+        super().__init__(module)
         self.max_graphs, self.warmup = max_graphs, warmup
         self._graphs: dict[tuple, _Graph] = {}
         self.replays = 0
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            inner = self.__dict__.get("_modules", {}).get("inner")
-            if inner is None:
-                raise
-            return getattr(inner, name)
 
     def _apply(self, fn, recurse=True):
         # .to() / .half() move the weights: captured graphs would read the old addresses.
