@@ -220,7 +220,7 @@ def _time_kinds(stage, step, clock, device, warmup: int, iters: int) -> dict:
     """Median ms and prior shares of each kind of step the stage has (reference steps, SDS
     steps, and in the dynamic stage SDS steps with and without Zero123), `iters` of each
     after `warmup`. The dynamic stage's clips are drawn as in a run, so the bench steps until
-    it has seen enough of both of its SDS kinds (at most 20 x iters)."""
+    it has seen enough of both of its SDS kinds (at most 20 x iters tries per kind)."""
     import torch
 
     want = {"step"} if stage == "textual_inversion" else {"reference", "sds"}
@@ -266,8 +266,8 @@ def _schedule_counts(stage: str, preset) -> dict[str, float]:
     counts = {"reference": ref, "sds": total - ref}
     if stage == "dynamic":
         p = preset.p_start_at_zero * (1 - preset.p_mirror)
-        counts = {"reference": ref, "sds": (total - ref) * (1 - p),
-                  "sds+zero123": (total - ref) * p}
+        counts["sds+zero123"] = counts["sds"] * p
+        counts["sds"] -= counts["sds+zero123"]
     return counts
 
 

@@ -52,12 +52,11 @@ class PriorPool:
 
     def get(self, role: str, stage: str = "") -> loading.Prior:
         """The role's prior, with the parts `stage` compiles compiled and the rest eager."""
-        parts = compiling.for_stage(stage)
         if role not in self.loaded:
             self.loaded[role] = loading.load(role, self.models, self.device,
-                                             random_weights=self.random_weights, compile=parts)
+                                             random_weights=self.random_weights)
         prior = self.loaded[role]
-        compiling.apply(prior.parts, parts, self.device)
+        compiling.apply(prior.parts, compiling.for_stage(stage), self.device)
         return prior
 
     def keep(self, *roles: str) -> None:

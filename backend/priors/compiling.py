@@ -51,7 +51,8 @@ class Compiled(Wrapper):
     """`Compiled(m)(...)` runs torch.compile(m); attributes (config, dtype) come from m. If
     compiling or running the compiled code fails (a worker without a working Inductor
     toolchain, say), it warns once and calls m eagerly from then on: a job never dies of
-    an optimisation. Out-of-memory errors are not swallowed."""
+    an optimisation. Out-of-memory errors are not swallowed; a failure inside a compiled
+    backward pass surfaces where backward() is called, and is not caught here."""
 
     def __init__(self, module: nn.Module):
         super().__init__(module)
@@ -87,10 +88,7 @@ def _compiled(module: nn.Module, want: bool) -> nn.Module:
 def _set(module: nn.Module, want: bool) -> nn.Module:
     """`module` compiled (want) or eager; inside a CUDA-graph wrapper, what it captures."""
     if isinstance(module, CudaGraphed):
-        inner = _compiled(module.inner, want)
-        if inner is not module.inner:
-            module.inner = inner
-            module._graphs.clear()  # they replay the old module's kernels
+        module.set_inner(_compiled(module.inner, want))
         return module
     return _compiled(module, want)
 

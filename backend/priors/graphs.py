@@ -59,6 +59,13 @@ class CudaGraphed(Wrapper):
         self._graphs: dict[tuple, _Graph] = {}
         self.replays = 0
 
+    def set_inner(self, module: nn.Module) -> None:
+        """Wrap another module computing the same thing (its compiled or eager form); the
+        captured graphs replay the old one's kernels, so they go."""
+        if module is not self.inner:
+            self.inner = module
+            self._graphs.clear()
+
     def _apply(self, fn, recurse=True):
         # .to() / .half() move the weights: captured graphs would read the old addresses.
         self._graphs.clear()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from . import architectures, attention, compiling, graphs, registry
+from . import architectures, attention, graphs, registry
 
 
 @dataclass
@@ -118,11 +118,11 @@ def _random_component(kind: str, role: str, dtype, device):
 def load(role: str, models: Path | str | None = None, device="cpu", *,
          dtype: torch.dtype | None = None, random_weights: bool = False,
          components: tuple[str, ...] | None = None,
-         cuda_graphs: bool | None = None, compile: tuple[str, ...] = ()) -> Prior:
+         cuda_graphs: bool | None = None) -> Prior:
     """A role's modules, frozen, in eval mode, on `device`. On CUDA the no-grad UNet and
     ControlNet calls replay CUDA graphs (`graphs.py`; `cuda_graphs=False` or
-    ANIMATE4D_CUDA_GRAPHS=0 turns that off) and the parts named in `compile` are
-    torch.compile'd (`compiling.py`)."""
+    ANIMATE4D_CUDA_GRAPHS=0 turns that off). Which parts run compiled is a stage's choice,
+    made later (`compiling.apply`, through `PriorPool.get`)."""
     device = torch.device(device)
     dtype = dtype or default_dtype(device)
     prior = Prior(role, device, dtype)
@@ -141,7 +141,6 @@ def load(role: str, models: Path | str | None = None, device="cpu", *,
         if kind == "vae" and attention.enabled():  # 1024-px encodes (refine): attention.py
             attention.use_for_vae(part)
         prior.parts[name] = part
-    compiling.apply(prior.parts, compile, device)
     if graphs.enabled(device) if cuda_graphs is None else cuda_graphs:
         graphs.wrap_parts(prior.parts)
     return prior
