@@ -111,8 +111,17 @@ class CudaGraphed(Wrapper):
                 self.inner(*args, **kwargs)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            output = self.inner(*args, **kwargs)
+        rng = torch.cuda.default_generators[torch.cuda.current_device()]
+        before = rng.clone_state()
+        try:
+            with torch.cuda.graph(graph):
+                output = self.inner(*args, **kwargs)
+        except RuntimeError:
+            # A failed capture leaves the default CUDA generator in capture mode, and every
+            # later random draw on the GPU fails ("Offset increment outside graph capture");
+            # give it back its state from before the capture.
+            rng.graphsafe_set_state(before)
+            raise
         return _Graph(graph, [x for x in static if isinstance(x, torch.Tensor)], output)
 
 

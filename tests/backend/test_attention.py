@@ -68,3 +68,18 @@ def test_fp16_on_the_gpu_at_the_refine_size_matches_sdpa():
     assert (out - ref).abs().max() < 2e-3
     for a, b in zip(grads, ref_grads, strict=True):
         assert (a - b).abs().max() < 2e-2 * b.abs().max()
+
+
+@pytest.mark.parametrize("setting, chunked", [(None, True), ("stock", False)])
+def test_loaded_vaes_get_the_chunked_processor_unless_switched_off(
+        tiny_models, monkeypatch, setting, chunked):
+    from animate4d.backend.priors import loading
+
+    if setting is None:
+        monkeypatch.delenv("ANIMATE4D_VAE_ATTENTION", raising=False)
+    else:
+        monkeypatch.setenv("ANIMATE4D_VAE_ATTENTION", setting)
+    vae = loading.load("sd", tiny_models).parts["vae"]
+    kinds = {type(p) for p in vae.attn_processors.values()}
+    assert (attention.LongSequenceAttention in kinds) is chunked
+    assert len(kinds) == 1

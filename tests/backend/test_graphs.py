@@ -114,3 +114,14 @@ def test_a_module_that_cannot_be_captured_runs_eagerly_with_a_warning():
     with torch.no_grad():
         torch.testing.assert_close(wrapped(x * 2), x * 2 * float(x.max() * 2))
     assert wrapped.replays == 0 and not wrapped._graphs
+    # The failed capture must not leave the GPU's random generator unusable (it did: the
+    # next torch.rand on CUDA raised), nor stop another module from being captured.
+    torch.manual_seed(3)
+    first = torch.rand(4, device="cuda")
+    torch.manual_seed(3)
+    torch.testing.assert_close(torch.rand(4, device="cuda"), first)
+    other = graphs.CudaGraphed(torch.nn.Linear(8, 8).cuda())
+    with torch.no_grad():
+        for _ in range(2):
+            other(x)
+    assert other.replays == 2
