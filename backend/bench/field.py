@@ -136,22 +136,30 @@ def run_render(args) -> dict:
             else None, "torch": torch.__version__}
 
 
-def profile_steps(step, device, rows: int = 25) -> list[dict]:
-    """The kernels and ops that took the most device time over three steps (the last variant
-    timed), as rows of name, total ms per step and calls per step."""
+def profile_steps(step, device, rows: int = 25) -> dict:
+    """The kernels and ops that took the most device time over three steps, as rows of name,
+    total ms per step and calls per step; with the step's wall time and the device's busy
+    time beside it (busy well under wall: the GPU waits on Python launching kernels)."""
+    import time
+
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
+        start = time.perf_counter()
         for _ in range(3):
             step()
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize()
-    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        wall = time.perf_counter() - start
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
     events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
-    return [{"name": e.key[:80], "ms_per_step": round(getattr(e, key) / 3e3, 3),
-             "calls_per_step": e.count // 3} for e in events[:rows]]
+    return {"wall_ms_per_step": round(wall / 3 * 1e3, 2),
+            "busy_ms_per_step": round(sum(getattr(e, key) for e in events) / 3e3, 2),
+            "top": [{"name": e.key[:80], "ms_per_step": round(getattr(e, key) / 3e3, 3),
+                     "calls_per_step": e.count // 3} for e in events[:rows]]}
 
 
 def _maybe_compiled(canonical, motion, mode):
