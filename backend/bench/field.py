@@ -143,6 +143,7 @@ def profile_steps(step, device, rows: int = 25) -> dict:
     import time
 
     import torch
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
@@ -157,7 +158,9 @@ def profile_steps(step, device, rows: int = 25) -> dict:
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
     events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
     return {"wall_ms_per_step": round(wall / 3 * 1e3, 2),
-            "busy_ms_per_step": round(sum(getattr(e, key) for e in events) / 3e3, 2),
+            # kernels only: an op's row repeats the time of the kernels it launched
+            "busy_ms_per_step": round(sum(getattr(e, key) for e in events if not cuda
+                                          or e.device_type == DeviceType.CUDA) / 3e3, 2),
             "top": [{"name": e.key[:80], "ms_per_step": round(getattr(e, key) / 3e3, 3),
                      "calls_per_step": e.count // 3} for e in events[:rows]]}
 

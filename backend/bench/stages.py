@@ -76,7 +76,7 @@ def run(args) -> dict:
     from ..pipeline import stages
     from ..pipeline.presets import PRESETS
     from ..pipeline.run import PriorPool, _optimiser, _stage_setup, optimise
-    from ..pipeline.textual_inversion import learn_token
+    from ..pipeline.textual_inversion import TokenTrainer
     from ..priors import compiling, graphs, text
 
     device = torch.device(args.device if args.device != "auto" else
@@ -134,7 +134,8 @@ def run(args) -> dict:
         print("proxy start", out["proxy_seconds"], "s", flush=True)
     for stage in args.stages:
         clock = _PriorClock(device)
-        step = fn = opt = None  # the last stage's guidance and graphs go before the peak reset
+        step = fn = opt = trainer = None  # the last stage's priors' state goes before the reset
+        setup = 0.0  # one-off seconds per job before the stage's first step
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
@@ -144,10 +145,18 @@ def run(args) -> dict:
                 pool.keep("sd")
                 for m in (sd.unet, sd.vae.encoder, sd.text_encoder):
                     clock.hook(m)
+                if args.channels_last:
+                    _channels_last(pool, args.channels_last)
+                setup = time.perf_counter()
+                trainer = TokenTrainer(sd, prep["rgb"], size=preset.ti_size,
+                                       batch=preset.ti_batch, lr=preset.ti_lr,
+                                       views=preset.ti_views)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                setup = time.perf_counter() - setup  # the bank of encoded views, once
 
-                def step(p, sd=sd):
-                    learn_token(sd, prep["rgb"], steps=1, size=preset.ti_size,
-                                batch=preset.ti_batch, lr=preset.ti_lr, use_cache=False)
+                def step(p, trainer=trainer):
+                    trainer.step()
             else:
                 fn = _stage_setup(stage, scene, ref, preset, pool, prep, f"a {text.PLACEHOLDER}",
                                   "a panda is dancing", _Opts())
@@ -180,13 +189,13 @@ def run(args) -> dict:
                                                                  rows=40)
             total_steps = preset.steps(stage)
             counts = _schedule_counts(stage, preset)
-            minutes = sum(counts[k] * kinds[k]["ms_per_step"] for k in counts) / 6e4
+            minutes = sum(counts[k] * kinds[k]["ms_per_step"] for k in counts) / 6e4 + setup / 60
             shares = {key: sum(counts[k] * kinds[k]["ms_per_step"] * kinds[k][key]
                                for k in counts) / (minutes * 6e4)
                       for key in ("prior_forward_share", "prior_backward_share")}
             out["stages"][stage] = {
                 "ms_per_step": round(minutes * 6e4 / total_steps, 1), "steps": total_steps,
-                "projected_minutes": round(minutes, 1),
+                "projected_minutes": round(minutes, 1), "setup_seconds": round(setup, 2),
                 "prior_forward_share": round(shares["prior_forward_share"], 3),
                 "prior_backward_share": round(shares["prior_backward_share"], 3),
                 "kinds": {k: dict(kinds[k], steps=round(counts[k])) for k in counts},

@@ -14,6 +14,7 @@ class Preset:
     ti_size: int = 512
     ti_batch: int = 16
     ti_lr: float = 1e-4
+    ti_views: int = 512  # augmented views encoded once, then drawn from (textual_inversion.py)
     # static: reference view + SD SDS + Zero123 SDS
     static_steps: int = 5000
     render_size: int = 128

@@ -183,7 +183,8 @@ def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progres
         else:
             ti_rgb = _resize(prep["rgb"], preset.ti_size)
             token, _ = learn_token(sd, ti_rgb, steps=preset.ti_steps, size=preset.ti_size,
-                                   batch=preset.ti_batch, lr=preset.ti_lr, seed=options.seed,
+                                   batch=preset.ti_batch, lr=preset.ti_lr,
+                                   views=preset.ti_views, seed=options.seed,
                                    progress=progress, use_cache=not random_weights)
             checkpoints.put("a124/token", _torch_bytes(token))
 

@@ -81,6 +81,21 @@ def test_textual_inversion_learns_and_is_cached_by_image(tiny_models):
     assert not cached
 
 
+def test_textual_inversion_encodes_its_bank_of_views_once(tiny_models):
+    """The VAE sees the bank of augmented views once, not a fresh batch every step."""
+    sd = loading.load("sd", tiny_models)
+    encode, encoded = sd.vae.encode, []
+    sd.vae.encode = lambda x: encoded.append(len(x)) or encode(x)
+    image = torch.rand(3, 24, 24)
+    vec, _ = learn_token(sd, image, steps=6, size=16, batch=2, lr=1e-1, views=5,
+                         use_cache=False)
+    assert encoded == [2, 2, 1]  # 5 views in batches of 2, then 6 steps without the VAE
+    assert torch.isfinite(vec).all()
+    encoded.clear()  # a bank larger than the draws is cut to them: 3 steps x batch 2
+    learn_token(sd, image, steps=3, size=16, batch=2, lr=1e-1, views=512, use_cache=False)
+    assert sum(encoded) == 6
+
+
 def test_clip_sampling_follows_the_papers_rules():
     import random
 
