@@ -11,10 +11,12 @@ kernels keep them), and each chunk is recomputed in the backward pass instead of
 `LongSequenceAttention` is a diffusers attention processor: shorter sequences, masks, cross
 attention and normed q/k go to the stock `AttnProcessor2_0` unchanged.
 
-On by default: the refinement step went from 579 to 415 ms on an H100 (the attention's
-forward + backward alone, 16,384 tokens x 512: 79 ms with PyTorch's kernel, 36 ms in chunks of
-1,024, 40 ms in chunks of 2,048; docs/BENCHMARKS.md). `ANIMATE4D_VAE_ATTENTION=stock` keeps
-diffusers' processor.
+On by default, for every VAE self-attention over >= 1,024 tokens (docs/BENCHMARKS.md, H100
+and H200): refinement's step went from 579 to 415 ms on an H100 (16,384 tokens: 79 ms forward +
+backward with PyTorch's kernel, 36 ms in chunks of 1,024, 40 in chunks of 2,048). The dynamic
+stage's 16 frames x 1,024 tokens: 9.1 -> 1.7 ms; the static stage's 4,096 tokens inside its
+compiled encoder: 6.3 -> 2.0 ms; Zero123's 1,024: 1.3 -> 0.8 ms (H200).
+`ANIMATE4D_VAE_ATTENTION=stock` keeps diffusers' processor.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class LongSequenceAttention:
     """Self-attention over at least `min_tokens` tokens in checkpointed chunks; anything else
     through diffusers' `AttnProcessor2_0`."""
 
-    def __init__(self, min_tokens: int = 8192, chunk: int = 1024):
+    def __init__(self, min_tokens: int = 1024, chunk: int = 1024):
         from diffusers.models.attention_processor import AttnProcessor2_0
 
         self.min_tokens, self.chunk = min_tokens, chunk

@@ -49,7 +49,7 @@ def test_short_sequences_keep_the_stock_processor_path(monkeypatch):
     calls = []
     monkeypatch.setattr(attention, "chunked_attention", lambda *a: calls.append(a))
     vae = architectures.build("vae", tiny=True).eval()
-    attention.use_for_vae(vae)  # min_tokens 8192: a 32-px image has 16 latent tokens
+    attention.use_for_vae(vae)  # min_tokens 1,024: a 32-px image has 16 latent tokens
     vae.encode(torch.rand(1, 3, 32, 32))
     assert not calls
 
