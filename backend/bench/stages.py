@@ -6,6 +6,7 @@ own forward passes, and the projected wall time of the whole schedule."""
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import random
 import statistics
@@ -136,6 +137,7 @@ def run(args) -> dict:
         clock = _PriorClock(device)
         step = fn = opt = trainer = None  # the last stage's priors' state goes before the reset
         setup = 0.0  # one-off seconds per job before the stage's first step
+        gc.collect()  # the last stage's closures and graphs, before the peak reset
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)

@@ -14,6 +14,7 @@ Only the priors the current stage needs are on the device (PriorPool.keep).
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import random
 
@@ -62,6 +63,9 @@ class PriorPool:
     def keep(self, *roles: str) -> None:
         for r in [r for r in self.loaded if r not in roles]:
             del self.loaded[r]
+        # A prior caught in a reference cycle (a guidance closure, a graph wrapper) is freed
+        # only by the collector: without it its GPU memory stays into the next stage.
+        gc.collect()
         if torch.device(self.device).type == "cuda":
             torch.cuda.empty_cache()
 

@@ -236,3 +236,22 @@ def test_a_run_with_the_proxy_start_goes_end_to_end(tiny_models):
                           device="cpu")
     assert "proxy" in stages_seen and stages_seen.index("proxy") < stages_seen.index("static")
     assert mesh.metadata["timings"]["proxy"] > 0 and len(mesh.faces) > 0
+
+
+def test_pool_keep_frees_a_dropped_prior_even_inside_a_reference_cycle():
+    """A prior that a closure or wrapper holds in a cycle must go when its stage ends."""
+    import weakref
+
+    from animate4d.backend.pipeline.run import PriorPool
+
+    class _Prior:
+        pass
+
+    pool = PriorPool(None, "cpu")
+    prior = _Prior()
+    prior.self_ref = prior  # a cycle: reference counting alone never frees it
+    pool.loaded["video"] = prior
+    alive = weakref.ref(prior)
+    del prior
+    pool.keep("sd")
+    assert alive() is None and not pool.loaded
