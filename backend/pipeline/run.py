@@ -61,8 +61,10 @@ class PriorPool:
         return prior
 
     def keep(self, *roles: str) -> None:
-        for r in [r for r in self.loaded if r not in roles]:
-            del self.loaded[r]
+        dropped = [self.loaded.pop(r) for r in [r for r in self.loaded if r not in roles]]
+        if any(compiling.holds_compiled(p.parts) for p in dropped):
+            compiling.forget_compiled()
+        del dropped
         # A prior caught in a reference cycle (a guidance closure, a graph wrapper) is freed
         # only by the collector: without it its GPU memory stays into the next stage.
         gc.collect()

@@ -104,3 +104,21 @@ def apply(parts: dict, names: tuple[str, ...], device) -> None:
             parts["vae"].encoder = _set(parts["vae"].encoder, want)
         else:
             parts[name] = _set(parts[name], want)
+
+
+def holds_compiled(parts: dict) -> bool:
+    """Whether any of a prior's parts runs compiled (directly, as the VAE's encoder, or inside
+    a CUDA-graph wrapper)."""
+    mods = [p for p in parts.values() if isinstance(p, nn.Module)]
+    mods += [p.encoder for p in mods if isinstance(getattr(p, "encoder", None), nn.Module)]
+    return any(isinstance(m.inner if isinstance(m, CudaGraphed) else m, Compiled)
+               for m in mods)
+
+
+def forget_compiled() -> None:
+    """Drop every compiled graph. Dynamo keeps its compiled code on the module's code object,
+    with references that keep a deleted module's GPU memory alive (pytorch/pytorch#104095,
+    #122969): a dropped prior whose parts were compiled is freed only after this. Parts still
+    loaded and compiled recompile on their next call (Inductor's disk cache makes it quick)."""
+    torch._dynamo.reset()
+

@@ -245,7 +245,7 @@ def test_pool_keep_frees_a_dropped_prior_even_inside_a_reference_cycle():
     from animate4d.backend.pipeline.run import PriorPool
 
     class _Prior:
-        pass
+        parts = {}
 
     pool = PriorPool(None, "cpu")
     prior = _Prior()
@@ -255,3 +255,26 @@ def test_pool_keep_frees_a_dropped_prior_even_inside_a_reference_cycle():
     del prior
     pool.keep("sd")
     assert alive() is None and not pool.loaded
+
+
+def test_pool_keep_forgets_compiled_graphs_only_when_a_dropped_prior_was_compiled(monkeypatch):
+    """Dynamo's code cache keeps a compiled module's memory alive after it is deleted."""
+    from animate4d.backend.pipeline.run import PriorPool
+    from animate4d.backend.priors import compiling, graphs
+
+    resets = []
+    monkeypatch.setattr(compiling, "forget_compiled", lambda: resets.append(1))
+
+    class _Prior:
+        def __init__(self, **parts):
+            self.parts = parts
+
+    pool = PriorPool(None, "cpu")
+    vae = torch.nn.Module()
+    vae.encoder = compiling.Compiled(torch.nn.Linear(2, 2))  # as static/dynamic compile it
+    pool.loaded = {"sd": _Prior(unet=torch.nn.Linear(2, 2)), "zero123": _Prior(vae=vae),
+                   "video": _Prior(unet=graphs.CudaGraphed(torch.nn.Linear(2, 2)))}
+    pool.keep("sd", "zero123")  # drops video: graphed, not compiled
+    assert not resets
+    pool.keep("sd")  # drops zero123, whose VAE encoder was compiled
+    assert resets == [1] and list(pool.loaded) == ["sd"]
