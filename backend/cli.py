@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     bench_sub.required = True
+    from .bench import attention as bench_attention
     from .bench import field as bench_field
     from .bench import hashgrid as bench_hashgrid
     from .bench import network as bench_network
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_field.add_parsers(bench_sub)
     bench_synthetic.add_parser(bench_sub)
     bench_stages.add_parser(bench_sub)
+    bench_attention.add_parser(bench_sub)
     return parser
 
 

@@ -132,3 +132,17 @@ def test_help_is_complete(cmd):
             assert flag in r.stdout, flag
     else:
         assert "run" in r.stdout and "demo" in r.stdout
+
+
+def test_bench_attention_times_both_variants_and_rejects_a_bad_shape(tmp_path):
+    out = tmp_path / "attention.json"
+    r = animate4d("bench", "attention", "--device", "cpu", "--shape", "2x96", "--head", "16",
+                  "--chunk", "32", "--iters", "1", "--json", out)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    shapes = json.loads(out.read_text())["shapes"]
+    assert set(shapes["2x96"]) == {"sdpa", "chunked"}
+    assert all(v["ms"] > 0 for v in shapes["2x96"].values())
+    r = animate4d("bench", "attention", "--shape", "16by1024")
+    assert r.returncode == 2 and "BATCHxTOKENS" in r.stderr
