@@ -1,4 +1,4 @@
-"""Small mesh maths shared by export and rendering (numpy only)."""
+"""Small mesh maths shared by export, rendering, preview and extraction (numpy only)."""
 
 from __future__ import annotations
 
@@ -27,3 +27,21 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     out[ok] /= length[ok]
     out[~ok] = (0.0, 0.0, 1.0)
     return out.reshape(v.shape)
+
+
+# Faces a delivered mesh has at most (DESIGN.md's export row): both modes decimate to it, so
+# an artist gets the same budget from a preview as from the GPU pipeline.
+EXPORT_FACES = 50_000
+
+
+def decimate(vertices: np.ndarray, faces: np.ndarray,
+             target_faces: int = EXPORT_FACES) -> tuple[np.ndarray, np.ndarray]:
+    """Quadric decimation (fast-simplification) to about `target_faces`; a mesh already
+    within it is returned as it is. Vertices float64, faces int64."""
+    if len(faces) <= target_faces:
+        return vertices, faces
+    import fast_simplification
+
+    v, f = fast_simplification.simplify(np.asarray(vertices, np.float32),
+                                        np.asarray(faces, np.int32), target_count=target_faces)
+    return v.astype(np.float64), f.astype(np.int64)

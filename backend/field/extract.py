@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 
-import fast_simplification
 import mcubes
 import numpy as np
 import scipy.sparse as sp
@@ -24,6 +23,7 @@ from scipy.sparse.csgraph import connected_components
 
 from animate4d.protocol import AnimatedMesh, Camera
 
+from ..geometry import EXPORT_FACES, decimate
 from .fields import warp_jacobian
 from .render import CameraBatch, OccupancyGrid, Renderer, Shading
 
@@ -196,7 +196,7 @@ def fill_from_neighbours(vertices: np.ndarray, faces: np.ndarray, moved: np.ndar
 @torch.no_grad()
 def extract(canonical, motion=None, *, frames: int = 24, fps: float = 24.0,
             bound: float = 1.0, resolution: int = 256, threshold: float = 10.0,
-            target_faces: int = 50_000, close_voxels: int = 2, carve_views: int = 24,
+            target_faces: int = EXPORT_FACES, close_voxels: int = 2, carve_views: int = 24,
             transform=None, metadata=None, device=None) -> tuple[AnimatedMesh, dict]:
     """The AnimatedMesh and a report (face counts, warp residual, voxels made solid because
     no view sees them: `seen_empty`; carve_views=0 skips that)."""
@@ -218,10 +218,7 @@ def extract(canonical, motion=None, *, frames: int = 24, fps: float = 24.0,
     faces = faces.astype(np.int64)[:, ::-1]  # outward (density grows inwards)
     raw_faces = len(faces)
     verts, faces = keep_large_components(verts, faces)
-    if len(faces) > target_faces:
-        v, f = fast_simplification.simplify(verts.astype(np.float32), faces.astype(np.int32),
-                                            target_count=target_faces)
-        verts, faces = v.astype(np.float64), f.astype(np.int64)
+    verts, faces = decimate(verts, faces, target_faces)
     vt = torch.as_tensor(verts, dtype=torch.float32, device=device)
     _, albedo = canonical(vt)
     colours = np.empty((len(verts), 4), np.uint8)

@@ -17,6 +17,7 @@ from animate4d.protocol import AnimatedMesh, Camera
 from animate4d.protocol.options import JobOptions
 
 from ..checkpoints import Checkpoints, NoCheckpoints, pack_state, unpack_state
+from ..geometry import decimate
 from ..preprocess import framing
 from ..preprocess.image_io import LoadedImage, load_image
 from ..preprocess.segment import clean_mask, foreground_mask
@@ -98,6 +99,7 @@ def _prepare(image, options: JobOptions, progress: ProgressFn, clock: Stopwatch)
         vertices, faces = inflate(
             geo_mask, framing.canonical_camera(size), thickness=options.thickness
         )
+        vertices, faces = decimate(vertices, faces)  # ~93k faces at the default resolution
     with clock.stage("colour"):
         progress("colour", 0, 1)
         colour_view = framing.crop_and_scale(image.rgba, mask, crop, COLOUR_SIZE)

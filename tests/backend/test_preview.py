@@ -18,6 +18,24 @@ def _run(tmp_path, rgba, **opts):
     return run_preview(path, JobOptions(**opts))
 
 
+def test_the_bundled_example_is_decimated_to_the_export_budget_and_stays_closed():
+    """At the default resolution the inflated panda has ~93k faces; the GPU pipeline's budget
+    applies to previews too, without opening the surface or losing its outline."""
+    from importlib import resources
+
+    from animate4d.backend.geometry import EXPORT_FACES
+    from animate4d.backend.preview.inflate import signed_volume
+
+    image = load_image(resources.files("animate4d.backend").joinpath(
+        "examples", "panda.png").read_bytes())
+    mesh = run_preview(image, JobOptions(prompt="a panda is dancing", frames=2))
+    assert EXPORT_FACES * 0.95 <= len(mesh.faces) <= EXPORT_FACES
+    assert edges_are_manifold(mesh.faces) and len(mesh.vertices) == len(mesh.colors)
+    assert signed_volume(mesh.vertices.astype(np.float64), mesh.faces.astype(np.int64)) > 0
+    alpha = image.rgba[..., 3] > 0.5
+    assert reference_iou(mesh, alpha) >= 0.9
+
+
 def test_frame0_covers_the_input_through_the_default_camera(tmp_path):
     rgba = blob_rgba(300, 360)
     mesh = _run(tmp_path, rgba)
