@@ -183,6 +183,10 @@ def run(args) -> dict:
                     optimise(opt, losses, clip)
                     return losses
 
+            # What the stage holds before its first step (its priors, the fields): run alone
+            # and after other stages, it must be the same, or something was carried over.
+            held = (round(torch.cuda.memory_allocated(device) / 1e9, 2)
+                    if device.type == "cuda" else None)
             kinds = _time_kinds(stage, step, clock, device, args.warmup, args.iters)
             if args.profile:
                 from .field import profile_steps
@@ -198,6 +202,7 @@ def run(args) -> dict:
             out["stages"][stage] = {
                 "ms_per_step": round(minutes * 6e4 / total_steps, 1), "steps": total_steps,
                 "projected_minutes": round(minutes, 1), "setup_seconds": round(setup, 2),
+                "held_before_steps_gb": held,
                 "prior_forward_share": round(shares["prior_forward_share"], 3),
                 "prior_backward_share": round(shares["prior_backward_share"], 3),
                 "kinds": {k: dict(kinds[k], steps=round(counts[k])) for k in counts},
