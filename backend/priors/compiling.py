@@ -93,26 +93,28 @@ def _set(module: nn.Module, want: bool) -> nn.Module:
     return _compiled(module, want)
 
 
+def _present(parts: dict) -> dict[str, nn.Module]:
+    """The compilable parts a prior has, by name ("vae": its encoder, which is what compiles)."""
+    return {name: parts["vae"].encoder if name == "vae" else parts[name]
+            for name in COMPILABLE if isinstance(parts.get(name), nn.Module)}
+
+
 def apply(parts: dict, names: tuple[str, ...], device) -> None:
     """Compile the named parts of one prior and make the others eager, in place."""
     on_cuda = torch.device(device).type == "cuda"
-    for name in COMPILABLE:
-        if name not in parts or not isinstance(parts[name], nn.Module):
-            continue
-        want = on_cuda and name in names
+    for name, module in _present(parts).items():
+        module = _set(module, on_cuda and name in names)
         if name == "vae":
-            parts["vae"].encoder = _set(parts["vae"].encoder, want)
+            parts["vae"].encoder = module
         else:
-            parts[name] = _set(parts[name], want)
+            parts[name] = module
 
 
 def holds_compiled(parts: dict) -> bool:
     """Whether any of a prior's parts runs compiled (directly, as the VAE's encoder, or inside
     a CUDA-graph wrapper)."""
-    mods = [p for p in parts.values() if isinstance(p, nn.Module)]
-    mods += [p.encoder for p in mods if isinstance(getattr(p, "encoder", None), nn.Module)]
     return any(isinstance(m.inner if isinstance(m, CudaGraphed) else m, Compiled)
-               for m in mods)
+               for m in _present(parts).values())
 
 
 def forget_compiled() -> None:
