@@ -13,3 +13,23 @@ def report(result: dict, json_path: str | None) -> int:
     if json_path:
         Path(json_path).write_text(text + "\n")
     return 0
+
+
+def pick_device(name: str):
+    """`--device` auto|cuda|cpu as a torch.device, with tensor cores set as the pipeline
+    sets them."""
+    import torch
+
+    from ..field import use_tensor_cores
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    use_tensor_cores(name)
+    return torch.device(name)
+
+
+def device_name(device) -> str:
+    """The GPU's name for the report ("cpu" on the CPU)."""
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

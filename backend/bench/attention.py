@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from . import report
+from . import device_name, pick_device, report
 
 MAX_TOKENS = 65536  # 4x refinement's; SDPA's math fallback would need tokens^2 scores
 
@@ -35,17 +35,18 @@ def _time(fn, shape, device, dtype, iters: int) -> dict:
                for _ in range(3))
     for _ in range(3):
         fn(q, k, v).float().square().mean().backward()
-    if device == "cuda":
+    cuda = device.type == "cuda"
+    if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(iters):
         fn(q, k, v).float().square().mean().backward()
-    if device == "cuda":
+    if cuda:
         torch.cuda.synchronize()
     return {"ms": round((time.perf_counter() - start) / iters * 1e3, 3),
             "peak_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3)
-            if device == "cuda" else None}
+            if cuda else None}
 
 
 def run(args) -> dict:
@@ -54,15 +55,15 @@ def run(args) -> dict:
 
     from ..priors.attention import chunked_attention
 
-    device = args.device if args.device != "auto" else (
-        "cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.float16 if device == "cuda" else torch.float32
-    out = {"benchmark": "attention", "device": torch.cuda.get_device_name()
-           if device == "cuda" else "cpu", "head": args.head, "chunk": args.chunk,
+    device = pick_device(args.device)
+    cuda = device.type == "cuda"
+    dtype = torch.float16 if cuda else torch.float32
+    out = {"benchmark": "attention", "device": device_name(device), "head": args.head,
+           "chunk": args.chunk,
            "torch": torch.__version__, "shapes": {}}
     chunked = lambda q, k, v: chunked_attention(q, k, v, args.chunk)  # noqa: E731
     variants = {"sdpa": sdpa, "chunked": chunked}
-    if device == "cuda":  # the CPU's compile needs a C++ toolchain and says nothing useful
+    if cuda:  # the CPU's compile needs a C++ toolchain and says nothing useful
         variants["chunked_compiled"] = torch.compile(chunked)
     for batch, tokens in args.shape or [(1, 16384), (16, 1024), (1, 4096), (1, 1024)]:
         shape, text = (batch, 1, tokens, args.head), f"{batch}x{tokens}"

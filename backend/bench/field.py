@@ -18,7 +18,7 @@ import argparse
 import statistics
 import time
 
-from . import report
+from . import device_name, pick_device, report
 
 
 def _fields(device, state: str = "blob"):
@@ -68,30 +68,13 @@ def _timed(fn, iters, warmup, device) -> list[float]:
     return out
 
 
-def _device(name):
-    import torch
-
-    from ..field import use_tensor_cores
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    use_tensor_cores(name)
-    return torch.device(name)
-
-
-def _gpu_name(device):
-    import torch
-
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
 def run_render(args) -> dict:
     import torch
 
     from ..field.render import CameraBatch, OccupancyGrid, Renderer, Shading
     from ..preprocess.framing import canonical_camera
 
-    device = _device(args.device)
+    device = pick_device(args.device)
     canonical, motion = _fields(device, args.state)
     occupancy = OccupancyGrid(1.0, 64, device=device)
     results = {}
@@ -128,7 +111,7 @@ def run_render(args) -> dict:
         results["profile"] = profile_steps(step, device)
     rays = args.frames * args.size**2
     counts = {k: round(float(v) / rays, 2) for k, v in renderer.last_samples.items()}
-    return {"benchmark": "render", "device": _gpu_name(device), "frames": args.frames,
+    return {"benchmark": "render", "device": device_name(device), "frames": args.frames,
             "size": args.size, "rays": rays, "samples": args.samples, "state": args.state,
             "shading": args.shading, "occupied_fraction": round(frac, 4),
             "samples_per_ray": counts, "prune": not args.no_prune, **results,
@@ -176,7 +159,7 @@ def run_extract(args) -> dict:
 
     from ..field.extract import extract
 
-    device = _device(args.device)
+    device = pick_device(args.device)
     canonical, motion = _fields(device, args.state)
     results = {}
     for mode in ("eager", "compiled"):
@@ -190,7 +173,7 @@ def run_extract(args) -> dict:
                                 threshold=10.0, target_faces=args.faces, device=device)
             runs.append(time.perf_counter() - t0)
         results[f"{mode}_s"] = round(statistics.median(runs[1:]), 3)
-    return {"benchmark": "extract", "device": _gpu_name(device), "frames": args.frames,
+    return {"benchmark": "extract", "device": device_name(device), "frames": args.frames,
             "resolution": args.resolution, "target_faces": args.faces,
             "faces": rep["faces"], "faces_marching_cubes": rep["faces_marching_cubes"],
             "warp_residual_max": rep["warp_residual_max"], **results,

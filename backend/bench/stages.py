@@ -12,7 +12,7 @@ import random
 import statistics
 import time
 
-from . import report
+from . import device_name, pick_device, report
 from .field import fit_solid_ball
 
 
@@ -73,15 +73,13 @@ class _PriorClock:
 def run(args) -> dict:
     import torch
 
-    from ..field import use_tensor_cores
     from ..pipeline import stages
     from ..pipeline.presets import PRESETS
     from ..pipeline.run import PriorPool, _optimiser, _stage_setup, optimise
     from ..pipeline.textual_inversion import TokenTrainer
     from ..priors import compiling, graphs, text
 
-    device = torch.device(args.device if args.device != "auto" else
-                          ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     if args.no_cuda_graphs:
         os.environ["ANIMATE4D_CUDA_GRAPHS"] = "0"
     if args.compile is not None:
@@ -90,7 +88,6 @@ def run(args) -> dict:
     if args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     preset = PRESETS[args.preset]
-    use_tensor_cores(device)
     if args.tiny:
         from ..pipeline.presets import tiny
         preset = tiny(preset, max_steps=10**6)
@@ -102,7 +99,7 @@ def run(args) -> dict:
     big = max(preset.ti_size, 256)
     prep = {"rgb": torch.rand(3, big, big)}
     out = {"benchmark": "stages", "preset": preset.name, "state": args.state, "device":
-           torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+           device_name(device),
            "random_weights": args.random_weights, "torch": torch.__version__,
            "cuda_graphs": not args.no_cuda_graphs, "channels_last": args.channels_last,
            "cudnn_benchmark": args.cudnn_benchmark,
