@@ -186,10 +186,7 @@ def run(args) -> dict:
                     if device.type == "cuda" else None)
             kinds = _time_kinds(stage, step, clock, device, args.warmup, args.iters)
             if args.profile:
-                from .field import profile_steps
-
-                out.setdefault("profiles", {})[stage] = profile_steps(lambda s=step: s(0.5), device,
-                                                                 rows=40)
+                out.setdefault("profiles", {})[stage] = _profile_kinds(stage, step, device)
             total_steps = preset.steps(stage)
             counts = _schedule_counts(stage, preset)
             minutes = sum(counts[k] * kinds[k]["ms_per_step"] for k in counts) / 6e4 + setup / 60
@@ -218,6 +215,17 @@ def run(args) -> dict:
     out["projected_minutes_total"] = round(sum(v["projected_minutes"] for v in done), 1)
     out["complete"] = len(done) == len(args.stages)
     return out
+
+
+def _profile_kinds(stage: str, step, device) -> dict:
+    """Kernel profiles of the stage's SDS step and, apart, of its reference step (a quarter
+    of the steps, with no prior: their cost is the renderer's and the optimiser's)."""
+    from .field import profile_steps
+
+    if stage == "textual_inversion":
+        return {"step": profile_steps(lambda: step(0.5), device, rows=40)}
+    return {"sds": profile_steps(lambda: step(0.5), device, rows=40),
+            "reference": profile_steps(lambda: step(0.5, True), device, rows=25)}
 
 
 def _kind(stage: str, reference: bool, losses) -> str:

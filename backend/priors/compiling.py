@@ -4,9 +4,11 @@ Why: the VAE encoders run with gradients on every SDS step (the render's gradien
 through them), and eagerly their group norms, SiLUs and cuDNN's NCHW <-> NHWC conversions cost
 about as much as their convolutions; Inductor fuses the norms with their activations, forward
 and backward. Measured (docs/BENCHMARKS.md, H200): the static stage's SDS step 104 -> 82 ms
-and the dynamic stage's 188 -> 173 ms with the VAE encoders compiled, while refinement's
-encoder at 1024 px got slower (389 -> 665 ms) and took 14 GB more, so it stays eager there;
-refinement's ControlNet and UNet compiled: 396 -> 378 ms and 26.5 -> 20.8 GB reserved.
+and the dynamic stage's 188 -> 173 ms with the VAE encoders compiled. Refinement's encoder at
+1024 px first got slower (389 -> 665 ms, +14 GB) while PyTorch's attention ran its 16,384
+tokens in one kernel; since that attention runs in checkpointed chunks (`attention.py`),
+compiling it gains: refinement's SDS step 340 -> 257 ms and 20.8 -> 19.6 GB reserved (H200,
+session 8). Refinement's ControlNet and UNet compiled: 396 -> 378 ms and 26.5 -> 20.8 GB.
 Textual inversion trains through the SD UNet (batch 16, with gradients): compiled 225 -> 197
 ms per step and 15.1 -> 12.8 GB. The dynamic stage's UNets compiled as well (under their CUDA
 graphs) gained 4% for 4.5 GB more memory: not taken. Compiling costs time once per process and
@@ -30,7 +32,7 @@ from .wrapping import Wrapper
 # "vae" is the encoder only: the SDS stages never decode.
 COMPILABLE = ("vae", "unet", "controlnet", "text_encoder")
 STAGE_DEFAULTS = {"textual_inversion": "unet", "static": "vae", "dynamic": "vae",
-                  "refine": "controlnet,unet"}
+                  "refine": "controlnet,unet,vae"}
 
 
 def parse(names: str) -> tuple[str, ...]:
