@@ -37,7 +37,8 @@ class CompiledCanonical:
         self.original = module
         self.module = torch.compile(module, dynamic=False)
 
-    def __call__(self, x):
+    def __call__(self, x, group: int = 1):
+        """(`group` is only a hint to the kernels; padding would break its layout.)"""
         return padded(self.module, x)
 
     def density(self, x):

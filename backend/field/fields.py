@@ -69,9 +69,9 @@ class CanonicalField(nn.Module):
         d2 = (x * x).sum(-1)
         return self.blob_density * torch.exp(-d2 / (2 * self.blob_radius**2))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(n, 3) points -> density (n,), albedo (n, 3)."""
-        h = self.net(self.encoder(self.normalise(x)))
+    def forward(self, x: torch.Tensor, group: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, 3) points -> density (n,), albedo (n, 3). `group`: see `HashGrid.forward`."""
+        h = self.net(self.encoder(self.normalise(x), group))
         density = trunc_exp(h[:, 0] + self.blob(x))
         albedo = torch.sigmoid(h[:, 1:])
         return density, albedo

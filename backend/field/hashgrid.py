@@ -93,12 +93,15 @@ class HashGrid(nn.Module):
     def output_dim(self) -> int:
         return self.levels * self.features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(n, d) points in [0, 1]^d -> (n, L * F) features."""
+    def forward(self, x: torch.Tensor, group: int = 1) -> torch.Tensor:
+        """(n, d) points in [0, 1]^d -> (n, L * F) features. `group` G: a hint that x is G
+        stacked copies of nearby points (rows k n / G + i, e.g. a point and its
+        finite-difference neighbours), which the kernels merge table updates across; the
+        result is the same whatever it says."""
         x = x.to(self.embeddings.dtype).clamp(0.0, 1.0)
         if self._use_kernels(x):
             out = _run_kernels(self._kernels, x, self.embeddings, self.resolution,
-                               self.strides, self.offsets)
+                               self.strides, self.offsets, group)
         else:
             out = self._interpolate.apply(x, self.embeddings, self.resolution, self.strides,
                                           self.primes, self.offsets)
@@ -114,9 +117,9 @@ class HashGrid(nn.Module):
 
 
 @torch.compiler.disable
-def _run_kernels(fn, x, embeddings, resolution, strides, offsets):
+def _run_kernels(fn, x, embeddings, resolution, strides, offsets, group):
     """Outside torch.compile's graphs: compiled fields call the kernels as they are."""
-    return fn.apply(x, embeddings, resolution, strides, offsets)
+    return fn.apply(x, embeddings, resolution, strides, offsets, group)
 
 
 def _combine(pairs: torch.Tensor, op) -> torch.Tensor:

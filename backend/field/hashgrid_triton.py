@@ -61,80 +61,115 @@ if triton is not None:
         return idx, w0, w1, w2, w3
 
     @triton.jit
-    def _prepare(x_ptr, res_ptr, strides_ptr, offsets_ptr, n, D: tl.constexpr,
-                 N_DENSE: tl.constexpr, BLOCK: tl.constexpr):
-        """This program's level and points, and per dimension the cell and the fraction."""
+    def _prepare(x_ptr, res_ptr, strides_ptr, offsets_ptr, m, D: tl.constexpr,
+                 G: tl.constexpr, N_DENSE: tl.constexpr, BLOCK: tl.constexpr):
+        """This program's level and points, and per dimension the cell and the fraction, as
+        (BLOCK, G) tensors: point i's G copies are rows i, m + i, ..., (G - 1) m + i."""
         lvl = tl.program_id(1)
-        rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        m = rows < n
+        copy = tl.arange(0, G)[None, :] * m
+        rows = (tl.program_id(0) * BLOCK + tl.arange(0, BLOCK))[:, None] + copy
+        ok = rows - copy < m
         res = tl.load(res_ptr + lvl)
         off = tl.load(offsets_ptr + lvl)
         s1 = tl.load(strides_ptr + lvl * D + 1)
         s2 = tl.load(strides_ptr + lvl * D + 2)
-        p0 = tl.load(x_ptr + rows * D + 0, mask=m, other=0.0) * res
-        p1 = tl.load(x_ptr + rows * D + 1, mask=m, other=0.0) * res
-        p2 = tl.load(x_ptr + rows * D + 2, mask=m, other=0.0) * res
+        p0 = tl.load(x_ptr + rows * D + 0, mask=ok, other=0.0) * res
+        p1 = tl.load(x_ptr + rows * D + 1, mask=ok, other=0.0) * res
+        p2 = tl.load(x_ptr + rows * D + 2, mask=ok, other=0.0) * res
         b0 = tl.floor(p0)
         b1 = tl.floor(p1)
         b2 = tl.floor(p2)
         if D == 4:
             s3 = tl.load(strides_ptr + lvl * D + 3)
-            p3 = tl.load(x_ptr + rows * D + 3, mask=m, other=0.0) * res
+            p3 = tl.load(x_ptr + rows * D + 3, mask=ok, other=0.0) * res
         else:
             s3 = s2 * 0
             p3 = p2 * 0.0
         b3 = tl.floor(p3)
-        return (lvl, rows, m, b0.to(tl.int32), b1.to(tl.int32), b2.to(tl.int32),
+        return (lvl, rows, ok, b0.to(tl.int32), b1.to(tl.int32), b2.to(tl.int32),
                 b3.to(tl.int32), p0 - b0, p1 - b1, p2 - b2, p3 - b3, s1, s2, s3, lvl < N_DENSE,
                 off, res)
 
     @triton.jit
-    def _forward_kernel(x_ptr, emb_ptr, out_ptr, res_ptr, strides_ptr, offsets_ptr, n,
-                        D: tl.constexpr, F: tl.constexpr, L: tl.constexpr,
+    def _first(v, G: tl.constexpr):
+        """Copy 0 of each point, (BLOCK, G) -> (BLOCK, 1)."""
+        if G == 1:
+            return v
+        return tl.sum(tl.where((tl.arange(0, G) == 0)[None, :], v, 0), 1)[:, None]
+
+    @triton.jit
+    def _gather(emb_ptr, idx, idx0, same, use, feat, F: tl.constexpr, G: tl.constexpr):
+        """Table rows (BLOCK, G, F) of one corner: copy 0's row read once and shared by the
+        copies in the same cell; the others read where `use`."""
+        if G == 1:
+            return tl.load(emb_ptr + idx[:, :, None] * F + feat[None, None, :],
+                           mask=use[:, :, None], other=0.0)
+        v0 = tl.load(emb_ptr + idx0[:, :, None] * F + feat[None, None, :],
+                     mask=_first(use.to(tl.int32), G)[:, :, None] > 0, other=0.0)
+        vk = tl.load(emb_ptr + idx[:, :, None] * F + feat[None, None, :],
+                     mask=(use & ~same)[:, :, None], other=0.0)
+        return tl.where(same[:, :, None], v0, vk)
+
+    @triton.jit
+    def _forward_kernel(x_ptr, emb_ptr, out_ptr, res_ptr, strides_ptr, offsets_ptr, m,
+                        D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, G: tl.constexpr,
                         N_DENSE: tl.constexpr, HASH_MASK: tl.constexpr, P1: tl.constexpr,
                         P2: tl.constexpr, P3: tl.constexpr, BLOCK: tl.constexpr):
-        lvl, rows, m, c0, c1, c2, c3, f0, f1, f2, f3, s1, s2, s3, dense, off, res = _prepare(
-            x_ptr, res_ptr, strides_ptr, offsets_ptr, n, D, N_DENSE, BLOCK)
+        lvl, rows, ok, c0, c1, c2, c3, f0, f1, f2, f3, s1, s2, s3, dense, off, res = _prepare(
+            x_ptr, res_ptr, strides_ptr, offsets_ptr, m, D, G, N_DENSE, BLOCK)
         feat = tl.arange(0, F)
-        acc = tl.zeros((BLOCK, F), tl.float32)
+        acc = tl.zeros((BLOCK, G, F), tl.float32)
         for c in tl.static_range(2**D):
             idx, w0, w1, w2, w3 = _corner(c0, c1, c2, c3, f0, f1, f2, f3, s1, s2, s3, dense,
                                           off, c, D, P1, P2, P3, HASH_MASK)
             w = w0 * w1 * w2 * w3
+            idx0 = _first(idx, G)
             # A corner of weight 0 (a point on a cell's face, e.g. every corner at t + 1 when
             # the motion field asks about t = 0) is not read at all.
-            vals = tl.load(emb_ptr + idx[:, None] * F + feat[None, :],
-                           mask=(m & (w != 0.0))[:, None], other=0.0)
-            acc += w[:, None] * vals
-        tl.store(out_ptr + rows[:, None] * (L * F) + lvl * F + feat[None, :], acc,
-                 mask=m[:, None])
+            vals = _gather(emb_ptr, idx, idx0, idx == idx0, ok & (w != 0.0), feat, F, G)
+            acc += w[:, :, None] * vals
+        tl.store(out_ptr + rows[:, :, None] * (L * F) + lvl * F + feat[None, None, :], acc,
+                 mask=ok[:, :, None])
 
     @triton.jit
     def _backward_kernel(x_ptr, emb_ptr, grad_ptr, gemb_ptr, gx_ptr, res_ptr, strides_ptr,
-                         offsets_ptr, n, D: tl.constexpr, F: tl.constexpr, L: tl.constexpr,
-                         N_DENSE: tl.constexpr, HASH_MASK: tl.constexpr, P1: tl.constexpr,
-                         P2: tl.constexpr, P3: tl.constexpr, NEED_EMB: tl.constexpr,
-                         NEED_X: tl.constexpr, BLOCK: tl.constexpr):
-        lvl, rows, m, c0, c1, c2, c3, f0, f1, f2, f3, s1, s2, s3, dense, off, res = _prepare(
-            x_ptr, res_ptr, strides_ptr, offsets_ptr, n, D, N_DENSE, BLOCK)
+                         offsets_ptr, m, D: tl.constexpr, F: tl.constexpr, L: tl.constexpr,
+                         G: tl.constexpr, N_DENSE: tl.constexpr, HASH_MASK: tl.constexpr,
+                         P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr,
+                         NEED_EMB: tl.constexpr, NEED_X: tl.constexpr, BLOCK: tl.constexpr):
+        lvl, rows, ok, c0, c1, c2, c3, f0, f1, f2, f3, s1, s2, s3, dense, off, res = _prepare(
+            x_ptr, res_ptr, strides_ptr, offsets_ptr, m, D, G, N_DENSE, BLOCK)
         feat = tl.arange(0, F)
-        g = tl.load(grad_ptr + rows[:, None] * (L * F) + lvl * F + feat[None, :],
-                    mask=m[:, None], other=0.0)
-        gx0 = tl.zeros((BLOCK,), tl.float32)
-        gx1 = tl.zeros((BLOCK,), tl.float32)
-        gx2 = tl.zeros((BLOCK,), tl.float32)
-        gx3 = tl.zeros((BLOCK,), tl.float32)
+        g = tl.load(grad_ptr + rows[:, :, None] * (L * F) + lvl * F + feat[None, None, :],
+                    mask=ok[:, :, None], other=0.0)
+        gx0 = tl.zeros((BLOCK, G), tl.float32)
+        gx1 = tl.zeros((BLOCK, G), tl.float32)
+        gx2 = tl.zeros((BLOCK, G), tl.float32)
+        gx3 = tl.zeros((BLOCK, G), tl.float32)
         for c in tl.static_range(2**D):
             idx, w0, w1, w2, w3 = _corner(c0, c1, c2, c3, f0, f1, f2, f3, s1, s2, s3, dense,
                                           off, c, D, P1, P2, P3, HASH_MASK)
-            rowp = idx[:, None] * F + feat[None, :]
+            idx0 = _first(idx, G)
+            same = idx == idx0
             if NEED_EMB:
                 w = w0 * w1 * w2 * w3
-                tl.atomic_add(gemb_ptr + rowp, w[:, None] * g, mask=(m & (w != 0.0))[:, None],
-                              sem="relaxed")
+                part = w[:, :, None] * g
+                live = ok & (w != 0.0)
+                if G == 1:
+                    tl.atomic_add(gemb_ptr + idx[:, :, None] * F + feat[None, None, :], part,
+                                  mask=live[:, :, None], sem="relaxed")
+                else:
+                    # The copies in copy 0's cell (the finite-difference neighbours of a
+                    # normal, on all but the finest levels) add into its row once.
+                    merged = tl.sum(tl.where(same[:, :, None], part, 0.0), 1)
+                    any_live = tl.sum((live & same).to(tl.int32), 1) > 0
+                    tl.atomic_add(gemb_ptr + idx0 * F + feat[None, :], merged,
+                                  mask=any_live[:, None], sem="relaxed")
+                    tl.atomic_add(gemb_ptr + idx[:, :, None] * F + feat[None, None, :], part,
+                                  mask=(live & ~same)[:, :, None], sem="relaxed")
             if NEED_X:
-                vals = tl.load(emb_ptr + rowp, mask=m[:, None], other=0.0)
-                dot = tl.sum(vals * g, axis=1)
+                vals = _gather(emb_ptr, idx, idx0, same, ok, feat, F, G)
+                dot = tl.sum(vals * g, axis=2)
                 # d w / d frac_i: factor i replaced by its slope, -1 or +1.
                 gx0 += dot * (2.0 * (c & 1) - 1.0) * w1 * w2 * w3
                 gx1 += dot * (2.0 * ((c >> 1) & 1) - 1.0) * w0 * w2 * w3
@@ -143,11 +178,11 @@ if triton is not None:
                     gx3 += dot * (2.0 * ((c >> 3) & 1) - 1.0) * w0 * w1 * w2
         if NEED_X:
             base = gx_ptr + rows * (L * D) + lvl * D
-            tl.store(base + 0, gx0 * res, mask=m)
-            tl.store(base + 1, gx1 * res, mask=m)
-            tl.store(base + 2, gx2 * res, mask=m)
+            tl.store(base + 0, gx0 * res, mask=ok)
+            tl.store(base + 1, gx1 * res, mask=ok)
+            tl.store(base + 2, gx2 * res, mask=ok)
             if D == 4:
-                tl.store(base + 3, gx3 * res, mask=m)
+                tl.store(base + 3, gx3 * res, mask=ok)
 
 
 def _signed(p: int) -> int:
@@ -157,23 +192,31 @@ def _signed(p: int) -> int:
 @functools.cache
 def interpolate_function(n_dense: int, hash_mask: int, primes: tuple[int, ...]) -> type:
     """An autograd Function for one grid layout (like `hashgrid._interpolate`), running the
-    kernels: (x (n, d) fp32 in [0, 1], table (rows, F) fp32, resolution, strides, offsets) ->
-    (n, L, F)."""
+    kernels: (x (n, d) fp32 in [0, 1], table (rows, F) fp32, resolution, strides, offsets,
+    group) -> (n, L, F). `group` G > 1 says x holds G stacked copies of nearby points (rows
+    k n / G + i): the kernels then take a point's copies together, read a row the copies
+    share once, and add their gradients into it with one atomic. It changes no value."""
     p = [_signed(v) for v in primes] + [0] * (4 - len(primes))
-    consts = dict(N_DENSE=n_dense, HASH_MASK=hash_mask, P1=p[1], P2=p[2], P3=p[3],
-                  BLOCK=BLOCK)
+    consts = dict(N_DENSE=n_dense, HASH_MASK=hash_mask, P1=p[1], P2=p[2], P3=p[3])
+
+    def launch(kernel, x, group, levels, *args, **kw):
+        n, d = x.shape
+        group = group if group > 1 and n % group == 0 else 1
+        block = max(BLOCK // group, 16)  # the same rows per program
+        m = n // group
+        kernel[(triton.cdiv(m, block), levels)](x, *args, m, D=d, L=levels, G=group,
+                                                BLOCK=block, **consts, **kw)
 
     class TritonInterpolate(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, x, embeddings, resolution, strides, offsets):
+        def forward(ctx, x, embeddings, resolution, strides, offsets, group=1):
             x = x.contiguous()
-            n, d = x.shape
             levels, f = len(resolution), embeddings.shape[1]
-            out = torch.empty(n, levels, f, device=x.device, dtype=torch.float32)
-            grid = (triton.cdiv(n, BLOCK), levels)
-            _forward_kernel[grid](x, embeddings, out, resolution, strides, offsets, n,
-                                  D=d, F=f, L=levels, **consts)
+            out = torch.empty(x.shape[0], levels, f, device=x.device, dtype=torch.float32)
+            launch(_forward_kernel, x, group, levels, embeddings, out, resolution, strides,
+                   offsets, F=f)
             ctx.save_for_backward(x, embeddings, resolution, strides, offsets)
+            ctx.group = group
             return out
 
         @staticmethod
@@ -183,14 +226,13 @@ def interpolate_function(n_dense: int, hash_mask: int, primes: tuple[int, ...]) 
             levels, f = len(resolution), embeddings.shape[1]
             need_x, need_emb = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
             if not (need_x or need_emb):
-                return None, None, None, None, None
+                return None, None, None, None, None, None
             grad = grad.contiguous().float()
             gemb = torch.zeros_like(embeddings) if need_emb else embeddings
             gx = torch.empty(n, levels, d, device=x.device) if need_x else x
-            grid = (triton.cdiv(n, BLOCK), levels)
-            _backward_kernel[grid](x, embeddings, grad, gemb, gx, resolution, strides, offsets,
-                                   n, D=d, F=f, L=levels, NEED_EMB=need_emb, NEED_X=need_x,
-                                   **consts)
-            return (gx.sum(1) if need_x else None, gemb if need_emb else None, None, None, None)
+            launch(_backward_kernel, x, ctx.group, levels, embeddings, grad, gemb, gx,
+                   resolution, strides, offsets, F=f, NEED_EMB=need_emb, NEED_X=need_x)
+            return (gx.sum(1) if need_x else None, gemb if need_emb else None,
+                    None, None, None, None)
 
     return TritonInterpolate

@@ -170,6 +170,10 @@ class Shading:
 class Renderer:
     """Volume renderer of a canonical field, optionally moved by a motion field.
 
+    The canonical field is called as `canonical(x, group=1) -> (density, albedo)` (see
+    `CanonicalField.forward`; `group` is a hint a field may ignore) and `.density(x)`; the
+    motion field as `motion.warp(x, t)`.
+
     Sampling is in two passes when it pays (gradients or normals wanted): a no-grad pass
     evaluates only the density at the samples the occupancy grid lets through, and the
     samples that cannot change the picture (transmittance already below `min_transmittance`,
@@ -219,7 +223,8 @@ class Renderer:
             return dens, alb, None
         n, e = len(xc), self.normal_eps
         offs = torch.eye(3, device=xc.device, dtype=xc.dtype) * e
-        dens, alb = self.canonical(torch.cat([xc, xc + offs[0], xc + offs[1], xc + offs[2]]))
+        dens, alb = self.canonical(torch.cat([xc, xc + offs[0], xc + offs[1], xc + offs[2]]),
+                                   group=4)
         grad = (dens[n:].view(3, n) - dens[:n]).T
         return dens[:n], alb[:n], -torch.nn.functional.normalize(grad, dim=-1)
 

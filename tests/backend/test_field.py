@@ -24,7 +24,7 @@ class Sphere(nn.Module):
         self.p = nn.Parameter(torch.zeros(1))  # so it has a device
         self.d, self.c, self.edge = density, torch.tensor(centre), edge
 
-    def forward(self, x):
+    def forward(self, x, group=1):
         r = (x - self.c.to(x)).norm(dim=-1)
         # A thin smooth edge (about 0.003), so that normals have a gradient while the tail
         # outside the radius stays negligible (density * exp(-distance / 0.003)).
@@ -213,7 +213,7 @@ class Counting(nn.Module):
         super().__init__()
         self.field, self.points = field, 0
 
-    def forward(self, x):
+    def forward(self, x, group=1):
         self.points += len(x) if torch.is_grad_enabled() else 0
         return self.field(x)
 
@@ -324,7 +324,7 @@ class PocketedBall(nn.Module):
         super().__init__()
         self.p = nn.Parameter(torch.zeros(1))
 
-    def forward(self, x):
+    def forward(self, x, group=1):
         hollow = torch.minimum(
             x.norm(dim=-1) - 0.2,
             torch.minimum(_capsule_distance(x, (0, 0, 0), (0, 0, 0.38)) - 0.09,

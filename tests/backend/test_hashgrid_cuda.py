@@ -70,3 +70,30 @@ def test_compiled_module_with_kernels_matches_eager():
     grid = HashGrid(dims=4, backend="triton").cuda()
     x = torch.rand(3000, 4, device="cuda")
     torch.testing.assert_close(torch.compile(grid)(x), grid(x))
+
+
+@pytest.mark.parametrize("dims", [3, 4])
+def test_grouped_copies_give_the_same_values_and_gradients(dims):
+    """`group=4` (a point and its three finite-difference neighbours, as the renderer's
+    normals stack them) merges the copies' table updates: the same numbers as the PyTorch
+    path, including copies in other cells than their first (the finest levels) and rows
+    that do not divide into groups (then no grouping)."""
+    torch.manual_seed(0)
+    ref = HashGrid(dims=dims, backend="torch").cuda()
+    fast = HashGrid(dims=dims, backend="triton").cuda()
+    with torch.no_grad():
+        ref.embeddings.normal_()
+        fast.embeddings.copy_(ref.embeddings)
+    base = torch.rand(3000, dims, device="cuda") * 0.99
+    eye = torch.eye(dims, device="cuda")[:3]
+    for x in (torch.cat([base] + [base + 5e-4 * e for e in eye]), base[:2999]):
+        upstream = torch.randn(len(x), ref.output_dim, device="cuda")
+        outs = []
+        for grid, group in ((ref, 1), (fast, 4)):
+            grid.embeddings.grad = None
+            xi = x.clone().requires_grad_(True)
+            y = grid(xi, group)
+            (y * upstream).sum().backward()
+            outs.append((y.detach(), xi.grad, grid.embeddings.grad))
+        for a, b in zip(*outs, strict=True):
+            assert_equal_up_to_position_rounding(b, a)
