@@ -132,7 +132,10 @@ def run(args) -> dict:
         print("proxy start", out["proxy_seconds"], "s", flush=True)
     for stage in args.stages:
         clock = _PriorClock(device)
-        step = fn = opt = trainer = None  # the last stage's priors' state goes before the reset
+        # The last stage's priors and their state go before the reset (a prior still named
+        # here stays on the GPU after `PriorPool.keep` drops it: 2.4 GB of SD carried into
+        # the dynamic and refine stages until session 8).
+        step = fn = opt = trainer = sd = None
         setup = 0.0  # one-off seconds per job before the stage's first step
         gc.collect()  # the last stage's closures and graphs, before the peak reset
         if device.type == "cuda":

@@ -150,6 +150,25 @@ def optimise(opt: torch.optim.Optimizer, losses: dict, clip: float | None) -> No
     opt.step()
 
 
+def _textual_inversion(pool: PriorPool, prep: dict, preset: Preset, options: JobOptions,
+                       checkpoints: Checkpoints, progress: ProgressFn,
+                       random_weights: bool) -> None:
+    """Learn the token (or take the job's checkpointed one) and leave it installed in SD.
+    A function of its own so that no name in the run outlives it holding SD: the pool alone
+    decides when SD leaves the GPU (a name left in `run_animate124` kept it there through
+    the dynamic stage, and refinement loaded a second copy beside it)."""
+    saved = checkpoints.get("a124/token")
+    sd = pool.get("sd", "textual_inversion")
+    if saved is not None:
+        text.add_placeholder(sd.tokenizer, sd.text_encoder, _torch_load(saved))
+        return
+    token, _ = learn_token(sd, _resize(prep["rgb"], preset.ti_size), steps=preset.ti_steps,
+                           size=preset.ti_size, batch=preset.ti_batch, lr=preset.ti_lr,
+                           views=preset.ti_views, seed=options.seed, progress=progress,
+                           use_cache=not random_weights)
+    checkpoints.put("a124/token", _torch_bytes(token))
+
+
 def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progress,
                    checkpoints: Checkpoints | None = None, *, models=None,
                    preset: Preset | None = None, device=None,
@@ -181,18 +200,7 @@ def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progres
 
     # Textual inversion
     with clock.stage("textual_inversion"):
-        saved = checkpoints.get("a124/token")
-        sd = pool.get("sd", "textual_inversion")
-        if saved is not None:
-            token = _torch_load(saved)
-            text.add_placeholder(sd.tokenizer, sd.text_encoder, token)
-        else:
-            ti_rgb = _resize(prep["rgb"], preset.ti_size)
-            token, _ = learn_token(sd, ti_rgb, steps=preset.ti_steps, size=preset.ti_size,
-                                   batch=preset.ti_batch, lr=preset.ti_lr,
-                                   views=preset.ti_views, seed=options.seed,
-                                   progress=progress, use_cache=not random_weights)
-            checkpoints.put("a124/token", _torch_bytes(token))
+        _textual_inversion(pool, prep, preset, options, checkpoints, progress, random_weights)
 
     scene = stages.Scene(preset, device)
     state = checkpoints.get("a124/fields")

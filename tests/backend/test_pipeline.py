@@ -278,3 +278,35 @@ def test_pool_keep_forgets_compiled_graphs_only_when_a_dropped_prior_was_compile
     assert not resets
     pool.keep("sd")  # drops zero123, whose VAE encoder was compiled
     assert resets == [1] and list(pool.loaded) == ["sd"]
+
+
+def test_a_prior_dropped_between_stages_is_gone_when_the_next_stage_starts(tiny_models,
+                                                                           monkeypatch):
+    """Each stage holds only its own priors: nothing in the run still names one the pool has
+    dropped (textual inversion's SD stayed on the GPU through the dynamic stage, and a
+    second copy was loaded for refinement, until session 8)."""
+    import gc
+    import weakref
+
+    from animate4d.backend.pipeline import run as run_mod
+
+    dropped, alive_at_start = [], {}
+    keep, optimiser = run_mod.PriorPool.keep, run_mod._optimiser
+
+    def recording_keep(pool, *roles):
+        dropped.extend((r, weakref.ref(p)) for r, p in pool.loaded.items() if r not in roles)
+        keep(pool, *roles)
+
+    def checking_optimiser(scene, stage, preset):  # called right after a stage's set-up
+        gc.collect()
+        alive_at_start[stage] = [r for r, ref in dropped if ref() is not None]
+        return optimiser(scene, stage, preset)
+
+    monkeypatch.setattr(run_mod.PriorPool, "keep", recording_keep)
+    monkeypatch.setattr(run_mod, "_optimiser", checking_optimiser)
+    run_animate124(EXAMPLE_IMAGE, JobOptions(prompt="a panda is dancing", preset="fast",
+                                             frames=2),
+                   models=tiny_models, preset=presets.tiny(max_steps=1), device="cpu")
+    assert set(alive_at_start) == {"static", "dynamic", "refine"}
+    assert [r for r, _ in dropped].count("sd") >= 1  # the dynamic stage drops SD
+    assert alive_at_start == {"static": [], "dynamic": [], "refine": []}
