@@ -185,7 +185,7 @@ class Renderer:
     def __init__(self, canonical, motion=None, *, bound: float = 1.0, samples: int = 64,
                  occupancy: OccupancyGrid | None = None, normal_eps: float = 1e-3,
                  point_chunk: int = 2**19, min_transmittance: float = 1e-4,
-                 min_alpha: float = 1e-4, prune: bool = True):
+                 min_alpha: float = 1e-4, prune: bool = True, prune_above: int = 2**19):
         self.canonical, self.motion = canonical, motion
         # Fields see at most this many points per call: the grids' transient gathers scale
         # with it (about 6 KB per 4D point in eager mode), whatever the batch of rays.
@@ -193,6 +193,11 @@ class Renderer:
         self.bound, self.samples, self.occupancy = bound, samples, occupancy
         self.normal_eps = normal_eps
         self.min_transmittance, self.min_alpha, self.prune = min_transmittance, min_alpha, prune
+        # The first pass runs only when the gradient pass would otherwise evaluate more
+        # points than this (occupied samples, four points each with normals): on a small
+        # batch (one 128 x 128 view lit by albedo: the reference steps) its launches and host
+        # syncs cost more than it saves (docs/BENCHMARKS.md, session 8).
+        self.prune_above = prune_above
         self._max_tau = -math.log(min_transmittance)  # a ray with more is done
         self.blocks = min(4, samples)  # runs of steps in the first pass (early termination)
         # Sample counts of the last render_rays call (for benchmarks): inside the box, in
@@ -293,7 +298,8 @@ class Renderer:
             live = live & self.occupancy.query(pts)
         idx = live.nonzero()[:, 0]  # ascending: by ray, then by step
         occupied = len(idx)
-        if self.prune and occupied and (with_normals or torch.is_grad_enabled()):
+        if (self.prune and occupied * (4 if with_normals else 1) > self.prune_above
+                and (with_normals or torch.is_grad_enabled())):
             idx = self._visible(pts, idx, t, delta)
         self.last_samples = {"in_box": hit.sum() * s, "occupied": occupied,
                              "shaded": len(idx)}
