@@ -259,7 +259,7 @@ def test_pruning_hidden_and_empty_samples_keeps_the_picture_and_its_gradients():
     small = Renderer(Counting(field), samples=64, occupancy=occ, prune_above=4 * 24 * 24 * 64)
     small.render([cam], shading=Shading(mode="lambertian"))
     seen = small.last_samples
-    assert 0 < seen["occupied"] and seen["shaded"] == seen["occupied"]
+    assert seen["occupied"] > 0 and seen["shaded"] == seen["occupied"]
 
 
 def test_packed_distortion_equals_the_direct_double_sum():
