@@ -7,8 +7,12 @@ outputs and both gradients against the PyTorch path. Why kernels: the PyTorch pa
 them in registers, reads each corner's F features once, and the backward pass adds into the
 table with atomics and writes d/dx per level.
 
-One program per (BLOCK points, level): all programs of a level run close together in time, so
-that level's rows stay in L2 (the coarse levels are small).
+One program per (BLOCK rows, level): all programs of a level run close together in time, so
+that level's rows stay in L2 (the coarse levels are small). With `group` G > 1 a program takes
+BLOCK / G points with their G stacked copies as (points, G) tensors, so copies in the same
+cell share one read and one atomic (the renderer's normals: a point and its three
+finite-difference neighbours). The kernels also run on the CPU under Triton's interpreter
+(`TRITON_INTERPRET=1`, CPU tensors, calling `interpolate_function(...).apply` directly).
 """
 
 from __future__ import annotations
