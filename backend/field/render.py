@@ -92,9 +92,14 @@ def _sum_before(v: torch.Tensor, ray: torch.Tensor) -> torch.Tensor:
     running sum keeps full precision over millions of samples."""
     v64 = v.double()
     before = torch.cumsum(v64, 0) - v64
-    first = torch.ones_like(ray, dtype=torch.bool)
-    first[1:] = ray[1:] != ray[:-1]
-    return before - before[first][torch.cumsum(first, 0) - 1]
+    return before - before[_run_start(ray)]
+
+
+def _run_start(ray: torch.Tensor) -> torch.Tensor:
+    """Per packed sample, the position of its ray's first sample (`ray` ascending), found
+    without a host sync: a binary search, not boolean indexing (nor cummax, whose CUDA scan
+    took 4.7 ms on 3.7 M samples)."""
+    return torch.searchsorted(ray, ray)
 
 
 def _packed_transmittance(tau: torch.Tensor, ray: torch.Tensor) -> torch.Tensor:
@@ -182,10 +187,13 @@ class Renderer:
     ray instead of every occupied one, which is what bounds the memory autograd keeps.
     """
 
+    NORMAL_STENCIL = 4  # points per sample with normals: itself and 3 forward neighbours
+
     def __init__(self, canonical, motion=None, *, bound: float = 1.0, samples: int = 64,
                  occupancy: OccupancyGrid | None = None, normal_eps: float = 1e-3,
                  point_chunk: int = 2**19, min_transmittance: float = 1e-4,
-                 min_alpha: float = 1e-4, prune: bool = True, prune_above: int = 2**19):
+                 min_alpha: float = 1e-4, prune: bool = True, prune_above: int = 2**19,
+                 first_pass_runs: tuple[int, ...] = (8, 16)):
         self.canonical, self.motion = canonical, motion
         # Fields see at most this many points per call: the grids' transient gathers scale
         # with it (about 6 KB per 4D point in eager mode), whatever the batch of rays.
@@ -199,7 +207,14 @@ class Renderer:
         # syncs cost more than it saves (docs/BENCHMARKS.md, session 8).
         self.prune_above = prune_above
         self._max_tau = -math.log(min_transmittance)  # a ray with more is done
-        self.blocks = min(4, samples)  # runs of steps in the first pass (early termination)
+        # The first pass marches each ray's occupied samples in runs: the first `runs[0]`,
+        # then up to `runs[1]`, ..., then the rest, each run only on the rays whose light has
+        # not run out (early termination). On a fitted object the surface is within a ray's
+        # first few occupied samples, and the solid interior behind it is never evaluated.
+        if any(r < 1 for r in first_pass_runs) or list(first_pass_runs) != sorted(
+                set(first_pass_runs)):
+            raise ValueError("first_pass_runs: ascending sample counts of at least 1")
+        self.runs = tuple(first_pass_runs)
         # Sample counts of the last render_rays call (for benchmarks): inside the box, in
         # occupied cells, and shaded (after pruning).
         self.last_samples: dict[str, torch.Tensor | int] = {}
@@ -229,7 +244,7 @@ class Renderer:
         n, e = len(xc), self.normal_eps
         offs = torch.eye(3, device=xc.device, dtype=xc.dtype) * e
         dens, alb = self.canonical(torch.cat([xc, xc + offs[0], xc + offs[1], xc + offs[2]]),
-                                   group=4)
+                                   group=self.NORMAL_STENCIL)
         grad = (dens[n:].view(3, n) - dens[:n]).T
         return dens[:n], alb[:n], -torch.nn.functional.normalize(grad, dim=-1)
 
@@ -249,27 +264,30 @@ class Renderer:
     def _visible(self, pts, idx, t, delta) -> torch.Tensor:
         """Of the samples idx, those that can still show: the first pass (no gradients).
 
-        Rays are marched in `blocks` runs of steps: a block's samples are evaluated only on
-        rays whose light has not yet run out, so the samples behind an opaque surface are not
-        evaluated at all (early termination)."""
+        A ray's occupied samples are taken in runs (`runs`, by their rank on the ray), each
+        run only on the rays whose light has not yet run out, so the samples behind an opaque
+        surface are not evaluated at all (early termination). One host sync per run."""
         s = self.samples
-        block_of = (idx % s) * self.blocks // s
+        ray = idx // s
+        rank = torch.arange(len(idx), device=idx.device) - _run_start(ray)
+        edges = torch.tensor(self.runs, device=idx.device)
+        run_of = torch.bucketize(rank, edges, right=True)
         spent = torch.zeros(len(delta), device=idx.device, dtype=torch.float64)  # tau so far
-        kept = []
-        for b in range(self.blocks):
-            sel = idx[block_of == b]
-            sel = sel[spent[sel // s] < self._max_tau]
-            ray = sel // s
-            if len(sel) == 0:
+        keep = torch.zeros(len(idx), device=idx.device, dtype=torch.bool)
+        for r in range(len(self.runs) + 1):
+            take = run_of == r
+            if r:
+                take &= spent[ray] < self._max_tau
+            at = take.nonzero()[:, 0]
+            if len(at) == 0:
                 continue
+            sel, on = idx[at], ray[at]
             sigma = torch.cat(self._chunks(self.density_at, pts[sel], self._per_point(t, sel)))
-            tau = sigma * delta[ray]
-            trans = _packed_transmittance(tau, ray) * torch.exp(-spent[ray]).to(tau.dtype)
-            kept.append(sel[(trans > self.min_transmittance) &
-                            (-torch.expm1(-tau) > self.min_alpha)])
-            spent.index_add_(0, ray, tau.double())
-        # Back in ray order (by ray, then by step), which compositing relies on.
-        return torch.cat(kept).sort().values if kept else idx[:0]
+            tau = sigma * delta[on]
+            trans = _packed_transmittance(tau, on) * torch.exp(-spent[on]).to(tau.dtype)
+            keep[at] = (trans > self.min_transmittance) & (-torch.expm1(-tau) > self.min_alpha)
+            spent.index_add_(0, on, tau.double())
+        return idx[keep]  # still in ray order (by ray, then by step): compositing needs it
 
     def render_rays(self, o, d, t=None, *, shading: Shading | None = None,
                     background=(1.0, 1.0, 1.0), jitter: bool = False,
@@ -298,7 +316,8 @@ class Renderer:
             live = live & self.occupancy.query(pts)
         idx = live.nonzero()[:, 0]  # ascending: by ray, then by step
         occupied = len(idx)
-        if (self.prune and occupied * (4 if with_normals else 1) > self.prune_above
+        to_shade = occupied * (self.NORMAL_STENCIL if with_normals else 1)  # grid points
+        if (self.prune and to_shade > self.prune_above
                 and (with_normals or torch.is_grad_enabled())):
             idx = self._visible(pts, idx, t, delta)
         self.last_samples = {"in_box": hit.sum() * s, "occupied": occupied,

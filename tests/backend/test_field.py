@@ -262,6 +262,34 @@ def test_pruning_hidden_and_empty_samples_keeps_the_picture_and_its_gradients():
     assert seen["occupied"] > 0 and seen["shaded"] == seen["occupied"]
 
 
+def test_first_pass_stops_each_ray_behind_the_surface_and_keeps_the_same_samples():
+    """The first pass takes a ray's occupied samples in runs and stops at the rays that
+    are already opaque: behind a solid sphere's surface nothing more is evaluated, and what
+    it keeps is exactly what one exhaustive run keeps."""
+    cam = canonical_camera(24)
+
+    class NoGradCount(Counting):
+        def forward(self, x, group=1):
+            self.points += 0 if torch.is_grad_enabled() else len(x)
+            return self.field(x)
+
+    kept, evaluated = [], []
+    for runs in ((), (4, 8)):
+        counted = NoGradCount(Sphere(density=1000.0))
+        occ = OccupancyGrid(1.0, 32)
+        r = Renderer(counted, samples=64, occupancy=occ, prune_above=0, first_pass_runs=runs)
+        occ.update(r.density_at, threshold=0.01 / r.step_length)
+        counted.points = 0
+        r.render([cam], shading=Shading(mode="albedo"))  # grad mode: the first pass runs
+        kept.append(r.last_samples["shaded"])
+        evaluated.append(counted.points)
+    occupied = r.last_samples["occupied"]
+    assert evaluated[0] == occupied  # one run: every occupied sample
+    # The sphere fills a third of the box's depth: most of a hit ray's samples are inside.
+    assert evaluated[1] < 0.6 * occupied
+    assert kept[0] == kept[1] and 0 < kept[1] < 0.5 * occupied
+
+
 def test_packed_distortion_equals_the_direct_double_sum():
     from animate4d.backend.field.render import _packed_distortion
 
