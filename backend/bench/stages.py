@@ -18,12 +18,18 @@ from .field import fit_solid_ball
 
 class _PriorClock:
     """Wall time inside the hooked modules' forward passes (synchronised on CUDA), and apart
-    from it inside their backward passes (only the VAE encoders have one: SDS gradients reach
-    the render through them)."""
+    from it inside their backward passes where the method needs one: the VAE encoders' (SDS
+    gradients reach the render through them) and textual inversion's UNet (its training
+    signal reaches the token through it).
+
+    A backward pass is timed from the moment the gradient reaches the module's output to the
+    moment it has reached every input that needs one (tensor hooks, which also fire around
+    a compiled module's backward, where module backward hooks do not)."""
 
     def __init__(self, device):
         self.device, self.seconds, self.backward_seconds, self._t0 = device, 0.0, 0.0, {}
         self._depth = 0  # hooked modules may call each other (a CUDA-graph wrapper's inner)
+        self._inputs: list = []
         self._handles = []
 
     def _sync(self):
@@ -33,34 +39,47 @@ class _PriorClock:
             torch.cuda.synchronize(self.device)
 
     def hook(self, module):
-        def pre(m, *a):
+        import torch
+
+        def pre(m, args, kwargs):
             if self._depth == 0:
                 self._sync()
                 self._t0["f"] = time.perf_counter()
+                self._inputs = [v for v in (*args, *kwargs.values())
+                                if torch.is_tensor(v) and v.requires_grad]
             self._depth += 1
 
-        def post(m, *a):
+        def post(m, args, kwargs, output):
             self._depth -= 1
             if self._depth == 0:
                 self._sync()
                 self.seconds += time.perf_counter() - self._t0.pop("f")
+                self._time_backward(_grad_tensors(output), self._inputs)
+                self._inputs = []
 
-        def back_pre(m, *a):
-            self._sync()
-            self._t0[("b", id(m))] = time.perf_counter()
+        self._handles += [module.register_forward_pre_hook(pre, with_kwargs=True),
+                          module.register_forward_hook(post, with_kwargs=True)]
 
-        def back_post(m, *a):
-            self._sync()
-            t0 = self._t0.pop(("b", id(m)), None)
-            if t0 is not None:
-                self.backward_seconds += time.perf_counter() - t0
+    def _time_backward(self, outputs: list, inputs: list) -> None:
+        if not outputs or not inputs:
+            return  # no backward through it (SDS's UNets run without gradients)
+        state = {"t0": None, "left": len(inputs)}
 
-        # (A compiled module's backward runs inside its compiled graph: no backward hooks fire,
-        # so a compiled VAE encoder's backward counts as time elsewhere.)
-        self._handles += [module.register_forward_pre_hook(pre),
-                          module.register_forward_hook(post),
-                          module.register_full_backward_pre_hook(back_pre),
-                          module.register_full_backward_hook(back_post)]
+        def start(grad):
+            if state["t0"] is None:
+                self._sync()
+                state["t0"] = time.perf_counter()
+
+        def end(grad):
+            state["left"] -= 1
+            if state["left"] == 0 and state["t0"] is not None:
+                self._sync()
+                self.backward_seconds += time.perf_counter() - state["t0"]
+
+        for v in outputs:
+            v.register_hook(start)
+        for v in inputs:
+            v.register_hook(end)
 
     def remove(self):
         """Unhook (a later stage may compile a module hooked here: hooks inside a compiled
@@ -68,6 +87,20 @@ class _PriorClock:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+
+def _grad_tensors(output) -> list:
+    """The tensors in a module's output (a tensor, a tuple or a diffusers output) that carry
+    gradients back into it."""
+    import torch
+
+    if torch.is_tensor(output):
+        return [output] if output.requires_grad else []
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (list, tuple)):
+        return [v for item in output for v in _grad_tensors(item)]
+    return []
 
 
 def run(args) -> dict:
@@ -202,6 +235,8 @@ def run(args) -> dict:
                 "held_before_steps_gb": held,
                 "prior_forward_share": round(shares["prior_forward_share"], 3),
                 "prior_backward_share": round(shares["prior_backward_share"], 3),
+                # The renders, fields, losses, optimiser and reference steps, and the host.
+                "elsewhere_share": round(1 - sum(shares.values()), 3),
                 "kinds": {k: dict(kinds[k], steps=round(counts[k])) for k in counts},
                 "peak_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
                 if device.type == "cuda" else None,
