@@ -17,34 +17,51 @@ from .field import fit_solid_ball
 
 
 class _PriorClock:
-    """Wall time inside the hooked modules' forward passes (synchronised on CUDA), and apart
-    from it inside their backward passes where the method needs one: the VAE encoders' (SDS
-    gradients reach the render through them) and textual inversion's UNet (its training
-    signal reaches the token through it).
+    """Time inside the hooked modules' forward passes, and apart from it inside their
+    backward passes where the method needs one: the VAE encoders' (SDS gradients reach the
+    render through them) and textual inversion's UNet (its training signal reaches the token
+    through it).
 
-    A backward pass is timed from the moment the gradient reaches the module's output to the
-    moment it has reached every input that needs one (tensor hooks, which also fire around
-    a compiled module's backward, where module backward hooks do not)."""
+    On CUDA the clock records events in the stream and reads them after the step (`totals`),
+    so it adds no host syncs: a synchronising clock makes the GPU wait for the host at every
+    mark and slows the step it measures. A backward pass is timed from the gradient reaching
+    the module's output to it reaching every input that needs one (tensor hooks, which also
+    fire around a compiled module's backward, where module backward hooks do not)."""
 
     def __init__(self, device):
-        self.device, self.seconds, self.backward_seconds, self._t0 = device, 0.0, 0.0, {}
+        self.device = device
+        self._spans: list[tuple[str, object, object]] = []  # (forward|backward, start, end)
+        self._start = None
         self._depth = 0  # hooked modules may call each other (a CUDA-graph wrapper's inner)
         self._inputs: list = []
         self._handles = []
 
-    def _sync(self):
+    def _mark(self):
         import torch
 
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def reset(self) -> None:
+        self._spans.clear()
+
+    def totals(self) -> tuple[float, float]:
+        """Seconds inside the priors' forward and backward passes since `reset` (on CUDA,
+        once the step's work is done: after a synchronize)."""
+        out = {"forward": 0.0, "backward": 0.0}
+        for kind, a, b in self._spans:
+            out[kind] += a.elapsed_time(b) / 1e3 if self.device.type == "cuda" else b - a
+        return out["forward"], out["backward"]
 
     def hook(self, module):
         import torch
 
         def pre(m, args, kwargs):
             if self._depth == 0:
-                self._sync()
-                self._t0["f"] = time.perf_counter()
+                self._start = self._mark()
                 self._inputs = [v for v in (*args, *kwargs.values())
                                 if torch.is_tensor(v) and v.requires_grad]
             self._depth += 1
@@ -52,8 +69,7 @@ class _PriorClock:
         def post(m, args, kwargs, output):
             self._depth -= 1
             if self._depth == 0:
-                self._sync()
-                self.seconds += time.perf_counter() - self._t0.pop("f")
+                self._spans.append(("forward", self._start, self._mark()))
                 self._time_backward(_grad_tensors(output), self._inputs)
                 self._inputs = []
 
@@ -63,18 +79,16 @@ class _PriorClock:
     def _time_backward(self, outputs: list, inputs: list) -> None:
         if not outputs or not inputs:
             return  # no backward through it (SDS's UNets run without gradients)
-        state = {"t0": None, "left": len(inputs)}
+        state = {"start": None, "left": len(inputs)}
 
         def start(grad):
-            if state["t0"] is None:
-                self._sync()
-                state["t0"] = time.perf_counter()
+            if state["start"] is None:
+                state["start"] = self._mark()
 
         def end(grad):
             state["left"] -= 1
-            if state["left"] == 0 and state["t0"] is not None:
-                self._sync()
-                self.backward_seconds += time.perf_counter() - state["t0"]
+            if state["left"] == 0 and state["start"] is not None:
+                self._spans.append(("backward", state["start"], self._mark()))
 
         for v in outputs:
             v.register_hook(start)
@@ -293,7 +307,7 @@ def _time_kinds(stage, step, clock, device, warmup: int, iters: int) -> dict:
         reference = "reference" in want and len(seen["reference"]) < iters and tries % 2 == 0
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        clock.seconds = clock.backward_seconds = 0.0
+        clock.reset()
         t0 = time.perf_counter()
         losses = step(0.5) if stage == "textual_inversion" else step(0.5, reference)
         if device.type == "cuda":
@@ -302,7 +316,7 @@ def _time_kinds(stage, step, clock, device, warmup: int, iters: int) -> dict:
         if warm[kind] < warmup:
             warm[kind] += 1
         elif len(seen[kind]) < iters:
-            seen[kind].append((time.perf_counter() - t0, clock.seconds, clock.backward_seconds))
+            seen[kind].append((time.perf_counter() - t0, *clock.totals()))
     out = {}
     for kind, rows in seen.items():
         if not rows:
