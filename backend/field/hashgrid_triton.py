@@ -104,12 +104,15 @@ if triton is not None:
     @triton.jit
     def _gather(emb_ptr, idx, idx0, same, use, feat, F: tl.constexpr, G: tl.constexpr):
         """Table rows (BLOCK, G, F) of one corner: copy 0's row read once and shared by the
-        copies in the same cell; the others read where `use`."""
+        copies in the same cell; the others read where `use`. Copy 0's row is read when any
+        copy in its cell uses it, not only copy 0: a point on a cell face weighs its far
+        corners 0 while a neighbour inside the cell does not (points clamped to the box)."""
         if G == 1:
             return tl.load(emb_ptr + idx[:, :, None] * F + feat[None, None, :],
                            mask=use[:, :, None], other=0.0)
+        need0 = tl.sum((use & same).to(tl.int32), 1)[:, None] > 0
         v0 = tl.load(emb_ptr + idx0[:, :, None] * F + feat[None, None, :],
-                     mask=_first(use.to(tl.int32), G)[:, :, None] > 0, other=0.0)
+                     mask=need0[:, :, None], other=0.0)
         vk = tl.load(emb_ptr + idx[:, :, None] * F + feat[None, None, :],
                      mask=(use & ~same)[:, :, None], other=0.0)
         return tl.where(same[:, :, None], v0, vk)

@@ -76,8 +76,9 @@ def test_compiled_module_with_kernels_matches_eager():
 def test_grouped_copies_give_the_same_values_and_gradients(dims):
     """`group=4` (a point and its three finite-difference neighbours, as the renderer's
     normals stack them) merges the copies' table updates: the same numbers as the PyTorch
-    path, including copies in other cells than their first (the finest levels) and rows
-    that do not divide into groups (then no grouping)."""
+    path, including copies in other cells than their first (the finest levels), a point on
+    its cells' faces (the box's corner), and rows that do not divide into groups (then no
+    grouping)."""
     torch.manual_seed(0)
     ref = HashGrid(dims=dims, backend="torch").cuda()
     fast = HashGrid(dims=dims, backend="triton").cuda()
@@ -85,6 +86,7 @@ def test_grouped_copies_give_the_same_values_and_gradients(dims):
         ref.embeddings.normal_()
         fast.embeddings.copy_(ref.embeddings)
     base = torch.rand(3000, dims, device="cuda") * 0.99
+    base[0] = 0.0  # on a face of every level's cell: its neighbours inside still need rows
     eye = torch.eye(dims, device="cuda")[:3]
     for x in (torch.cat([base] + [base + 5e-4 * e for e in eye]), base[:2999]):
         upstream = torch.randn(len(x), ref.output_dim, device="cuda")
