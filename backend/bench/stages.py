@@ -1,7 +1,9 @@
 """`animate4d bench stages --random-weights --preset paper`: ms per step (median) and peak GPU
 memory of each stage at the preset's sizes, with every prior at its real architecture size and
 random weights (the cost of the real ones), the share of each step spent inside the priors'
-own forward passes, and the projected wall time of the whole schedule."""
+own forward passes, inside the backward passes the method needs of them (the VAE encoders in
+SDS, the UNet in textual inversion) and elsewhere, and the projected wall time of the whole
+schedule."""
 
 from __future__ import annotations
 
