@@ -55,7 +55,7 @@ class _PriorClock:
         once the step's work is done: after a synchronize)."""
         out = {"forward": 0.0, "backward": 0.0}
         for kind, a, b in self._spans:
-            out[kind] += a.elapsed_time(b) / 1e3 if self.device.type == "cuda" else b - a
+            out[kind] += a.elapsed_time(b) / 1e3 if hasattr(a, "elapsed_time") else b - a
         return out["forward"], out["backward"]
 
     def hook(self, module):
