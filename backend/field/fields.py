@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .hashgrid import HashGrid
+from .mlp import MLP
 
 
 class _TruncExp(torch.autograd.Function):
@@ -43,16 +44,6 @@ def trunc_exp(x: torch.Tensor) -> torch.Tensor:
     return _TruncExp.apply(x)
 
 
-def mlp(inp: int, hidden: int, out: int, layers: int = 2) -> nn.Sequential:
-    mods: list[nn.Module] = []
-    d = inp
-    for _ in range(layers - 1):
-        mods += [nn.Linear(d, hidden), nn.ReLU(inplace=True)]
-        d = hidden
-    mods.append(nn.Linear(d, out))
-    return nn.Sequential(*mods)
-
-
 class CanonicalField(nn.Module):
     def __init__(self, bound: float = 1.0, *, blob_density: float = 10.0,
                  blob_radius: float = 0.5, hidden: int = 64, **grid):
@@ -60,7 +51,7 @@ class CanonicalField(nn.Module):
         self.bound = bound
         self.blob_density, self.blob_radius = blob_density, blob_radius
         self.encoder = HashGrid(dims=3, **grid)
-        self.net = mlp(self.encoder.output_dim, hidden, 4, layers=3)
+        self.net = MLP(self.encoder.output_dim, hidden, 4, layers=3)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x / self.bound + 1.0) * 0.5
@@ -104,7 +95,7 @@ class MotionField(nn.Module):
         super().__init__()
         self.bound, self.scale = bound, scale
         self.encoder = HashGrid(dims=4, **grid)
-        self.net = mlp(self.encoder.output_dim, hidden, 3, layers=2)
+        self.net = MLP(self.encoder.output_dim, hidden, 3, layers=2)
         self.register_buffer("level_window", torch.ones(self.encoder.output_dim))
 
     def open_levels(self, amount: float) -> None:
@@ -114,7 +105,7 @@ class MotionField(nn.Module):
 
     def _g(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         xt = torch.cat([(x / self.bound + 1.0) * 0.5, t.reshape(-1, 1).expand(len(x), 1)], 1)
-        return self.scale * self.net(self.encoder(xt) * self.level_window)
+        return self.scale * self.net(self.encoder(xt), scale=self.level_window)
 
     def displacement(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """g(x, t) - g(x, 0), both halves in one grid and one MLP call (half the launches;
@@ -138,7 +129,7 @@ class LoopingMotionField(nn.Module):
         super().__init__()
         self.bound, self.terms, self.scale = bound, terms, scale
         self.encoder = HashGrid(dims=3, **grid)
-        self.net = mlp(self.encoder.output_dim, hidden, 6 * terms, layers=2)
+        self.net = MLP(self.encoder.output_dim, hidden, 6 * terms, layers=2)
         self.register_buffer("level_window", torch.ones(self.encoder.output_dim))
 
     def open_levels(self, amount: float) -> None:
@@ -146,8 +137,8 @@ class LoopingMotionField(nn.Module):
 
     def displacement(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1, 1)
-        coef = self.scale * self.net(self.encoder((x / self.bound + 1.0) * 0.5) *
-                                     self.level_window)
+        coef = self.scale * self.net(self.encoder((x / self.bound + 1.0) * 0.5),
+                                     scale=self.level_window)
         coef = coef.reshape(len(x), self.terms, 2, 3)
         k = torch.arange(1, self.terms + 1, device=x.device, dtype=x.dtype)
         phase = 2 * math.pi * k * t  # (1 or n, K)
