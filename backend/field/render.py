@@ -86,13 +86,15 @@ def half_opaque_density(step: float) -> float:
     return math.log(2.0) / step
 
 
-def _sum_before(v: torch.Tensor, ray: torch.Tensor) -> torch.Tensor:
+def _sum_before(v: torch.Tensor, ray: torch.Tensor,
+                start: torch.Tensor | None = None) -> torch.Tensor:
     """Per packed sample, the sum of v (n, ...) over the samples before it on its ray (`ray`
     holds each sample's ray, ascending), in float64: subtracting a ray's start from one
-    running sum keeps full precision over millions of samples."""
+    running sum keeps full precision over millions of samples. `start`: `_run_start(ray)`,
+    if the caller has it already."""
     v64 = v.double()
     before = torch.cumsum(v64, 0) - v64
-    return before - before[_run_start(ray)]
+    return before - before[_run_start(ray) if start is None else start]
 
 
 def _run_start(ray: torch.Tensor) -> torch.Tensor:
@@ -102,16 +104,17 @@ def _run_start(ray: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(ray, ray)
 
 
-def _packed_transmittance(tau: torch.Tensor, ray: torch.Tensor) -> torch.Tensor:
+def _packed_transmittance(tau: torch.Tensor, ray: torch.Tensor,
+                          start: torch.Tensor | None = None) -> torch.Tensor:
     """Light reaching each packed sample: exp(-sum of tau = sigma * delta over the samples
     before it on its ray)."""
     if len(tau) == 0:
         return tau
-    return torch.exp(-_sum_before(tau, ray)).to(tau.dtype)
+    return torch.exp(-_sum_before(tau, ray, start)).to(tau.dtype)
 
 
 def _packed_distortion(w: torch.Tensor, m: torch.Tensor, ray: torch.Tensor, width: float,
-                       n_rays: int) -> torch.Tensor:
+                       n_rays: int, start: torch.Tensor | None = None) -> torch.Tensor:
     """Mip-NeRF 360's distortion loss per ray, sum_ij w_i w_j |m_i - m_j| + sum_i w_i^2 width
     / 3, with m the samples' positions along the ray in [0, 1] (ascending per ray): small when
     a ray's weight sits in one short interval, i.e. when the surface is sharp. The double sum
@@ -119,7 +122,7 @@ def _packed_distortion(w: torch.Tensor, m: torch.Tensor, ray: torch.Tensor, widt
     out = torch.zeros(n_rays, device=w.device, dtype=w.dtype)
     if len(w) == 0:
         return out
-    before = _sum_before(torch.stack([w, w * m], 1), ray).to(w.dtype)  # one pass for both
+    before = _sum_before(torch.stack([w, w * m], 1), ray, start).to(w.dtype)  # both at once
     pair = 2 * w * (m * before[:, 0] - before[:, 1])
     return out.index_add(0, ray, pair + w * w * (width / 3))
 
@@ -334,7 +337,8 @@ class Renderer:
             albedo = torch.zeros(0, 3, device=o.device)
             normal = torch.zeros(0, 3, device=o.device) if with_normals else None
         tau = sigma * delta[ray]
-        weights = -torch.expm1(-tau) * _packed_transmittance(tau, ray)
+        start = _run_start(ray)  # shared by the transmittance and the distortion loss
+        weights = -torch.expm1(-tau) * _packed_transmittance(tau, ray, start)
         if shading.mode in ("lambertian", "textureless"):
             if shading.light is not None:
                 light = shading.light.to(normal)
@@ -359,7 +363,7 @@ class Renderer:
         extra = {}
         if distortion:
             m = (z[idx] - near[ray]) / length[ray].clamp(min=1e-9)
-            extra["distortion"] = _packed_distortion(weights, m, ray, 1.0 / s, n_rays)
+            extra["distortion"] = _packed_distortion(weights, m, ray, 1.0 / s, n_rays, start)
         return {**extra,
             "rgb": per_ray(weights[:, None] * colour) + (1.0 - acc)[:, None] * bg,
             "alpha": acc,

@@ -55,7 +55,9 @@ Predictor = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Ten
 @dataclass
 class SDSOutput:
     loss: torch.Tensor  # surrogate, differentiable w.r.t. the latents
-    grad_norm: float
+    # A 0-dim tensor on the latents' device, for logging: reading it (float()) waits for the
+    # GPU, so the step itself never does (it was a host sync in every SDS call).
+    grad_norm: torch.Tensor
     t: torch.Tensor
 
 
@@ -79,4 +81,4 @@ def sds(latents: torch.Tensor, predict: Predictor, *, scale: float, alphas_cumpr
         grad = torch.nan_to_num(grad)
     goal = (latents.float() - grad).detach()
     loss = 0.5 * ((latents.float() - goal) ** 2).sum() / latents.shape[0]
-    return SDSOutput(loss, float(grad.norm()), t)
+    return SDSOutput(loss, grad.norm(), t)
