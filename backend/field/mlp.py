@@ -27,12 +27,14 @@ class MLP(nn.Sequential):
             d = hidden
         mods.append(nn.Linear(d, out))
         super().__init__(*mods)
+        # The same module objects, kept apart once (a plain tuple: not registered twice).
+        self._linears = tuple(m for m in mods if isinstance(m, nn.Linear))
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         """MLP(x * scale): `scale` (inp,) weighs the inputs (a motion field's level window);
         the fused path folds it into the first layer's weights instead of scaling x."""
         if self._fused(x):
-            linears = [m for m in self if isinstance(m, nn.Linear)]
+            linears = self._linears
             w1 = linears[0].weight if scale is None else linears[0].weight * scale[None, :]
             mid = linears[1:-1]
             return _run_fused(x, w1, linears[0].bias,
@@ -47,7 +49,7 @@ class MLP(nn.Sequential):
     def _fused(self, x: torch.Tensor) -> bool:
         if not mlp_triton.available(x) or os.environ.get("ANIMATE4D_FUSED_MLP", "1") == "0":
             return False
-        linears = [m for m in self if isinstance(m, nn.Linear)]
+        linears = self._linears
         return (len(linears) in (2, 3) and x.dtype == torch.float32
                 and all(m.weight.dtype == torch.float32 for m in linears)
                 and all(max(m.weight.shape) <= 128 for m in linears))  # registers
