@@ -94,10 +94,11 @@ class HashGrid(nn.Module):
         return self.levels * self.features
 
     def forward(self, x: torch.Tensor, group: int = 1) -> torch.Tensor:
-        """(n, d) points in [0, 1]^d -> (n, L * F) features. `group` G: a hint that x is G
-        stacked copies of nearby points (rows k n / G + i, e.g. a point and its
-        finite-difference neighbours), which the kernels merge table updates across; the
-        result is the same whatever it says."""
+        """(n, d) points in [0, 1]^d -> (n, L, F) features per level (the kernels' result is
+        stored level-major, strides (F, n F, 1): `MLP` reads it as it is; `.flatten(1)` gives
+        (n, L F) rows). `group` G: a hint that x is G stacked copies of nearby points (rows
+        k n / G + i, e.g. a point and its finite-difference neighbours), which the kernels
+        merge table updates across; the result is the same whatever it says."""
         x = x.to(self.embeddings.dtype).clamp(0.0, 1.0)
         if self._use_kernels(x):
             out = _run_kernels(self._kernels, x, self.embeddings, self.resolution,
@@ -105,7 +106,7 @@ class HashGrid(nn.Module):
         else:
             out = self._interpolate.apply(x, self.embeddings, self.resolution, self.strides,
                                           self.primes, self.offsets)
-        return out.reshape(x.shape[0], -1)
+        return out
 
     def _use_kernels(self, x: torch.Tensor) -> bool:
         if self.backend == "torch":

@@ -8,10 +8,11 @@ them in registers, reads each corner's F features once, and the backward pass ad
 table with atomics and writes d/dx per level.
 
 One program per (BLOCK rows, level): all programs of a level run close together in time, so
-that level's rows stay in L2 (the coarse levels are small). With `group` G > 1 a program takes
-BLOCK / G points with their G stacked copies as (points, G) tensors, so copies in the same
-cell share one read and one atomic (the renderer's normals: a point and its three
-finite-difference neighbours). The kernels also run on the CPU under Triton's interpreter
+that level's rows stay in L2 (the coarse levels are small), and the (n, L, F) output is stored
+level-major, so that each program writes (and the backward pass reads) one contiguous run.
+With `group` G > 1 the backward pass's programs take BLOCK / G points with their G stacked
+copies as (points, G) tensors, so copies in the same cell add into a row with one atomic (the
+renderer's normals: a point and its three finite-difference neighbours). The kernels also run on the CPU under Triton's interpreter
 (`TRITON_INTERPRET=1`, CPU tensors, calling `interpolate_function(...).apply` directly).
 """
 
@@ -118,7 +119,14 @@ if triton is not None:
         return tl.where(same[:, :, None], v0, vk)
 
     @triton.jit
-    def _forward_kernel(x_ptr, emb_ptr, out_ptr, res_ptr, strides_ptr, offsets_ptr, m,
+    def _at(rows, lvl, row_stride, lvl_stride):
+        """Element offset of (row, level) in an (n, L, ...) tensor of the given strides, in
+        int64 (level-major outputs reach past 2^31 elements at about 70 M rows)."""
+        return rows.to(tl.int64) * row_stride + lvl.to(tl.int64) * lvl_stride
+
+    @triton.jit
+    def _forward_kernel(x_ptr, emb_ptr, out_ptr, out_row, out_lvl, res_ptr, strides_ptr,
+                        offsets_ptr, m,
                         D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, G: tl.constexpr,
                         N_DENSE: tl.constexpr, HASH_MASK: tl.constexpr, P1: tl.constexpr,
                         P2: tl.constexpr, P3: tl.constexpr, BLOCK: tl.constexpr):
@@ -135,20 +143,21 @@ if triton is not None:
             # the motion field asks about t = 0) is not read at all.
             vals = _gather(emb_ptr, idx, idx0, idx == idx0, ok & (w != 0.0), feat, F, G)
             acc += w[:, :, None] * vals
-        tl.store(out_ptr + rows[:, :, None] * (L * F) + lvl * F + feat[None, None, :], acc,
-                 mask=ok[:, :, None])
+        tl.store(out_ptr + _at(rows, lvl, out_row, out_lvl)[:, :, None] + feat[None, None, :],
+                 acc, mask=ok[:, :, None])
 
     @triton.jit
-    def _backward_kernel(x_ptr, emb_ptr, grad_ptr, gemb_ptr, gx_ptr, res_ptr, strides_ptr,
-                         offsets_ptr, m, D: tl.constexpr, F: tl.constexpr, L: tl.constexpr,
+    def _backward_kernel(x_ptr, emb_ptr, grad_ptr, grad_row, grad_lvl, gemb_ptr, gx_ptr,
+                         res_ptr, strides_ptr, offsets_ptr, m, n, D: tl.constexpr,
+                         F: tl.constexpr, L: tl.constexpr,
                          G: tl.constexpr, N_DENSE: tl.constexpr, HASH_MASK: tl.constexpr,
                          P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr,
                          NEED_EMB: tl.constexpr, NEED_X: tl.constexpr, BLOCK: tl.constexpr):
         lvl, rows, ok, c0, c1, c2, c3, f0, f1, f2, f3, s1, s2, s3, dense, off, res = _prepare(
             x_ptr, res_ptr, strides_ptr, offsets_ptr, m, D, G, N_DENSE, BLOCK)
         feat = tl.arange(0, F)
-        g = tl.load(grad_ptr + rows[:, :, None] * (L * F) + lvl * F + feat[None, None, :],
-                    mask=ok[:, :, None], other=0.0)
+        g = tl.load(grad_ptr + _at(rows, lvl, grad_row, grad_lvl)[:, :, None]
+                    + feat[None, None, :], mask=ok[:, :, None], other=0.0)
         gx0 = tl.zeros((BLOCK, G), tl.float32)
         gx1 = tl.zeros((BLOCK, G), tl.float32)
         gx2 = tl.zeros((BLOCK, G), tl.float32)
@@ -184,7 +193,7 @@ if triton is not None:
                 if D == 4:
                     gx3 += dot * (2.0 * ((c >> 3) & 1) - 1.0) * w0 * w1 * w2
         if NEED_X:
-            base = gx_ptr + rows * (L * D) + lvl * D
+            base = gx_ptr + _at(rows, lvl, D, n * D)  # (L, n, D): summed over levels
             tl.store(base + 0, gx0 * res, mask=ok)
             tl.store(base + 1, gx1 * res, mask=ok)
             tl.store(base + 2, gx2 * res, mask=ok)
@@ -200,7 +209,7 @@ def _signed(p: int) -> int:
 def interpolate_function(n_dense: int, hash_mask: int, primes: tuple[int, ...]) -> type:
     """An autograd Function for one grid layout (like `hashgrid._interpolate`), running the
     kernels: (x (n, d) fp32 in [0, 1], table (rows, F) fp32, resolution, strides, offsets,
-    group) -> (n, L, F). `group` G > 1 says x holds G stacked copies of nearby points (rows
+    group) -> (n, L, F), stored level-major. `group` G > 1 says x holds G stacked copies of nearby points (rows
     k n / G + i): the kernels then take a point's copies together, read a row the copies
     share once, and add their gradients into it with one atomic. It changes no value."""
     p = [_signed(v) for v in primes] + [0] * (4 - len(primes))
@@ -219,9 +228,16 @@ def interpolate_function(n_dense: int, hash_mask: int, primes: tuple[int, ...]) 
         def forward(ctx, x, embeddings, resolution, strides, offsets, group=1):
             x = x.contiguous()
             levels, f = len(resolution), embeddings.shape[1]
-            out = torch.empty(x.shape[0], levels, f, device=x.device, dtype=torch.float32)
-            launch(_forward_kernel, x, group, levels, embeddings, out, resolution, strides,
-                   offsets, F=f)
+            # (n, L, F) stored level-major: a program (rows, one level) then writes one
+            # contiguous run, where (n, L, F) rows would take 8 bytes every 128 (written back
+            # to memory by partial sectors: 2.5x the kernel's time on an H100).
+            out = torch.empty(levels, x.shape[0], f, device=x.device,
+                              dtype=torch.float32).transpose(0, 1)
+            # Grouping is for the backward pass's atomics: in the forward pass the reads it
+            # shares hit L2 anyway, and it made the fitted render's canonical lookup 2.1x
+            # slower on an H100 (3.4 vs 1.6 ms, docs/BENCHMARKS.md).
+            launch(_forward_kernel, x, 1, levels, embeddings, out, out.stride(0),
+                   out.stride(1), resolution, strides, offsets, F=f)
             ctx.save_for_backward(x, embeddings, resolution, strides, offsets)
             ctx.group = group
             return out
@@ -234,12 +250,20 @@ def interpolate_function(n_dense: int, hash_mask: int, primes: tuple[int, ...]) 
             need_x, need_emb = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
             if not (need_x or need_emb):
                 return None, None, None, None, None, None
-            grad = grad.contiguous().float()
+            # Read in whatever (row, level) strides it comes in (the fused MLP's gradient is
+            # level-major like the output); only the features must be adjacent.
+            grad = grad.float()
+            if grad.stride(2) != 1:
+                grad = grad.transpose(0, 1).contiguous().transpose(0, 1)
             gemb = torch.zeros_like(embeddings) if need_emb else embeddings
-            gx = torch.empty(n, levels, d, device=x.device) if need_x else x
-            launch(_backward_kernel, x, ctx.group, levels, embeddings, grad, gemb, gx,
-                   resolution, strides, offsets, F=f, NEED_EMB=need_emb, NEED_X=need_x)
-            return (gx.sum(1) if need_x else None, gemb if need_emb else None,
+            gx = torch.empty(levels, n, d, device=x.device) if need_x else x
+            # Without table gradients there is nothing to merge (d/dx alone: 2.2 ms ungrouped,
+            # 3.7 grouped).
+            group = ctx.group if need_emb else 1
+            launch(_backward_kernel, x, group, levels, embeddings, grad, grad.stride(0),
+                   grad.stride(1), gemb, gx, resolution, strides, offsets, n=n, F=f,
+                   NEED_EMB=need_emb, NEED_X=need_x)
+            return (gx.sum(0) if need_x else None, gemb if need_emb else None,
                     None, None, None, None)
 
     return TritonInterpolate

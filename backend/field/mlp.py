@@ -31,8 +31,10 @@ class MLP(nn.Sequential):
         self._linears = tuple(m for m in mods if isinstance(m, nn.Linear))
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-        """MLP(x * scale): `scale` (inp,) weighs the inputs (a motion field's level window);
-        the fused path folds it into the first layer's weights instead of scaling x."""
+        """MLP(x * scale) for x (n, inp), or (n, L, F) per-level features with L F = inp (a
+        hash grid's output, read where it lies on the fused path). `scale` (inp,) weighs the
+        inputs (a motion field's level window); the fused path folds it into the first
+        layer's weights instead of scaling x."""
         if self._fused(x):
             linears = self._linears
             w1 = linears[0].weight if scale is None else linears[0].weight * scale[None, :]
@@ -40,6 +42,7 @@ class MLP(nn.Sequential):
             return _run_fused(x, w1, linears[0].bias,
                               mid[0].weight if mid else None, mid[0].bias if mid else None,
                               linears[-1].weight, linears[-1].bias)
+        x = x.flatten(1)
         if scale is not None:
             x = x * scale
         for m in self:

@@ -60,6 +60,14 @@ if triton is not None:
         return tl.load(ptr + i, mask=i < n, other=0.0)
 
     @triton.jit
+    def _cols(rows, n, kk, x_row, x_grp, K: tl.constexpr, XF: tl.constexpr):
+        """Offsets and mask of rows x columns of an input seen as (n, K / XF, XF) with strides
+        (x_row, x_grp, 1): plain (n, K) rows, or the hash grid's level-major (n, L, F)."""
+        off = (rows.to(tl.int64)[:, None] * x_row + (kk // XF).to(tl.int64)[None, :] * x_grp
+               + (kk % XF)[None, :])
+        return off, (rows < n)[:, None] & (kk < K)[None, :]
+
+    @triton.jit
     def _layers(x, w1_ptr, b1_ptr, w2_ptr, b2_ptr, K: tl.constexpr, H: tl.constexpr,
                 KP: tl.constexpr, HP: tl.constexpr, MID: tl.constexpr, PREC: tl.constexpr):
         """The hidden layers' pre-activations a1 (a2) and the last hidden activation. The
@@ -76,26 +84,28 @@ if triton is not None:
         return a1, a2, h
 
     @triton.jit
-    def _forward_kernel(x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, y_ptr, n,
-                        K: tl.constexpr, H: tl.constexpr, O: tl.constexpr,
+    def _forward_kernel(x_ptr, x_row, x_grp, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
+                        y_ptr, n, K: tl.constexpr, XF: tl.constexpr, H: tl.constexpr,
+                        O: tl.constexpr,
                         KP: tl.constexpr, HP: tl.constexpr, OP: tl.constexpr,
                         MID: tl.constexpr, PREC: tl.constexpr, BLOCK: tl.constexpr):
         rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         ok = rows < n
         kk = tl.arange(0, KP)
-        x = tl.load(x_ptr + rows[:, None] * K + kk[None, :], mask=ok[:, None] & (kk < K)[None, :],
-                    other=0.0)
+        xoff, xok = _cols(rows, n, kk, x_row, x_grp, K, XF)
+        x = tl.load(x_ptr + xoff, mask=xok, other=0.0)
         a1, a2, h = _layers(x, w1_ptr, b1_ptr, w2_ptr, b2_ptr, K, H, KP, HP, MID, PREC)
         y = tl.dot(h, _load_t(w3_ptr, O, H, OP, HP), input_precision=PREC)
         y += _load_vec(b3_ptr, O, OP)[None, :]
         oo = tl.arange(0, OP)
-        tl.store(y_ptr + rows[:, None] * O + oo[None, :], y,
+        tl.store(y_ptr + rows.to(tl.int64)[:, None] * O + oo[None, :], y,
                  mask=ok[:, None] & (oo < O)[None, :])
 
     @triton.jit
-    def _backward_kernel(x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, gy_ptr,
-                         gx_ptr, part_ptr, n, blocks, programs,
-                         K: tl.constexpr, H: tl.constexpr, O: tl.constexpr,
+    def _backward_kernel(x_ptr, x_row, x_grp, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
+                         gy_ptr, gx_ptr, gx_row, gx_grp, part_ptr, n, blocks, programs,
+                         K: tl.constexpr, XF: tl.constexpr, H: tl.constexpr,
+                         O: tl.constexpr,
                          KP: tl.constexpr, HP: tl.constexpr, OP: tl.constexpr,
                          MID: tl.constexpr, NEED_X: tl.constexpr, PREC: tl.constexpr,
                          BLOCK: tl.constexpr):
@@ -113,9 +123,9 @@ if triton is not None:
         for blk in range(pid, blocks, programs):
             rows = blk * BLOCK + tl.arange(0, BLOCK)
             ok = rows < n
-            x = tl.load(x_ptr + rows[:, None] * K + kk[None, :],
-                        mask=ok[:, None] & (kk < K)[None, :], other=0.0)
-            gy = tl.load(gy_ptr + rows[:, None] * O + oo[None, :],
+            xoff, xok = _cols(rows, n, kk, x_row, x_grp, K, XF)
+            x = tl.load(x_ptr + xoff, mask=xok, other=0.0)
+            gy = tl.load(gy_ptr + rows.to(tl.int64)[:, None] * O + oo[None, :],
                          mask=ok[:, None] & (oo < O)[None, :], other=0.0)
             a1, a2, h = _layers(x, w1_ptr, b1_ptr, w2_ptr, b2_ptr, K, H, KP, HP, MID, PREC)
             # Rows past n have gy = 0, so they add nothing below.
@@ -132,8 +142,8 @@ if triton is not None:
             gb1 += tl.sum(d, 0)
             if NEED_X:
                 gx = tl.dot(d, _load_w(w1_ptr, H, K, HP, KP), input_precision=PREC)
-                tl.store(gx_ptr + rows[:, None] * K + kk[None, :], gx,
-                         mask=ok[:, None] & (kk < K)[None, :])
+                gxoff, _ = _cols(rows, n, kk, gx_row, gx_grp, K, XF)
+                tl.store(gx_ptr + gxoff, gx, mask=xok)
         # The partial sums, one flat slot per program: g1 | g2 | g3 | gb1 | gb2 | gb3.
         base = part_ptr + pid * (KP * HP + HP * HP + HP * OP + 2 * HP + OP)
         hh = tl.arange(0, HP)
@@ -158,48 +168,58 @@ def _programs(x: torch.Tensor, blocks: int) -> int:
     return max(1, min(blocks, 4 * sms))
 
 
+def _grouped(x: torch.Tensor) -> torch.Tensor:
+    """x (n, K) or (n, G, F) as (n, G, F) with adjacent features, in the strides it has
+    (the hash grid's level-major output is read where it lies, not copied)."""
+    x3 = x.unsqueeze(1) if x.dim() == 2 else x
+    return x3 if x3.stride(2) == 1 else x3.contiguous()
+
+
 class FusedMLP(torch.autograd.Function):
-    """x (n, K) fp32 -> y (n, O) through Linear(K, H), ReLU, [Linear(H, H), ReLU,]
-    Linear(H, O): weights as nn.Linear keeps them ((out, in)); w2 and b2 None for two
-    layers."""
+    """x (n, K), or (n, G, F) with G F = K (a hash grid's levels, any row and level strides),
+    fp32 -> y (n, O) through Linear(K, H), ReLU, [Linear(H, H), ReLU,] Linear(H, O): weights
+    as nn.Linear keeps them ((out, in)); w2 and b2 None for two layers. d/dx comes back in
+    x's shape and strides."""
 
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, w3, b3):
-        x = x.contiguous()
-        n, k = x.shape
+        x3 = _grouped(x)
+        n, k = x3.shape[0], x3.shape[1] * x3.shape[2]
         h, o = w1.shape[0], w3.shape[0]
         mid = w2 is not None
         ws = [w.contiguous() for w in (w1, b1, w2 if mid else w1, b2 if mid else b1, w3, b3)]
         y = torch.empty(n, o, device=x.device, dtype=x.dtype)
-        dims = dict(K=k, H=h, O=o, KP=_pow2(k), HP=_pow2(h), OP=_pow2(o), MID=mid,
-                    PREC=PRECISION)
+        dims = dict(K=k, XF=x3.shape[2], H=h, O=o, KP=_pow2(k), HP=_pow2(h), OP=_pow2(o),
+                    MID=mid, PREC=PRECISION)
         if n:
-            _forward_kernel[(triton.cdiv(n, BLOCK),)](x, *ws, y, n, **dims, BLOCK=BLOCK)
-        ctx.save_for_backward(x, *ws)
-        ctx.dims, ctx.mid = dims, mid
+            _forward_kernel[(triton.cdiv(n, BLOCK),)](x3, x3.stride(0), x3.stride(1), *ws, y,
+                                                      n, **dims, BLOCK=BLOCK)
+        ctx.save_for_backward(x3, *ws)
+        ctx.dims, ctx.mid, ctx.shape = dims, mid, x.shape
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        x, *ws = ctx.saved_tensors
+        x3, *ws = ctx.saved_tensors
         dims, mid = ctx.dims, ctx.mid
-        n = x.shape[0]
+        n = x3.shape[0]
         kp, hp, op = dims["KP"], dims["HP"], dims["OP"]
         k, h, o = dims["K"], dims["H"], dims["O"]
         need_x = ctx.needs_input_grad[0]
-        gx = torch.empty_like(x) if need_x else x
+        gx = torch.empty_like(x3) if need_x else x3  # x's strides (empty_like keeps them)
         blocks = triton.cdiv(n, BLOCK)
-        programs = _programs(x, blocks) if n else 1
+        programs = _programs(x3, blocks) if n else 1
         slot = kp * hp + hp * hp + hp * op + 2 * hp + op
-        part = torch.zeros(programs, slot, device=x.device, dtype=torch.float32)
+        part = torch.zeros(programs, slot, device=x3.device, dtype=torch.float32)
         if n:
-            _backward_kernel[(programs,)](x, *ws, gy.contiguous().float(), gx, part, n,
-                                          blocks, programs, **dims, NEED_X=need_x,
-                                          BLOCK=BLOCK, num_warps=8)
+            _backward_kernel[(programs,)](x3, x3.stride(0), x3.stride(1), *ws,
+                                          gy.contiguous().float(), gx, gx.stride(0),
+                                          gx.stride(1), part, n, blocks, programs, **dims,
+                                          NEED_X=need_x, BLOCK=BLOCK, num_warps=8)
         total = part.sum(0)
         sizes = [kp * hp, hp * hp, hp * op, hp, hp, op]
         g1, g2, g3, gb1, gb2, gb3 = torch.split(total, sizes)
-        return (gx if need_x else None,
+        return (gx.view(ctx.shape) if need_x else None,
                 g1.view(kp, hp)[:k, :h].T, gb1[:h],
                 g2.view(hp, hp)[:h, :h].T if mid else None, gb2[:h] if mid else None,
                 g3.view(hp, op)[:h, :o].T, gb3[:o])

@@ -33,7 +33,7 @@ def test_kernels_match_the_pytorch_path_values_and_both_gradients(dims, layout):
         fast.embeddings.copy_(ref.embeddings)
     x = torch.rand(5000, dims, device="cuda")
     x[0], x[1] = 0.0, 1.0  # the boundaries
-    upstream = torch.randn(5000, ref.output_dim, device="cuda")
+    upstream = torch.randn(5000, ref.levels, ref.features, device="cuda")
     outs = []
     for grid in (ref, fast):
         xi = x.clone().requires_grad_(True)
@@ -89,7 +89,7 @@ def test_grouped_copies_give_the_same_values_and_gradients(dims):
     base[0] = 0.0  # on a face of every level's cell: its neighbours inside still need rows
     eye = torch.eye(dims, device="cuda")[:3]
     for x in (torch.cat([base] + [base + 5e-4 * e for e in eye]), base[:2999]):
-        upstream = torch.randn(len(x), ref.output_dim, device="cuda")
+        upstream = torch.randn(len(x), ref.levels, ref.features, device="cuda")
         outs = []
         for grid, group in ((ref, 1), (fast, 4)):
             grid.embeddings.grad = None

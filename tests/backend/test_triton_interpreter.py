@@ -18,6 +18,8 @@ GRID_SCRIPT = r"""
 import torch
 from animate4d.backend.field import hashgrid_triton
 from animate4d.backend.field.hashgrid import PRIMES, HashGrid
+from animate4d.backend.field.mlp import MLP
+from animate4d.backend.field.mlp_triton import FusedMLP
 
 torch.manual_seed(0)
 for dims in (3, 4):
@@ -49,6 +51,30 @@ for dims in (3, 4):
         for name, a, b in zip(("values", "d/dx", "d/dtable"), got, want):
             assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), (dims, group, name,
                                                                 float((a - b).abs().max()))
+        assert got[0].transpose(0, 1).is_contiguous()  # stored level-major
+
+    # Grid and MLP chained as the fields run them: the MLP reads the level-major features
+    # where they lie and hands back a level-major gradient, which the grid reads as it is.
+    net = MLP(grid.output_dim, 16, 3, layers=2)
+    lin = [m for m in net if isinstance(m, torch.nn.Linear)]
+    up = torch.randn(len(x), 3)
+    got, want = [], []
+    for kernels, out in ((True, got), (False, want)):
+        xi = x.clone().requires_grad_(True)
+        e = grid.embeddings.detach().clone().requires_grad_(True)
+        net.zero_grad()
+        if kernels:
+            feats = fn.apply(xi, e, grid.resolution, grid.strides, grid.offsets, 4)
+            y = FusedMLP.apply(feats, lin[0].weight, lin[0].bias, None, None, lin[1].weight,
+                               lin[1].bias)
+        else:
+            y = net(grid._interpolate.apply(xi, e, grid.resolution, grid.strides,
+                                            grid.primes, grid.offsets))
+        (y * up).sum().backward()
+        out += [y.detach(), xi.grad, e.grad] + [p.grad.clone() for p in net.parameters()]
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), (dims, "chain", i,
+                                                            float((a - b).abs().max()))
 print("kernels match")
 """
 
@@ -69,10 +95,13 @@ for layers, k, h, o, n in ((3, 32, 64, 4, 203), (2, 32, 64, 3, 64), (2, 32, 64, 
             p.normal_(0.0, 0.5)
     scale = torch.rand(k)
     x = torch.randn(n, k)
+    if n % 2:  # (n, L, 2) per-level features stored level-major, as the hash grid's
+        x = x.reshape(n, k // 2, 2).transpose(0, 1).contiguous().transpose(0, 1)
     up = torch.randn(n, o)
     got, want = [], []
     for fused, out in ((True, got), (False, want)):
         xi = x.clone().requires_grad_(True)
+        assert xi.stride() == x.stride()
         net.zero_grad()
         if fused:  # what MLP.forward runs on CUDA
             lin = [m for m in net if isinstance(m, torch.nn.Linear)]
@@ -84,6 +113,8 @@ for layers, k, h, o, n in ((3, 32, 64, 4, 203), (2, 32, 64, 3, 64), (2, 32, 64, 
             y = net(xi, scale=scale)
         (y * up).sum().backward()
         out += [y.detach(), xi.grad] + [p.grad.clone() for p in net.parameters()]
+    if n:
+        assert got[1].stride() == x.stride()  # d/dx in x's layout
     for i, (a, b) in enumerate(zip(got, want)):
         assert a.shape == b.shape, (layers, k, h, o, n, i)
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), (layers, k, h, o, n, i,
