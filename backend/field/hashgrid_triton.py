@@ -12,8 +12,9 @@ that level's rows stay in L2 (the coarse levels are small), and the (n, L, F) ou
 level-major, so that each program writes (and the backward pass reads) one contiguous run.
 With `group` G > 1 the backward pass's programs take BLOCK / G points with their G stacked
 copies as (points, G) tensors, so copies in the same cell add into a row with one atomic (the
-renderer's normals: a point and its three finite-difference neighbours). The kernels also run on the CPU under Triton's interpreter
-(`TRITON_INTERPRET=1`, CPU tensors, calling `interpolate_function(...).apply` directly).
+renderer's normals: a point and its three finite-difference neighbours). The kernels also run
+on the CPU under Triton's interpreter (`TRITON_INTERPRET=1`, CPU tensors, calling
+`interpolate_function(...).apply` directly).
 """
 
 from __future__ import annotations
@@ -209,9 +210,10 @@ def _signed(p: int) -> int:
 def interpolate_function(n_dense: int, hash_mask: int, primes: tuple[int, ...]) -> type:
     """An autograd Function for one grid layout (like `hashgrid._interpolate`), running the
     kernels: (x (n, d) fp32 in [0, 1], table (rows, F) fp32, resolution, strides, offsets,
-    group) -> (n, L, F), stored level-major. `group` G > 1 says x holds G stacked copies of nearby points (rows
-    k n / G + i): the kernels then take a point's copies together, read a row the copies
-    share once, and add their gradients into it with one atomic. It changes no value."""
+    group) -> (n, L, F), stored level-major. `group` G > 1 says x holds G stacked copies of
+    nearby points (rows k n / G + i): the backward kernel then takes a point's copies
+    together and adds their table gradients into a row they share with one atomic. It
+    changes no value."""
     p = [_signed(v) for v in primes] + [0] * (4 - len(primes))
     consts = dict(N_DENSE=n_dense, HASH_MASK=hash_mask, P1=p[1], P2=p[2], P3=p[3])
 

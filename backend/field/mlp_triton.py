@@ -179,7 +179,7 @@ class FusedMLP(torch.autograd.Function):
     """x (n, K), or (n, G, F) with G F = K (a hash grid's levels, any row and level strides),
     fp32 -> y (n, O) through Linear(K, H), ReLU, [Linear(H, H), ReLU,] Linear(H, O): weights
     as nn.Linear keeps them ((out, in)); w2 and b2 None for two layers. d/dx comes back in
-    x's shape and strides."""
+    x's shape, and in its strides where its features are adjacent."""
 
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, w3, b3):
