@@ -107,8 +107,8 @@ def run_render(args) -> dict:
         results[f"{mode}_ms"] = round(statistics.median(ms), 2)
         if device.type == "cuda":
             results[f"{mode}_peak_bytes"] = torch.cuda.max_memory_allocated(device)
-    if args.profile:
-        results["profile"] = profile_steps(step, device)
+    if args.profile or args.profile_gaps:
+        results["profile"] = profile_steps(step, device, gaps=args.profile_gaps)
     rays = args.frames * args.size**2
     counts = {k: round(float(v) / rays, 2) for k, v in renderer.last_samples.items()}
     return {"benchmark": "render", "device": device_name(device), "frames": args.frames,
@@ -119,19 +119,27 @@ def run_render(args) -> dict:
             else None, "torch": torch.__version__}
 
 
-def profile_steps(step, device, rows: int = 25) -> dict:
+def profile_steps(step, device, rows: int = 25, gaps: bool = False) -> dict:
     """The kernels and ops that took the most device time over three steps, as rows of name,
     total ms per step and calls per step; with the step's wall time and the device's busy
-    time beside it (busy well under wall: the GPU waits on Python launching kernels)."""
+    time beside it (busy well under wall: the GPU waits on Python launching kernels).
+    `gaps`: also record Python stacks and charge the GPU's idle gaps to the code that
+    launched the next kernel (`bench.gaps`); the stacks slow the host, so the wall time of
+    such a profile overstates the step's."""
+    import json
+    import os
+    import tempfile
     import time
 
     import torch
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
+    from .gaps import idle_gaps
+
     cuda = device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=acts) as prof:
+    with profile(activities=acts, with_stack=gaps) as prof:
         start = time.perf_counter()
         for _ in range(3):
             step()
@@ -140,12 +148,24 @@ def profile_steps(step, device, rows: int = 25) -> dict:
         wall = time.perf_counter() - start
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
     events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
-    return {"wall_ms_per_step": round(wall / 3 * 1e3, 2),
-            # kernels only: an op's row repeats the time of the kernels it launched
-            "busy_ms_per_step": round(sum(getattr(e, key) for e in events if not cuda
-                                          or e.device_type == DeviceType.CUDA) / 3e3, 2),
-            "top": [{"name": e.key[:80], "ms_per_step": round(getattr(e, key) / 3e3, 3),
-                     "calls_per_step": e.count // 3} for e in events[:rows]]}
+    out = {"wall_ms_per_step": round(wall / 3 * 1e3, 2),
+           # kernels only: an op's row repeats the time of the kernels it launched
+           "busy_ms_per_step": round(sum(getattr(e, key) for e in events if not cuda
+                                         or e.device_type == DeviceType.CUDA) / 3e3, 2),
+           "top": [{"name": e.key[:80], "ms_per_step": round(getattr(e, key) / 3e3, 3),
+                    "calls_per_step": e.count // 3} for e in events[:rows]]}
+    if gaps:
+        fd, path = tempfile.mkstemp(suffix=".json")
+        os.close(fd)
+        try:
+            prof.export_chrome_trace(path)
+            with open(path) as f:
+                trace = json.load(f)
+        finally:
+            os.unlink(path)
+        out["gaps"] = idle_gaps(trace["traceEvents"] if isinstance(trace, dict) else trace,
+                                steps=3)
+    return out
 
 
 def _maybe_compiled(canonical, motion, mode):
@@ -197,6 +217,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--shading", default="albedo", choices=("albedo", "lambertian"))
     p.add_argument("--profile", action="store_true",
                    help="also list the ops that take the most time (torch.profiler)")
+    p.add_argument("--profile-gaps", action="store_true",
+                   help="--profile, and charge the GPU's idle gaps to the code that launched "
+                   "the next kernel")
     p.add_argument("--eager-only", action="store_true", help="skip the compiled variant")
     p.add_argument("--no-prune", action="store_true",
                    help="shade every occupied sample (no first pass): the older renderer")

@@ -237,8 +237,9 @@ def run(args) -> dict:
             held = (round(torch.cuda.memory_allocated(device) / 1e9, 2)
                     if device.type == "cuda" else None)
             kinds = _time_kinds(stage, step, clock, device, args.warmup, args.iters)
-            if args.profile:
-                out.setdefault("profiles", {})[stage] = _profile_kinds(stage, step, device)
+            if args.profile or args.profile_gaps:
+                out.setdefault("profiles", {})[stage] = _profile_kinds(
+                    stage, step, device, gaps=args.profile_gaps)
             total_steps = preset.steps(stage)
             counts = _schedule_counts(stage, preset)
             minutes = sum(counts[k] * kinds[k]["ms_per_step"] for k in counts) / 6e4 + setup / 60
@@ -271,15 +272,16 @@ def run(args) -> dict:
     return out
 
 
-def _profile_kinds(stage: str, step, device) -> dict:
+def _profile_kinds(stage: str, step, device, gaps: bool = False) -> dict:
     """Kernel profiles of the stage's SDS step and, apart, of its reference step (a quarter
-    of the steps, with no prior: their cost is the renderer's and the optimiser's)."""
+    of the steps, with no prior: their cost is the renderer's and the optimiser's); `gaps`:
+    with the GPU's idle gaps by launching call (`profile_steps`)."""
     from .field import profile_steps
 
     if stage == "textual_inversion":
-        return {"step": profile_steps(lambda: step(0.5), device, rows=40)}
-    return {"sds": profile_steps(lambda: step(0.5), device, rows=40),
-            "reference": profile_steps(lambda: step(0.5, True), device, rows=25)}
+        return {"step": profile_steps(lambda: step(0.5), device, rows=40, gaps=gaps)}
+    return {"sds": profile_steps(lambda: step(0.5), device, rows=40, gaps=gaps),
+            "reference": profile_steps(lambda: step(0.5, True), device, rows=25, gaps=gaps)}
 
 
 def _kind(stage: str, reference: bool, losses) -> str:
@@ -391,6 +393,9 @@ def add_parser(sub) -> None:
                    help="let cuDNN time its convolution algorithms for each shape")
     p.add_argument("--profile", action="store_true",
                    help="also list each stage's ops and kernels that take the most time")
+    p.add_argument("--profile-gaps", action="store_true",
+                   help="--profile, and charge the GPU's idle gaps to the code that launched "
+                   "the next kernel (where a host-bound step loses its time)")
     p.add_argument("--tiny", action="store_true", help="tiny sizes (a CPU smoke test)")
     p.add_argument("--json", metavar="OUT")
     p.set_defaults(func=lambda a: report(run(a), a.json))
