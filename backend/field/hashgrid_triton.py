@@ -125,7 +125,10 @@ if triton is not None:
         int64 (level-major outputs reach past 2^31 elements at about 70 M rows)."""
         return rows.to(tl.int64) * row_stride + lvl.to(tl.int64) * lvl_stride
 
-    @triton.jit
+    # Integers that change with the number of points are not specialised on (Triton
+    # compiles a variant per "divisible by 16" pattern of its integer arguments: with row
+    # counts changing every step, new variants compiled for ~1 s each in the middle of runs).
+    @triton.jit(do_not_specialize=["out_row", "out_lvl", "m"])
     def _forward_kernel(x_ptr, emb_ptr, out_ptr, out_row, out_lvl, res_ptr, strides_ptr,
                         offsets_ptr, m,
                         D: tl.constexpr, F: tl.constexpr, L: tl.constexpr, G: tl.constexpr,
@@ -147,7 +150,7 @@ if triton is not None:
         tl.store(out_ptr + _at(rows, lvl, out_row, out_lvl)[:, :, None] + feat[None, None, :],
                  acc, mask=ok[:, :, None])
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["grad_row", "grad_lvl", "m", "n"])
     def _backward_kernel(x_ptr, emb_ptr, grad_ptr, grad_row, grad_lvl, gemb_ptr, gx_ptr,
                          res_ptr, strides_ptr, offsets_ptr, m, n, D: tl.constexpr,
                          F: tl.constexpr, L: tl.constexpr,

@@ -83,7 +83,10 @@ if triton is not None:
             h = tl.maximum(a2, 0.0)
         return a1, a2, h
 
-    @triton.jit
+    # Integers that change with the number of rows are not specialised on (Triton compiles
+    # a variant per "divisible by 16" pattern of its integer arguments: with row counts
+    # changing every step, new variants compiled for ~1 s each in the middle of runs).
+    @triton.jit(do_not_specialize=["x_row", "x_grp", "n"])
     def _forward_kernel(x_ptr, x_row, x_grp, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
                         y_ptr, n, K: tl.constexpr, XF: tl.constexpr, H: tl.constexpr,
                         O: tl.constexpr,
@@ -101,7 +104,8 @@ if triton is not None:
         tl.store(y_ptr + rows.to(tl.int64)[:, None] * O + oo[None, :], y,
                  mask=ok[:, None] & (oo < O)[None, :])
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["x_row", "x_grp", "gx_row", "gx_grp", "n", "blocks",
+                                   "programs"])
     def _backward_kernel(x_ptr, x_row, x_grp, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr,
                          gy_ptr, gx_ptr, gx_row, gx_grp, part_ptr, n, blocks, programs,
                          K: tl.constexpr, XF: tl.constexpr, H: tl.constexpr,
