@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -13,6 +14,21 @@ def report(result: dict, json_path: str | None) -> int:
     if json_path:
         Path(json_path).write_text(text + "\n")
     return 0
+
+
+def int_in(lo: int, hi: int):
+    """An argparse type: a whole number from lo to hi, with a message that says so."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text!r}: a whole number from {lo} to {hi}")
+        return value
+
+    return parse
 
 
 def pick_device(name: str):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from . import device_name, pick_device, report
+from . import device_name, int_in, pick_device, report
 
 MAX_TOKENS = 65536  # 4x refinement's; SDPA's math fallback would need tokens^2 scores
 
@@ -81,6 +81,6 @@ def add_parser(sub) -> None:
     p.add_argument("--head", type=int, default=512, choices=range(8, 1025), metavar="8-1024")
     p.add_argument("--chunk", type=int, default=1024, choices=range(1, MAX_TOKENS + 1),
                    metavar="1-65536")
-    p.add_argument("--iters", type=int, default=20, choices=range(1, 1001), metavar="1-1000")
+    p.add_argument("--iters", type=int_in(1, 1000), default=20, help="timed calls (1-1000)")
     p.add_argument("--json", metavar="OUT")
     p.set_defaults(func=lambda a: report(run(a), a.json))

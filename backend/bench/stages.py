@@ -14,7 +14,8 @@ import random
 import statistics
 import time
 
-from . import device_name, pick_device, report
+from ..pipeline.presets import STAGES
+from . import device_name, int_in, pick_device, report
 from .field import fit_solid_ball
 
 
@@ -372,10 +373,11 @@ def add_parser(sub) -> None:
                    help="real architectures with random weights (no model files needed)")
     p.add_argument("--models", help="models folder (without --random-weights)")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    p.add_argument("--stages", nargs="+", default=["textual_inversion", "static", "dynamic",
-                                                   "refine"])
-    p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    p.add_argument("--iters", type=int_in(1, 100), default=5,
+                   help="timed steps of each kind of step (1-100)")
+    p.add_argument("--warmup", type=int_in(0, 50), default=2,
+                   help="untimed steps of each kind first (0-50)")
     p.add_argument("--state", default="fitted", choices=("initial", "fitted", "proxy"),
                    help="the canonical field: the initial density blob (what the static stage "
                    "starts from), a fitted solid ball (what the later stages start from), or "

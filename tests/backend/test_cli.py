@@ -146,3 +146,29 @@ def test_bench_attention_times_both_variants_and_rejects_a_bad_shape(tmp_path):
     assert all(v["ms"] > 0 for v in shapes["2x96"].values())
     r = animate4d("bench", "attention", "--shape", "16by1024")
     assert r.returncode == 2 and "BATCHxTOKENS" in r.stderr
+
+
+def test_bench_stages_runs_tiny_models_on_the_cpu_and_rejects_bad_counts(tmp_path, tiny_models):
+    """The stages bench end to end on the tiny models (static stage, one timed step of each
+    kind, with the idle-gap profile): a report with both kinds, a projection and a profile
+    per kind; bad stage names and counts are usage errors, not tracebacks."""
+    import json
+
+    out = tmp_path / "stages.json"
+    r = animate4d("bench", "stages", "--tiny", "--models", tiny_models, "--device", "cpu",
+                  "--state", "initial", "--stages", "static", "--iters", 1, "--warmup", 0,
+                  "--profile-gaps", "--json", out)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out.read_text())
+    static = report["stages"]["static"]
+    assert report["complete"] and set(static["kinds"]) == {"reference", "sds"}
+    assert static["ms_per_step"] > 0 and report["projected_minutes_total"] > 0
+    assert 0 <= static["elsewhere_share"] <= 1
+    for kind in ("sds", "reference"):
+        profile = report["profiles"]["static"][kind]
+        assert profile["top"] and {"gaps_ms", "by_caller", "host_calls"} <= set(profile["gaps"])
+    for bad, said in ((["--stages", "statik"], "invalid choice: 'statik'"),
+                      (["--iters", "0"], "a whole number from 1 to 100"),
+                      (["--warmup", "many"], "a whole number from 0 to 50")):
+        r = animate4d("bench", "stages", *bad)
+        assert r.returncode == 2 and said in r.stderr, r.stderr
