@@ -18,7 +18,9 @@ import argparse
 import statistics
 import time
 
-from . import device_name, pick_device, report
+from animate4d.protocol.limits import MAX_FACES
+
+from . import device_name, int_in, pick_device, report
 
 
 def _fields(device, state: str = "blob"):
@@ -211,9 +213,9 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("render", help="the dynamic stage's render step (forward + backward)",
                        description=__doc__)
     _common(p)
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--samples", type=int, default=64)
+    p.add_argument("--frames", type=int_in(1, 64), default=16)
+    p.add_argument("--size", type=int_in(8, 1024), default=128)
+    p.add_argument("--samples", type=int_in(1, 1024), default=64)
     p.add_argument("--shading", default="albedo", choices=("albedo", "lambertian"))
     p.add_argument("--profile", action="store_true",
                    help="also list the ops that take the most time (torch.profiler)")
@@ -223,16 +225,16 @@ def add_parsers(sub) -> None:
     p.add_argument("--eager-only", action="store_true", help="skip the compiled variant")
     p.add_argument("--no-prune", action="store_true",
                    help="shade every occupied sample (no first pass): the older renderer")
-    p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--iters", type=int_in(1, 1000), default=20)
+    p.add_argument("--warmup", type=int_in(0, 100), default=5)
     p.set_defaults(func=lambda a: report(run_render(a), a.json))
     p = sub.add_parser("extract", help="mesh extraction: marching cubes, decimation, frames",
                        description=__doc__)
     _common(p)
-    p.add_argument("--frames", type=int, default=24)
-    p.add_argument("--resolution", type=int, default=256)
-    p.add_argument("--faces", type=int, default=50_000)
-    p.add_argument("--iters", type=int, default=2)
+    p.add_argument("--frames", type=int_in(1, 240), default=24)
+    p.add_argument("--resolution", type=int_in(16, 1024), default=256)
+    p.add_argument("--faces", type=int_in(100, MAX_FACES), default=50_000)
+    p.add_argument("--iters", type=int_in(1, 100), default=2)
     p.set_defaults(func=lambda a: report(run_extract(a), a.json))
 
 

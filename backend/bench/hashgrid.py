@@ -16,7 +16,7 @@ import argparse
 import statistics
 import time
 
-from . import report
+from . import int_in, report
 
 BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}  # bytes/s (SXM)
 
@@ -91,9 +91,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
                    help="default: cuda when available")
     p.add_argument("--dims", type=int, default=4, choices=(3, 4))
-    p.add_argument("--points", type=int, default=2**18)
-    p.add_argument("--iters", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--points", type=int_in(1, 2**26), default=2**18)
+    p.add_argument("--iters", type=int_in(1, 10_000), default=50)
+    p.add_argument("--warmup", type=int_in(0, 1000), default=10)
     p.add_argument("--mode", default="default",
                    choices=("default", "max-autotune", "max-autotune-no-cudagraphs"),
                    help="torch.compile mode (default: %(default)s)")

@@ -25,9 +25,10 @@ from PIL import Image
 
 from animate4d.protocol import AnimatedMesh, keys, wire
 from animate4d.protocol.client import Client
+from animate4d.protocol.limits import MAX_FRAMES, MAX_VERTICES
 from animate4d.protocol.options import JobOptions
 
-from . import report
+from . import int_in, report
 
 
 def _port() -> int:
@@ -182,14 +183,14 @@ def transfer(args) -> int:
 def add_parsers(sub) -> None:
     p = sub.add_parser("load", help="many clients and jobs against a server and workers",
                        description=__doc__)
-    p.add_argument("--clients", type=int, default=50)
-    p.add_argument("--jobs", type=int, default=200)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--clients", type=int_in(1, 1000), default=50)
+    p.add_argument("--jobs", type=int_in(1, 100_000), default=200)
+    p.add_argument("--workers", type=int_in(1, 64), default=2)
     p.add_argument("--json", metavar="OUT")
     p.set_defaults(func=load)
     t = sub.add_parser("transfer", help="time a result's trip worker -> server -> client",
                        description=__doc__)
-    t.add_argument("--frames", type=int, default=24)
-    t.add_argument("--vertices", type=int, default=50_000)
+    t.add_argument("--frames", type=int_in(1, MAX_FRAMES), default=24)
+    t.add_argument("--vertices", type=int_in(3, MAX_VERTICES), default=50_000)
     t.add_argument("--json", metavar="OUT")
     t.set_defaults(func=transfer)

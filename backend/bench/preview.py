@@ -17,12 +17,13 @@ from importlib import resources
 from pathlib import Path
 
 from animate4d.protocol import AnimatedMesh, Camera, a4d
+from animate4d.protocol.limits import MAX_FRAMES
 
 from ..commands.local import DEMO_IMAGE, DEMO_PROMPT
 from ..preprocess.image_io import load_image
 from ..preprocess.segment import foreground_mask
 from ..raster import iou, silhouette
-from . import report
+from . import int_in, report
 
 
 def frame0_iou(mesh: AnimatedMesh, image: Path) -> float:
@@ -88,8 +89,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("preview", help="time and memory of preview mode on the bundled example",
                        description=__doc__)
     p.add_argument("--image", help="image to use (default: the bundled 1024 px example)")
-    p.add_argument("--frames", type=int, default=24, help="frames (default: %(default)s)")
-    p.add_argument("--repeat", type=int, default=3, help="runs (default: %(default)s)")
+    p.add_argument("--frames", type=int_in(1, MAX_FRAMES), default=24,
+                   help="frames (default: %(default)s)")
+    p.add_argument("--repeat", type=int_in(1, 100), default=3, help="runs (default: %(default)s)")
     p.add_argument("--no-preview", action="store_true", help="leave out preview.gif")
     p.add_argument("--json", metavar="OUT", help="also write the figures to OUT")
     p.set_defaults(func=main)

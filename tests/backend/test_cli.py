@@ -172,3 +172,13 @@ def test_bench_stages_runs_tiny_models_on_the_cpu_and_rejects_bad_counts(tmp_pat
                       (["--warmup", "many"], "a whole number from 0 to 50")):
         r = animate4d("bench", "stages", *bad)
         assert r.returncode == 2 and said in r.stderr, r.stderr
+
+
+def test_bench_counts_and_sizes_out_of_range_are_usage_errors():
+    """Every count and size a bench takes has a limit, said in the message."""
+    for args, said in ((["render", "--size", "99999"], "--size: '99999': a whole number from 8"),
+                       (["extract", "--faces", "5"], "--faces: '5': a whole number from 100"),
+                       (["load", "--workers", "0"], "--workers: '0': a whole number from 1"),
+                       (["hashgrid", "--points", "x"], "--points: 'x': a whole number from 1")):
+        r = animate4d("bench", *args)
+        assert r.returncode == 2 and said in r.stderr, (args, r.stderr)
