@@ -65,10 +65,10 @@ def idle_gaps(events: list[dict], steps: int = 1, top: int = 25) -> dict:
         if e.get("cat") in LAUNCH_CATS and ("Synchronize" in e.get("name", "")
                                             or "Memcpy" in e.get("name", "")))
     per = max(steps, 1) * 1e3  # microseconds -> ms per step
+    calls = {k: round(v / max(steps, 1), 1) for k, v in host_calls.items()}
     if not device:
         return {"span_ms": 0.0, "busy_ms": 0.0, "gaps_ms": 0.0, "by_caller": [],
-                "by_frame": [], "host_calls": {k: v / max(steps, 1)
-                                               for k, v in host_calls.items()}}
+                "by_frame": [], "host_calls": calls}
     stacks = _Stacks(events)
     by_caller, by_frame = collections.Counter(), collections.Counter()
     busy = sum(e.get("dur", 0) for e in device)
@@ -92,5 +92,4 @@ def idle_gaps(events: list[dict], steps: int = 1, top: int = 25) -> dict:
 
     return {"span_ms": round(span / per, 2), "busy_ms": round(busy / per, 2),
             "gaps_ms": round(total / per, 2), "by_caller": rows(by_caller),
-            "by_frame": rows(by_frame),
-            "host_calls": {k: round(v / max(steps, 1), 1) for k, v in host_calls.items()}}
+            "by_frame": rows(by_frame), "host_calls": calls}
