@@ -18,6 +18,8 @@ import torch
 
 from animate4d.protocol import Camera
 
+from ..device_tensors import to_device
+
 
 class CameraBatch:
     """Several `protocol.Camera`s as tensors, so rays through any (camera, pixel) pairs,
@@ -25,12 +27,17 @@ class CameraBatch:
     model as `Camera.pixel_rays`)."""
 
     def __init__(self, cameras: list[Camera], device=None):
-        f32 = dict(dtype=torch.float32, device=device)
         self.cameras = list(cameras)
-        self.location = torch.tensor(np.stack([c.location for c in cameras]), **f32)
-        self.rotation = torch.tensor(np.stack([c.rotation for c in cameras]), **f32)
-        self.focal = torch.tensor([c.focal_px for c in cameras], **f32)
-        self.centre = torch.tensor([c.principal_point for c in cameras], **f32)
+        # One copy to the device, and no host sync (`device_tensors`): the first thing every
+        # render does, often while the GPU still runs the last step's work.
+        packed = np.concatenate([
+            np.stack([c.location for c in cameras]).reshape(len(cameras), 3),
+            np.stack([c.rotation for c in cameras]).reshape(len(cameras), 9),
+            np.array([[c.focal_px] for c in cameras]),
+            np.stack([c.principal_point for c in cameras]).reshape(len(cameras), 2)], axis=1)
+        packed = to_device(packed, device or "cpu")
+        self.location, self.focal = packed[:, 0:3], packed[:, 12]
+        self.rotation, self.centre = packed[:, 3:12].reshape(-1, 3, 3), packed[:, 13:15]
 
     def rays(self, index: torch.Tensor, uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Origins and unit directions for cameras `index` (n,) at pixel coordinates uv (n, 2)."""
@@ -278,7 +285,7 @@ class Renderer:
         s = self.samples
         ray = idx // s
         rank = torch.arange(len(idx), device=idx.device) - _run_start(ray)
-        edges = torch.tensor(self.runs, device=idx.device)
+        edges = to_device(self.runs, idx.device, torch.long)
         run_of = torch.bucketize(rank, edges, right=True)
         spent = torch.zeros(len(delta), device=idx.device, dtype=torch.float64)  # tau so far
         keep = torch.zeros(len(idx), device=idx.device, dtype=torch.bool)
@@ -346,9 +353,10 @@ class Renderer:
         weights = -torch.expm1(-tau) * _packed_transmittance(tau, ray, start)
         if shading.mode in ("lambertian", "textureless"):
             if shading.light is not None:
-                light = shading.light.to(normal)
+                light = to_device(shading.light, normal.device, normal.dtype)
             elif shading.light_offset is not None:
-                light = torch.nn.functional.normalize(o + shading.light_offset.to(o), dim=-1)[ray]
+                offset = to_device(shading.light_offset, o.device, o.dtype)
+                light = torch.nn.functional.normalize(o + offset, dim=-1)[ray]
             else:
                 light = -d[ray]
             lam = (normal * light).sum(-1).clamp(min=0.0)
@@ -364,7 +372,7 @@ class Renderer:
                                dtype=v.dtype).index_add(0, ray, v)
 
         acc = per_ray(weights)
-        bg = torch.as_tensor(background, dtype=o.dtype, device=o.device)
+        bg = to_device(background, o.device, o.dtype)
         extra = {}
         if distortion:
             m = (z[idx] - near[ray]) / length[ray].clamp(min=1e-9)
@@ -396,8 +404,8 @@ class Renderer:
         if times is not None:
             if len(times) != len(cameras):
                 raise ValueError("render: give one time per camera")
-            t = torch.tensor([0.0 if x is None else float(x) for x in times],
-                             device=device).repeat_interleave(w * h)
+            t = to_device([0.0 if x is None else float(x) for x in times],
+                          device).repeat_interleave(w * h)
         parts = [self.render_rays(o[i : i + chunk], d[i : i + chunk],
                                   None if t is None else t[i : i + chunk], **kw)
                  for i in range(0, len(o), chunk)]

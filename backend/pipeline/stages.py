@@ -29,6 +29,13 @@ class Reference:
     mask: torch.Tensor
     depth: torch.Tensor
 
+    def __post_init__(self):
+        # Fixed per job, so found once here: the depth loss's pixels as 0/1 weights, and
+        # whether there are enough of them (a boolean index or a GPU count read in every
+        # step was a host sync per step). Change the mask by making a new Reference.
+        self.foreground = (self.mask > 0.5).to(self.depth.dtype)
+        self.depth_usable = int((self.mask > 0.5).sum()) > 8
+
 
 class Scene:
     """The fields, their occupancy grid and a renderer (eager: on CUDA the hash grids run as
@@ -55,9 +62,15 @@ class Scene:
                               threshold=0.01 / self.renderer.step_length)
 
 
-def _pearson_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    p, t = pred - pred.mean(), target - target.mean()
-    return 1 - (p * t).sum() / (p.norm() * t.norm()).clamp(min=1e-8)
+def _pearson_loss(pred: torch.Tensor, target: torch.Tensor,
+                  weight: torch.Tensor | None = None) -> torch.Tensor:
+    """1 - the Pearson correlation of pred and target over the pixels of weight 1 (0/1
+    weights: the same as indexing those pixels, without the host sync an index costs)."""
+    w = torch.ones_like(pred) if weight is None else weight
+    n = w.sum().clamp(min=1)
+    p, t = pred - (w * pred).sum() / n, target - (w * target).sum() / n
+    norms = ((w * p * p).sum() * (w * t * t).sum()).sqrt()
+    return 1 - (w * p * t).sum() / norms.clamp(min=1e-8)
 
 
 def reference_losses(scene: Scene, ref: Reference, preset: Preset) -> dict:
@@ -67,10 +80,10 @@ def reference_losses(scene: Scene, ref: Reference, preset: Preset) -> dict:
     m = ref.mask
     losses = {"ref_rgb": preset.ref_rgb * F.mse_loss(rgb[0] * m, ref.rgb * m),
               "ref_mask": preset.ref_mask * F.mse_loss(alpha[0], m)}
-    fg = m > 0.5
-    if fg.sum() > 8:
+    if ref.depth_usable:
         # DPT gives inverse depth: nearer is larger, so compare with -depth.
-        losses["ref_depth"] = preset.ref_depth * _pearson_loss(-depth[0][fg], ref.depth[fg])
+        losses["ref_depth"] = preset.ref_depth * _pearson_loss(-depth[0], ref.depth,
+                                                               ref.foreground)
     return losses
 
 

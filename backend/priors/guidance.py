@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..device_tensors import to_device
 from . import graphs, text
 from .loading import Prior
 from .sds import SDSOutput, TimestepRange, sds
@@ -111,8 +112,7 @@ class Zero123Guidance:
             raise RuntimeError("Zero123Guidance.set_reference must be called first")
         b = len(rgb)
         dev = rgb.device
-        as_t = [torch.as_tensor(v, dtype=torch.float32, device=dev).expand(b)
-                for v in (d_polar_deg, d_azimuth_deg, d_radius)]
+        as_t = [to_device(v, dev).expand(b) for v in (d_polar_deg, d_azimuth_deg, d_radius)]
         latents = encode_images(self.prior.vae, rgb, self.size)
         with torch.no_grad():
             cond = self.conditioning(*as_t)

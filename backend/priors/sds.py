@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..device_tensors import to_device
+
 
 @dataclass(frozen=True)
 class TimestepRange:
@@ -66,7 +68,7 @@ def sds(latents: torch.Tensor, predict: Predictor, *, scale: float, alphas_cumpr
         target: str = "eps") -> SDSOutput:
     """One SDS step on latents (B, ...). `target="x0"`: the one-step-denoised latents are the
     target (ControlNet-tile refinement), loss 0.5 * |latents - x0_hat|^2."""
-    alphas_cumprod = alphas_cumprod.to(latents.device)
+    alphas_cumprod = to_device(alphas_cumprod, latents.device)  # no host sync
     noise = torch.randn_like(latents) if noise is None else noise
     with torch.no_grad():
         x_t = add_noise(latents, noise, t, alphas_cumprod)

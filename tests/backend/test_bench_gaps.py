@@ -47,6 +47,36 @@ def test_gaps_are_charged_to_the_project_frames_that_launched_the_next_kernel():
     assert got["host_calls"] == {"cudaStreamSynchronize": 1.0, "cudaMemcpyAsync": 0.5}
 
 
+def test_backward_kernels_are_charged_to_their_autograd_node_and_busy_time_to_callers():
+    step = "/pkg/animate4d/backend/pipeline/stages.py(92): static_step"
+    node = "autograd::engine::evaluate_function: "
+    events = [
+        _x("python_function", step, 0, 100),
+        _x("cuda_runtime", "cudaLaunchKernel", 10, 2, correlation=1),
+        _x("cuda_runtime", "cudaLaunchKernel", 20, 2, correlation=2),
+        # the autograd thread (7): two nodes, one kernel each; thread 8 has no node
+        _x("cpu_op", node + "MulBackward0", 200, 20, tid=7),
+        _x("cpu_op", node + "CompiledFunctionBackward", 230, 50, tid=7),
+        _x("cuda_runtime", "cudaLaunchKernel", 210, 2, tid=7, correlation=3),
+        _x("cuda_runtime", "cudaLaunchKernel", 250, 2, tid=7, correlation=4),
+        _x("cuda_runtime", "cudaLaunchKernel", 400, 2, tid=8, correlation=5),
+        _x("kernel", "a", 12, 30, tid=0, correlation=1),
+        _x("kernel", "b", 42, 40, tid=0, correlation=2),
+        _x("kernel", "c", 215, 5, tid=0, correlation=3),
+        _x("kernel", "d", 260, 100, tid=0, correlation=4),
+        _x("kernel", "e", 410, 10, tid=0, correlation=5),
+    ]
+    got = idle_gaps(events, steps=1)
+    busy = {r["call"]: r["ms_per_step"] for r in got["busy_by_caller"]}
+    assert busy == {"stages.py(92): static_step": 0.07, "(backward) CompiledFunctionBackward":
+                    0.1, "(backward) MulBackward0": 0.005, "(outside the package)": 0.01}
+    gaps = {r["call"]: r["ms_per_step"] for r in got["by_caller"]}
+    # a gap of 133 us before c (MulBackward0), 40 before d, 50 before e; none before a or b
+    assert gaps == {"(backward) MulBackward0": 0.133, "(backward) CompiledFunctionBackward":
+                    0.04, "(outside the package)": 0.05}
+    assert got["busy_ms"] == round(0.185, 2) and got["gaps_ms"] == round(0.223, 2)
+
+
 def test_no_device_kernels_means_no_gaps():
     got = idle_gaps([_x("cuda_runtime", "cudaDeviceSynchronize", 0, 1)], steps=1)
     assert got["gaps_ms"] == 0.0 and got["by_caller"] == []

@@ -310,3 +310,30 @@ def test_a_prior_dropped_between_stages_is_gone_when_the_next_stage_starts(tiny_
     assert set(alive_at_start) == {"static", "dynamic", "refine"}
     assert [r for r, _ in dropped].count("sd") >= 1  # the dynamic stage drops SD
     assert alive_at_start == {"static": [], "dynamic": [], "refine": []}
+
+
+def test_weighted_pearson_loss_equals_the_loss_on_the_indexed_pixels():
+    """The reference depth loss takes the mask as 0/1 weights (no host sync per step): the
+    same value and gradients as over the masked pixels alone; too few pixels, no loss."""
+    from animate4d.backend.pipeline import stages
+
+    torch.manual_seed(0)
+    pred = torch.rand(24, 24, requires_grad=True)
+    target, mask = torch.rand(24, 24), torch.rand(24, 24) > 0.6
+    indexed = stages._pearson_loss(pred[mask], target[mask])
+    (g_indexed,) = torch.autograd.grad(indexed, pred)
+    weighted = stages._pearson_loss(pred, target, mask.float())
+    (g_weighted,) = torch.autograd.grad(weighted, pred)
+    assert torch.allclose(weighted, indexed, atol=1e-6)
+    assert torch.allclose(g_weighted, g_indexed, atol=1e-6)
+    assert float(g_weighted[~mask].abs().max()) == 0.0
+
+    preset = presets.tiny()
+    s = preset.render_size
+    scene = stages.Scene(preset, "cpu")
+    few = torch.zeros(s, s)
+    few[0, :8] = 1  # 8 pixels: not enough for a correlation
+    assert "ref_depth" not in stages.reference_losses(
+        scene, stages.Reference(torch.ones(3, s, s), few, torch.rand(s, s)), preset)
+    assert "ref_depth" in stages.reference_losses(
+        scene, stages.Reference(torch.ones(3, s, s), torch.ones(s, s), torch.rand(s, s)), preset)

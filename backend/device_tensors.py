@@ -1,0 +1,24 @@
+"""Small host data (camera poses, times, colours, schedules) copied to the GPU without a host
+sync.
+
+Why: `torch.tensor(x, device="cuda")` and `.to("cuda")` from ordinary (pageable) host memory
+wait for everything already queued on the stream before they return. In a training step that
+made the host sit idle while the GPU ran a prior's UNet, instead of launching the next work
+beside it (an SDS step had about a dozen such waits; docs/BENCHMARKS.md, session 12). A
+non-blocking copy stages the bytes at once and lets the copy run in stream order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def to_device(data, device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """`data` (a number, nested sequences, an array or a CPU tensor) as a tensor on `device`;
+    no host sync on CUDA. A tensor already on `device` is returned as is (in `dtype`)."""
+    if torch.is_tensor(data) and data.device == torch.device(device):
+        return data.to(dtype)
+    host = torch.as_tensor(np.asarray(data) if not torch.is_tensor(data) else data,
+                           dtype=dtype, device="cpu")
+    return host.to(device, non_blocking=True)
