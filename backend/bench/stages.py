@@ -17,6 +17,7 @@ import time
 from ..pipeline.presets import STAGES
 from . import device_name, int_in, pick_device, report
 from .field import fit_solid_ball
+from .phases import time_phases
 
 
 class _PriorClock:
@@ -242,6 +243,9 @@ def run(args) -> dict:
             if args.profile or args.profile_gaps:
                 out.setdefault("profiles", {})[stage] = _profile_kinds(
                     stage, step, device, gaps=args.profile_gaps)
+            if args.phases:
+                out.setdefault("phases", {})[stage] = time_phases(stage, step, device,
+                                                                  args.iters)
             total_steps = preset.steps(stage)
             counts = _schedule_counts(stage, preset)
             minutes = sum(counts[k] * kinds[k]["ms_per_step"] for k in counts) / 6e4 + setup / 60
@@ -401,6 +405,9 @@ def add_parser(sub) -> None:
     p.add_argument("--profile-gaps", action="store_true",
                    help="--profile, and charge the GPU's idle gaps to the code that launched "
                    "the next kernel (where a host-bound step loses its time)")
+    p.add_argument("--phases", action="store_true",
+                   help="also time each part of the steps (renders, priors, backward, "
+                   "optimiser) between syncs: host time beside the time to the GPU's end")
     p.add_argument("--tiny", action="store_true", help="tiny sizes (a CPU smoke test)")
     p.add_argument("--json", metavar="OUT")
     p.set_defaults(func=lambda a: report(run(a), a.json))

@@ -157,7 +157,7 @@ def test_bench_stages_runs_tiny_models_on_the_cpu_and_rejects_bad_counts(tmp_pat
     out = tmp_path / "stages.json"
     r = animate4d("bench", "stages", "--tiny", "--models", tiny_models, "--device", "cpu",
                   "--state", "initial", "--stages", "static", "--iters", 1, "--warmup", 0,
-                  "--profile-gaps", "--json", out)
+                  "--profile-gaps", "--phases", "--json", out)
     assert r.returncode == 0, r.stderr
     report = json.loads(out.read_text())
     static = report["stages"]["static"]
@@ -167,6 +167,12 @@ def test_bench_stages_runs_tiny_models_on_the_cpu_and_rejects_bad_counts(tmp_pat
     for kind in ("sds", "reference"):
         profile = report["profiles"]["static"][kind]
         assert profile["top"] and {"gaps_ms", "by_caller", "host_calls"} <= set(profile["gaps"])
+    # the static step's parts, each timed (one render, SD and Zero123, their encodes)
+    sds = report["phases"]["static"]["sds"]
+    assert {"render", "sd", "zero123", "vae_encode", "backward", "optimiser_step"} <= set(sds)
+    assert sds["vae_encode"]["calls_per_step"] == 2 and sds["render"]["calls_per_step"] == 1
+    assert all(0 < v["host_ms"] <= v["total_ms"] for v in sds.values())
+    assert "sd" not in report["phases"]["static"]["reference"]
     for bad, said in ((["--stages", "statik"], "invalid choice: 'statik'"),
                       (["--iters", "0"], "a whole number from 1 to 100"),
                       (["--warmup", "many"], "a whole number from 0 to 50")):
