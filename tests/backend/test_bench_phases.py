@@ -10,10 +10,10 @@ from animate4d.backend.priors import guidance
 
 
 def test_phases_time_each_wrapped_part_and_put_everything_back():
+    w = torch.zeros(3, requires_grad=True)
+    opt = torch.optim.Adam([w])  # (torch hooks Adam.step on the first Adam made)
     originals = (vars(stages.Scene)["render"], guidance.encode_images, torch.autograd.backward,
                  vars(torch.optim.Adam)["step"])
-    w = torch.zeros(3, requires_grad=True)
-    opt = torch.optim.Adam([w])
 
     def step(progress, reference=False):
         for _ in range(1 if reference else 2):
