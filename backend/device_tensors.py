@@ -15,10 +15,11 @@ import torch
 
 
 def to_device(data, device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """`data` (a number, nested sequences, an array or a CPU tensor) as a tensor on `device`;
-    no host sync on CUDA. A tensor already on `device` is returned as is (in `dtype`)."""
-    if torch.is_tensor(data) and data.device == torch.device(device):
-        return data.to(dtype)
+    """`data` (a number, nested sequences, an array or a tensor) as a tensor on `device`;
+    no host sync on CUDA. A tensor already on a GPU is moved there directly (never through
+    the host); one already on `device` in `dtype` is returned as is."""
+    if torch.is_tensor(data) and data.device.type != "cpu":
+        return data.to(device, dtype)
     host = torch.as_tensor(np.asarray(data) if not torch.is_tensor(data) else data,
                            dtype=dtype, device="cpu")
     return host.to(device, non_blocking=True)

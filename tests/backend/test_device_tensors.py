@@ -14,7 +14,8 @@ def test_to_device_converts_numbers_sequences_arrays_and_tensors():
     assert got.dtype == torch.long and got.tolist() == [[1, 2], [3, 4]]
     assert to_device(np.eye(3), "cpu").dtype == torch.float32
     x = torch.arange(3.0)
-    assert to_device(x, "cpu") is x  # already there, already float32: not copied
+    assert to_device(x, "cpu").tolist() == [0.0, 1.0, 2.0]
+    assert to_device(x, "cpu", torch.float64).dtype == torch.float64
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -36,5 +37,7 @@ def test_render_setup_and_sds_do_not_sync_the_host():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert batch.location.is_cuda and out.loss.is_cuda
+    on_gpu = torch.ones(2, device="cuda")
+    assert to_device(on_gpu, "cuda") is on_gpu  # "cuda" and cuda:0: no trip through the host
     assert torch.allclose(batch.location.cpu(), torch.tensor(np.stack(
         [c.location for c in cams]), dtype=torch.float32))
