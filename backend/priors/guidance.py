@@ -42,7 +42,7 @@ class StableDiffusionGuidance:
                  timesteps: TimestepRange = SD_RANGE, size: int | None = None):
         self.prior, self.scale, self.timesteps = prior, scale, timesteps
         self.size = size or _vae_size(prior.vae)
-        self.alphas = prior.scheduler.alphas_cumprod
+        self.alphas = to_device(prior.scheduler.alphas_cumprod, prior.device)  # once
         self._cache: dict[str, torch.Tensor] = {}
 
     def embeddings(self, prompts: list[str]) -> torch.Tensor:
@@ -82,7 +82,7 @@ class Zero123Guidance:
                  timesteps: TimestepRange = ZERO123_RANGE, size: int | None = None):
         self.prior, self.scale, self.weight, self.timesteps = prior, scale, weight, timesteps
         self.size = size or _vae_size(prior.vae)
-        self.alphas = prior.scheduler.alphas_cumprod
+        self.alphas = to_device(prior.scheduler.alphas_cumprod, prior.device)  # once
         self.clip_embedding = self.ref_latents = None
 
     @torch.no_grad()
@@ -140,7 +140,7 @@ class VideoGuidance:
     def __init__(self, prior: Prior, *, scale: float = 100.0,
                  timesteps: TimestepRange = VIDEO_RANGE, size: int = 256):
         self.prior, self.scale, self.timesteps, self.size = prior, scale, timesteps, size
-        self.alphas = prior.scheduler.alphas_cumprod
+        self.alphas = to_device(prior.scheduler.alphas_cumprod, prior.device)  # once
         self._emb: dict[str, torch.Tensor] = {}
 
     def embeddings(self, prompt: str) -> torch.Tensor:
