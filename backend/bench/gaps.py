@@ -63,13 +63,15 @@ class _Stacks:
             out[key] = [e["name"] for e in stack if e["ts"] + e.get("dur", 0) >= ts]
         return out
 
-    def callers(self, launches: list[dict]) -> dict[int, tuple[str, str]]:
-        """By launch index: (the last three project frames of the launching call, the
-        innermost one); the backward node's name where the launch has no project frame."""
+    def callers(self, launches: list[dict | None]) -> list[tuple[str, str]]:
+        """Per launch (None: not in the trace): the last three project frames of the
+        launching call and the innermost one; the backward node's name where the launch has
+        no project frame."""
         by_tid = collections.defaultdict(list)
         for i, launch in enumerate(launches):
-            by_tid[launch.get("tid")].append((launch["ts"], i))
-        out = {}
+            if launch is not None:
+                by_tid[launch.get("tid")].append((launch["ts"], i))
+        out = [(OUTSIDE, OUTSIDE)] * len(launches)
         for tid, queries in by_tid.items():
             frames = self._sweep(self.frames.get(tid, []), queries)
             nodes = self._sweep(self.nodes.get(tid, []), queries)
@@ -77,9 +79,8 @@ class _Stacks:
                 own = [f for f in frames[i] if _own(f)]
                 if own:
                     out[i] = (" > ".join(_short(f) for f in own[-3:]), _short(own[-1]))
-                else:
-                    node = nodes[i][-1][len(BACKWARD_OP):] if nodes[i] else None
-                    label = f"(backward) {node}" if node else OUTSIDE
+                elif nodes[i]:
+                    label = f"(backward) {nodes[i][-1][len(BACKWARD_OP):]}"
                     out[i] = (label, label)
         return out
 
@@ -105,18 +106,13 @@ def idle_gaps(events: list[dict], steps: int = 1, top: int = 25) -> dict:
     if not device:
         return {"span_ms": 0.0, "busy_ms": 0.0, "gaps_ms": 0.0, "by_caller": [],
                 "by_frame": [], "busy_by_caller": [], "host_calls": calls}
-    launched = [launches.get(e.get("args", {}).get("correlation")) for e in device]
-    found = [x for x in launched if x is not None]
-    callers = _Stacks(events).callers(found)
-    index = {id(x): i for i, x in enumerate(found)}
+    callers = _Stacks(events).callers(
+        [launches.get(e.get("args", {}).get("correlation")) for e in device])
     by_caller, by_frame, busy_by = (collections.Counter() for _ in range(3))
     busy = sum(e.get("dur", 0) for e in device)
     end = device[0]["ts"]
     total = 0.0
-    for i, e in enumerate(device):
-        launch = launched[i]
-        caller, frame = (callers[index[id(launch)]] if launch is not None
-                         else (OUTSIDE, OUTSIDE))
+    for i, (e, (caller, frame)) in enumerate(zip(device, callers, strict=True)):
         busy_by[caller] += e.get("dur", 0)
         gap = e["ts"] - end
         if i and gap > MIN_GAP_US:

@@ -34,7 +34,7 @@ class Reference:
         # whether there are enough of them (a boolean index or a GPU count read in every
         # step was a host sync per step). Change the mask by making a new Reference.
         self.foreground = (self.mask > 0.5).to(self.depth.dtype)
-        self.depth_usable = int((self.mask > 0.5).sum()) > 8
+        self.depth_usable = int(self.foreground.sum()) > 8
 
 
 class Scene:
