@@ -240,9 +240,18 @@ class Renderer:
         and extraction thresholds are stated per step of this length."""
         return step_length(self.bound, self.samples)
 
+    def _moves(self, t) -> bool:
+        """Whether points seen at time t need the motion field. Time 0 does not: both motion
+        fields warp by D(x, 0) = 0 exactly, so frame 0 is the canonical field, and skipping
+        the warp there saves its grid lookups and their backward pass (every static-stage
+        render and every reference step is at time 0) without changing a value."""
+        if self.motion is None or t is None:
+            return False
+        return torch.is_tensor(t) or float(t) != 0.0
+
     def density_at(self, x: torch.Tensor, t=None) -> torch.Tensor:
         """Density seen at points x at time t (None, a number or one per point)."""
-        if self.motion is not None and t is not None:
+        if self._moves(t):
             x = self.motion.warp(x, t)
         return self.canonical.density(x)
 
@@ -250,9 +259,7 @@ class Renderer:
         """Density, albedo (and normals) at world points x at time(s) t. Normals are forward
         differences of the canonical density, evaluated in the same call as the point
         itself (one batch of 4n points instead of 1 + 6 calls)."""
-        xc = x
-        if self.motion is not None and t is not None:
-            xc = self.motion.warp(x, t)
+        xc = self.motion.warp(x, t) if self._moves(t) else x
         if not with_normals:
             dens, alb = self.canonical(xc)
             return dens, alb, None
@@ -404,8 +411,9 @@ class Renderer:
         if times is not None:
             if len(times) != len(cameras):
                 raise ValueError("render: give one time per camera")
-            t = to_device([0.0 if x is None else float(x) for x in times],
-                          device).repeat_interleave(w * h)
+            values = [0.0 if x is None else float(x) for x in times]
+            if any(values):  # all at time 0: the canonical field (`_moves`)
+                t = to_device(values, device).repeat_interleave(w * h)
         parts = [self.render_rays(o[i : i + chunk], d[i : i + chunk],
                                   None if t is None else t[i : i + chunk], **kw)
                  for i in range(0, len(o), chunk)]

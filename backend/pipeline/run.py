@@ -141,8 +141,13 @@ def _optimiser(scene: stages.Scene, stage: str, preset: Preset):
 
 
 def optimise(opt: torch.optim.Optimizer, losses: dict, clip: float | None) -> None:
-    """One optimiser step on the sum of a step's losses, gradient values clipped at `clip`."""
-    opt.zero_grad(set_to_none=True)
+    """One optimiser step on the sum of a step's losses, gradient values clipped at `clip`.
+
+    Gradients are zeroed, not dropped: a parameter the step's losses do not reach (the motion
+    field in a reference step, whose time-0 render skips it) still takes its Adam step on a
+    zero gradient, as it would if the step had reached it with one, instead of standing still
+    while its moments wait."""
+    opt.zero_grad(set_to_none=False)
     sum(losses.values()).backward()
     if clip is not None:
         torch.nn.utils.clip_grad_value_([p for g in opt.param_groups for p in g["params"]

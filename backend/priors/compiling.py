@@ -31,6 +31,8 @@ from .wrapping import Wrapper
 
 # "vae" is the encoder only: the SDS stages never decode.
 COMPILABLE = ("vae", "unet", "controlnet", "text_encoder")
+# torch.compile's mode for every compiled part (unset: the default mode), for measuring.
+MODE_VARIABLE = "ANIMATE4D_COMPILE_MODE"
 STAGE_DEFAULTS = {"textual_inversion": "unet", "static": "vae", "dynamic": "vae",
                   "refine": "controlnet,unet,vae"}
 
@@ -59,7 +61,8 @@ class Compiled(Wrapper):
     def __init__(self, module: nn.Module):
         super().__init__(module)
         # Not a registered submodule: it would list the same parameters a second time.
-        object.__setattr__(self, "_fn", torch.compile(module, dynamic=False))
+        object.__setattr__(self, "_fn", torch.compile(module, dynamic=False,
+                                                      mode=os.environ.get(MODE_VARIABLE) or None))
         self.failed = False
 
     def forward(self, *args, **kwargs):

@@ -9,7 +9,7 @@ from torch import nn
 
 from animate4d.backend.field.extract import extract, fill_from_neighbours, forward_warp
 from animate4d.backend.field.fields import CanonicalField, LoopingMotionField, MotionField
-from animate4d.backend.field.render import OccupancyGrid, Renderer, Shading
+from animate4d.backend.field.render import OccupancyGrid, Renderer, Shading, camera_rays
 from animate4d.backend.preprocess.framing import canonical_camera
 from tests.backend.helpers import edges_are_manifold
 
@@ -121,6 +121,40 @@ def test_motion_moves_the_render_and_the_occupancy_grid_skips_nothing_it_should_
     cols0 = (a0.max(0).values > 0.5).nonzero().float().mean()
     cols1 = (a1.max(0).values > 0.5).nonzero().float().mean()
     assert cols1 > cols0 + 3  # moved towards +X (right in the front view)
+
+
+@pytest.mark.parametrize("cls", [MotionField, LoopingMotionField])
+def test_frame_zero_renders_the_canonical_field_without_asking_the_motion_field(cls):
+    """D(x, 0) = 0 exactly, so a render at time 0 (every static-stage render, every reference
+    step) skips the motion field's lookups and backward pass, and changes no value."""
+    torch.manual_seed(0)
+    canonical = CanonicalField(1.0, levels=4, log2_table=10)
+    motion = cls(1.0, levels=4, log2_table=10, scale=1.0)
+    calls = []
+    warp = motion.warp
+    motion.warp = lambda x, t: calls.append(len(x)) or warp(x, t)
+    r = Renderer(canonical, motion, samples=24, prune_above=0)  # the first pass runs too
+    cam = [canonical_camera(8)] * 2
+    shading = Shading(mode="lambertian", light_offset=torch.tensor([0.3, -0.2, 1.0]))
+
+    def rendered(times):
+        canonical.zero_grad()
+        out = r.render(cam, times, shading=shading, background=(0.2, 0.4, 0.6))
+        out["rgb"].square().sum().backward()
+        return out["rgb"].detach(), canonical.encoder.embeddings.grad.clone()
+
+    zero = rendered([0.0, None])
+    assert calls == []
+    canonical_only = rendered(None)
+    torch.testing.assert_close(zero, canonical_only, rtol=0, atol=0)
+    # Forced through the warp (a time 0 per ray, as a tensor): the same picture.
+    forced = r.render_rays(*camera_rays(cam[0]), torch.zeros(64), shading=shading,
+                           background=(0.2, 0.4, 0.6))
+    assert calls  # a tensor of times goes through the motion field
+    torch.testing.assert_close(forced["rgb"].reshape(8, 8, 3), zero[0][0], atol=1e-6, rtol=0)
+    calls.clear()
+    rendered([0.0, 0.5])
+    assert calls  # a moving frame in the batch: the whole batch is warped
 
 
 def test_known_rigid_motion_moves_extracted_vertices_exactly():

@@ -149,6 +149,20 @@ def test_dynamic_and_refine_steps_clip_gradient_values():
         assert w.detach().tolist() == pytest.approx(moved)
 
 
+def test_a_parameter_a_step_does_not_reach_still_takes_its_adam_step():
+    """The motion field is not reached by a reference step (time 0 skips it): it keeps moving
+    on its Adam moments, as when that step reached it with a zero gradient."""
+    from animate4d.backend.pipeline.run import optimise
+
+    a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([a, b], lr=0.1)
+    optimise(opt, {"both": (a + b).sum()}, None)
+    before = b.item()
+    optimise(opt, {"a only": a.sum()}, None)
+    assert b.grad is not None and b.grad.item() == 0.0
+    assert b.item() < before  # moved on by its first moment
+
+
 class _Guidance:
     """Stands in for a guidance module: records what it was shown, returns a loss that
     reaches the render."""
