@@ -207,7 +207,7 @@ class Renderer:
     def __init__(self, canonical, motion=None, *, bound: float = 1.0, samples: int = 64,
                  occupancy: OccupancyGrid | None = None, normal_eps: float = 1e-3,
                  point_chunk: int = 2**19, min_transmittance: float = 1e-4,
-                 min_alpha: float = 1e-4, prune: bool = True, prune_above: int = 2**19,
+                 min_alpha: float = 1e-4, prune: bool = True, prune_above: int = 2**20,
                  first_pass_runs: tuple[int, ...] = (8, 16)):
         self.canonical, self.motion = canonical, motion
         # Fields see at most this many points per call: the grids' transient gathers scale
@@ -218,8 +218,10 @@ class Renderer:
         self.min_transmittance, self.min_alpha, self.prune = min_transmittance, min_alpha, prune
         # The first pass runs only when the gradient pass would otherwise evaluate more
         # points than this (occupied samples, four points each with normals): on a small
-        # batch (one 128 x 128 view lit by albedo: the reference steps) its launches and host
-        # syncs cost more than it saves (docs/BENCHMARKS.md, session 8).
+        # batch its launches and host syncs cost more than it saves: one 128 x 128 view lit
+        # by albedo (the reference steps, ~230 k points on a fitted object; session 8) or
+        # with normals (the static stage's SDS view, ~920 k: 3.5-4.2 ms less per step
+        # without it, H100, session 13; docs/BENCHMARKS.md).
         self.prune_above = prune_above
         self._max_tau = -math.log(min_transmittance)  # a ray with more is done
         # The first pass marches each ray's occupied samples in runs: the first `runs[0]`,
