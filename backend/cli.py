@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import preview as bench_preview
     from .bench import stages as bench_stages
     from .bench import synthetic as bench_synthetic
+    from .bench import view_steps as bench_view_steps
 
     bench_preview.add_parser(bench_sub)
     bench_network.add_parsers(bench_sub)
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_synthetic.add_parser(bench_sub)
     bench_stages.add_parser(bench_sub)
     bench_attention.add_parser(bench_sub)
+    bench_view_steps.add_parser(bench_sub)
     return parser
 
 

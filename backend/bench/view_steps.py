@@ -1,0 +1,112 @@
+"""`animate4d bench view-steps`: the static stage's two kinds of step without their priors
+(its SDS view: one random view with the stage's random shading, and the reference view lit by
+albedo; each rendered, a stand-in loss backpropagated, one Adam step), with renderer variants
+alternated step by step in one process.
+
+Why alternated: the static stage is bound by the host, and one H100 differs from another, or
+from itself a minute later, by several ms per step (docs/BENCHMARKS.md); an A/B of a few ms
+decided by separate runs is decided by the noise. Variants:
+  as-is       the renderer as it is;
+  first-pass  the first pass's threshold before session 13 (`prune_above` 2^19: the SDS
+              view's ~920 k points to shade on a fitted object went through the no-grad
+              first pass);
+  warp-at-0   time 0 sent through the motion field (before session 13 every static-stage
+              render and reference step looked up D(x, 0) = 0 in the 4D grid).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+
+from . import device_name, int_in, pick_device, report
+
+VARIANTS = ("as-is", "first-pass", "warp-at-0")
+_NOT_ZERO = 1e-30  # a time that is not 0 (so the warp runs) and moves nothing
+_OLD_PRUNE_ABOVE = 2**19
+
+
+def run(args) -> dict:
+    import torch
+
+    from ..field.render import Shading
+    from ..pipeline.cameras import orbit_camera, random_view
+    from ..pipeline.presets import PRESETS, tiny
+    from ..pipeline.stages import Scene, sds_look
+    from ..preprocess.framing import canonical_camera
+    from .field import fit_solid_ball
+
+    device = pick_device(args.device)
+    preset = tiny(PRESETS["paper"], 10**6) if args.tiny else PRESETS["paper"]
+    torch.manual_seed(0)
+    scene = Scene(preset, device)
+    if args.state == "fitted":
+        fit_solid_ball(scene.canonical, steps=20 if args.tiny else 300)
+    with torch.no_grad():  # a motion field that moves, as after the dynamic stage
+        scene.motion.encoder.embeddings.uniform_(-0.05, 0.05)
+    scene.refresh_occupancy((None,))
+    default_prune = scene.renderer.prune_above
+    opt = torch.optim.Adam(scene.canonical.parameters(), lr=1e-3)
+    rng = random.Random(0)
+    reference_camera = canonical_camera(preset.render_size)
+
+    def step(kind: str, variant: str) -> float:
+        scene.renderer.prune_above = (_OLD_PRUNE_ABOVE if variant == "first-pass"
+                                      else default_prune)
+        t = [_NOT_ZERO if variant == "warp-at-0" else 0.0]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        if kind == "sds":
+            polar, az = random_view(rng, preset.polar_deg)
+            shading, background = sds_look(rng, preset, "static", 0.5)
+            rgb, _, _ = scene.render([orbit_camera(polar, az, preset.render_size)], t,
+                                     shading=shading, background=background)
+            loss = (rgb - 0.5).square().mean()
+        else:
+            rgb, alpha, _ = scene.render([reference_camera], t)
+            loss = rgb.square().mean() + alpha.mean()
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - t0) * 1e3
+
+    variants = list(args.variants)
+    times = {v: {"sds": [], "reference": []} for v in variants}
+    for i in range(args.warmup + args.iters):
+        for v in variants[i % len(variants):] + variants[: i % len(variants)]:  # rotated
+            for kind in ("sds", "reference"):
+                ms = step(kind, v)
+                if i >= args.warmup:
+                    times[v][kind].append(ms)
+    shaded = {}
+    for v in variants:  # what each variant shades of an SDS-like view
+        scene.renderer.prune_above = _OLD_PRUNE_ABOVE if v == "first-pass" else default_prune
+        with torch.no_grad():
+            scene.render([orbit_camera(80.0, 30.0, preset.render_size)], [0.0],
+                         shading=Shading(mode="lambertian"))
+        shaded[v] = {k: int(x) for k, x in scene.renderer.last_samples.items()}
+    scene.renderer.prune_above = default_prune
+    return {"benchmark": "view-steps", "device": device_name(device), "state": args.state,
+            "render_size": preset.render_size, "iters": args.iters,
+            "ms": {v: {k: round(statistics.median(x), 2) for k, x in times[v].items()}
+                   for v in variants},
+            "samples": shaded, "torch": torch.__version__}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("view-steps", help="the static stage's render steps (no priors), "
+                       "renderer variants alternated in one process", description=__doc__)
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument("--state", default="fitted", choices=("blob", "fitted"),
+                   help="the canonical density: the initial blob or a fitted solid ball")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--iters", type=int_in(1, 1000), default=50,
+                   help="timed rounds (each variant's two steps per round)")
+    p.add_argument("--warmup", type=int_in(0, 100), default=5)
+    p.add_argument("--tiny", action="store_true", help="tiny sizes (a CPU smoke test)")
+    p.add_argument("--json", metavar="OUT")
+    p.set_defaults(func=lambda a: report(run(a), a.json))
