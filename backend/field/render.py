@@ -220,7 +220,7 @@ class Renderer:
         # points than this (occupied samples, four points each with normals): on a small
         # batch its launches and host syncs cost more than it saves: one 128 x 128 view lit
         # by albedo (the reference steps, ~230 k points on a fitted object; session 8) or
-        # with normals (the static stage's SDS view, ~920 k: 3.5-4.2 ms less per step
+        # with normals (the static stage's SDS view, ~820 k: 3.3 ms less per step
         # without it, H100, session 13; docs/BENCHMARKS.md).
         self.prune_above = prune_above
         self._max_tau = -math.log(min_transmittance)  # a ray with more is done
