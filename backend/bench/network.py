@@ -51,7 +51,12 @@ def _tiny_png() -> bytes:
 def load(args) -> int:
     """Each client has its own CURVE key, as on a team server: that is what the server's
     per-client fairness and limits are keyed on (all plain loopback clients are one owner)."""
-    tmp = Path(tempfile.mkdtemp())
+    with tempfile.TemporaryDirectory(prefix="animate4d_bench_",
+                                     ignore_cleanup_errors=True) as tmp:
+        return _load(args, Path(tmp))
+
+
+def _load(args, tmp: Path) -> int:
     caddr, waddr = f"tcp://127.0.0.1:{_port()}", f"tcp://127.0.0.1:{_port()}"
     py = [sys.executable, "-m", "animate4d.backend"]
     kd = tmp / "keys"
@@ -133,6 +138,12 @@ def load(args) -> int:
 
 def transfer(args) -> int:
     """Worker and server in threads of this process, client too; real sockets on loopback."""
+    with tempfile.TemporaryDirectory(prefix="animate4d_bench_",
+                                     ignore_cleanup_errors=True) as tmp:
+        return _transfer(args, Path(tmp))
+
+
+def _transfer(args, tmp: Path) -> int:
     from ..server.server import Server
     from ..worker.worker import Worker
 
@@ -149,7 +160,6 @@ def transfer(args) -> int:
         marks["result_ready"] = time.perf_counter()
         return mesh
 
-    tmp = Path(tempfile.mkdtemp())
     caddr, waddr = f"tcp://127.0.0.1:{_port()}", f"tcp://127.0.0.1:{_port()}"
     server = Server(tmp / "store", caddr, waddr, log=lambda m: None)
     stop = threading.Event()

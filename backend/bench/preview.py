@@ -49,16 +49,15 @@ def run_once(image: Path, out: Path, frames: int, extra: list[str]) -> tuple[flo
 
 
 def main(args) -> int:
-    if args.image:
-        image = Path(args.image)
-    else:
-        image = Path(tempfile.mkdtemp()) / DEMO_IMAGE
-        image.write_bytes(
-            resources.files("animate4d.backend").joinpath("examples", DEMO_IMAGE).read_bytes()
-        )
     extra = ["--no-preview"] if args.no_preview else []
     times, peaks = [], []
     with tempfile.TemporaryDirectory() as tmp:
+        if args.image:
+            image = Path(args.image)
+        else:
+            image = Path(tmp) / DEMO_IMAGE
+            image.write_bytes(resources.files("animate4d.backend")
+                              .joinpath("examples", DEMO_IMAGE).read_bytes())
         for i in range(args.repeat):
             s, peak = run_once(image, Path(tmp) / f"r{i}", args.frames, extra)
             times.append(s)
@@ -66,7 +65,7 @@ def main(args) -> int:
             print(f"  run {i + 1}/{args.repeat}: {s:.2f} s, peak {peak / 2**20:.0f} MiB",
                   file=sys.stderr)
         mesh = a4d.load(Path(tmp) / "r0" / "result.a4d")
-    coverage = frame0_iou(mesh, image)
+        coverage = frame0_iou(mesh, image)
     result = {
         "benchmark": "preview",
         "image": str(image.name),

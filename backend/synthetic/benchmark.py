@@ -99,26 +99,19 @@ def render_ground_truth(source: str, out: str, size: Size, *, python: str | None
                         log=None) -> None:
     """Run blender_views in a Python that has bpy (this one unless `python` is given)."""
     python = python or sys.executable
-    glb = source
-    tmpdir = None
-    if source in SCENES:
-        tmpdir = tempfile.mkdtemp(prefix="animate4d_scene_")
-        glb = os.path.join(tmpdir, f"{source}.glb")
-        write_glb(scene(source, size.frames), glb)
-    elif not Path(source).is_file():
+    if source not in SCENES and not Path(source).is_file():
         raise ValueError(f"{source!r} is neither a file nor a built-in scene "
                          f"({', '.join(SCENES)})")
-    cmd = [python, "-m", "animate4d.backend.synthetic.blender_views", glb, out,
-           "--frames", str(size.frames), "--views", str(size.views),
-           "--heldout", str(size.heldout), "--resolution", str(size.resolution),
-           "--samples", str(size.render_samples)]
-    try:
+    with tempfile.TemporaryDirectory(prefix="animate4d_scene_") as tmpdir:
+        glb = source
+        if source in SCENES:
+            glb = os.path.join(tmpdir, f"{source}.glb")
+            write_glb(scene(source, size.frames), glb)
+        cmd = [python, "-m", "animate4d.backend.synthetic.blender_views", glb, out,
+               "--frames", str(size.frames), "--views", str(size.views),
+               "--heldout", str(size.heldout), "--resolution", str(size.resolution),
+               "--samples", str(size.render_samples)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
-    finally:
-        if tmpdir:
-            for f in Path(tmpdir).iterdir():
-                f.unlink()
-            os.rmdir(tmpdir)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         if any("No module named 'bpy'" in line for line in tail):
@@ -203,14 +196,15 @@ def run(source: str, *, size: str = "small", device: str = "cpu", steps: int | N
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: this machine has no CUDA device")
     t0 = time.perf_counter()
-    if source.endswith(".npz"):
-        views_path, render_s = source, 0.0
-    else:
-        views_path = keep_views or os.path.join(tempfile.mkdtemp(prefix="animate4d_views_"),
-                                                "views.npz")
-        render_ground_truth(source, views_path, sz, python=blender_python, log=log)
-        render_s = time.perf_counter() - t0
-    views = load_views(views_path)
+    # Renders nobody asked to keep live in a folder that goes whatever happens.
+    with tempfile.TemporaryDirectory(prefix="animate4d_views_") as tmpdir:
+        if source.endswith(".npz"):
+            views_path, render_s = source, 0.0
+        else:
+            views_path = keep_views or os.path.join(tmpdir, "views.npz")
+            render_ground_truth(source, views_path, sz, python=blender_python, log=log)
+            render_s = time.perf_counter() - t0
+        views = load_views(views_path)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     t1 = time.perf_counter()

@@ -1,6 +1,8 @@
 """The synthetic 4D benchmark at its small size: Blender renders a known animated mesh, the
 field is fitted on the CPU, and the extracted animated mesh is scored against the truth."""
 
+import tempfile
+
 import numpy as np
 import pytest
 
@@ -56,6 +58,9 @@ def test_scenes_start_at_rest_and_loop(name):
     assert np.abs(a.frames[2] - a.frames[0]).max() > 0.05  # it moves
 
 
-def test_a_missing_source_is_a_clear_error():
+def test_a_missing_source_is_a_clear_error_and_leaves_no_temporary_folder(tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(ValueError, match="neither a file nor a built-in scene"):
         benchmark.run("no-such-scene.glb")
+    assert list(tmp_path.iterdir()) == []  # each failed run used to leave one behind
