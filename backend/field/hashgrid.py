@@ -85,7 +85,7 @@ class HashGrid(nn.Module):
         # torch.compile, and the resumed frame trips a Dynamo assertion on CUDA (torch 2.11).
         self._interpolate = _interpolate(self.n_dense, self.hash_mask)
         self._kernels = (hashgrid_triton.interpolate_function(self.n_dense, self.hash_mask,
-                                                              PRIMES[:dims])
+                                                              PRIMES[:dims], tuple(sizes))
                          if hashgrid_triton.triton is not None else None)
         self.embeddings = nn.Parameter(torch.empty(offsets[-1], features).uniform_(-1e-4, 1e-4))
 

@@ -12,7 +12,10 @@ that level's rows stay in L2 (the coarse levels are small), and the (n, L, F) ou
 level-major, so that each program writes (and the backward pass reads) one contiguous run.
 With `group` G > 1 the backward pass's programs take BLOCK / G points with their G stacked
 copies as (points, G) tensors, so copies in the same cell add into a row with one atomic (the
-renderer's normals: a point and its three finite-difference neighbours). The kernels also run
+renderer's normals: a point and its three finite-difference neighbours). The coarsest dense
+levels (a few thousand rows that millions of points share) add their table gradient into
+REPLICAS copies of those rows, one per program modulo REPLICAS, summed afterwards: the
+atomics on one row are spread over copies instead of queueing at one address. The kernels also run
 on the CPU under Triton's interpreter (`TRITON_INTERPRET=1`, CPU tensors, calling
 `interpolate_function(...).apply` directly).
 """
@@ -30,6 +33,13 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
 BLOCK = 128
+# Table-gradient copies for the leading dense levels of at most REPLICATED_ROWS rows in all
+# (the canonical grid's five coarsest levels, the 4D grid's two; 85-93 MB of copies while a
+# backward pass runs). On an H100 the fitted render's backward passes took 10.98 -> 10.32 ms
+# (canonical) and 7.08 -> 5.53 ms (motion); 8 copies did as well on the canonical grid, the
+# motion grid's first level alone gave 6.31 ms (docs/BENCHMARKS.md, session 14).
+REPLICAS = 32
+REPLICATED_ROWS = 2**19
 
 
 def available(x: torch.Tensor) -> bool:
@@ -120,6 +130,23 @@ if triton is not None:
         return tl.where(same[:, :, None], v0, vk)
 
     @triton.jit
+    def _table_add(gemb_ptr, idx, idx0, same, part, live, feat, F: tl.constexpr,
+                   G: tl.constexpr):
+        """Add one corner's weighted gradients (BLOCK, G, F) into table rows idx."""
+        if G == 1:
+            tl.atomic_add(gemb_ptr + idx[:, :, None] * F + feat[None, None, :], part,
+                          mask=live[:, :, None], sem="relaxed")
+        else:
+            # The copies in copy 0's cell (the finite-difference neighbours of a normal, on
+            # all but the finest levels) add into its row once.
+            merged = tl.sum(tl.where(same[:, :, None], part, 0.0), 1)
+            any_live = tl.sum((live & same).to(tl.int32), 1) > 0
+            tl.atomic_add(gemb_ptr + idx0 * F + feat[None, :], merged,
+                          mask=any_live[:, None], sem="relaxed")
+            tl.atomic_add(gemb_ptr + idx[:, :, None] * F + feat[None, None, :], part,
+                          mask=(live & ~same)[:, :, None], sem="relaxed")
+
+    @triton.jit
     def _at(rows, lvl, row_stride, lvl_stride):
         """Element offset of (row, level) in an (n, L, ...) tensor of the given strides, in
         int64 (level-major outputs reach past 2^31 elements at about 70 M rows)."""
@@ -152,11 +179,13 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=["grad_row", "grad_lvl", "m", "n"])
     def _backward_kernel(x_ptr, emb_ptr, grad_ptr, grad_row, grad_lvl, gemb_ptr, gx_ptr,
-                         res_ptr, strides_ptr, offsets_ptr, m, n, D: tl.constexpr,
+                         res_ptr, strides_ptr, offsets_ptr, m, n, rep_ptr, D: tl.constexpr,
                          F: tl.constexpr, L: tl.constexpr,
                          G: tl.constexpr, N_DENSE: tl.constexpr, HASH_MASK: tl.constexpr,
                          P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr,
-                         NEED_EMB: tl.constexpr, NEED_X: tl.constexpr, BLOCK: tl.constexpr):
+                         NEED_EMB: tl.constexpr, NEED_X: tl.constexpr, BLOCK: tl.constexpr,
+                         REP_LEVELS: tl.constexpr, REP_ROWS: tl.constexpr,
+                         REPLICAS: tl.constexpr):
         lvl, rows, ok, c0, c1, c2, c3, f0, f1, f2, f3, s1, s2, s3, dense, off, res = _prepare(
             x_ptr, res_ptr, strides_ptr, offsets_ptr, m, D, G, N_DENSE, BLOCK)
         feat = tl.arange(0, F)
@@ -175,18 +204,15 @@ if triton is not None:
                 w = w0 * w1 * w2 * w3
                 part = w[:, :, None] * g
                 live = ok & (w != 0.0)
-                if G == 1:
-                    tl.atomic_add(gemb_ptr + idx[:, :, None] * F + feat[None, None, :], part,
-                                  mask=live[:, :, None], sem="relaxed")
+                if REP_LEVELS > 0:
+                    if lvl < REP_LEVELS:  # this program's copy of the coarse levels' rows
+                        copy_rows = (tl.program_id(0) % REPLICAS).to(tl.int64) * (REP_ROWS * F)
+                        _table_add(rep_ptr + copy_rows, idx, idx0, same, part, live, feat, F,
+                                   G)
+                    else:
+                        _table_add(gemb_ptr, idx, idx0, same, part, live, feat, F, G)
                 else:
-                    # The copies in copy 0's cell (the finite-difference neighbours of a
-                    # normal, on all but the finest levels) add into its row once.
-                    merged = tl.sum(tl.where(same[:, :, None], part, 0.0), 1)
-                    any_live = tl.sum((live & same).to(tl.int32), 1) > 0
-                    tl.atomic_add(gemb_ptr + idx0 * F + feat[None, :], merged,
-                                  mask=any_live[:, None], sem="relaxed")
-                    tl.atomic_add(gemb_ptr + idx[:, :, None] * F + feat[None, None, :], part,
-                                  mask=(live & ~same)[:, :, None], sem="relaxed")
+                    _table_add(gemb_ptr, idx, idx0, same, part, live, feat, F, G)
             if NEED_X:
                 vals = _gather(emb_ptr, idx, idx0, same, ok, feat, F, G)
                 dot = tl.sum(vals * g, axis=2)
@@ -209,16 +235,31 @@ def _signed(p: int) -> int:
     return p - 2**32 if p >= 2**31 else p
 
 
+def replicated_levels(level_rows: tuple[int, ...], n_dense: int,
+                      limit: int = REPLICATED_ROWS) -> tuple[int, int]:
+    """(levels, rows): the leading dense levels whose rows add up to at most `limit`, whose
+    table gradient the backward pass accumulates in REPLICAS copies."""
+    levels = rows = 0
+    for size in level_rows[:n_dense]:
+        if rows + size > limit:
+            break
+        levels, rows = levels + 1, rows + size
+    return levels, rows
+
+
 @functools.cache
-def interpolate_function(n_dense: int, hash_mask: int, primes: tuple[int, ...]) -> type:
+def interpolate_function(n_dense: int, hash_mask: int, primes: tuple[int, ...],
+                         level_rows: tuple[int, ...] = ()) -> type:
     """An autograd Function for one grid layout (like `hashgrid._interpolate`), running the
     kernels: (x (n, d) fp32 in [0, 1], table (rows, F) fp32, resolution, strides, offsets,
     group) -> (n, L, F), stored level-major. `group` G > 1 says x holds G stacked copies of
     nearby points (rows k n / G + i): the backward kernel then takes a point's copies
     together and adds their table gradients into a row they share with one atomic. It
-    changes no value."""
+    changes no value. `level_rows`: the table rows of each level, which say which coarse
+    levels' gradients go through replicas (none if not given)."""
     p = [_signed(v) for v in primes] + [0] * (4 - len(primes))
     consts = dict(N_DENSE=n_dense, HASH_MASK=hash_mask, P1=p[1], P2=p[2], P3=p[3])
+    rep_levels, rep_rows = replicated_levels(level_rows, n_dense)
 
     def launch(kernel, x, group, levels, *args, **kw):
         n, d = x.shape
@@ -265,9 +306,16 @@ def interpolate_function(n_dense: int, hash_mask: int, primes: tuple[int, ...]) 
             # Without table gradients there is nothing to merge (d/dx alone: 2.2 ms ungrouped,
             # 3.7 grouped).
             group = ctx.group if need_emb else 1
+            replicas = REPLICAS if need_emb and rep_levels and REPLICAS > 1 else 1
+            rep = (torch.zeros(replicas, rep_rows, f, device=x.device) if replicas > 1
+                   else gemb)
             launch(_backward_kernel, x, group, levels, embeddings, grad, grad.stride(0),
-                   grad.stride(1), gemb, gx, resolution, strides, offsets, n=n, F=f,
-                   NEED_EMB=need_emb, NEED_X=need_x)
+                   grad.stride(1), gemb, gx, resolution, strides, offsets, n=n,
+                   rep_ptr=rep, F=f, NEED_EMB=need_emb, NEED_X=need_x,
+                   REP_LEVELS=rep_levels if replicas > 1 else 0, REP_ROWS=rep_rows,
+                   REPLICAS=replicas)
+            if replicas > 1:
+                gemb[:rep_rows] += rep.sum(0)
             return (gx.sum(0) if need_x else None, gemb if need_emb else None,
                     None, None, None, None)
 

@@ -27,7 +27,12 @@ for dims in (3, 4):
                     finest_resolution=16)  # dense and hashed levels
     with torch.no_grad():
         grid.embeddings.normal_()
-    fn = hashgrid_triton.interpolate_function(grid.n_dense, grid.hash_mask, PRIMES[:dims])
+    # The dense levels' table gradients go through replicas (two programs per level here,
+    # so two copies are summed), as the real grids' coarse levels do.
+    sizes = tuple(int(v) for v in grid.sizes)
+    assert hashgrid_triton.replicated_levels(sizes, grid.n_dense)[0] == grid.n_dense > 0
+    fn = hashgrid_triton.interpolate_function(grid.n_dense, grid.hash_mask, PRIMES[:dims],
+                                              sizes)
     base = torch.rand(40, dims)
     # Points on cell faces (the box's, where the renderer clamps warped points): their far
     # corners weigh 0, while their neighbours inside the same cell need those rows.
