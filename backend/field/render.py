@@ -203,12 +203,17 @@ class Renderer:
     """
 
     NORMAL_STENCIL = 4  # points per sample with normals: itself and 3 forward neighbours
+    # The first pass's runs (below): each run costs a host sync and its own field calls
+    # (~0.5 ms of host time each on an H100 host), which outweigh the few samples a middle
+    # run of (8, 16) saved: the dynamic stage's render step 44.0 ms with (8,), 45.5 with
+    # (8, 16), 44.9 with (12,), the same samples kept (session 14, docs/BENCHMARKS.md).
+    FIRST_PASS_RUNS = (8,)
 
     def __init__(self, canonical, motion=None, *, bound: float = 1.0, samples: int = 64,
                  occupancy: OccupancyGrid | None = None, normal_eps: float = 1e-3,
                  point_chunk: int = 2**19, min_transmittance: float = 1e-4,
                  min_alpha: float = 1e-4, prune: bool = True, prune_above: int = 2**20,
-                 first_pass_runs: tuple[int, ...] = (8, 16)):
+                 first_pass_runs: tuple[int, ...] = FIRST_PASS_RUNS):
         self.canonical, self.motion = canonical, motion
         # Fields see at most this many points per call: the grids' transient gathers scale
         # with it (about 6 KB per 4D point in eager mode), whatever the batch of rays.
@@ -225,7 +230,7 @@ class Renderer:
         self.prune_above = prune_above
         self._max_tau = -math.log(min_transmittance)  # a ray with more is done
         # The first pass marches each ray's occupied samples in runs: the first `runs[0]`,
-        # then up to `runs[1]`, ..., then the rest, each run only on the rays whose light has
+        # then up to `runs[1]`, ..., then the rest, each later run only on the rays whose light has
         # not run out (early termination). On a fitted object the surface is within a ray's
         # first few occupied samples, and the solid interior behind it is never evaluated.
         if any(r < 1 for r in first_pass_runs) or list(first_pass_runs) != sorted(

@@ -308,7 +308,7 @@ def test_first_pass_stops_each_ray_behind_the_surface_and_keeps_the_same_samples
             return self.field(x)
 
     kept, evaluated = [], []
-    for runs in ((), (4, 8)):
+    for runs in ((), (4, 8), Renderer.FIRST_PASS_RUNS):
         counted = NoGradCount(Sphere(density=1000.0))
         occ = OccupancyGrid(1.0, 32)
         r = Renderer(counted, samples=64, occupancy=occ, prune_above=0, first_pass_runs=runs)
@@ -320,8 +320,8 @@ def test_first_pass_stops_each_ray_behind_the_surface_and_keeps_the_same_samples
     occupied = r.last_samples["occupied"]
     assert evaluated[0] == occupied  # one run: every occupied sample
     # The sphere fills a third of the box's depth: most of a hit ray's samples are inside.
-    assert evaluated[1] < 0.6 * occupied
-    assert kept[0] == kept[1] and 0 < kept[1] < 0.5 * occupied
+    assert evaluated[1] < 0.6 * occupied and evaluated[2] < 0.6 * occupied
+    assert kept[0] == kept[1] == kept[2] and 0 < kept[1] < 0.5 * occupied
 
 
 def test_packed_distortion_equals_the_direct_double_sum():
