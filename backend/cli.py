@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     bench_sub.required = True
     from .bench import attention as bench_attention
+    from .bench import clip_steps as bench_clip_steps
     from .bench import field as bench_field
     from .bench import hashgrid as bench_hashgrid
     from .bench import network as bench_network
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_stages.add_parser(bench_sub)
     bench_attention.add_parser(bench_sub)
     bench_view_steps.add_parser(bench_sub)
+    bench_clip_steps.add_parser(bench_sub)
     return parser
 
 

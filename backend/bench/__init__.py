@@ -49,3 +49,19 @@ def device_name(device) -> str:
     import torch
 
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def alternated(variants: list[str], kinds: tuple[str, ...], step, iters: int,
+               warmup: int) -> dict:
+    """Milliseconds of `step(kind, variant)` per variant and kind, all variants in each round
+    in an order rotated round by round (none always right after another), the first `warmup`
+    rounds not counted. Why: a machine differs from itself a minute later by more than the
+    few ms an A/B is about; alternated in one process, the variants share its moods."""
+    times = {v: {k: [] for k in kinds} for v in variants}
+    for i in range(warmup + iters):
+        for v in variants[i % len(variants):] + variants[: i % len(variants)]:
+            for kind in kinds:
+                ms = step(kind, v)
+                if i >= warmup:
+                    times[v][kind].append(ms)
+    return times

@@ -20,7 +20,7 @@ import random
 import statistics
 import time
 
-from . import device_name, int_in, pick_device, report
+from . import alternated, device_name, int_in, pick_device, report
 
 VARIANTS = ("as-is", "first-pass", "warp-at-0")
 _NOT_ZERO = 1e-30  # a time that is not 0 (so the warp runs) and moves nothing
@@ -77,13 +77,7 @@ def run(args) -> dict:
         return (time.perf_counter() - t0) * 1e3
 
     variants = list(args.variants)
-    times = {v: {"sds": [], "reference": []} for v in variants}
-    for i in range(args.warmup + args.iters):
-        for v in variants[i % len(variants):] + variants[: i % len(variants)]:  # rotated
-            for kind in ("sds", "reference"):
-                ms = step(kind, v)
-                if i >= args.warmup:
-                    times[v][kind].append(ms)
+    times = alternated(variants, ("sds", "reference"), step, args.iters, args.warmup)
     shaded = {}
     for v in variants:  # what each variant shades of an SDS-like view
         scene.renderer.prune_above = _OLD_PRUNE_ABOVE if v == "first-pass" else default_prune

@@ -116,13 +116,21 @@ def static_step(scene, ref, preset, sd_guidance, zero123, prompt, rng: random.Ra
             "zero123": zero123(rgb, polar - 90.0, az, 0.0, progress).loss}
 
 
-def dynamic_step(scene, ref, preset, video, zero123, prompt, rng: random.Random,
-                 progress: float, reference: bool = False) -> dict:
-    """A reference step, or one clip under the video prior. A clip that plays forward from
-    time 0 also shows its first frame to Zero123 (Animate124: only then is that frame the
-    canonical object the static stage made)."""
-    if reference:
-        return reference_losses(scene, ref, preset)
+@dataclass
+class Clip:
+    """What one dynamic SDS step renders: a frame per (camera, time), and how it looks."""
+
+    times: list[float]
+    polar: float
+    azimuths: list[float]
+    cameras: list
+    shading: Shading
+    background: tuple[float, float, float]
+
+
+def sample_clip_views(rng: random.Random, preset: Preset, progress: float) -> Clip:
+    """The clip of one dynamic SDS step (times, a camera sweeping in most steps, the look);
+    `bench clip-steps` renders the same clips."""
     times = sample_clip(rng, preset.clip_frames, preset.time_steps, preset.clip_span,
                         preset.p_start_at_zero, preset.p_mirror)
     polar, az = random_view(rng, preset.polar_deg)
@@ -133,11 +141,23 @@ def dynamic_step(scene, ref, preset, video, zero123, prompt, rng: random.Random,
         azs = [az] * len(times)
     cams = [orbit_camera(polar, a, preset.render_size) for a in azs]
     shading, background = sds_look(rng, preset, "dynamic", progress)
-    frames, _, _ = scene.render(cams, [float(t) for t in times], shading=shading,
-                                background=background)
+    return Clip([float(t) for t in times], polar, azs, cams, shading, background)
+
+
+def dynamic_step(scene, ref, preset, video, zero123, prompt, rng: random.Random,
+                 progress: float, reference: bool = False) -> dict:
+    """A reference step, or one clip under the video prior. A clip that plays forward from
+    time 0 also shows its first frame to Zero123 (Animate124: only then is that frame the
+    canonical object the static stage made)."""
+    if reference:
+        return reference_losses(scene, ref, preset)
+    clip = sample_clip_views(rng, preset, progress)
+    frames, _, _ = scene.render(clip.cameras, clip.times, shading=clip.shading,
+                                background=clip.background)
     losses = {"video": video(frames, prompt, progress).loss}
-    if times[0] == 0.0:
-        losses["zero123"] = zero123(frames[:1], polar - 90.0, azs[0], 0.0, progress).loss
+    if clip.times[0] == 0.0:
+        losses["zero123"] = zero123(frames[:1], clip.polar - 90.0, clip.azimuths[0], 0.0,
+                                    progress).loss
     return losses
 
 

@@ -186,6 +186,8 @@ def test_bench_counts_and_sizes_out_of_range_are_usage_errors():
                        (["extract", "--faces", "5"], "--faces: '5': a whole number from 100"),
                        (["load", "--workers", "0"], "--workers: '0': a whole number from 1"),
                        (["hashgrid", "--points", "x"], "--points: 'x': a whole number from 1"),
-                       (["view-steps", "--iters", "0"], "--iters: '0': a whole number from 1")):
+                       (["view-steps", "--iters", "0"], "--iters: '0': a whole number from 1"),
+                       (["clip-steps", "--warmup", "101"],
+                        "--warmup: '101': a whole number from 0 to 100")):
         r = animate4d("bench", *args)
         assert r.returncode == 2 and said in r.stderr, (args, r.stderr)

@@ -1,0 +1,40 @@
+"""`bench clip-steps` renders the same clips in every variant, and each variant changes only
+what it says."""
+
+import argparse
+
+from animate4d.backend.bench import clip_steps
+from animate4d.backend.field import hashgrid_triton
+from animate4d.backend.field.render import Renderer
+
+
+def test_clip_steps_variants_render_the_same_clips(monkeypatch):
+    seen = []
+    visible = Renderer._visible
+
+    def spy(self, *a, **k):
+        seen.append((self.runs, hashgrid_triton.REPLICAS))
+        return visible(self, *a, **k)
+
+    render_rays = Renderer.render_rays
+
+    def first_pass_always(self, *a, **k):  # tiny clips are under the first pass's threshold
+        self.prune_above = 0
+        return render_rays(self, *a, **k)
+
+    monkeypatch.setattr(Renderer, "_visible", spy)
+    monkeypatch.setattr(Renderer, "render_rays", first_pass_always)
+    args = argparse.Namespace(device="cpu", state="fitted", variants=list(clip_steps.VARIANTS),
+                              iters=2, warmup=1, tiny=True, json=None)
+    out = clip_steps.run(args)
+    assert set(out["ms"]) == set(clip_steps.VARIANTS) and all(v > 0 for v in out["ms"].values())
+    # Three rounds, one step of each variant per round, each variant under its own settings.
+    runs, copies = Renderer.FIRST_PASS_RUNS, hashgrid_triton.REPLICAS
+    assert sorted(set(seen)) == sorted({(runs, copies), ((8, 16), copies), (runs, 1)})
+    assert len(seen) == 9
+    # The same clips (and jitter) in every variant: the same samples shaded, clip by clip,
+    # whatever the first pass's runs (it keeps the same samples by design).
+    shaded = out["shaded"]
+    assert shaded["as-is"] == shaded["three-runs"] == shaded["no-copies"]
+    assert all(n > 0 for n in shaded["as-is"])
+    assert copies == hashgrid_triton.REPLICAS  # put back
