@@ -16,7 +16,8 @@ import random
 import statistics
 import time
 
-from . import alternated, device_name, int_in, pick_device, report
+from . import alternated, device_name, report
+from .steps import add_arguments, stage_scene
 
 VARIANTS = ("as-is", "three-runs", "no-copies")
 _OLD_RUNS = (8, 16)
@@ -26,20 +27,11 @@ def run(args) -> dict:
     import torch
 
     from ..field import hashgrid_triton
-    from ..pipeline.presets import PRESETS, tiny
     from ..pipeline.run import _optimiser, optimise
-    from ..pipeline.stages import Scene, sample_clip_views
-    from .field import fit_solid_ball
+    from ..pipeline.stages import sample_clip_views
 
-    device = pick_device(args.device)
-    preset = tiny(PRESETS["paper"], 10**6) if args.tiny else PRESETS["paper"]
-    torch.manual_seed(0)
-    scene = Scene(preset, device)
-    if args.state == "fitted":
-        fit_solid_ball(scene.canonical, steps=20 if args.tiny else 300)
-    with torch.no_grad():  # a motion field that moves, as during the dynamic stage
-        scene.motion.encoder.embeddings.uniform_(-0.05, 0.05)
-    scene.refresh_occupancy([k / 8 for k in range(8)])  # as the dynamic stage does
+    # The occupancy at the times the dynamic stage refreshes it at.
+    device, preset, scene = stage_scene(args, [k / 8 for k in range(8)])
     renderer = scene.renderer
     runs, replicas = renderer.runs, hashgrid_triton.REPLICAS
     opt = _optimiser(scene, "dynamic", preset)
@@ -84,13 +76,5 @@ def run(args) -> dict:
 def add_parser(sub) -> None:
     p = sub.add_parser("clip-steps", help="the dynamic stage's clip step (no priors), "
                        "renderer variants alternated in one process", description=__doc__)
-    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    p.add_argument("--state", default="fitted", choices=("blob", "fitted"),
-                   help="the canonical density: the initial blob or a fitted solid ball")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    p.add_argument("--iters", type=int_in(1, 1000), default=30,
-                   help="timed rounds (one clip step of each variant per round)")
-    p.add_argument("--warmup", type=int_in(0, 100), default=3)
-    p.add_argument("--tiny", action="store_true", help="tiny sizes (a CPU smoke test)")
-    p.add_argument("--json", metavar="OUT")
+    add_arguments(p, VARIANTS, 30, 3, "one clip step of each variant per round")
     p.set_defaults(func=lambda a: report(run(a), a.json))

@@ -20,7 +20,8 @@ import random
 import statistics
 import time
 
-from . import alternated, device_name, int_in, pick_device, report
+from . import alternated, device_name, report
+from .steps import add_arguments, stage_scene
 
 VARIANTS = ("as-is", "first-pass", "warp-at-0")
 _NOT_ZERO = 1e-30  # a time that is not 0 (so the warp runs) and moves nothing
@@ -32,20 +33,10 @@ def run(args) -> dict:
 
     from ..field.render import Shading
     from ..pipeline.cameras import orbit_camera, random_view
-    from ..pipeline.presets import PRESETS, tiny
-    from ..pipeline.stages import Scene, sds_look
+    from ..pipeline.stages import sds_look
     from ..preprocess.framing import canonical_camera
-    from .field import fit_solid_ball
 
-    device = pick_device(args.device)
-    preset = tiny(PRESETS["paper"], 10**6) if args.tiny else PRESETS["paper"]
-    torch.manual_seed(0)
-    scene = Scene(preset, device)
-    if args.state == "fitted":
-        fit_solid_ball(scene.canonical, steps=20 if args.tiny else 300)
-    with torch.no_grad():  # a motion field that moves, as after the dynamic stage
-        scene.motion.encoder.embeddings.uniform_(-0.05, 0.05)
-    scene.refresh_occupancy((None,))
+    device, preset, scene = stage_scene(args, (None,))
     default_prune = scene.renderer.prune_above
     # The step's Adam arithmetic, at a rate of 0: the stand-in losses must not wear the
     # fitted object away while it is timed.
@@ -96,13 +87,5 @@ def run(args) -> dict:
 def add_parser(sub) -> None:
     p = sub.add_parser("view-steps", help="the static stage's render steps (no priors), "
                        "renderer variants alternated in one process", description=__doc__)
-    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    p.add_argument("--state", default="fitted", choices=("blob", "fitted"),
-                   help="the canonical density: the initial blob or a fitted solid ball")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    p.add_argument("--iters", type=int_in(1, 1000), default=50,
-                   help="timed rounds (each variant's two steps per round)")
-    p.add_argument("--warmup", type=int_in(0, 100), default=5)
-    p.add_argument("--tiny", action="store_true", help="tiny sizes (a CPU smoke test)")
-    p.add_argument("--json", metavar="OUT")
+    add_arguments(p, VARIANTS, 50, 5, "each variant's two steps per round")
     p.set_defaults(func=lambda a: report(run(a), a.json))
