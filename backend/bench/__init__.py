@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..devices import choose_device
+
 
 def report(result: dict, json_path: str | None) -> int:
     """Print the figures as JSON (and write them to `json_path` when given)."""
@@ -34,14 +36,11 @@ def int_in(lo: int, hi: int):
 def pick_device(name: str):
     """`--device` auto|cuda|cpu as a torch.device, with tensor cores set as the pipeline
     sets them."""
-    import torch
-
     from ..field import use_tensor_cores
 
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    use_tensor_cores(name)
-    return torch.device(name)
+    device = choose_device(name)
+    use_tensor_cores(device)
+    return device
 
 
 def device_name(device) -> str:

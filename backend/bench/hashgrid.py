@@ -16,7 +16,7 @@ import argparse
 import statistics
 import time
 
-from . import int_in, report
+from . import int_in, pick_device, report
 
 BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}  # bytes/s (SXM)
 
@@ -41,9 +41,7 @@ def run(args) -> dict:
 
     from ..field.hashgrid import HashGrid
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device(args.device).type
     from ..field import hashgrid_triton
 
     grid = HashGrid(dims=args.dims, backend="torch").to(device)

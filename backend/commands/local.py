@@ -12,6 +12,8 @@ from animate4d.protocol import Camera
 from animate4d.protocol.errors import InvalidCameraError, InvalidRequestError
 from animate4d.protocol.options import MOTION_MODES, PRESETS, JobOptions
 
+from ..devices import choose_device
+
 DEMO_IMAGE = "panda.png"
 DEMO_PROMPT = "a panda is dancing"
 
@@ -101,6 +103,9 @@ def _run_job(image, args, out: Path) -> int:
     from ..progress import TerminalProgress, no_progress
 
     options = job_options(args)
+    device = None
+    if options.preset != "preview":  # before the output folder: a bad --device leaves none
+        device = choose_device(getattr(args, "device", None))
     prepare_out_dir(out)
     progress = no_progress if args.quiet else TerminalProgress()
     t0 = time.perf_counter()
@@ -109,7 +114,7 @@ def _run_job(image, args, out: Path) -> int:
         if options.preset == "preview":
             mesh = run_preview(image, options, progress)
         else:
-            mesh = _run_gpu_preset(image, options, args, progress)
+            mesh = _run_gpu_preset(image, options, args, progress, device)
         files = write_outputs(mesh, out, preview=not args.no_preview, progress=progress)
         ok = True
     finally:
@@ -130,14 +135,14 @@ def _run_job(image, args, out: Path) -> int:
     return 0
 
 
-def _run_gpu_preset(image, options, args, progress):
+def _run_gpu_preset(image, options, args, progress, device):
     from ..pipeline.presets import PRESETS, scaled
     from ..pipeline.run import run_animate124
 
     preset = scaled(PRESETS[options.preset], getattr(args, "max_steps", None),
                     static_init=getattr(args, "static_init", None) or "blob")
     return run_animate124(image, options, progress, models=getattr(args, "models", None),
-                          preset=preset, device=getattr(args, "device", None))
+                          preset=preset, device=device)
 
 
 def cmd_run(args) -> int:

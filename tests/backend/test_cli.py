@@ -180,6 +180,28 @@ def test_bench_stages_runs_tiny_models_on_the_cpu_and_rejects_bad_counts(tmp_pat
         assert r.returncode == 2 and said in r.stderr, r.stderr
 
 
+def test_bench_on_cuda_without_cuda_is_a_clear_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    for bench in ("clip-steps", "render", "hashgrid"):
+        r = animate4d("bench", bench, "--device", "cuda")
+        assert r.returncode == 2, (bench, r.stderr)
+        assert "--device cuda: this machine has no CUDA device" in r.stderr
+        assert "internal error" not in r.stderr
+
+
+def test_run_with_a_bad_device_says_so_and_leaves_no_output_folder(tmp_path, tiny_models):
+    out = tmp_path / "out"
+    png = write_png(tmp_path / "c.png", blob_rgba(160, 120, centre=(80, 60), scale=0.3))
+    r = animate4d("run", str(png), "--prompt", "a panda is dancing",
+                  "--preset", "fast", "--models", tiny_models, "--max-steps", "1",
+                  "--device", "banana", "--out", str(out))
+    assert r.returncode == 2 and "--device banana: not a device name" in r.stderr, r.stderr
+    assert not out.exists()
+
+
 def test_bench_counts_and_sizes_out_of_range_are_usage_errors():
     """Every count and size a bench takes has a limit, said in the message."""
     for args, said in ((["render", "--size", "99999"], "--size: '99999': a whole number from 8"),

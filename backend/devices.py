@@ -1,0 +1,38 @@
+"""`--device` as a person types it, checked before any work starts.
+
+Why: torch turns a device it cannot use into an assertion ("Torch not compiled with CUDA
+enabled") or a list of thirty device types, deep inside the first tensor op; the commands
+reported those as internal errors. Here they are the user's mistake, said plainly.
+"""
+
+from __future__ import annotations
+
+from animate4d.protocol.errors import Animate4DError
+
+
+def choose_device(name: str | None):
+    """`None` or "auto": CUDA when present, else the CPU; "cpu", "cuda" or "cuda:N" if this
+    machine and this torch build have it; anything else is an `Animate4DError`."""
+    import torch
+
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise Animate4DError(f"--device {name}: not a device name",
+                             hint="use cuda, cuda:N or cpu") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise Animate4DError(f"--device {name}: animate4d runs on cuda or cpu only")
+    if not torch.cuda.is_available():
+        raise Animate4DError(f"--device {name}: this machine has no CUDA device (or this "
+                             f"torch build, {torch.__version__}, has no CUDA)",
+                             hint="run it on a GPU host with a CUDA build of torch, or with "
+                                  "--device cpu")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise Animate4DError(f"--device {name}: this machine has {count} CUDA device(s), "
+                             f"cuda:0 to cuda:{count - 1}")
+    return device
