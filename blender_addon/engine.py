@@ -333,17 +333,21 @@ def _apply(kind: str, key, payload) -> None:
                      f"({time.perf_counter() - t0:.2f} s)")
 
 
+PREVIEW_IMAGE = "Animate4D Preview"
+
+
 def _show_preview(png: bytes) -> None:
-    path = os.path.join(tempfile.gettempdir(), "animate4d_preview.png")
-    with open(path, "wb") as fh:
-        fh.write(png)
-    img = bpy.data.images.get("Animate4D Preview")
+    """The server's latest preview as the image the panel shows, its bytes packed in
+    memory: a file in the temp folder (as before) was one path for every Blender on the
+    machine, each showing the others' previews."""
+    img = bpy.data.images.get(PREVIEW_IMAGE)
     if img is None:
-        img = bpy.data.images.load(path)
-        img.name = "Animate4D Preview"
-    else:
-        img.filepath = path
-        img.reload()
+        img = bpy.data.images.new(PREVIEW_IMAGE, 1, 1)
+    img.pack(data=png, data_len=len(png))
+    img.source = "FILE"
+    img.buffers_free()  # decoded again from the new bytes when next drawn
+    if img.preview is not None:
+        img.preview.reload()
 
 
 def drain_timer() -> float:

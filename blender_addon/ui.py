@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import bpy
 
+from . import engine
+
 
 class ANIMATE4D_UL_jobs(bpy.types.UIList):
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname):
@@ -75,7 +77,7 @@ class ANIMATE4D_PT_panel(bpy.types.Panel):
                                 text=f"{job.stage} {job.step}/{job.total}")
             if job.message:
                 layout.label(text=job.message)
-        preview = bpy.data.images.get("Animate4D Preview")
+        preview = bpy.data.images.get(engine.PREVIEW_IMAGE)
         if preview is not None:
             layout.template_icon(icon_value=preview.preview_ensure().icon_id, scale=6)
 

@@ -134,6 +134,21 @@ obs["mesh_status"] = st.status
 obs["scenes_after_mesh_mode"] = len(bpy.data.scenes)
 st.source = "IMAGE"
 
+# The server's previews: shown as one image, replaced by each new one, held in memory.
+def png_of(rgba, size):
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGBA", size, rgba).save(buf, "PNG")
+    return buf.getvalue()
+
+
+engine._show_preview(png_of((255, 0, 0, 255), (6, 4)))
+engine._show_preview(png_of((0, 255, 0, 255), (8, 8)))
+img = bpy.data.images.get(engine.PREVIEW_IMAGE)
+obs["preview"] = [list(img.size), [round(v, 3) for v in img.pixels[:4]],
+                  img.packed_file is not None]
+
 # Save, reopen: the job list survives and unfinished jobs are followed again.
 bpy.ops.wm.save_as_mainfile(filepath=blend_path)
 bpy.ops.wm.open_mainfile(filepath=blend_path)

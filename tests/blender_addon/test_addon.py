@@ -85,6 +85,9 @@ def test_animate_from_blender_against_a_live_server(addon_zip, tmp_path):
     assert obs["mesh_job"][0] == "failed" and "mesh" in obs["mesh_job"][1], obs["mesh_job"]
     assert "not supported" in obs["mesh_status"]
     assert obs["scenes_after_mesh_mode"] == 1  # the render scene was cleaned up
+    # The latest preview (8 x 8, green), packed: not a temp file every Blender shares.
+    size, pixel, packed = obs["preview"]
+    assert size == [8, 8] and pixel == [0.0, 1.0, 0.0, 1.0] and packed, obs["preview"]
     assert [s for _, s in obs["jobs_after_reopen"]] == ["done", "cancelled"]
     assert obs["down_animate"] == ["FINISHED"]
     assert "unreachable" in obs["down_status"], obs["down_status"]
