@@ -44,9 +44,12 @@ def run(args) -> dict:
     rng = random.Random(0)
     reference_camera = canonical_camera(preset.render_size)
 
-    def step(kind: str, variant: str) -> float:
+    def use(variant: str) -> None:
         scene.renderer.prune_above = (_OLD_PRUNE_ABOVE if variant == "first-pass"
                                       else default_prune)
+
+    def step(kind: str, variant: str) -> float:
+        use(variant)
         t = [_NOT_ZERO if variant == "warp-at-0" else 0.0]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -71,12 +74,12 @@ def run(args) -> dict:
     times = alternated(variants, ("sds", "reference"), step, args.iters, args.warmup)
     shaded = {}
     for v in variants:  # what each variant shades of an SDS-like view
-        scene.renderer.prune_above = _OLD_PRUNE_ABOVE if v == "first-pass" else default_prune
+        use(v)
         with torch.no_grad():
             scene.render([orbit_camera(80.0, 30.0, preset.render_size)], [0.0],
                          shading=Shading(mode="lambertian"))
         shaded[v] = {k: int(x) for k, x in scene.renderer.last_samples.items()}
-    scene.renderer.prune_above = default_prune
+    use("as-is")
     return {"benchmark": "view-steps", "device": device_name(device), "state": args.state,
             "render_size": preset.render_size, "iters": args.iters,
             "ms": {v: {k: round(statistics.median(x), 2) for k, x in times[v].items()}

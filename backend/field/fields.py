@@ -64,12 +64,16 @@ class CanonicalField(nn.Module):
 
     def forward(self, x: torch.Tensor, group: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, 3) points -> density (n,), albedo (n, 3). `group`: see `HashGrid.forward`."""
-        h = self.net(self.encoder(self.normalise(x), group))
+        h = self.raw(x, group)
         return self._density(h, x), torch.sigmoid(h[:, 1:])
 
     def density(self, x: torch.Tensor) -> torch.Tensor:
         """The density alone (the renderer's first pass, occupancy): no albedo computed."""
-        return self._density(self.net(self.encoder(self.normalise(x))), x)
+        return self._density(self.raw(x), x)
+
+    def raw(self, x: torch.Tensor, group: int = 1) -> torch.Tensor:
+        """The MLP's outputs (n, 4) before the activations."""
+        return self.net(self.encoder(self.normalise(x), group))
 
     def _density(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return trunc_exp(h[:, 0] + self.blob(x))

@@ -122,7 +122,7 @@ def fit_shape(canonical: CanonicalField, inside: Callable[[torch.Tensor], torch.
                            pick + 0.02 * b * torch.randn(len(pick), 3, generator=gen)])
         x = x.clamp(-b, b).to(device)
         occ = inside(x).to(device)
-        h = canonical.net(canonical.encoder(canonical.normalise(x)))
+        h = canonical.raw(x)
         loss = ((h[:, 0] + canonical.blob(x) - (lo + (hi - lo) * occ)) ** 2).mean()
         total = loss
         if colour is not None:

@@ -23,6 +23,7 @@ import torch
 
 from animate4d.protocol import Camera
 
+from ..devices import choose_device
 from ..export.gltf import write_glb
 from ..field.extract import extract
 from ..field.fit import FitConfig, MultiViewClip, fit
@@ -192,9 +193,7 @@ def run(source: str, *, size: str = "small", device: str = "cpu", steps: int | N
         if not 0 <= distortion <= 1:
             raise ValueError("distortion must be within 0..1")
         sz = replace(sz, fit=replace(sz.fit, w_distortion=distortion))
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: this machine has no CUDA device")
+    dev = choose_device(device)
     t0 = time.perf_counter()
     # Renders nobody asked to keep live in a folder that goes whatever happens.
     with tempfile.TemporaryDirectory(prefix="animate4d_views_") as tmpdir:

@@ -185,8 +185,8 @@ def test_bench_on_cuda_without_cuda_is_a_clear_error():
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    for bench in ("clip-steps", "render", "hashgrid"):
-        r = animate4d("bench", bench, "--device", "cuda")
+    for bench in (["clip-steps"], ["render"], ["hashgrid"], ["synthetic", "ball"]):
+        r = animate4d("bench", *bench, "--device", "cuda")
         assert r.returncode == 2, (bench, r.stderr)
         assert "--device cuda: this machine has no CUDA device" in r.stderr
         assert "internal error" not in r.stderr
