@@ -7,7 +7,11 @@ of the dynamic stage's SDS step that is not the priors. Variants:
   three-runs  the first pass in three runs, (8, 16), as before session 14;
   no-copies   the hash grids' backward pass without the coarse levels' gradient copies
               (`hashgrid_triton.REPLICAS` = 1; the copies exist only in the Triton kernels,
-              which run on CUDA).
+              which run on CUDA);
+  small-chunks  the fields called on at most `Renderer.POINT_CHUNK` points at a time, as
+              before session 15 (the default on CUDA is `FUSED_POINT_CHUNK`);
+  copies-across-threads  the grouped backward pass with a point's copies spread over
+              threads (`hashgrid_triton.GROUP_IN_THREAD` = False), as before session 15.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import time
 from . import alternated, device_name, report
 from .steps import add_arguments, stage_scene
 
-VARIANTS = ("as-is", "three-runs", "no-copies")
+VARIANTS = ("as-is", "three-runs", "no-copies", "small-chunks", "copies-across-threads")
 _OLD_RUNS = (8, 16)
 
 
@@ -33,7 +37,7 @@ def run(args) -> dict:
     # The occupancy at the times the dynamic stage refreshes it at.
     device, preset, scene = stage_scene(args, [k / 8 for k in range(8)])
     renderer = scene.renderer
-    runs, replicas = renderer.runs, hashgrid_triton.REPLICAS
+    runs, replicas, chunk = renderer.runs, hashgrid_triton.REPLICAS, renderer.point_chunk
     opt = _optimiser(scene, "dynamic", preset)
     for group in opt.param_groups:  # the step's arithmetic, not its effect on the object
         group["lr"] = 0.0
@@ -47,6 +51,8 @@ def run(args) -> dict:
         clip = clips[k]
         renderer.runs = _OLD_RUNS if variant == "three-runs" else runs
         hashgrid_triton.REPLICAS = 1 if variant == "no-copies" else replicas
+        renderer.point_chunk = renderer.POINT_CHUNK if variant == "small-chunks" else chunk
+        hashgrid_triton.GROUP_IN_THREAD = variant != "copies-across-threads"
         try:
             torch.manual_seed(k)
             if device.type == "cuda":
@@ -61,6 +67,7 @@ def run(args) -> dict:
             ms = (time.perf_counter() - t0) * 1e3
         finally:
             renderer.runs, hashgrid_triton.REPLICAS = runs, replicas
+            renderer.point_chunk, hashgrid_triton.GROUP_IN_THREAD = chunk, True
         shaded[variant].append(int(renderer.last_samples["shaded"]))
         return ms
 

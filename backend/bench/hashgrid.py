@@ -50,7 +50,7 @@ def run(args) -> dict:
     compiled = torch.compile(grid) if args.mode == "default" else torch.compile(grid,
                                                                                 mode=args.mode)
     variants = [("eager", grid), ("compiled", compiled)]
-    if hashgrid_triton.available(x):
+    if hashgrid_triton.available(x.device):
         kernels = HashGrid(dims=args.dims, backend="triton").to(device)
         kernels.embeddings = grid.embeddings  # the same table
         variants.append(("triton", kernels))

@@ -108,10 +108,15 @@ class HashGrid(nn.Module):
                                           self.primes, self.offsets)
         return out
 
+    def fused_on(self, device) -> bool:
+        """Whether points on `device` go through the Triton kernels, which keep each point's
+        corners in registers: no per-point transients (the PyTorch path gathers ~6 KB per 4D
+        point), so callers may pass many more points per call."""
+        return (self.backend != "torch" and hashgrid_triton.available(device)
+                and self.embeddings.dtype == torch.float32)
+
     def _use_kernels(self, x: torch.Tensor) -> bool:
-        if self.backend == "torch":
-            return False
-        ok = hashgrid_triton.available(x) and self.embeddings.dtype == torch.float32
+        ok = self.fused_on(x.device)
         if self.backend == "triton" and not ok:
             raise RuntimeError("the Triton hash grid needs CUDA, Triton and float32 tables")
         return ok

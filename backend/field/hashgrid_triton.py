@@ -33,6 +33,13 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
 BLOCK = 128
+# A program's BLOCK rows run on 4 warps, one row per thread; in the grouped backward pass
+# (G > 1) on 4 / G warps, so that each thread holds one point's G copies and merges them in
+# its registers: the fitted clip's canonical backward (4.4 M rows, G = 4) took 8.8 ms with
+# the copies across threads, 4.0 with them in one (BLOCK 128 on 1 warp, or 256 on 2; H100,
+# session 15, docs/BENCHMARKS.md). `GROUP_IN_THREAD = False` is the old way (benchmarks).
+WARPS = 4
+GROUP_IN_THREAD = True
 # Table-gradient copies for the leading dense levels of at most REPLICATED_ROWS rows in all
 # (the canonical grid's five coarsest levels, the 4D grid's two; 85-93 MB of copies while a
 # backward pass runs). On an H100 the fitted render's backward passes took 10.98 -> 10.32 ms
@@ -42,8 +49,9 @@ REPLICAS = 32
 REPLICATED_ROWS = 2**19
 
 
-def available(x: torch.Tensor) -> bool:
-    return triton is not None and x.is_cuda
+def available(device) -> bool:
+    """Whether the kernels can run on `device` (a CUDA device, with Triton installed)."""
+    return triton is not None and torch.device(device).type == "cuda"
 
 
 if triton is not None:
@@ -266,8 +274,9 @@ def interpolate_function(n_dense: int, hash_mask: int, primes: tuple[int, ...],
         group = group if group > 1 and n % group == 0 else 1
         block = max(BLOCK // group, 16)  # the same rows per program
         m = n // group
+        warps = max(WARPS // group, 1) if GROUP_IN_THREAD else WARPS
         kernel[(triton.cdiv(m, block), levels)](x, *args, m, D=d, L=levels, G=group,
-                                                BLOCK=block, **consts, **kw)
+                                                BLOCK=block, num_warps=warps, **consts, **kw)
 
     class TritonInterpolate(torch.autograd.Function):
         @staticmethod

@@ -208,15 +208,21 @@ class Renderer:
     # run of (8, 16) saved: the dynamic stage's render step 44.0 ms with (8,), 45.5 with
     # (8, 16), 44.9 with (12,), the same samples kept (session 14, docs/BENCHMARKS.md).
     FIRST_PASS_RUNS = (8,)
+    # Points per field call (`point_chunk`), when not given: the PyTorch hash grid's
+    # transient gathers (about 6 KB per 4D point) bound it; through the Triton kernels there
+    # are none, and each call costs the host ~1 ms (warp + canonical) while the GPU waits:
+    # the dynamic stage's clip step 47.3 ms with 2^19, 43.7 with 2^21 (its ~1.1 M shaded
+    # samples in one call), 0.37 GB more at its peak (H100, session 15, docs/BENCHMARKS.md).
+    POINT_CHUNK, FUSED_POINT_CHUNK = 2**19, 2**21
 
     def __init__(self, canonical, motion=None, *, bound: float = 1.0, samples: int = 64,
                  occupancy: OccupancyGrid | None = None, normal_eps: float = 1e-3,
-                 point_chunk: int = 2**19, min_transmittance: float = 1e-4,
+                 point_chunk: int | None = None, min_transmittance: float = 1e-4,
                  min_alpha: float = 1e-4, prune: bool = True, prune_above: int = 2**20,
                  first_pass_runs: tuple[int, ...] = FIRST_PASS_RUNS):
         self.canonical, self.motion = canonical, motion
-        # Fields see at most this many points per call: the grids' transient gathers scale
-        # with it (about 6 KB per 4D point in eager mode), whatever the batch of rays.
+        # Fields see at most this many points per call (None: `points_per_call`), whatever
+        # the batch of rays.
         self.point_chunk = point_chunk
         self.bound, self.samples, self.occupancy = bound, samples, occupancy
         self.normal_eps = normal_eps
@@ -283,8 +289,18 @@ class Renderer:
             return t[live_index // self.samples]
         return t
 
+    def points_per_call(self, device) -> int:
+        """`point_chunk`, or by default FUSED_POINT_CHUNK when every field's hash grid runs
+        its fused kernels on `device`, else POINT_CHUNK."""
+        if self.point_chunk is not None:
+            return self.point_chunk
+        fields = [f for f in (self.canonical, self.motion) if f is not None]
+        fused = all(getattr(f, "encoder", None) is not None and f.encoder.fused_on(device)
+                    for f in fields)
+        return self.FUSED_POINT_CHUNK if fused else self.POINT_CHUNK
+
     def _chunks(self, fn, x: torch.Tensor, t) -> list:
-        step = self.point_chunk
+        step = self.points_per_call(x.device)
         per_point = torch.is_tensor(t) and t.ndim == 1
         return [fn(x[i : i + step], t[i : i + step] if per_point else t)
                 for i in range(0, len(x), step)]

@@ -13,7 +13,8 @@ def test_clip_steps_variants_render_the_same_clips(monkeypatch):
     visible = Renderer._visible
 
     def spy(self, *a, **k):
-        seen.append((self.runs, hashgrid_triton.REPLICAS))
+        seen.append((self.runs, hashgrid_triton.REPLICAS, self.point_chunk,
+                     hashgrid_triton.GROUP_IN_THREAD))
         return visible(self, *a, **k)
 
     render_rays = Renderer.render_rays
@@ -30,11 +31,14 @@ def test_clip_steps_variants_render_the_same_clips(monkeypatch):
     assert set(out["ms"]) == set(clip_steps.VARIANTS) and all(v > 0 for v in out["ms"].values())
     # Three rounds, one step of each variant per round, each variant under its own settings.
     runs, copies = Renderer.FIRST_PASS_RUNS, hashgrid_triton.REPLICAS
-    assert sorted(set(seen)) == sorted({(runs, copies), ((8, 16), copies), (runs, 1)})
-    assert len(seen) == 9
+    small = Renderer.POINT_CHUNK
+    assert set(seen) == {(runs, copies, None, True), ((8, 16), copies, None, True),
+                         (runs, 1, None, True), (runs, copies, small, True),
+                         (runs, copies, None, False)}
+    assert len(seen) == 3 * len(clip_steps.VARIANTS)
     # The same clips (and jitter) in every variant: the same samples shaded, clip by clip,
     # whatever the first pass's runs (it keeps the same samples by design).
     shaded = out["shaded"]
-    assert shaded["as-is"] == shaded["three-runs"] == shaded["no-copies"]
+    assert all(shaded[v] == shaded["as-is"] for v in clip_steps.VARIANTS)
     assert all(n > 0 for n in shaded["as-is"])
-    assert copies == hashgrid_triton.REPLICAS  # put back
+    assert copies == hashgrid_triton.REPLICAS and hashgrid_triton.GROUP_IN_THREAD  # put back

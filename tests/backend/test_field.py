@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from animate4d.backend.field import hashgrid_triton
 from animate4d.backend.field.extract import extract, fill_from_neighbours, forward_warp
 from animate4d.backend.field.fields import CanonicalField, LoopingMotionField, MotionField
 from animate4d.backend.field.render import OccupancyGrid, Renderer, Shading, camera_rays
@@ -240,6 +241,26 @@ def test_field_evaluation_in_point_chunks_changes_nothing():
     for key in ("rgb", "alpha", "depth", "normal"):
         torch.testing.assert_close(a[key], b[key])
     assert a["alpha"].max() > 0.9
+
+
+def test_points_per_call_follow_the_grid_path():
+    """The default point chunk is large only where every field's grid runs the fused kernels
+    (no per-point transients); the PyTorch path, or a field without a grid, keeps the small
+    one, and a chunk given explicitly wins."""
+    canonical, motion = CanonicalField(levels=2, log2_table=8), MotionField(levels=2,
+                                                                           log2_table=8)
+    r = Renderer(canonical, motion)
+    assert r.points_per_call("cpu") == Renderer.POINT_CHUNK
+    assert Renderer.FUSED_POINT_CHUNK > Renderer.POINT_CHUNK
+    fused = hashgrid_triton.triton is not None  # the kernels need Triton, on CUDA
+    assert r.points_per_call("cuda") == (Renderer.FUSED_POINT_CHUNK if fused
+                                         else Renderer.POINT_CHUNK)
+    motion.encoder.backend = "torch"  # one field on the PyTorch path: small chunks
+    assert r.points_per_call("cuda") == Renderer.POINT_CHUNK
+    motion.encoder.backend = "auto"
+    assert Renderer(canonical, Translate((0.1, 0.0, 0.0))).points_per_call("cuda") \
+        == Renderer.POINT_CHUNK
+    assert Renderer(canonical, motion, point_chunk=97).points_per_call("cuda") == 97
 
 
 class Counting(nn.Module):
