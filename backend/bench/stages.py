@@ -126,7 +126,7 @@ def run(args) -> dict:
 
     from ..pipeline import stages
     from ..pipeline.presets import PRESETS
-    from ..pipeline.run import PriorPool, _optimiser, _stage_setup, optimise
+    from ..pipeline.run import PriorPool, _optimiser, _stage_setup, occupancy_times, optimise
     from ..pipeline.textual_inversion import TokenTrainer
     from ..priors import compiling, graphs, text
 
@@ -226,7 +226,7 @@ def run(args) -> dict:
                 if args.channels_last:
                     _channels_last(pool, args.channels_last)
                 opt = _optimiser(scene, stage, preset)
-                scene.refresh_occupancy((None,) if stage == "static" else [0.0, 0.5])
+                scene.refresh_occupancy(occupancy_times(stage))
 
                 clip = preset.clip_value(stage)
 
@@ -240,6 +240,8 @@ def run(args) -> dict:
             held = (round(torch.cuda.memory_allocated(device) / 1e9, 2)
                     if device.type == "cuda" else None)
             kinds = _time_kinds(stage, step, clock, device, args.warmup, args.iters)
+            periodic = (_time_periodic(stage, scene, preset, device, args.iters)
+                        if stage != "textual_inversion" else {"ms_per_step": 0.0})
             if args.profile or args.profile_gaps:
                 out.setdefault("profiles", {})[stage] = _profile_kinds(
                     stage, step, device, gaps=args.profile_gaps)
@@ -248,10 +250,8 @@ def run(args) -> dict:
                                                                   args.iters)
             total_steps = preset.steps(stage)
             counts = _schedule_counts(stage, preset)
-            minutes = sum(counts[k] * kinds[k]["ms_per_step"] for k in counts) / 6e4 + setup / 60
-            shares = {key: sum(counts[k] * kinds[k]["ms_per_step"] * kinds[k][key]
-                               for k in counts) / (minutes * 6e4)
-                      for key in ("prior_forward_share", "prior_backward_share")}
+            minutes, shares = projection(kinds, counts, total_steps * periodic["ms_per_step"],
+                                         setup)
             out["stages"][stage] = {
                 "ms_per_step": round(minutes * 6e4 / total_steps, 1), "steps": total_steps,
                 "projected_minutes": round(minutes, 1), "setup_seconds": round(setup, 2),
@@ -261,6 +261,7 @@ def run(args) -> dict:
                 # The renders, fields, losses, optimiser and reference steps, and the host.
                 "elsewhere_share": round(1 - sum(shares.values()), 3),
                 "kinds": {k: dict(kinds[k], steps=round(counts[k])) for k in counts},
+                "periodic": periodic,
                 "peak_gb": round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
                 if device.type == "cuda" else None,
                 # CUDA graphs keep their pools reserved: what a 24 GB card must hold.
@@ -339,6 +340,46 @@ def _time_kinds(stage, step, clock, device, warmup: int, iters: int) -> dict:
             "prior_backward_share": statistics.median(b / t for t, _, b in rows),
             "timed": len(rows)}
     return out
+
+
+def projection(kinds: dict, counts: dict, periodic_ms: float, setup_s: float) -> tuple:
+    """(minutes, shares) of a whole stage: `counts[k]` steps of each kind at its median ms,
+    plus `periodic_ms` in all of the work between steps and `setup_s` once; the priors'
+    forward and backward shares of all of it (the rest, periodic work included, is
+    elsewhere)."""
+    total_ms = (sum(counts[k] * kinds[k]["ms_per_step"] for k in counts) + periodic_ms
+                + setup_s * 1e3)
+    shares = {key: sum(counts[k] * kinds[k]["ms_per_step"] * kinds[k][key] for k in counts)
+              / total_ms for key in ("prior_forward_share", "prior_backward_share")}
+    return total_ms / 6e4, shares
+
+
+def _time_periodic(stage: str, scene, preset, device, iters: int) -> dict:
+    """What a field stage does every few steps besides its steps, spread per step: the
+    occupancy refresh (every `OCCUPANCY_EVERY` steps) and packing the fields' checkpoint
+    (every `checkpoint_every`; sending it is the worker's, in the background). Median ms of
+    `iters` of each."""
+    import torch
+
+    from ..pipeline.run import OCCUPANCY_EVERY, fields_checkpoint, occupancy_times
+
+    def timed(fn) -> float:
+        ms = []
+        for _ in range(iters + 1):  # the first one warms up
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            ms.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(ms[1:])
+
+    refresh = timed(lambda: scene.refresh_occupancy(occupancy_times(stage)))
+    pack = timed(lambda: fields_checkpoint(scene, stage, 0))
+    return {"occupancy_refresh_ms": round(refresh, 1), "checkpoint_ms": round(pack, 1),
+            "ms_per_step": round(refresh / OCCUPANCY_EVERY + pack / preset.checkpoint_every,
+                                 2)}
 
 
 def _schedule_counts(stage: str, preset) -> dict[str, float]:

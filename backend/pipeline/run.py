@@ -127,6 +127,22 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return y[0, 0] if squeeze else y[0]
 
 
+# Every OCCUPANCY_EVERY steps of a field stage the occupancy grid is refreshed, at the times
+# `occupancy_times` gives (`bench stages` counts both in its projection).
+OCCUPANCY_EVERY = 16
+
+
+def occupancy_times(stage: str) -> tuple:
+    """The static stage's one canonical field; later stages' eight frames across the clip."""
+    return (None,) if stage == "static" else tuple(k / 8 for k in range(8))
+
+
+def fields_checkpoint(scene: stages.Scene, stage: str, step: int) -> bytes:
+    """The fields' checkpoint after `step` steps of `stage` (what a resumed job reloads)."""
+    return _torch_bytes({"canonical": scene.canonical.state_dict(),
+                         "motion": scene.motion.state_dict(), "stage": stage, "step": step})
+
+
 def _optimiser(scene: stages.Scene, stage: str, preset: Preset):
     if stage == "dynamic":
         groups = [{"params": scene.motion.parameters(), "lr": preset.lr},
@@ -225,9 +241,7 @@ def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progres
             progress("proxy", 1, 1)
 
     def save(stage, step):
-        checkpoints.put("a124/fields", _torch_bytes({
-            "canonical": scene.canonical.state_dict(), "motion": scene.motion.state_dict(),
-            "stage": stage, "step": step}))
+        checkpoints.put("a124/fields", fields_checkpoint(scene, stage, step))
 
     for stage in ("static", "dynamic", "refine"):
         total = preset.steps(stage)
@@ -241,11 +255,10 @@ def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progres
             step_fn = _stage_setup(stage, scene, ref, preset, pool, prep, object_prompt,
                                    motion_prompt, options)
             opt = _optimiser(scene, stage, preset)
-            times = (None,) if stage == "static" else [k / 8 for k in range(8)]
             for step in range(start, total):
                 progress(stage, step, total)
-                if step % 16 == 0:
-                    scene.refresh_occupancy(times)
+                if step % OCCUPANCY_EVERY == 0:
+                    scene.refresh_occupancy(occupancy_times(stage))
                 if stage == "dynamic":
                     scene.motion.open_levels(min(1.0, 2 * step / total))
                 losses = step_fn(rng, step / total, preset.reference_step(stage, step))
@@ -260,7 +273,7 @@ def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progres
     with clock.stage("export"):
         progress("export", 0, 1)
         pool.keep()
-        scene.refresh_occupancy([k / 8 for k in range(8)])
+        scene.refresh_occupancy(occupancy_times("export"))
         mesh, report = extract(
             scene.canonical, scene.motion, frames=options.frames, fps=options.fps,
             resolution=preset.export_resolution,

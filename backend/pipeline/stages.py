@@ -59,7 +59,8 @@ class Scene:
 
     def refresh_occupancy(self, times=(None,)):
         self.occupancy.update(self.renderer.density_at, times=times,
-                              threshold=0.01 / self.renderer.step_length)
+                              threshold=0.01 / self.renderer.step_length,
+                              chunk=self.renderer.points_per_call(self.device))
 
 
 def _pearson_loss(pred: torch.Tensor, target: torch.Tensor,

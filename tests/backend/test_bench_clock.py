@@ -1,4 +1,5 @@
-"""The stages bench's prior clock: what it reports as inside the priors is what was there.
+"""The stages bench's prior clock: what it reports as inside the priors is what was there;
+and its projection of a whole stage from the timed steps.
 
 The clock's marks come from a fake clock that the test advances, so nothing here is timed."""
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from animate4d.backend.bench.stages import _PriorClock
+from animate4d.backend.bench.stages import _PriorClock, projection
 
 NOW = [0.0]  # the fake clock: seconds
 
@@ -76,3 +77,15 @@ def test_clock_on_cuda_records_one_forward_and_one_backward_span():
     torch.cuda.synchronize()
     assert [kind for kind, _, _ in clock._spans] == ["forward", "backward"]
     assert all(t >= 0.0 for t in clock.totals())
+
+
+def test_projection_counts_the_work_between_steps_as_elsewhere():
+    """A stage of 100 steps at 10 ms (half inside the priors' forward passes, a fifth in
+    their backward) with 100 ms of occupancy refreshes and checkpoints between them and 1 s
+    of set-up: 2.1 s in all, and the priors' shares are of all of it."""
+    kinds = {"sds": {"ms_per_step": 10.0, "prior_forward_share": 0.5,
+                     "prior_backward_share": 0.2}}
+    minutes, shares = projection(kinds, {"sds": 100}, periodic_ms=100.0, setup_s=1.0)
+    assert minutes == pytest.approx(2.1 / 60)
+    assert shares["prior_forward_share"] == pytest.approx(500 / 2100)
+    assert shares["prior_backward_share"] == pytest.approx(200 / 2100)

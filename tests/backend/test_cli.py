@@ -164,6 +164,11 @@ def test_bench_stages_runs_tiny_models_on_the_cpu_and_rejects_bad_counts(tmp_pat
     assert report["complete"] and set(static["kinds"]) == {"reference", "sds"}
     assert static["ms_per_step"] > 0 and report["projected_minutes_total"] > 0
     assert 0 <= static["elsewhere_share"] <= 1
+    # The occupancy refreshes and checkpoints between steps, timed (`bench.stages.projection`
+    # counts them).
+    periodic = static["periodic"]
+    assert periodic["occupancy_refresh_ms"] > 0 and periodic["checkpoint_ms"] > 0
+    assert periodic["ms_per_step"] > 0
     for kind in ("sds", "reference"):
         profile = report["profiles"]["static"][kind]
         assert profile["top"] and {"gaps_ms", "by_caller", "host_calls"} <= set(profile["gaps"])

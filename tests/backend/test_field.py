@@ -230,6 +230,23 @@ def test_one_batch_of_cameras_and_times_equals_separate_renders():
     assert not torch.allclose(both[0], both[1])
 
 
+def test_occupancy_of_several_times_in_one_batch_is_the_union_of_each_time():
+    """Several times are evaluated as one batch of points with a time each (in chunks that
+    split times apart): the grid is the union of the single-time grids, and differs from
+    any one of them when the object moves."""
+    r = Renderer(Sphere(), Translate((0.6, 0.0, 0.0)), samples=32)
+    times = [0.0, 0.5, 1.0]
+    batched = OccupancyGrid(1.0, 16)
+    batched.update(r.density_at, times=times, chunk=1000)  # 3 x 4096 points: 13 calls
+    union = torch.zeros(16, 16, 16, dtype=torch.bool)
+    for t in times:
+        single = OccupancyGrid(1.0, 16)
+        single.update(r.density_at, times=[t])
+        assert not torch.equal(single.mask, batched.mask)
+        union |= single.mask
+    assert torch.equal(batched.mask, union)
+
+
 def test_field_evaluation_in_point_chunks_changes_nothing():
     """The renderer bounds the points per field call; a chunk far smaller than the batch gives
     the same images and normals (lambertian exercises the normal path)."""
