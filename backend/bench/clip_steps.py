@@ -31,14 +31,14 @@ def run(args) -> dict:
     import torch
 
     from ..field import hashgrid_triton
-    from ..pipeline.run import _optimiser, optimise
+    from ..pipeline.optimisation import optimise, stage_optimiser
     from ..pipeline.stages import sample_clip_views
 
     # The occupancy at the times the dynamic stage refreshes it at.
     device, preset, scene = stage_scene(args, [k / 8 for k in range(8)])
     renderer = scene.renderer
     runs, replicas, chunk = renderer.runs, hashgrid_triton.REPLICAS, renderer.point_chunk
-    opt = _optimiser(scene, "dynamic", preset)
+    opt = stage_optimiser(scene, "dynamic", preset)
     for group in opt.param_groups:  # the step's arithmetic, not its effect on the object
         group["lr"] = 0.0
     # Every variant renders the same clips in the same order, with the same jitter.

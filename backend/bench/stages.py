@@ -125,8 +125,9 @@ def run(args) -> dict:
     import torch
 
     from ..pipeline import stages
+    from ..pipeline.optimisation import stage_optimiser
     from ..pipeline.presets import PRESETS
-    from ..pipeline.run import PriorPool, _optimiser, _stage_setup, occupancy_times, optimise
+    from ..pipeline.run import PriorPool, _stage_setup, occupancy_times, stage_stepper
     from ..pipeline.textual_inversion import TokenTrainer
     from ..priors import compiling, graphs, text
 
@@ -225,15 +226,12 @@ def run(args) -> dict:
                         clock.hook(prior.parts["vae"].encoder)
                 if args.channels_last:
                     _channels_last(pool, args.channels_last)
-                opt = _optimiser(scene, stage, preset)
+                opt = stage_optimiser(scene, stage, preset)
                 scene.refresh_occupancy(occupancy_times(stage))
+                stepper = stage_stepper(stage, scene, ref, preset, fn, opt)
 
-                clip = preset.clip_value(stage)
-
-                def step(p, reference=False, fn=fn, opt=opt, clip=clip):
-                    losses = fn(rng, p, reference)
-                    optimise(opt, losses, clip)
-                    return losses
+                def step(p, reference=False, stepper=stepper):
+                    return stepper(rng, p, reference)
 
             # What the stage holds before its first step (its priors, the fields): run alone
             # and after other stages, it must be the same, or something was carried over.
@@ -307,11 +305,16 @@ def _time_kinds(stage, step, clock, device, warmup: int, iters: int) -> dict:
     it has seen enough of both of its SDS kinds (at most 20 x iters tries per kind)."""
     import torch
 
+    from ..pipeline.reference_graph import ReferenceGraph
+
     want = {"step"} if stage == "textual_inversion" else {"reference", "sds"}
     if stage == "dynamic":
         want.add("sds+zero123")
     seen: dict[str, list[tuple[float, float, float]]] = {k: [] for k in want}
     warm = dict.fromkeys(want, 0)
+    # Reference steps: past their CUDA graph's eager warm-up and capture (once per stage).
+    need = {k: max(warmup, ReferenceGraph.WARMUP + 1) if k == "reference" else warmup
+            for k in want}
     tries = 0
     while any(len(v) < iters for v in seen.values()) and tries < 20 * iters * len(want):
         tries += 1
@@ -320,11 +323,13 @@ def _time_kinds(stage, step, clock, device, warmup: int, iters: int) -> dict:
             torch.cuda.synchronize(device)
         clock.reset()
         t0 = time.perf_counter()
-        losses = step(0.5) if stage == "textual_inversion" else step(0.5, reference)
+        # The losses go with the step: a loss kept alive keeps its autograd graph, whose
+        # gradient accumulators a CUDA graph's capture would then share (and fail on).
+        kind = _kind(stage, reference,
+                     step(0.5) if stage == "textual_inversion" else step(0.5, reference))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        kind = _kind(stage, reference, losses)
-        if warm[kind] < warmup:
+        if warm[kind] < need[kind]:
             warm[kind] += 1
         elif len(seen[kind]) < iters:
             seen[kind].append((time.perf_counter() - t0, *clock.totals()))
@@ -431,7 +436,7 @@ def add_parser(sub) -> None:
                    "starts from), a fitted solid ball (what the later stages start from), or "
                    "the bundled example's preview proxy (`run --static-init proxy`), timed")
     p.add_argument("--no-cuda-graphs", action="store_true",
-                   help="run the UNets eagerly (ANIMATE4D_CUDA_GRAPHS=0)")
+                   help="run the UNets and the reference step eagerly (ANIMATE4D_CUDA_GRAPHS=0)")
     p.add_argument("--channels-last", choices=("vae", "all"),
                    help="2D convolutions of the VAEs (or of every prior) in channels-last "
                    "memory format")

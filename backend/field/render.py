@@ -431,6 +431,33 @@ class Renderer:
             else torch.zeros(n_rays, 3, device=o.device),
         }
 
+    def render_rays_dense(self, o, d, *, background=(1.0, 1.0, 1.0),
+                          jitter: bool = False) -> dict:
+        """The canonical field (frame 0) coloured by albedo along rays o, d, at every sample
+        in the box, as (rays, samples) arrays: no occupancy test, no pruning, no host sync,
+        and shapes set by the rays alone, so that a step built on it can be captured as a CUDA
+        graph (`pipeline.reference_graph`). The same picture as `render_rays` but for what
+        the occupancy grid and pruning leave out there (cells marked empty, light below the
+        thresholds). Returns rgb, alpha and depth per ray."""
+        n_rays, s = len(o), self.samples
+        near, far = box_intersect(o, d, self.bound)
+        length = (far - near).clamp(min=0)  # a ray that misses the box: no opacity
+        steps = (torch.arange(s, device=o.device, dtype=o.dtype) + 0.5) / s
+        if jitter:
+            steps = steps + (torch.rand(n_rays, s, device=o.device) - 0.5) / s
+        z = near[:, None] + length[:, None] * steps  # (R, S)
+        sigma, albedo = self.canonical((o[:, None] + d[:, None] * z[..., None]).reshape(-1, 3))
+        tau = sigma.view(n_rays, s) * (length / s)[:, None]
+        # A ray's 64 or so samples: a float32 running sum loses nothing here (the packed
+        # path sums millions of samples in one run, hence its float64).
+        weights = -torch.expm1(-tau) * torch.exp(tau - torch.cumsum(tau, 1))
+        acc = weights.sum(1)
+        bg = to_device(background, o.device, o.dtype)
+        return {"rgb": (weights[..., None] * albedo.view(n_rays, s, 3)).sum(1)
+                + (1.0 - acc)[:, None] * bg,
+                "alpha": acc,
+                "depth": (weights * z).sum(1) / acc.clamp(min=1e-6)}
+
     def render(self, cameras: list[Camera], times: list | None = None, *, chunk: int = 2**18,
                **kw) -> dict:
         """One image per (camera, time), all rays of the batch rendered together in chunks

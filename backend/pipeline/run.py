@@ -35,12 +35,14 @@ from ..preprocess.image_io import LoadedImage, load_image
 from ..preprocess.segment import clean_mask, foreground_mask
 from ..preview.colour import fill_background, sample_image
 from ..preview.inflate import InflatedShape, inflate
-from ..priors import compiling, guidance, loading, registry, text
+from ..priors import compiling, graphs, guidance, loading, registry, text
 from ..priors.sds import TimestepRange
 from ..progress import ProgressFn, Stopwatch, no_progress
 from ..version import versions
 from . import stages
+from .optimisation import optimise, stage_optimiser
 from .presets import PRESETS, STAGES, Preset
+from .reference_graph import ReferenceGraph
 from .textual_inversion import learn_token
 
 
@@ -143,36 +145,6 @@ def fields_checkpoint(scene: stages.Scene, stage: str, step: int) -> bytes:
                          "motion": scene.motion.state_dict(), "stage": stage, "step": step})
 
 
-def _optimiser(scene: stages.Scene, stage: str, preset: Preset):
-    if stage == "dynamic":
-        groups = [{"params": scene.motion.parameters(), "lr": preset.lr},
-                  {"params": scene.canonical.parameters(),
-                   "lr": preset.lr * preset.canonical_lr_scale}]
-    else:
-        groups = [{"params": scene.canonical.encoder.parameters(), "lr": preset.lr},
-                  {"params": scene.canonical.net.parameters(), "lr": preset.lr * 0.1}]
-        if stage == "refine":
-            groups.append({"params": scene.motion.parameters(), "lr": preset.lr * 0.1})
-    # fused: one kernel for all parameters instead of a dozen launches per group; the step
-    # after a reference step's small render waits on the host that launches them.
-    return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15, fused=True)
-
-
-def optimise(opt: torch.optim.Optimizer, losses: dict, clip: float | None) -> None:
-    """One optimiser step on the sum of a step's losses, gradient values clipped at `clip`.
-
-    Gradients are zeroed, not dropped: a parameter the step's losses do not reach (the motion
-    field in a reference step, whose time-0 render skips it) still takes its Adam step on a
-    zero gradient, as it would if the step had reached it with one, instead of standing still
-    while its moments wait."""
-    opt.zero_grad(set_to_none=False)
-    sum(losses.values()).backward()
-    if clip is not None:
-        torch.nn.utils.clip_grad_value_([p for g in opt.param_groups for p in g["params"]
-                                         if p.grad is not None], clip)
-    opt.step()
-
-
 def _textual_inversion(pool: PriorPool, prep: dict, preset: Preset, options: JobOptions,
                        checkpoints: Checkpoints, progress: ProgressFn,
                        random_weights: bool) -> None:
@@ -252,24 +224,24 @@ def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progres
         if start >= total:
             continue
         with clock.stage(stage):
-            step_fn = _stage_setup(stage, scene, ref, preset, pool, prep, object_prompt,
-                                   motion_prompt, options)
-            opt = _optimiser(scene, stage, preset)
+            losses_fn = _stage_setup(stage, scene, ref, preset, pool, prep, object_prompt,
+                                     motion_prompt, options)
+            opt = stage_optimiser(scene, stage, preset)
+            step_fn = stage_stepper(stage, scene, ref, preset, losses_fn, opt)
             for step in range(start, total):
                 progress(stage, step, total)
                 if step % OCCUPANCY_EVERY == 0:
                     scene.refresh_occupancy(occupancy_times(stage))
                 if stage == "dynamic":
                     scene.motion.open_levels(min(1.0, 2 * step / total))
-                losses = step_fn(rng, step / total, preset.reference_step(stage, step))
-                optimise(opt, losses, preset.clip_value(stage))
+                step_fn(rng, step / total, preset.reference_step(stage, step))
                 if (step + 1) % preset.checkpoint_every == 0 and step + 1 < total:
                     save(stage, step + 1)
             save(stage, total)
             progress(stage, total, total)
             # Release this stage's guidance (its priors' CUDA graphs and their memory pools)
             # before the next stage loads its own.
-            step_fn = opt = None
+            step_fn = losses_fn = opt = None
     with clock.stage("export"):
         progress("export", 0, 1)
         pool.keep()
@@ -311,6 +283,25 @@ def start_from_proxy(scene: stages.Scene, prep: dict, preset: Preset, size: int 
 
     return fit_shape(scene.canonical, inside, near=torch.as_tensor(surface, dtype=torch.float32),
                      colour=colour, steps=preset.proxy_steps)
+
+
+def stage_stepper(stage: str, scene: stages.Scene, ref: stages.Reference, preset: Preset,
+                  losses_fn, opt: torch.optim.Optimizer):
+    """`step(rng, progress, reference) -> losses`: one optimisation step of a field stage,
+    its losses (`losses_fn`, from `_stage_setup`) and the optimiser's step; on CUDA the
+    reference steps run as a CUDA graph (`ReferenceGraph`; ANIMATE4D_CUDA_GRAPHS=0: eager)."""
+    clip = preset.clip_value(stage)
+    graph = (ReferenceGraph(scene, ref, preset, opt, clip) if graphs.enabled(scene.device)
+             else None)
+
+    def step(rng, progress: float, reference: bool) -> dict:
+        if reference and graph is not None:
+            return graph.step()
+        losses = losses_fn(rng, progress, reference)
+        optimise(opt, losses, clip)
+        return losses
+
+    return step
 
 
 def _stage_setup(stage, scene, ref, preset, pool, prep, object_prompt, motion_prompt, options):

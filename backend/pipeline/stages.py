@@ -78,12 +78,19 @@ def reference_losses(scene: Scene, ref: Reference, preset: Preset) -> dict:
     """Reference-view RGB, mask and depth (1 - Pearson, foreground only) at frame 0."""
     cam = canonical_camera(ref.rgb.shape[-1])
     rgb, alpha, depth = scene.render([cam], [0.0])
+    return reference_terms(rgb[0], alpha[0], depth[0], ref, preset)
+
+
+def reference_terms(rgb: torch.Tensor, alpha: torch.Tensor, depth: torch.Tensor,
+                    ref: Reference, preset: Preset) -> dict:
+    """The reference losses of one render of the reference view: rgb (3, H, W), alpha and
+    depth (H, W)."""
     m = ref.mask
-    losses = {"ref_rgb": preset.ref_rgb * F.mse_loss(rgb[0] * m, ref.rgb * m),
-              "ref_mask": preset.ref_mask * F.mse_loss(alpha[0], m)}
+    losses = {"ref_rgb": preset.ref_rgb * F.mse_loss(rgb * m, ref.rgb * m),
+              "ref_mask": preset.ref_mask * F.mse_loss(alpha, m)}
     if ref.depth_usable:
         # DPT gives inverse depth: nearer is larger, so compare with -depth.
-        losses["ref_depth"] = preset.ref_depth * _pearson_loss(-depth[0], ref.depth,
+        losses["ref_depth"] = preset.ref_depth * _pearson_loss(-depth, ref.depth,
                                                                ref.foreground)
     return losses
 

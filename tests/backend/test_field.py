@@ -247,6 +247,33 @@ def test_occupancy_of_several_times_in_one_batch_is_the_union_of_each_time():
     assert torch.equal(batched.mask, union)
 
 
+def test_dense_render_is_the_packed_render_without_occupancy_or_pruning():
+    """`render_rays_dense` (every in-box sample in a (rays, samples) array, for CUDA-graph
+    capture) gives the packed renderer's picture and gradients when that one skips nothing;
+    rays that miss the box show the background."""
+    torch.manual_seed(0)
+    field = CanonicalField(1.0, levels=4, log2_table=10)
+    r = Renderer(field, samples=32, prune=False)
+    cam = canonical_camera(16)
+    o, d = camera_rays(cam)
+    o, d = torch.cat([o, o[:1] + 5.0]), torch.cat([d, d[:1]])  # the last ray misses the box
+    bg = (0.2, 0.4, 0.6)
+    results = []
+    for render in (lambda: r.render_rays(o, d, shading=Shading(mode="albedo"), background=bg),
+                   lambda: r.render_rays_dense(o, d, background=bg)):
+        field.zero_grad()
+        out = render()
+        (out["rgb"].square().sum() + out["depth"].sum() + out["alpha"].sum()).backward()
+        results.append((out, [p.grad.clone() for p in field.parameters()]))
+    (packed, packed_grads), (dense, dense_grads) = results
+    for key in ("rgb", "alpha", "depth"):
+        torch.testing.assert_close(dense[key], packed[key].detach(), atol=1e-5, rtol=1e-4)
+    for a, b in zip(dense_grads, packed_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-3)
+    assert dense["alpha"][:-1].max() > 0.5 and dense["alpha"][-1] == 0
+    torch.testing.assert_close(dense["rgb"][-1].detach(), torch.tensor(bg))
+
+
 def test_field_evaluation_in_point_chunks_changes_nothing():
     """The renderer bounds the points per field call; a chunk far smaller than the batch gives
     the same images and normals (lambertian exercises the normal path)."""

@@ -137,7 +137,7 @@ def test_sds_renders_are_lit_and_backed_as_animate124_draws_them():
 
 
 def test_dynamic_and_refine_steps_clip_gradient_values():
-    from animate4d.backend.pipeline.run import optimise
+    from animate4d.backend.pipeline.optimisation import optimise
 
     paper = presets.PAPER
     assert paper.clip_value("static") is None
@@ -152,7 +152,7 @@ def test_dynamic_and_refine_steps_clip_gradient_values():
 def test_a_parameter_a_step_does_not_reach_still_takes_its_adam_step():
     """The motion field is not reached by a reference step (time 0 skips it): it keeps moving
     on its Adam moments, as when that step reached it with a zero gradient."""
-    from animate4d.backend.pipeline.run import optimise
+    from animate4d.backend.pipeline.optimisation import optimise
 
     a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.Adam([a, b], lr=0.1)
@@ -305,7 +305,7 @@ def test_a_prior_dropped_between_stages_is_gone_when_the_next_stage_starts(tiny_
     from animate4d.backend.pipeline import run as run_mod
 
     dropped, alive_at_start = [], {}
-    keep, optimiser = run_mod.PriorPool.keep, run_mod._optimiser
+    keep, optimiser = run_mod.PriorPool.keep, run_mod.stage_optimiser
 
     def recording_keep(pool, *roles):
         dropped.extend((r, weakref.ref(p)) for r, p in pool.loaded.items() if r not in roles)
@@ -317,7 +317,7 @@ def test_a_prior_dropped_between_stages_is_gone_when_the_next_stage_starts(tiny_
         return optimiser(scene, stage, preset)
 
     monkeypatch.setattr(run_mod.PriorPool, "keep", recording_keep)
-    monkeypatch.setattr(run_mod, "_optimiser", checking_optimiser)
+    monkeypatch.setattr(run_mod, "stage_optimiser", checking_optimiser)
     run_animate124(EXAMPLE_IMAGE, JobOptions(prompt="a panda is dancing", preset="fast",
                                              frames=2),
                    models=tiny_models, preset=presets.tiny(max_steps=1), device="cpu")

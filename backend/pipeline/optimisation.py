@@ -1,0 +1,42 @@
+"""The field stages' optimiser and its step (shared by the pipeline, the reference step's CUDA
+graph and the benchmarks)."""
+
+from __future__ import annotations
+
+import torch
+
+from .presets import Preset
+
+
+def stage_optimiser(scene, stage: str, preset: Preset) -> torch.optim.Adam:
+    """The Adam optimiser of a field stage: which fields it trains, at which rates."""
+    if stage == "dynamic":
+        groups = [{"params": scene.motion.parameters(), "lr": preset.lr},
+                  {"params": scene.canonical.parameters(),
+                   "lr": preset.lr * preset.canonical_lr_scale}]
+    else:
+        groups = [{"params": scene.canonical.encoder.parameters(), "lr": preset.lr},
+                  {"params": scene.canonical.net.parameters(), "lr": preset.lr * 0.1}]
+        if stage == "refine":
+            groups.append({"params": scene.motion.parameters(), "lr": preset.lr * 0.1})
+    # fused: one kernel for all parameters instead of a dozen launches per group; the step
+    # after a reference step's small render waits on the host that launches them.
+    # capturable (CUDA): its step count stays on the GPU, so the reference step can run as
+    # a CUDA graph (`reference_graph`); the learning rates are then fixed at capture.
+    return torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15, fused=True,
+                            capturable=scene.device.type == "cuda")
+
+
+def optimise(opt: torch.optim.Optimizer, losses: dict, clip: float | None) -> None:
+    """One optimiser step on the sum of a step's losses, gradient values clipped at `clip`.
+
+    Gradients are zeroed, not dropped: a parameter the step's losses do not reach (the motion
+    field in a reference step, whose time-0 render skips it) still takes its Adam step on a
+    zero gradient, as it would if the step had reached it with one, instead of standing still
+    while its moments wait."""
+    opt.zero_grad(set_to_none=False)
+    sum(losses.values()).backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_value_([p for g in opt.param_groups for p in g["params"]
+                                         if p.grad is not None], clip)
+    opt.step()

@@ -1,0 +1,94 @@
+"""The reference step as one CUDA graph.
+
+A reference step (Animate124's known-view step, a quarter of every field stage's steps)
+renders the reference view of the canonical field and fits it to the input. On an H100 that
+is ~3 ms of GPU work, but it took 9-14 ms: a few hundred small kernels and autograd nodes,
+each launched by the host while the GPU waited (docs/BENCHMARKS.md, session 15). Captured
+once per stage and replayed, the whole step (render, losses, backward, gradient clip, Adam)
+is one launch. A graph needs fixed shapes and no host syncs, so this step renders with
+`Renderer.render_rays_dense` (every sample in the box; no occupancy grid, no pruning, which
+only ever left out samples of little or no light) and the optimiser must be `capturable`
+(`optimisation.stage_optimiser` makes it so on CUDA). The sample jitter is drawn inside the
+graph, fresh at every replay.
+
+Off the GPU (or `graph=False`) the same step runs eagerly.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+
+from ..device_tensors import to_device
+from ..field.render import camera_rays
+from ..preprocess.framing import canonical_camera
+from .optimisation import optimise
+from .stages import Reference, Scene, reference_terms
+
+
+class ReferenceGraph:
+    """`step()`: one reference step of `opt` (returns its losses, which the next step
+    overwrites). The first WARMUP steps run eagerly, on a side stream as capture wants; the
+    next one captures the graph, and it and every later one replay it."""
+
+    WARMUP = 3
+
+    def __init__(self, scene: Scene, ref: Reference, preset, opt: torch.optim.Optimizer,
+                 clip: float | None, *, jitter: bool = True, graph: bool = True):
+        self.scene, self.ref, self.preset, self.opt, self.clip = scene, ref, preset, opt, clip
+        self.jitter = jitter
+        self.use_graph = graph and scene.device.type == "cuda"
+        cam = canonical_camera(ref.rgb.shape[-1])
+        self.size = cam.resolution[::-1]  # (H, W)
+        self.o, self.d = camera_rays(cam, scene.device)
+        self.background = to_device((1.0, 1.0, 1.0), scene.device)
+        if self.use_graph:
+            # A graph zeroes and steps the gradients that exist when it is captured; an
+            # eager step (`optimise`) every parameter that has one. Giving each parameter its
+            # gradient now (zeros: what an untouched one is given anyway) makes the two the
+            # same set from the first step.
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+        self.calls = 0
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._losses: dict | None = None
+
+    def _step(self) -> dict:
+        out = self.scene.renderer.render_rays_dense(self.o, self.d, background=self.background,
+                                                    jitter=self.jitter)
+        h, w = self.size
+        rgb = out["rgb"].view(h, w, 3).permute(2, 0, 1).clamp(0, 1)  # as `Scene.render`
+        losses = reference_terms(rgb, out["alpha"].view(h, w), out["depth"].view(h, w),
+                                 self.ref, self.preset)
+        optimise(self.opt, losses, self.clip)
+        return losses
+
+    def step(self) -> dict:
+        if not self.use_graph:
+            return self._step()
+        self.calls += 1
+        if self._graph is None and self.calls <= self.WARMUP:
+            main = torch.cuda.current_stream(self.scene.device)
+            side = torch.cuda.Stream(self.scene.device)
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                losses = self._step()
+            main.wait_stream(side)
+            return losses
+        if self._graph is None:
+            # No autograd graph of an earlier step may be alive (a kept loss): capture would
+            # reuse its gradient accumulators, made on another stream, and fail.
+            gc.collect()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):  # recorded, not run: the replay below runs it
+                self._losses = self._step()
+            self._graph = graph
+        self._graph.replay()
+        return self._losses
+
+    @property
+    def captured(self) -> bool:
+        return self._graph is not None
