@@ -11,18 +11,21 @@ only ever left out samples of little or no light) and the optimiser must be `cap
 (`optimisation.stage_optimiser` makes it so on CUDA). The sample jitter is drawn inside the
 graph, fresh at every replay.
 
-Off the GPU (or `graph=False`) the same step runs eagerly.
+Off the GPU (or `graph=False`) the same step runs eagerly, and so does it after a capture
+that fails (with a warning), as the priors' graphs do (`priors.graphs`).
 """
 
 from __future__ import annotations
 
 import gc
+import warnings
 
 import torch
 
 from ..device_tensors import to_device
 from ..field.render import camera_rays
 from ..preprocess.framing import canonical_camera
+from ..priors.graphs import capture
 from .optimisation import optimise
 from .stages import Reference, Scene, reference_terms
 
@@ -82,10 +85,14 @@ class ReferenceGraph:
             # No autograd graph of an earlier step may be alive (a kept loss): capture would
             # reuse its gradient accumulators, made on another stream, and fail.
             gc.collect()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):  # recorded, not run: the replay below runs it
-                self._losses = self._step()
-            self._graph = graph
+            try:  # recorded, not run: the replay below runs it
+                self._graph, self._losses = capture(self._step)
+            except RuntimeError as e:  # the job goes on, eagerly
+                warnings.warn(f"CUDA graph capture of the reference step failed "
+                              f"({str(e).splitlines()[0][:200]}); running it eagerly",
+                              RuntimeWarning, stacklevel=2)
+                self.use_graph = False
+                return self._step()
         self._graph.replay()
         return self._losses
 

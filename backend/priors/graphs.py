@@ -110,19 +110,25 @@ class CudaGraphed(Wrapper):
             for _ in range(self.warmup):
                 self.inner(*args, **kwargs)
         torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        rng = torch.cuda.default_generators[torch.cuda.current_device()]
-        before = rng.clone_state()
-        try:
-            with torch.cuda.graph(graph):
-                output = self.inner(*args, **kwargs)
-        except RuntimeError:
-            # A failed capture leaves the default CUDA generator in capture mode, and every
-            # later random draw on the GPU fails ("Offset increment outside graph capture");
-            # give it back its state from before the capture.
-            rng.graphsafe_set_state(before)
-            raise
+        graph, output = capture(lambda: self.inner(*args, **kwargs))
         return _Graph(graph, [x for x in static if isinstance(x, torch.Tensor)], output)
+
+
+def capture(fn) -> tuple[torch.cuda.CUDAGraph, object]:
+    """A CUDA graph of `fn()` (recorded, not run) and its output. A capture that fails
+    raises its RuntimeError with the GPU's random generator as it was before: a failed
+    capture leaves the default CUDA generator in capture mode, and every later random draw
+    on the GPU would fail ("Offset increment outside graph capture")."""
+    graph = torch.cuda.CUDAGraph()
+    rng = torch.cuda.default_generators[torch.cuda.current_device()]
+    before = rng.clone_state()
+    try:
+        with torch.cuda.graph(graph):
+            output = fn()
+    except RuntimeError:
+        rng.graphsafe_set_state(before)
+        raise
+    return graph, output
 
 
 def wrap_parts(parts: dict) -> None:

@@ -2,6 +2,8 @@
 eagerly (GPU only; the dense render it is built on is checked on the CPU in test_field.py),
 and the stages run it only where graphs are on."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -65,3 +67,29 @@ def test_stages_take_reference_steps_through_the_graph_only_where_graphs_are_on(
     assert calls == [True] and made == []
     assert any(not torch.equal(a, p) for a, p in zip(before, scene.canonical.parameters(),
                                                      strict=True))
+
+
+def test_a_failed_capture_leaves_the_step_eager_and_the_job_going(monkeypatch):
+    """A capture that fails (a host sync some future change puts into the step, say) warns
+    and takes the step eagerly, then and from then on: the job never dies of it."""
+    from animate4d.backend.pipeline import reference_graph
+
+    def failing(fn):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(reference_graph, "capture", failing)
+    monkeypatch.setattr(ReferenceGraph, "WARMUP", 0)  # the next step captures
+    preset, scene, ref = _job("cpu")
+    opt = stage_optimiser(scene, "static", preset)
+    step = ReferenceGraph(scene, ref, preset, opt, None)
+    step.use_graph = True  # as on a GPU (the warm-up, which needs one, is skipped here)
+    before = [p.detach().clone() for p in scene.canonical.parameters()]
+    with pytest.warns(RuntimeWarning, match="capture of the reference step failed"):
+        losses = step.step()
+    assert set(losses) == {"ref_rgb", "ref_mask", "ref_depth"}
+    assert not step.captured and not step.use_graph
+    assert any(not torch.equal(a, p) for a, p in zip(before, scene.canonical.parameters(),
+                                                     strict=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        step.step()  # eager again, without another capture or warning
