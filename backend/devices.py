@@ -1,4 +1,5 @@
-"""`--device` as a person types it, checked before any work starts.
+"""`--device` as a person types it, checked before any work starts; and a memory limit that
+makes a big GPU behave as a smaller card (`limit_memory`).
 
 Why: torch turns a device it cannot use into an assertion ("Torch not compiled with CUDA
 enabled") or a list of thirty device types, deep inside the first tensor op; the commands
@@ -36,3 +37,20 @@ def choose_device(name: str | None):
         raise Animate4DError(f"--device {name}: this machine has {count} CUDA device(s), "
                              f"cuda:0 to cuda:{count - 1}")
     return device
+
+
+def limit_memory(device, gib: float) -> None:
+    """Let this process use at most `gib` GiB of `device`'s memory: a smaller card's budget
+    on a bigger one (torch's allocator then runs out where that card would, cache given
+    back and retried first), to check that a job fits a 24 GB card on an 80 GB one."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise Animate4DError(f"a memory limit needs a CUDA device, not {device}",
+                             hint="drop --memory-limit-gib, or run on a GPU host")
+    total = torch.cuda.get_device_properties(device).total_memory
+    if gib * 2**30 > total:
+        raise Animate4DError(f"--memory-limit-gib {gib}: more than this GPU has "
+                             f"({total / 2**30:.1f} GiB)")
+    torch.cuda.set_per_process_memory_fraction(gib * 2**30 / total, device)

@@ -14,6 +14,7 @@ import random
 import statistics
 import time
 
+from ..devices import limit_memory
 from ..pipeline.presets import STAGES
 from . import device_name, int_in, pick_device, report
 from .field import fit_solid_ball
@@ -132,6 +133,8 @@ def run(args) -> dict:
     from ..priors import compiling, graphs, text
 
     device = pick_device(args.device)
+    if args.memory_limit_gib is not None:
+        limit_memory(device, args.memory_limit_gib)
     if args.no_cuda_graphs:
         os.environ["ANIMATE4D_CUDA_GRAPHS"] = "0"
     if args.compile is not None:
@@ -155,7 +158,7 @@ def run(args) -> dict:
            device_name(device),
            "random_weights": args.random_weights, "torch": torch.__version__,
            "cuda_graphs": not args.no_cuda_graphs, "channels_last": args.channels_last,
-           "cudnn_benchmark": args.cudnn_benchmark,
+           "cudnn_benchmark": args.cudnn_benchmark, "memory_limit_gib": args.memory_limit_gib,
            "compile": {st: ",".join(compiling.for_stage(st)) for st in args.stages},
            "stages": {}}
     rng = random.Random(0)
@@ -435,6 +438,10 @@ def add_parser(sub) -> None:
                    help="the canonical field: the initial density blob (what the static stage "
                    "starts from), a fitted solid ball (what the later stages start from), or "
                    "the bundled example's preview proxy (`run --static-init proxy`), timed")
+    p.add_argument("--memory-limit-gib", type=int_in(1, 1024), metavar="GIB",
+                   help="let the process use at most this much GPU memory, as on a smaller "
+                   "card (24: does the preset fit a 24 GB card?); a stage that runs out is "
+                   "reported as out of memory")
     p.add_argument("--no-cuda-graphs", action="store_true",
                    help="run the UNets and the reference step eagerly (ANIMATE4D_CUDA_GRAPHS=0)")
     p.add_argument("--channels-last", choices=("vae", "all"),

@@ -195,6 +195,10 @@ def test_bench_on_cuda_without_cuda_is_a_clear_error():
         assert r.returncode == 2, (bench, r.stderr)
         assert "--device cuda: this machine has no CUDA device" in r.stderr
         assert "internal error" not in r.stderr
+    # a 24 GB card's budget is a GPU's: on the CPU it is refused before any model loads
+    r = animate4d("bench", "stages", "--random-weights", "--device", "cpu",
+                  "--memory-limit-gib", "24")
+    assert r.returncode == 2 and "a memory limit needs a CUDA device" in r.stderr, r.stderr
 
 
 def test_run_with_a_bad_device_says_so_and_leaves_no_output_folder(tmp_path, tiny_models):

@@ -1,9 +1,10 @@
-"""`--device` mistakes are the user's, said plainly (not torch's assertion as a bug)."""
+"""`--device` mistakes are the user's, said plainly (not torch's assertion as a bug); a memory
+limit is a GPU budget."""
 
 import pytest
 import torch
 
-from animate4d.backend.devices import choose_device
+from animate4d.backend.devices import choose_device, limit_memory
 from animate4d.protocol.errors import Animate4DError
 
 
@@ -30,3 +31,20 @@ def test_cuda_must_exist():
             with pytest.raises(Animate4DError, match="has no CUDA device") as e:
                 choose_device(name)
             assert "--device cpu" in e.value.hint
+
+
+def test_memory_limit_is_a_gpu_budget_within_the_gpu():
+    """A smaller card's budget on this GPU: refused off the GPU, and above what it has."""
+    with pytest.raises(Animate4DError, match="needs a CUDA device"):
+        limit_memory("cpu", 24)
+    if not torch.cuda.is_available():
+        pytest.skip("the rest needs CUDA")
+    total = torch.cuda.get_device_properties(0).total_memory / 2**30
+    with pytest.raises(Animate4DError, match="more than this GPU has"):
+        limit_memory("cuda:0", int(total) + 1)
+    try:
+        limit_memory("cuda:0", 1)
+        with pytest.raises(torch.cuda.OutOfMemoryError):
+            torch.empty(2 * 2**30, dtype=torch.uint8, device="cuda:0")
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, 0)
