@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from ..devices import choose_device
@@ -64,3 +65,23 @@ def alternated(variants: list[str], kinds: tuple[str, ...], step, iters: int,
                 if i >= warmup:
                     times[v][kind].append(ms)
     return times
+
+
+def elapsed_ms(fn, device) -> float:
+    """Milliseconds `fn()` takes, the GPU's queue drained before and after (on CUDA)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def timed_ms(fn, iters: int, warmup: int, device) -> list[float]:
+    """`elapsed_ms` of `iters` calls of `fn` after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    return [elapsed_ms(fn, device) for _ in range(iters)]

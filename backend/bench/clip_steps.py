@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import random
 import statistics
-import time
 
-from . import alternated, device_name, report
+from . import alternated, device_name, elapsed_ms, report
 from .steps import add_arguments, stage_scene
 
 VARIANTS = ("as-is", "three-runs", "no-copies", "small-chunks", "copies-across-threads")
@@ -53,18 +52,15 @@ def run(args) -> dict:
         hashgrid_triton.REPLICAS = 1 if variant == "no-copies" else replicas
         renderer.point_chunk = renderer.POINT_CHUNK if variant == "small-chunks" else chunk
         hashgrid_triton.GROUP_IN_THREAD = variant != "copies-across-threads"
-        try:
-            torch.manual_seed(k)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
+        def clip_step():
             frames, _, _ = scene.render(clip.cameras, clip.times, shading=clip.shading,
                                         background=clip.background)
             optimise(opt, {"stand_in": (frames - 0.5).square().mean()},
                      preset.clip_value("dynamic"))
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            ms = (time.perf_counter() - t0) * 1e3
+
+        try:
+            torch.manual_seed(k)
+            ms = elapsed_ms(clip_step, device)
         finally:
             renderer.runs, hashgrid_triton.REPLICAS = runs, replicas
             renderer.point_chunk, hashgrid_triton.GROUP_IN_THREAD = chunk, True

@@ -20,7 +20,7 @@ import time
 
 from animate4d.protocol.limits import MAX_FACES
 
-from . import device_name, int_in, pick_device, report
+from . import device_name, int_in, pick_device, report, timed_ms
 
 
 def _fields(device, state: str = "blob"):
@@ -51,23 +51,6 @@ def fit_solid_ball(canonical, radius: float = 0.5, steps: int = 300,
     shell = torch.nn.functional.normalize(torch.randn(4096, 3, generator=gen), dim=-1) * radius
     return fit_shape(canonical, lambda x: torch.sigmoid((radius - x.norm(dim=-1)) / 0.01),
                      near=shell, steps=steps, points=points)
-
-
-def _timed(fn, iters, warmup, device) -> list[float]:
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
 
 
 def run_render(args) -> dict:
@@ -105,7 +88,7 @@ def run_render(args) -> dict:
 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        ms = _timed(step, args.iters, args.warmup, device)
+        ms = timed_ms(step, args.iters, args.warmup, device)
         results[f"{mode}_ms"] = round(statistics.median(ms), 2)
         if device.type == "cuda":
             results[f"{mode}_peak_bytes"] = torch.cuda.max_memory_allocated(device)

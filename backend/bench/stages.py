@@ -16,7 +16,7 @@ import time
 
 from ..devices import limit_memory
 from ..pipeline.presets import STAGES
-from . import device_name, int_in, pick_device, report
+from . import device_name, int_in, pick_device, report, timed_ms
 from .field import fit_solid_ball
 from .phases import time_phases
 
@@ -367,21 +367,11 @@ def _time_periodic(stage: str, scene, preset, device, iters: int) -> dict:
     occupancy refresh (every `OCCUPANCY_EVERY` steps) and packing the fields' checkpoint
     (every `checkpoint_every`; sending it is the worker's, in the background). Median ms of
     `iters` of each."""
-    import torch
 
     from ..pipeline.run import OCCUPANCY_EVERY, fields_checkpoint, occupancy_times
 
     def timed(fn) -> float:
-        ms = []
-        for _ in range(iters + 1):  # the first one warms up
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            ms.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(ms[1:])
+        return statistics.median(timed_ms(fn, iters, 1, device))
 
     refresh = timed(lambda: scene.refresh_occupancy(occupancy_times(stage)))
     pack = timed(lambda: fields_checkpoint(scene, stage, 0))

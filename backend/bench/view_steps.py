@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import random
 import statistics
-import time
 
-from . import alternated, device_name, report
+from . import alternated, device_name, elapsed_ms, report
 from .steps import add_arguments, stage_scene
 
 VARIANTS = ("as-is", "first-pass", "warp-at-0")
@@ -51,24 +50,22 @@ def run(args) -> dict:
     def step(kind: str, variant: str) -> float:
         use(variant)
         t = [_NOT_ZERO if variant == "warp-at-0" else 0.0]
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        if kind == "sds":
-            polar, az = random_view(rng, preset.polar_deg)
-            shading, background = sds_look(rng, preset, "static", 0.5)
-            rgb, _, _ = scene.render([orbit_camera(polar, az, preset.render_size)], t,
-                                     shading=shading, background=background)
-            loss = (rgb - 0.5).square().mean()
-        else:
-            rgb, alpha, _ = scene.render([reference_camera], t)
-            loss = rgb.square().mean() + alpha.mean()
-        opt.zero_grad(set_to_none=False)
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return (time.perf_counter() - t0) * 1e3
+
+        def view_step():
+            if kind == "sds":
+                polar, az = random_view(rng, preset.polar_deg)
+                shading, background = sds_look(rng, preset, "static", 0.5)
+                rgb, _, _ = scene.render([orbit_camera(polar, az, preset.render_size)], t,
+                                         shading=shading, background=background)
+                loss = (rgb - 0.5).square().mean()
+            else:
+                rgb, alpha, _ = scene.render([reference_camera], t)
+                loss = rgb.square().mean() + alpha.mean()
+            opt.zero_grad(set_to_none=False)
+            loss.backward()
+            opt.step()
+
+        return elapsed_ms(view_step, device)
 
     variants = list(args.variants)
     times = alternated(variants, ("sds", "reference"), step, args.iters, args.warmup)
