@@ -350,6 +350,18 @@ class Renderer:
             spent.index_add_(0, on, tau.double())
         return idx[keep]  # still in ray order (by ray, then by step): compositing needs it
 
+    def _sample_depths(self, o, d, jitter: bool):
+        """Per ray its entry distance and length inside the box (0 for a ray that misses it),
+        and the depths (R, S) of its `samples` steps: stratified at the steps' centres, or
+        one uniform draw within each step with `jitter`."""
+        n_rays, s = len(o), self.samples
+        near, far = box_intersect(o, d, self.bound)
+        steps = (torch.arange(s, device=o.device, dtype=o.dtype) + 0.5) / s
+        if jitter:
+            steps = steps + (torch.rand(n_rays, s, device=o.device) - 0.5) / s
+        length = (far - near).clamp(min=0)
+        return near, length, near[:, None] + length[:, None] * steps
+
     def render_rays(self, o, d, t=None, *, shading: Shading | None = None,
                     background=(1.0, 1.0, 1.0), jitter: bool = False,
                     distortion: bool = False) -> dict:
@@ -363,13 +375,9 @@ class Renderer:
         shading = shading or Shading()
         with_normals = shading.mode != "albedo"
         n_rays, s = len(o), self.samples
-        near, far = box_intersect(o, d, self.bound)
-        hit = far > near
-        steps = (torch.arange(s, device=o.device, dtype=o.dtype) + 0.5) / s
-        if jitter:
-            steps = steps + (torch.rand(n_rays, s, device=o.device) - 0.5) / s
-        length = (far - near).clamp(min=0)
-        z = (near[:, None] + length[:, None] * steps).reshape(-1)  # (R * S,)
+        near, length, z = self._sample_depths(o, d, jitter)
+        hit = length > 0
+        z = z.reshape(-1)  # (R * S,)
         delta = length / s  # per ray
         pts = o.repeat_interleave(s, 0) + d.repeat_interleave(s, 0) * z[:, None]
         live = hit.repeat_interleave(s)
@@ -440,12 +448,7 @@ class Renderer:
         the occupancy grid and pruning leave out there (cells marked empty, light below the
         thresholds). Returns rgb, alpha and depth per ray."""
         n_rays, s = len(o), self.samples
-        near, far = box_intersect(o, d, self.bound)
-        length = (far - near).clamp(min=0)  # a ray that misses the box: no opacity
-        steps = (torch.arange(s, device=o.device, dtype=o.dtype) + 0.5) / s
-        if jitter:
-            steps = steps + (torch.rand(n_rays, s, device=o.device) - 0.5) / s
-        z = near[:, None] + length[:, None] * steps  # (R, S)
+        _, length, z = self._sample_depths(o, d, jitter)  # a miss: length 0, no opacity
         sigma, albedo = self.canonical((o[:, None] + d[:, None] * z[..., None]).reshape(-1, 3))
         tau = sigma.view(n_rays, s) * (length / s)[:, None]
         # A ray's 64 or so samples: a float32 running sum loses nothing here (the packed
