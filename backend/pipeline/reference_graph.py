@@ -25,7 +25,7 @@ import torch
 from ..device_tensors import to_device
 from ..field.render import camera_rays
 from ..preprocess.framing import canonical_camera
-from ..priors.graphs import capture
+from ..priors.graphs import capture, on_side_stream
 from .optimisation import optimise
 from .stages import Reference, Scene, reference_terms
 
@@ -74,13 +74,7 @@ class ReferenceGraph:
             return self._step()
         self.calls += 1
         if self._graph is None and self.calls <= self.WARMUP:
-            main = torch.cuda.current_stream(self.scene.device)
-            side = torch.cuda.Stream(self.scene.device)
-            side.wait_stream(main)
-            with torch.cuda.stream(side):
-                losses = self._step()
-            main.wait_stream(side)
-            return losses
+            return on_side_stream(self._step, self.scene.device)
         if self._graph is None:
             # No autograd graph of an earlier step may be alive (a kept loss): capture would
             # reuse its gradient accumulators, made on another stream, and fail.

@@ -104,14 +104,25 @@ class CudaGraphed(Wrapper):
     def _capture(self, leaves, spec) -> _Graph:
         static = [x.clone() if isinstance(x, torch.Tensor) else x for x in leaves]
         args, kwargs = tree_unflatten(static, spec)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # first calls outside the graph (lazy inits, autotune)
+        def warm_up():  # first calls outside the graph (lazy inits, autotune)
             for _ in range(self.warmup):
                 self.inner(*args, **kwargs)
-        torch.cuda.current_stream().wait_stream(side)
+
+        on_side_stream(warm_up)
         graph, output = capture(lambda: self.inner(*args, **kwargs))
         return _Graph(graph, [x for x in static if isinstance(x, torch.Tensor)], output)
+
+
+def on_side_stream(fn, device=None):
+    """`fn()` on a fresh CUDA stream, in order with the current stream's work before and
+    after: how the calls before a capture are made (`torch.cuda.graph`'s advice)."""
+    main = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        out = fn()
+    main.wait_stream(side)
+    return out
 
 
 def capture(fn) -> tuple[torch.cuda.CUDAGraph, object]:
