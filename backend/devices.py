@@ -49,6 +49,8 @@ def limit_memory(device, gib: float) -> None:
     if device.type != "cuda":
         raise Animate4DError(f"a memory limit needs a CUDA device, not {device}",
                              hint="drop --memory-limit-gib, or run on a GPU host")
+    if device.index is None:  # "cuda" as the CLI passes it: the device torch would use
+        device = torch.device("cuda", torch.cuda.current_device())
     total = torch.cuda.get_device_properties(device).total_memory
     if gib * 2**30 > total:
         raise Animate4DError(f"--memory-limit-gib {gib}: more than this GPU has "

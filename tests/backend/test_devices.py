@@ -42,9 +42,10 @@ def test_memory_limit_is_a_gpu_budget_within_the_gpu():
     total = torch.cuda.get_device_properties(0).total_memory / 2**30
     with pytest.raises(Animate4DError, match="more than this GPU has"):
         limit_memory("cuda:0", int(total) + 1)
-    try:
-        limit_memory("cuda:0", 1)
-        with pytest.raises(torch.cuda.OutOfMemoryError):
-            torch.empty(2 * 2**30, dtype=torch.uint8, device="cuda:0")
-    finally:
-        torch.cuda.set_per_process_memory_fraction(1.0, 0)
+    for name in ("cuda:0", "cuda"):  # "cuda" as `--device cuda` passes it, no index
+        try:
+            limit_memory(name, 1)
+            with pytest.raises(torch.cuda.OutOfMemoryError):
+                torch.empty(2 * 2**30, dtype=torch.uint8, device="cuda:0")
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0, 0)
