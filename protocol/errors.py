@@ -65,3 +65,11 @@ class MissingModelError(Animate4DError):
     looked and the command that fetches them)."""
 
     code = "missing_model"
+
+
+class DivergedError(Animate4DError):
+    """The optimisation lost its scene (non-finite values, or no density left anywhere): the
+    job stops there instead of spending the rest of its steps on nothing, and its last good
+    checkpoint is kept."""
+
+    code = "diverged"

@@ -27,15 +27,29 @@ def stage_optimiser(scene, stage: str, preset: Preset) -> torch.optim.Adam:
                             capturable=scene.device.type == "cuda")
 
 
+def give_gradients(opt: torch.optim.Optimizer) -> None:
+    """Give every parameter of `opt` a gradient, zeros where it has none (what an untouched
+    parameter is given anyway): Adam steps only parameters that have one."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+
+
 def optimise(opt: torch.optim.Optimizer, losses: dict, clip: float | None) -> None:
     """One optimiser step on the sum of a step's losses, gradient values clipped at `clip`.
 
     Gradients are zeroed, not dropped: a parameter the step's losses do not reach (the motion
     field in a reference step, whose time-0 render skips it) still takes its Adam step on a
     zero gradient, as it would if the step had reached it with one, instead of standing still
-    while its moments wait."""
+    while its moments wait. A step whose render met no field at all (every ray in empty
+    space: no gradient anywhere) is such a step for every parameter."""
     opt.zero_grad(set_to_none=False)
-    sum(losses.values()).backward()
+    total = sum(losses.values())
+    if total.requires_grad:
+        total.backward()
+    else:  # no sample reached the fields (a view of empty space): a zero-gradient step
+        give_gradients(opt)
     if clip is not None:
         torch.nn.utils.clip_grad_value_([p for g in opt.param_groups for p in g["params"]
                                          if p.grad is not None], clip)

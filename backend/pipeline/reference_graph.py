@@ -26,7 +26,7 @@ from ..device_tensors import to_device
 from ..field.render import camera_rays
 from ..preprocess.framing import canonical_camera
 from ..priors.graphs import capture, on_side_stream
-from .optimisation import optimise
+from .optimisation import give_gradients, optimise
 from .stages import Reference, Scene, reference_terms
 
 
@@ -49,12 +49,8 @@ class ReferenceGraph:
         if self.use_graph:
             # A graph zeroes and steps the gradients that exist when it is captured; an
             # eager step (`optimise`) every parameter that has one. Giving each parameter its
-            # gradient now (zeros: what an untouched one is given anyway) makes the two the
-            # same set from the first step.
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
+            # gradient now makes the two the same set from the first step.
+            give_gradients(opt)
         self.calls = 0
         self._graph: torch.cuda.CUDAGraph | None = None
         self._losses: dict | None = None

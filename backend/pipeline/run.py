@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from animate4d.protocol import AnimatedMesh, Camera
-from animate4d.protocol.errors import MissingModelError
+from animate4d.protocol.errors import DivergedError, MissingModelError
 from animate4d.protocol.options import JobOptions
 
 from ..checkpoints import Checkpoints, NoCheckpoints
@@ -139,6 +139,19 @@ def occupancy_times(stage: str) -> tuple:
     return (None,) if stage == "static" else tuple(k / 8 for k in range(8))
 
 
+def _finite(scene: stages.Scene) -> bool:
+    """Whether every parameter of the fields is finite (one host sync)."""
+    params = [*scene.canonical.parameters(), *scene.motion.parameters()]
+    return bool(torch.stack([p.isfinite().all() for p in params]).all())
+
+
+def _diverged(stage: str, step: int, why: str) -> DivergedError:
+    return DivergedError(f"the {stage} stage lost its scene by step {step} ({why}); the job "
+                         f"stops here, its last good checkpoint kept",
+                         hint="run it again with another seed; if it happens again, report "
+                              "the image, the prompt and the preset")
+
+
 def fields_checkpoint(scene: stages.Scene, stage: str, step: int) -> bytes:
     """The fields' checkpoint after `step` steps of `stage` (what a resumed job reloads)."""
     return _torch_bytes({"canonical": scene.canonical.state_dict(),
@@ -213,6 +226,8 @@ def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progres
             progress("proxy", 1, 1)
 
     def save(stage, step):
+        if not _finite(scene):  # a NaN checkpoint would replace the last good one
+            raise _diverged(stage, step, "the fields hold non-finite values")
         checkpoints.put("a124/fields", fields_checkpoint(scene, stage, step))
 
     for stage in ("static", "dynamic", "refine"):
@@ -230,8 +245,9 @@ def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progres
             step_fn = stage_stepper(stage, scene, ref, preset, losses_fn, opt)
             for step in range(start, total):
                 progress(stage, step, total)
-                if step % OCCUPANCY_EVERY == 0:
-                    scene.refresh_occupancy(occupancy_times(stage))
+                if (step % OCCUPANCY_EVERY == 0
+                        and scene.refresh_occupancy(occupancy_times(stage)) == 0.0):
+                    raise _diverged(stage, step, "no density is left anywhere in the scene")
                 if stage == "dynamic":
                     scene.motion.open_levels(min(1.0, 2 * step / total))
                 step_fn(rng, step / total, preset.reference_step(stage, step))

@@ -57,8 +57,9 @@ class Scene:
                                    background=background, jitter=True)
         return (out["rgb"].permute(0, 3, 1, 2).clamp(0, 1), out["alpha"], out["depth"])
 
-    def refresh_occupancy(self, times=(None,)):
-        self.occupancy.update(self.renderer.density_at, times=times,
+    def refresh_occupancy(self, times=(None,)) -> float:
+        """Rebuild the occupancy grid at `times`; returns the fraction of cells occupied."""
+        return self.occupancy.update(self.renderer.density_at, times=times,
                               threshold=0.01 / self.renderer.step_length,
                               chunk=self.renderer.points_per_call(self.device))
 
@@ -70,8 +71,11 @@ def _pearson_loss(pred: torch.Tensor, target: torch.Tensor,
     w = torch.ones_like(pred) if weight is None else weight
     n = w.sum().clamp(min=1)
     p, t = pred - (w * pred).sum() / n, target - (w * target).sum() / n
-    norms = ((w * p * p).sum() * (w * t * t).sum()).sqrt()
-    return 1 - (w * p * t).sum() / norms.clamp(min=1e-8)
+    # Clamped before the root, not after: a constant side (an empty render's depth, a flat
+    # depth map) makes the product 0, and the root's gradient there is infinite: 0 x inf
+    # made every gradient of the step NaN, and the field with it (the first GPU job).
+    norms = ((w * p * p).sum() * (w * t * t).sum()).clamp(min=1e-16).sqrt()
+    return 1 - (w * p * t).sum() / norms
 
 
 def reference_losses(scene: Scene, ref: Reference, preset: Preset) -> dict:

@@ -1,7 +1,9 @@
 """The Animate124 pipeline end to end on tiny models (CPU, a few steps per stage)."""
 
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("diffusers")
@@ -11,6 +13,7 @@ import torch  # noqa: E402
 from animate4d.backend.checkpoints import MemoryCheckpoints  # noqa: E402
 from animate4d.backend.pipeline import presets  # noqa: E402
 from animate4d.backend.pipeline.cameras import sample_clip  # noqa: E402
+from animate4d.backend.pipeline.reference_graph import ReferenceGraph  # noqa: E402
 from animate4d.backend.pipeline.run import run_animate124  # noqa: E402
 from animate4d.backend.pipeline.textual_inversion import learn_token  # noqa: E402
 from animate4d.backend.priors import loading  # noqa: E402
@@ -56,6 +59,35 @@ def test_whole_pipeline_runs_and_a_job_killed_in_the_dynamic_stage_resumes(tiny_
     assert mesh.frames.dtype.kind == "f" and bool((abs(mesh.frames) < 10).all())
     assert mesh.frames.shape[0] == 4 and len(mesh.faces) > 0
     assert mesh.metadata["preset"] == "fast"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_whole_pipeline_on_the_gpu_replays_its_reference_graphs(tiny_models, monkeypatch):
+    """The job as a worker runs it on a GPU (fp16 priors, their graphs and compiled parts,
+    the reference steps as CUDA graphs), not only the bench's steps: a valid mesh, and each
+    field stage captured its reference graph and replayed it."""
+    from animate4d.backend.pipeline import run
+
+    made = []
+
+    class Recorded(run.ReferenceGraph):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(run, "ReferenceGraph", Recorded)
+    preset = presets.tiny(max_steps=24)  # a reference step every 4: 6 per stage, 3 warm-ups
+    options = JobOptions(prompt="a panda is dancing", preset="fast", frames=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mesh = run_animate124(EXAMPLE_IMAGE, options, models=tiny_models, preset=preset,
+                              device="cuda")
+    failed = [str(w.message) for w in caught if "reference step failed" in str(w.message)]
+    assert not failed, (failed, [g.captured for g in made])
+    assert len(made) == 3  # static, dynamic, refine
+    assert all(g.captured and g.calls > ReferenceGraph.WARMUP + 1 for g in made)
+    assert mesh.frames.shape[0] == 4 and len(mesh.faces) > 0
+    assert bool(np.isfinite(mesh.frames).all())
 
 
 def test_missing_models_are_named_before_any_work(tmp_path):
@@ -351,3 +383,74 @@ def test_weighted_pearson_loss_equals_the_loss_on_the_indexed_pixels():
         scene, stages.Reference(torch.ones(3, s, s), few, torch.rand(s, s)), preset)
     assert "ref_depth" in stages.reference_losses(
         scene, stages.Reference(torch.ones(3, s, s), torch.ones(s, s), torch.rand(s, s)), preset)
+
+
+@pytest.mark.parametrize("flat", ["render", "reference"])
+def test_pearson_loss_of_a_flat_side_has_finite_gradients(flat):
+    """A constant depth on either side (an empty render, a flat depth map) has no
+    correlation: loss 1 and zero, finite gradients, not the NaN that poisoned the whole
+    field on the first step of the first GPU job."""
+    from animate4d.backend.pipeline import stages
+
+    torch.manual_seed(0)
+    varied, constant = torch.rand(16, 16), torch.zeros(16, 16)  # an empty render's depth
+    mask = (torch.rand(16, 16) > 0.3).float()
+    pred = (constant if flat == "render" else varied).clone().requires_grad_(True)
+    target = varied if flat == "render" else constant
+    loss = stages._pearson_loss(pred, target, mask)
+    (grad,) = torch.autograd.grad(loss, pred)
+    assert float(loss.detach()) == pytest.approx(1.0)
+    assert bool(torch.isfinite(grad).all())
+
+
+@pytest.mark.parametrize("poison, at, kept", [("nan", 5, ("static", 24)),
+                                              ("empty", 13, ("dynamic", 12))])
+def test_a_job_whose_scene_is_lost_stops_with_its_last_good_checkpoint(tiny_models,
+                                                                        monkeypatch, poison,
+                                                                        at, kept):
+    """Fields gone NaN, or with no density left anywhere, end the job with a `diverged`
+    error at the next checkpoint or occupancy refresh, not with torch's "does not require
+    grad" after every later step was wasted, and the last good checkpoint is not replaced."""
+    from animate4d.backend.pipeline import run
+    from animate4d.protocol.errors import DivergedError
+
+    real = run.stage_stepper
+
+    def poisoned(stage, scene, *args):
+        step_fn = real(stage, scene, *args)
+        count = iter(range(10**6))
+
+        def step(*a):
+            losses = step_fn(*a)
+            if stage == "dynamic" and next(count) == at:
+                if poison == "nan":
+                    with torch.no_grad():
+                        next(scene.canonical.parameters()).fill_(float("nan"))
+                else:
+                    scene.canonical.blob_density = -1e4
+            return losses
+        return step
+
+    monkeypatch.setattr(run, "stage_stepper", poisoned)
+    store = MemoryCheckpoints()
+    with pytest.raises(DivergedError) as err:
+        run_animate124(EXAMPLE_IMAGE, JobOptions(prompt="a panda is dancing", preset="fast",
+                                                 frames=4),
+                       checkpoints=store, models=tiny_models, preset=presets.tiny(max_steps=24),
+                       device="cpu")
+    assert err.value.code == "diverged" and "dynamic stage" in str(err.value)
+    assert ("non-finite" if poison == "nan" else "no density") in str(err.value)
+    saved = run._torch_load(store.get("a124/fields"))
+    assert (saved["stage"], saved["step"]) == kept
+    assert all(bool(torch.isfinite(v).all()) for v in saved["canonical"].values())
+
+
+def test_a_step_that_reaches_no_field_still_steps(tiny_models):
+    """A render of empty space has no gradient: the step is a zero-gradient Adam step for
+    every parameter, not torch's "element 0 of tensors does not require grad"."""
+    from animate4d.backend.pipeline.optimisation import optimise
+
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([w], lr=0.1)
+    optimise(opt, {"background_only": torch.tensor(0.25)}, clip=1.0)
+    assert opt.state[w]["step"] == 1 and torch.equal(w.detach(), torch.ones(3))
