@@ -60,8 +60,8 @@ class Scene:
     def refresh_occupancy(self, times=(None,)) -> float:
         """Rebuild the occupancy grid at `times`; returns the fraction of cells occupied."""
         return self.occupancy.update(self.renderer.density_at, times=times,
-                              threshold=0.01 / self.renderer.step_length,
-                              chunk=self.renderer.points_per_call(self.device))
+                                     threshold=0.01 / self.renderer.step_length,
+                                     chunk=self.renderer.points_per_call(self.device))
 
 
 def _pearson_loss(pred: torch.Tensor, target: torch.Tensor,
