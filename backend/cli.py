@@ -14,6 +14,7 @@ import traceback
 from animate4d.protocol.errors import Animate4DError
 
 from .commands import keys, local, models, remote, serve
+from .runtime import switches
 from .version import package_version
 
 
@@ -70,7 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        # The one place the environment's runtime switches are read; a command's own flags
+        # may refine them (they install their own).
+        switches.install(switches.from_environ())
         return args.func(args)
+    except switches.SwitchError as e:
+        print(f"animate4d: error: {e}", file=sys.stderr)
+        return 2
     except Animate4DError as e:
         print(f"animate4d: error: {e.message}", file=sys.stderr)
         if e.hint:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import random
 import statistics
 import time
@@ -131,15 +130,17 @@ def run(args) -> dict:
     from ..pipeline.run import PriorPool, _stage_setup, occupancy_times, stage_stepper
     from ..pipeline.textual_inversion import TokenTrainer
     from ..priors import compiling, graphs, text
+    from ..runtime import switches
 
     device = pick_device(args.device)
     if args.memory_limit_gib is not None:
         limit_memory(device, args.memory_limit_gib)
+    chosen = switches.active()
     if args.no_cuda_graphs:
-        os.environ["ANIMATE4D_CUDA_GRAPHS"] = "0"
-    if args.compile is not None:
-        compiling.parse(args.compile)  # a bad name fails before any model loads
-        os.environ["ANIMATE4D_COMPILE"] = args.compile
+        chosen = chosen.with_(cuda_graphs=False)
+    if args.compile is not None:  # a bad name fails before any model loads
+        chosen = chosen.with_(compile=switches.parse_parts(args.compile, "--compile"))
+    switches.install(chosen)
     if args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     preset = PRESETS[args.preset]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -11,7 +10,9 @@ from animate4d.protocol.errors import InvalidRequestError
 
 
 def _models_dir(args) -> Path:
-    folder = args.models or os.environ.get("ANIMATE4D_MODELS")
+    from ..runtime.switches import models_folder
+
+    folder = args.models or models_folder()
     if not folder:
         raise InvalidRequestError("no models folder given",
                                   hint="pass --models DIR or set ANIMATE4D_MODELS")

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
 from torch import nn
 
+from ..runtime import switches
 from . import hashgrid_triton
 
 # Instant-NGP's primes; the first dimension is not scrambled.
@@ -37,7 +37,7 @@ class HashGrid(nn.Module):
                  log2_table: int = 19, base_resolution: int = 16,
                  finest_resolution: int = 2048, backend: str | None = None):
         super().__init__()
-        backend = backend or os.environ.get("ANIMATE4D_HASHGRID", "auto")
+        backend = backend or switches.active().hashgrid
         if backend not in ("auto", "torch", "triton"):
             raise ValueError("backend must be auto, torch or triton")
         self.backend = backend

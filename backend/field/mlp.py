@@ -8,11 +8,10 @@ keeps the PyTorch path everywhere (benchmarks compare the two).
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
+from ..runtime import switches
 from . import mlp_triton
 
 
@@ -50,7 +49,7 @@ class MLP(nn.Sequential):
         return x
 
     def _fused(self, x: torch.Tensor) -> bool:
-        if not mlp_triton.available(x) or os.environ.get("ANIMATE4D_FUSED_MLP", "1") == "0":
+        if not mlp_triton.available(x) or not switches.active().fused_mlp:
             return False
         linears = self._linears
         return (len(linears) in (2, 3) and x.dtype == torch.float32

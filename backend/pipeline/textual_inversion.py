@@ -5,7 +5,6 @@ image, the schedule and the model, so a second job on the same image skips it.""
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from pathlib import Path
 
@@ -15,14 +14,14 @@ import torch.nn.functional as F
 from ..priors import text
 from ..priors.loading import Prior
 from ..progress import ProgressFn, no_progress
+from ..runtime import switches
 
 TEMPLATES = ("a photo of a {}", "a rendering of a {}", "a close-up photo of a {}",
              "a good photo of a {}", "a photo of the {}", "a cropped photo of a {}")
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("ANIMATE4D_CACHE") or Path.home() / ".cache" / "animate4d"
-    return Path(root) / "textual_inversion"
+    return switches.cache_folder() / "textual_inversion"
 
 
 def cache_key(image: torch.Tensor, steps: int, size: int, batch: int, lr: float,

@@ -21,10 +21,10 @@ compiled encoder: 6.3 -> 2.0 ms; Zero123's 1,024: 1.3 -> 0.8 ms (H200).
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch.utils.checkpoint import checkpoint
+
+from ..runtime import switches
 
 
 def _block(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -83,8 +83,8 @@ class LongSequenceAttention:
 
 
 def enabled() -> bool:
-    """On unless ANIMATE4D_VAE_ATTENTION=stock (measured: module docstring)."""
-    return os.environ.get("ANIMATE4D_VAE_ATTENTION", "chunked") != "stock"
+    """On unless the `vae_attention` switch is 'stock' (ANIMATE4D_VAE_ATTENTION=stock)."""
+    return switches.active().vae_attention != "stock"
 
 
 def use_for_vae(vae) -> None:

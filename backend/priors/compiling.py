@@ -14,41 +14,30 @@ ms per step and 15.1 -> 12.8 GB. The dynamic stage's UNets compiled as well (und
 graphs) gained 4% for 4.5 GB more memory: not taken. Compiling costs time once per process and
 call shape (Inductor caches kernels on disk).
 
-`ANIMATE4D_COMPILE=vae,unet` (or "" for none) overrides the per-stage choice everywhere
-(`animate4d bench stages --compile`). Only CUDA compiles: on the CPU the parts stay eager.
+The runtime switch `compile` (ANIMATE4D_COMPILE=vae,unet, or "" for none) overrides the
+per-stage choice everywhere. Only CUDA compiles: on the CPU the parts stay eager.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import torch
 from torch import nn
 
+from ..runtime import switches
+from ..runtime.switches import COMPILABLE
 from .graphs import CudaGraphed
 from .wrapping import Wrapper
 
-# "vae" is the encoder only: the SDS stages never decode.
-COMPILABLE = ("vae", "unet", "controlnet", "text_encoder")
-# torch.compile's mode for every compiled part (unset: the default mode), for measuring.
-MODE_VARIABLE = "ANIMATE4D_COMPILE_MODE"
 STAGE_DEFAULTS = {"textual_inversion": "unet", "static": "vae", "dynamic": "vae",
                   "refine": "controlnet,unet,vae"}
 
 
-def parse(names: str) -> tuple[str, ...]:
-    parts = tuple(sorted({p.strip() for p in names.split(",") if p.strip()}))
-    unknown = [p for p in parts if p not in COMPILABLE]
-    if unknown:
-        raise ValueError(f"cannot compile {', '.join(unknown)}: the parts that can be compiled "
-                         f"are {', '.join(COMPILABLE)}")
-    return parts
-
-
 def for_stage(stage: str) -> tuple[str, ...]:
-    """The parts a stage compiles: ANIMATE4D_COMPILE if set, else the measured default."""
-    return parse(os.environ.get("ANIMATE4D_COMPILE", STAGE_DEFAULTS.get(stage, "")))
+    """The parts a stage compiles: the `compile` switch if set, else the measured default."""
+    chosen = switches.active().compile
+    return chosen if chosen is not None else switches.parse_parts(STAGE_DEFAULTS.get(stage, ""))
 
 
 class Compiled(Wrapper):
@@ -62,7 +51,7 @@ class Compiled(Wrapper):
         super().__init__(module)
         # Not a registered submodule: it would list the same parameters a second time.
         object.__setattr__(self, "_fn", torch.compile(module, dynamic=False,
-                                                      mode=os.environ.get(MODE_VARIABLE) or None))
+                                                      mode=switches.active().compile_mode))
         self.failed = False
 
     def forward(self, *args, **kwargs):

@@ -16,7 +16,6 @@ UNet at 1024 px measured 415 ms and 29 GB reserved graphed, 402 ms and 21 GB eag
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
+from ..runtime import switches
 from .wrapping import Wrapper
 
 # The parts worth graphing: run every step without gradients. (The VAE encoders run with
@@ -32,9 +32,8 @@ GRAPHED_PARTS = ("unet", "controlnet")
 
 
 def enabled(device) -> bool:
-    """On for CUDA unless ANIMATE4D_CUDA_GRAPHS=0 (docs/BENCHMARKS.md: measured)."""
-    return torch.device(device).type == "cuda" and os.environ.get(
-        "ANIMATE4D_CUDA_GRAPHS", "1") != "0"
+    """On for CUDA unless the `cuda_graphs` switch is off (ANIMATE4D_CUDA_GRAPHS=0)."""
+    return torch.device(device).type == "cuda" and switches.active().cuda_graphs
 
 
 @dataclass

@@ -11,11 +11,12 @@ Revisions are "main" until someone with network access pins the commit hashes th
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from animate4d.protocol.errors import MissingModelError
+
+from ..runtime.switches import models_folder
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,8 @@ def locate(role_name: str, models: Path | str | None) -> Path:
     candidates = []
     if models is not None:
         candidates.append(Path(models) / role.name)
-    elif os.environ.get("ANIMATE4D_MODELS"):
-        candidates.append(Path(os.environ["ANIMATE4D_MODELS"]) / role.name)
+    elif models_folder() is not None:
+        candidates.append(models_folder() / role.name)
     cached = _from_hf_cache(role)
     if cached is not None:
         candidates.append(cached)

@@ -74,12 +74,11 @@ def test_fp16_on_the_gpu_at_the_refine_size_matches_sdpa():
 def test_loaded_vaes_get_the_chunked_processor_unless_switched_off(
         tiny_models, monkeypatch, setting, chunked):
     from animate4d.backend.priors import loading
+    from animate4d.backend.runtime import switches
 
-    if setting is None:
-        monkeypatch.delenv("ANIMATE4D_VAE_ATTENTION", raising=False)
-    else:
-        monkeypatch.setenv("ANIMATE4D_VAE_ATTENTION", setting)
-    vae = loading.load("sd", tiny_models).parts["vae"]
+    env = {} if setting is None else {"ANIMATE4D_VAE_ATTENTION": setting}
+    with switches.use(switches.from_environ(env)):
+        vae = loading.load("sd", tiny_models).parts["vae"]
     kinds = {type(p) for p in vae.attn_processors.values()}
     assert (attention.LongSequenceAttention in kinds) is chunked
     assert len(kinds) == 1

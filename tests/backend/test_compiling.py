@@ -7,21 +7,22 @@ import pytest
 import torch
 
 from animate4d.backend.priors import architectures, compiling, graphs
+from animate4d.backend.runtime import switches
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-def test_stage_choice_env_override_and_bad_names(monkeypatch):
-    monkeypatch.delenv("ANIMATE4D_COMPILE", raising=False)
-    assert compiling.for_stage("dynamic") == ("vae",)
-    assert compiling.for_stage("textual_inversion") == ("unet",)
-    assert compiling.for_stage("refine") == ("controlnet", "unet", "vae")
-    monkeypatch.setenv("ANIMATE4D_COMPILE", "unet, vae")
-    assert compiling.for_stage("refine") == ("unet", "vae")
-    monkeypatch.setenv("ANIMATE4D_COMPILE", "")
-    assert compiling.for_stage("dynamic") == ()
-    with pytest.raises(ValueError, match="decoder.*vae, unet"):
-        compiling.parse("vae,decoder")
+def test_stage_choice_switch_override_and_bad_names():
+    with switches.use(switches.from_environ({})):
+        assert compiling.for_stage("dynamic") == ("vae",)
+        assert compiling.for_stage("textual_inversion") == ("unet",)
+        assert compiling.for_stage("refine") == ("controlnet", "unet", "vae")
+    with switches.use(switches.from_environ({"ANIMATE4D_COMPILE": "unet, vae"})):
+        assert compiling.for_stage("refine") == ("unet", "vae")
+    with switches.use(switches.from_environ({"ANIMATE4D_COMPILE": ""})):
+        assert compiling.for_stage("dynamic") == ()
+    with pytest.raises(ValueError, match="ANIMATE4D_COMPILE.*decoder.*vae, unet"):
+        switches.from_environ({"ANIMATE4D_COMPILE": "vae,decoder"})
 
 
 def test_apply_toggles_in_place_and_keeps_graph_wrappers():

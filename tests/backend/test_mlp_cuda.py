@@ -9,13 +9,14 @@ import torch
 from animate4d.backend.field import mlp_triton
 from animate4d.backend.field.fields import CanonicalField, MotionField
 from animate4d.backend.field.mlp import MLP
+from animate4d.backend.runtime import switches
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or mlp_triton.triton is None,
                                 reason="needs CUDA and Triton")
 
 
 def _run(net, x, up, scale, fused: bool, monkeypatch):
-    monkeypatch.setenv("ANIMATE4D_FUSED_MLP", "1" if fused else "0")
+    monkeypatch.setattr(switches, "_active", switches.Switches(fused_mlp=fused))
     assert net._fused(x) == fused
     net.zero_grad()
     xi = x.clone().requires_grad_(True)
@@ -56,7 +57,7 @@ def test_fields_give_the_same_density_and_motion_either_way(monkeypatch):
     t = torch.rand(20_000, device="cuda")
     outs = []
     for fused in (False, True):
-        monkeypatch.setenv("ANIMATE4D_FUSED_MLP", "1" if fused else "0")
+        monkeypatch.setattr(switches, "_active", switches.Switches(fused_mlp=fused))
         with torch.no_grad():
             dens, alb = canonical(x)
             outs.append((dens, alb, motion.displacement(x, t)))

@@ -1,0 +1,1 @@
+"""How this process runs: the runtime switches and the devices they apply to."""
