@@ -3,9 +3,8 @@ sync.
 
 Why: `torch.tensor(x, device="cuda")` and `.to("cuda")` from ordinary (pageable) host memory
 wait for everything already queued on the stream before they return. In a training step that
-made the host sit idle while the GPU ran a prior's UNet, instead of launching the next work
-beside it (an SDS step had about a dozen such waits; docs/BENCHMARKS.md, session 12). A
-non-blocking copy stages the bytes at once and lets the copy run in stream order.
+makes the host sit idle while the GPU runs a prior's UNet, instead of launching the next work
+beside it. A non-blocking copy stages the bytes at once and lets the copy run in stream order.
 """
 
 from __future__ import annotations

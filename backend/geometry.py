@@ -29,7 +29,7 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return out.reshape(v.shape)
 
 
-# Faces a delivered mesh has at most (DESIGN.md's export row): both modes decimate to it, so
+# Faces a delivered mesh has at most (the `paper` preset's export): both modes decimate to it, so
 # an artist gets the same budget from a preview as from the GPU pipeline.
 EXPORT_FACES = 50_000
 

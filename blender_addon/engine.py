@@ -338,8 +338,8 @@ PREVIEW_IMAGE = "Animate4D Preview"
 
 def _show_preview(png: bytes) -> None:
     """The server's latest preview as the image the panel shows, its bytes packed in
-    memory: a file in the temp folder (as before) was one path for every Blender on the
-    machine, each showing the others' previews."""
+    memory: a file in the temp folder would be one path for every Blender on the machine,
+    each showing the others' previews."""
     img = bpy.data.images.get(PREVIEW_IMAGE)
     if img is None:
         img = bpy.data.images.new(PREVIEW_IMAGE, 1, 1)

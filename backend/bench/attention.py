@@ -5,7 +5,7 @@ against `priors.attention.chunked_attention`, eager and under torch.compile.
 
 Shapes are BATCHxTOKENS: 1x16384 is refinement's 1024-px encode, 16x1024 the dynamic stage's
 16 frames at 256 px, 1x4096 the static stage's SD VAE at 512 px. The choice it informed is in
-docs/DECISIONS.md ("VAE attention on long sequences").
+docs/DECISIONS.md (VAE self-attention in checkpointed query chunks).
 """
 
 from __future__ import annotations

@@ -4,14 +4,14 @@ backpropagated, gradient values clipped, the stage's own Adam at a rate of 0), w
 variants alternated step by step in one process (why: `bench view-steps`). This is the part
 of the dynamic stage's SDS step that is not the priors. Variants:
   as-is       the renderer as it is;
-  three-runs  the first pass in three runs, (8, 16), as before session 14;
+  three-runs  the first pass in three runs, (8, 16);
   no-copies   the hash grids' backward pass without the coarse levels' gradient copies
               (`hashgrid_triton.REPLICAS` = 1; the copies exist only in the Triton kernels,
               which run on CUDA);
-  small-chunks  the fields called on at most `Renderer.POINT_CHUNK` points at a time, as
-              before session 15 (the default on CUDA is `FUSED_POINT_CHUNK`);
+  small-chunks  the fields called on at most `Renderer.POINT_CHUNK` points at a time (the
+              default on CUDA is `FUSED_POINT_CHUNK`);
   copies-across-threads  the grouped backward pass with a point's copies spread over
-              threads (`hashgrid_triton.GROUP_IN_THREAD` = False), as before session 15.
+              threads (`hashgrid_triton.GROUP_IN_THREAD` = False).
 """
 
 from __future__ import annotations

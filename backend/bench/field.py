@@ -3,7 +3,7 @@
     animate4d bench render  [--device cuda --frames 16 --size 128 --shading albedo|lambertian]
     animate4d bench extract [--device cuda --frames 24 --resolution 256 --faces 50000]
 
-Fields are the DESIGN.md sizes (canonical 16 levels x 2 features, 2^19 table, 16..2048; motion
+Fields are the pipeline's sizes (canonical 16 levels x 2 features, 2^19 table, 16..2048; motion
 4D grid likewise), with a motion field whose weights are scaled up so that it moves points by a
 few percent of the box. The canonical density is in one of two states (`--state`):
   blob    the initial density blob, tightened (a soft ball of radius ~0.5, no sharp surface):

@@ -7,11 +7,10 @@ Why alternated: the static stage is bound by the host, and one H100 differs from
 from itself a minute later, by several ms per step (docs/BENCHMARKS.md); an A/B of a few ms
 decided by separate runs is decided by the noise. Variants:
   as-is       the renderer as it is;
-  first-pass  the first pass's threshold before session 13 (`prune_above` 2^19: the SDS
-              view's ~920 k points to shade on a fitted object went through the no-grad
-              first pass);
-  warp-at-0   time 0 sent through the motion field (before session 13 every static-stage
-              render and reference step looked up D(x, 0) = 0 in the 4D grid).
+  first-pass  the first pass at a lower threshold (`prune_above` 2^19: the SDS view's
+              ~920 k points to shade on a fitted object go through the no-grad first pass);
+  warp-at-0   time 0 sent through the motion field (every static-stage render and reference
+              step looks up D(x, 0) = 0 in the 4D grid).
 """
 
 from __future__ import annotations

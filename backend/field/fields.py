@@ -54,7 +54,7 @@ class CanonicalField(nn.Module):
         self.net = MLP(self.encoder.output_dim, hidden, 4, layers=3)
 
     # The renderer calls these a dozen times a step, and on a GPU each PyTorch op costs the
-    # host ~10 us while the render waits on it: written with as few ops as they take.
+    # host time while the render waits on it: written with as few ops as they take.
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return _to_unit_box(x, self.bound)
 

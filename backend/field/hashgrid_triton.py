@@ -35,16 +35,15 @@ except ImportError:  # pragma: no cover - depends on the install
 BLOCK = 128
 # A program's BLOCK rows run on 4 warps, one row per thread; in the grouped backward pass
 # (G > 1) on 4 / G warps, so that each thread holds one point's G copies and merges them in
-# its registers: the fitted clip's canonical backward (4.4 M rows, G = 4) took 8.8 ms with
-# the copies across threads, 4.0 with them in one (BLOCK 128 on 1 warp, or 256 on 2; H100,
-# session 15, docs/BENCHMARKS.md). `GROUP_IN_THREAD = False` is the old way (benchmarks).
+# its registers instead of merging across threads (about twice as fast on the grouped
+# canonical backward; docs/BENCHMARKS.md). `GROUP_IN_THREAD = False` spreads the copies
+# across threads, for the benchmarks' comparison.
 WARPS = 4
 GROUP_IN_THREAD = True
 # Table-gradient copies for the leading dense levels of at most REPLICATED_ROWS rows in all
-# (the canonical grid's five coarsest levels, the 4D grid's two; 85-93 MB of copies while a
-# backward pass runs). On an H100 the fitted render's backward passes took 10.98 -> 10.32 ms
-# (canonical) and 7.08 -> 5.53 ms (motion); 8 copies did as well on the canonical grid, the
-# motion grid's first level alone gave 6.31 ms (docs/BENCHMARKS.md, session 14).
+# (the canonical grid's five coarsest levels, the 4D grid's two): millions of points share
+# those few rows, and their atomics would queue at one address. The copies are summed after
+# the pass; they cost about 0.1 GB while it runs (docs/BENCHMARKS.md).
 REPLICAS = 32
 REPLICATED_ROWS = 2**19
 
@@ -285,12 +284,11 @@ def interpolate_function(n_dense: int, hash_mask: int, primes: tuple[int, ...],
             levels, f = len(resolution), embeddings.shape[1]
             # (n, L, F) stored level-major: a program (rows, one level) then writes one
             # contiguous run, where (n, L, F) rows would take 8 bytes every 128 (written back
-            # to memory by partial sectors: 2.5x the kernel's time on an H100).
+            # to memory by partial sectors).
             out = torch.empty(levels, x.shape[0], f, device=x.device,
                               dtype=torch.float32).transpose(0, 1)
             # Grouping is for the backward pass's atomics: in the forward pass the reads it
-            # shares hit L2 anyway, and it made the fitted render's canonical lookup 2.1x
-            # slower on an H100 (3.4 vs 1.6 ms, docs/BENCHMARKS.md).
+            # shares hit L2 anyway, and grouping there measured slower.
             launch(_forward_kernel, x, 1, levels, embeddings, out, out.stride(0),
                    out.stride(1), resolution, strides, offsets, F=f)
             ctx.save_for_backward(x, embeddings, resolution, strides, offsets)
@@ -312,8 +310,8 @@ def interpolate_function(n_dense: int, hash_mask: int, primes: tuple[int, ...],
                 grad = grad.transpose(0, 1).contiguous().transpose(0, 1)
             gemb = torch.zeros_like(embeddings) if need_emb else embeddings
             gx = torch.empty(levels, n, d, device=x.device) if need_x else x
-            # Without table gradients there is nothing to merge (d/dx alone: 2.2 ms ungrouped,
-            # 3.7 grouped).
+            # Without table gradients there is nothing to merge, and d/dx alone is faster
+            # ungrouped.
             group = ctx.group if need_emb else 1
             replicas = REPLICAS if need_emb and rep_levels and REPLICAS > 1 else 1
             rep = (torch.zeros(replicas, rep_rows, f, device=x.device) if replicas > 1

@@ -3,7 +3,7 @@
 Why: the MLPs are tiny (32 -> 64 -> 64 -> 4) and run on millions of points per render, so
 in PyTorch they are memory-bound: every layer writes and re-reads (n, 64) activations, the
 ReLU and its backward are passes of their own, and each bias gradient is another reduction
-(about 19 of the Lambertian render step's 61 ms of kernels on an H100, docs/BENCHMARKS.md).
+(together a large share of a render step's kernels; docs/BENCHMARKS.md).
 Here a program takes a block of rows through every layer in registers; the backward pass
 recomputes the activations instead of storing them (they are cheap to recompute, costly to
 keep), and each program adds its rows' weight gradients into its own partial sums, which
@@ -25,9 +25,9 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
 BLOCK = 64  # rows per program (forward) and per loop turn (backward)
-# TF32 as PyTorch's matmuls under `use_tensor_cores`. Measured on an H100 (docs/BENCHMARKS.md,
-# session 10): "ieee" (fp32 FMA) made the Lambertian render step 4.7x slower; "tf32x3" failed
-# with an illegal memory access in Triton 3.6.
+# TF32 as PyTorch's matmuls under `use_tensor_cores`: "ieee" (fp32 FMA) makes the render
+# step several times slower, and "tf32x3" fails with an illegal memory access in Triton 3.6
+# (docs/BENCHMARKS.md).
 PRECISION = "tf32"
 
 

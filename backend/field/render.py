@@ -101,8 +101,8 @@ def _sum_before(v: torch.Tensor, ray: torch.Tensor,
     if the caller has it already."""
     v64 = v.double()
     # One scan per column: CUDA scans a 1-D tensor with CUB, but dim 0 of an (n, k) tensor
-    # with a kernel parallel over the k columns only (70 ms per call on the synthetic fit's
-    # samples with k = 2, forward and backward: it doubled the fit's time; H100, session 11).
+    # with a kernel parallel over the k columns only, which on millions of samples costs more
+    # than the rest of a fitting step.
     run = (torch.cumsum(v64, 0) if v64.dim() == 1
            else torch.stack([torch.cumsum(c, 0) for c in v64.unbind(1)], 1))
     before = run - v64
@@ -112,7 +112,7 @@ def _sum_before(v: torch.Tensor, ray: torch.Tensor,
 def _run_start(ray: torch.Tensor) -> torch.Tensor:
     """Per packed sample, the position of its ray's first sample (`ray` ascending), found
     without a host sync: a binary search, not boolean indexing (nor cummax, whose CUDA scan
-    took 4.7 ms on 3.7 M samples)."""
+    with indices is slow on millions of samples)."""
     return torch.searchsorted(ray, ray)
 
 
@@ -219,16 +219,14 @@ class Renderer:
     """
 
     NORMAL_STENCIL = 4  # points per sample with normals: itself and 3 forward neighbours
-    # The first pass's runs (below): each run costs a host sync and its own field calls
-    # (~0.5 ms of host time each on an H100 host), which outweigh the few samples a middle
-    # run of (8, 16) saved: the dynamic stage's render step 44.0 ms with (8,), 45.5 with
-    # (8, 16), 44.9 with (12,), the same samples kept (session 14, docs/BENCHMARKS.md).
+    # The first pass's runs (below): each run costs a host sync and its own field calls,
+    # which outweigh the few samples a middle run such as (8, 16) would save; the dynamic
+    # render is bound by its host (docs/BENCHMARKS.md).
     FIRST_PASS_RUNS = (8,)
     # Points per field call (`point_chunk`), when not given: the PyTorch hash grid's
     # transient gathers (about 6 KB per 4D point) bound it; through the Triton kernels there
-    # are none, and each call costs the host ~1 ms (warp + canonical) while the GPU waits:
-    # the dynamic stage's clip step 47.3 ms with 2^19, 43.7 with 2^21 (its ~1.1 M shaded
-    # samples in one call), 0.37 GB more at its peak (H100, session 15, docs/BENCHMARKS.md).
+    # are none, and each call costs the host about a millisecond (warp + canonical) while the
+    # GPU waits, so the dynamic clip's shaded samples go in one call (docs/BENCHMARKS.md).
     POINT_CHUNK, FUSED_POINT_CHUNK = 2**19, 2**21
 
     def __init__(self, canonical, motion=None, *, bound: float = 1.0, samples: int = 64,
@@ -246,9 +244,8 @@ class Renderer:
         # The first pass runs only when the gradient pass would otherwise evaluate more
         # points than this (occupied samples, four points each with normals): on a small
         # batch its launches and host syncs cost more than it saves: one 128 x 128 view lit
-        # by albedo (the reference steps, ~230 k points on a fitted object; session 8) or
-        # with normals (the static stage's SDS view, ~820 k: 3.3 ms less per step
-        # without it, H100, session 13; docs/BENCHMARKS.md).
+        # by albedo (the reference steps, ~230 k points on a fitted object) or with normals
+        # (the static stage's SDS view, ~820 k; docs/BENCHMARKS.md).
         self.prune_above = prune_above
         self._max_tau = -math.log(min_transmittance)  # a ray with more is done
         # The first pass marches each ray's occupied samples in runs: the first `runs[0]`,

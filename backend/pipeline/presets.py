@@ -1,4 +1,4 @@
-"""The `paper` preset is Animate124's published schedule (DESIGN.md, Pipeline); `fast` keeps
+"""The `paper` preset is Animate124's published schedule (docs/ARCHITECTURE.md); `fast` keeps
 every stage with fewer steps. `scaled` shrinks a preset for smoke runs and CPU tests."""
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """The reference step as one CUDA graph.
 
 A reference step (Animate124's known-view step, a quarter of every field stage's steps)
-renders the reference view of the canonical field and fits it to the input. On an H100 that
-is ~3 ms of GPU work, but it took 9-14 ms: a few hundred small kernels and autograd nodes,
-each launched by the host while the GPU waited (docs/BENCHMARKS.md, session 15). Captured
-once per stage and replayed, the whole step (render, losses, backward, gradient clip, Adam)
-is one launch. A graph needs fixed shapes and no host syncs, so this step renders with
-`Renderer.render_rays_dense` (every sample in the box; no occupancy grid, no pruning, which
-only ever left out samples of little or no light) and the optimiser must be `capturable`
-(`optimisation.stage_optimiser` makes it so on CUDA). The sample jitter is drawn inside the
-graph, fresh at every replay.
+renders the reference view of the canonical field and fits it to the input. That is a few
+milliseconds of GPU work spread over a few hundred small kernels and autograd nodes, each
+launched by the host while the GPU waits, so eager it takes several times its GPU time
+(docs/BENCHMARKS.md). Captured once per stage and replayed, the whole step (render, losses,
+backward, gradient clip, Adam) is one launch. A graph needs fixed shapes and no host syncs,
+so this step renders with `Renderer.render_rays_dense` (every sample in the box; no
+occupancy grid, no pruning, which only ever left out samples of little or no light) and the
+optimiser must be `capturable` (`optimisation.stage_optimiser` makes it so on CUDA). The
+sample jitter is drawn inside the graph, fresh at every replay.
 
 Off the GPU (or `graph=False`) the same step runs eagerly, and so does it after a capture
 that fails (with a warning), as the priors' graphs do (`priors.graphs`).

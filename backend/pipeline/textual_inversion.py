@@ -78,11 +78,11 @@ class TokenTrainer:
     """The optimisation behind `learn_token`, one `step()` at a time (the bench times it).
 
     The augmented views are drawn from a bank of `views` views encoded once: the SD VAE
-    encoder at 512 px costs about as much as the UNet's forward pass, and encoding 16 fresh
-    views every step was half of the stage (202-209 -> 107-111 ms per step on an H200,
-    docs/BENCHMARKS.md). Each step still samples the latent from each view's posterior
-    (mean + std * noise), as diffusers' script does; only the crops, flips and brightness
-    come from a finite set (512 views against 3,000 x 16 draws in the paper schedule)."""
+    encoder at 512 px costs about as much as the UNet's forward pass, so encoding 16 fresh
+    views every step would be half of the stage (docs/BENCHMARKS.md). Each step still
+    samples the latent from each view's posterior (mean + std * noise), as diffusers' script
+    does; only the crops, flips and brightness come from a finite set (512 views against
+    3,000 x 16 draws in the paper schedule)."""
 
     def __init__(self, sd: Prior, image: torch.Tensor, *, size: int, batch: int, lr: float,
                  views: int, seed: int = 0):

@@ -2,8 +2,8 @@
 
 Why: refinement encodes two 1024-px renders with gradients, so the VAE's mid-block attention
 sees 16,384 tokens with one head of 512 channels: too wide for the flash kernels, and PyTorch
-falls back to a generic memory-efficient kernel whose backward took 88 ms of the 385 ms step
-(profile, H200, docs/BENCHMARKS.md). Here the same softmax(q k^T / sqrt(d)) v is computed per
+falls back to a generic memory-efficient kernel whose backward is the largest single item in
+refinement's step. Here the same softmax(q k^T / sqrt(d)) v is computed per
 chunk of queries as two large matmuls and a softmax in fp32 (the scores in fp32 as the fused
 kernels keep them), and each chunk is recomputed in the backward pass instead of storing the
 16,384^2 probabilities, so memory stays at one chunk's scratch.
@@ -11,11 +11,9 @@ kernels keep them), and each chunk is recomputed in the backward pass instead of
 `LongSequenceAttention` is a diffusers attention processor: shorter sequences, masks, cross
 attention and normed q/k go to the stock `AttnProcessor2_0` unchanged.
 
-On by default, for every VAE self-attention over >= 1,024 tokens (docs/BENCHMARKS.md, H100
-and H200): refinement's step went from 579 to 415 ms on an H100 (16,384 tokens: 79 ms forward +
-backward with PyTorch's kernel, 36 ms in chunks of 1,024, 40 in chunks of 2,048). The dynamic
-stage's 16 frames x 1,024 tokens: 9.1 -> 1.7 ms; the static stage's 4,096 tokens inside its
-compiled encoder: 6.3 -> 2.0 ms; Zero123's 1,024: 1.3 -> 0.8 ms (H200).
+On by default for every VAE self-attention over >= 1,024 tokens, in chunks of 1,024 queries:
+faster than PyTorch's kernels at every sequence length the stages use, most of all at
+refinement's 16,384 (`animate4d bench attention`, figures in docs/BENCHMARKS.md).
 `ANIMATE4D_VAE_ATTENTION=stock` keeps diffusers' processor.
 """
 

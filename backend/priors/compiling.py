@@ -3,16 +3,14 @@
 Why: the VAE encoders run with gradients on every SDS step (the render's gradient comes back
 through them), and eagerly their group norms, SiLUs and cuDNN's NCHW <-> NHWC conversions cost
 about as much as their convolutions; Inductor fuses the norms with their activations, forward
-and backward. Measured (docs/BENCHMARKS.md, H200): the static stage's SDS step 104 -> 82 ms
-and the dynamic stage's 188 -> 173 ms with the VAE encoders compiled. Refinement's encoder at
-1024 px first got slower (389 -> 665 ms, +14 GB) while PyTorch's attention ran its 16,384
-tokens in one kernel; since that attention runs in checkpointed chunks (`attention.py`),
-compiling it gains: refinement's SDS step 340 -> 257 ms and 20.8 -> 19.6 GB reserved (H200,
-session 8). Refinement's ControlNet and UNet compiled: 396 -> 378 ms and 26.5 -> 20.8 GB.
-Textual inversion trains through the SD UNet (batch 16, with gradients): compiled 225 -> 197
-ms per step and 15.1 -> 12.8 GB. The dynamic stage's UNets compiled as well (under their CUDA
-graphs) gained 4% for 4.5 GB more memory: not taken. Compiling costs time once per process and
-call shape (Inductor caches kernels on disk).
+and backward, so every stage that runs them compiles them. Refinement's encoder at 1024 px
+gains only because its attention runs in checkpointed chunks (`attention.py`): with PyTorch's
+one-kernel attention over 16,384 tokens compiling it was slower and larger, so re-measure
+this choice when the attention changes. Textual inversion trains through the SD UNet (batch
+16, with gradients) and compiles it; refinement compiles ControlNet and UNet. The dynamic
+stage's UNets, already under CUDA graphs, gain too little for the memory compiling them costs,
+and stay eager. Each choice, taken or not, is measured in docs/BENCHMARKS.md. Compiling costs
+time once per process and call shape (Inductor caches kernels on disk).
 
 The runtime switch `compile` (ANIMATE4D_COMPILE=vae,unet, or "" for none) overrides the
 per-stage choice everywhere. Only CUDA compiles: on the CPU the parts stay eager.

@@ -10,7 +10,7 @@ the CPU, or past the limit run eagerly, so wrapping never changes what a call co
 Each graph keeps its own memory pool (the forward's intermediates stay reserved between
 calls): it shows in `torch.cuda.max_memory_reserved`, not in `max_memory_allocated`. Where
 the calls are large, graphs buy little time and cost that memory: refinement's ControlNet and
-UNet at 1024 px measured 415 ms and 29 GB reserved graphed, 402 ms and 21 GB eager, so
+UNet at 1024 px are no faster graphed and reserve several GB more (docs/BENCHMARKS.md), so
 `ControlNetTileGuidance` calls them through `eager()`.
 """
 

@@ -20,7 +20,7 @@ from . import graphs, text
 from .loading import Prior
 from .sds import SDSOutput, TimestepRange, sds
 
-# Animate124's ranges (DESIGN.md, Pipeline).
+# Animate124's ranges (the `paper` preset's, docs/ARCHITECTURE.md).
 SD_RANGE = TimestepRange(0.2, 0.6)
 ZERO123_RANGE = TimestepRange(0.2, 0.6)
 VIDEO_RANGE = TimestepRange(0.02, 0.98)

@@ -59,7 +59,7 @@ SIZES = {
                                                  finest_resolution=32),
                                 hidden=32, reg_points=512, occupancy_resolution=32),
                   mc_resolution=96, target_faces=20_000, eval_points=10_000),
-    # The GPU benchmark at the DESIGN.md field sizes.
+    # The GPU benchmark at the pipeline's field sizes (the `paper` preset's grids).
     "full": Size(frames=16, views=16, heldout=4, resolution=128, render_samples=32,
                  fit=FitConfig(steps=6000, rays=8192, frames_per_step=4, samples=128,
                                bound=BOUND),

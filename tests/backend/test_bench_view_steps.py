@@ -24,4 +24,4 @@ def test_view_steps_variants_and_report(monkeypatch):
     assert set(out["ms"]["as-is"]) == {"sds", "reference"}
     assert out["samples"]["as-is"]["occupied"] > 0
     run(["warp-at-0"])
-    assert calls  # the old way: time 0 through the warp
+    assert calls  # the variant sends time 0 through the warp

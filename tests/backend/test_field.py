@@ -118,7 +118,7 @@ def test_motion_moves_the_render_and_the_occupancy_grid_skips_nothing_it_should_
                                                       shading=Shading(mode="albedo"))["alpha"][0]
     torch.testing.assert_close(a1, plain)  # skipping empty space changes nothing
     # The silhouette's columns (alpha > 0.5: the sphere's density tail leaves faint alpha
-    # around it, which pruning used to drop and an unpruned small render keeps).
+    # around it, which pruning drops and an unpruned small render keeps).
     cols0 = (a0.max(0).values > 0.5).nonzero().float().mean()
     cols1 = (a1.max(0).values > 0.5).nonzero().float().mean()
     assert cols1 > cols0 + 3  # moved towards +X (right in the front view)

@@ -22,7 +22,7 @@ def assert_equal_up_to_position_rounding(b, a):
 @pytest.mark.parametrize("dims", [3, 4])
 @pytest.mark.parametrize("layout", [
     dict(levels=4, log2_table=8, base_resolution=2, finest_resolution=16),  # dense + hashed
-    dict(levels=16, log2_table=19, base_resolution=16, finest_resolution=2048),  # DESIGN.md
+    dict(levels=16, log2_table=19, base_resolution=16, finest_resolution=2048),  # the pipeline's
 ])
 def test_kernels_match_the_pytorch_path_values_and_both_gradients(dims, layout):
     torch.manual_seed(0)

@@ -329,8 +329,8 @@ def test_pool_keep_forgets_compiled_graphs_only_when_a_dropped_prior_was_compile
 def test_a_prior_dropped_between_stages_is_gone_when_the_next_stage_starts(tiny_models,
                                                                            monkeypatch):
     """Each stage holds only its own priors: nothing in the run still names one the pool has
-    dropped (textual inversion's SD stayed on the GPU through the dynamic stage, and a
-    second copy was loaded for refinement, until session 8)."""
+    dropped (a stray name would keep textual inversion's SD on the GPU through the dynamic
+    stage, and refinement would load a second copy beside it)."""
     import gc
     import weakref
 

@@ -63,4 +63,4 @@ def test_a_missing_source_is_a_clear_error_and_leaves_no_temporary_folder(tmp_pa
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(ValueError, match="neither a file nor a built-in scene"):
         benchmark.run("no-such-scene.glb")
-    assert list(tmp_path.iterdir()) == []  # each failed run used to leave one behind
+    assert list(tmp_path.iterdir()) == []  # a failed run leaves no temporary folder behind
