@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from ..devices import choose_device
+from ..runtime.devices import choose_device
 
 
 def report(result: dict, json_path: str | None) -> int:

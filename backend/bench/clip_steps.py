@@ -69,7 +69,7 @@ def run(args) -> dict:
 
     times = alternated(list(args.variants), ("clip",), step, args.iters, args.warmup)
     return {"benchmark": "clip-steps", "device": device_name(device), "state": args.state,
-            "frames": preset.clip_frames, "render_size": preset.render_size,
+            "frames": preset.dynamic.clip_frames, "render_size": preset.renderer.size,
             "iters": args.iters,
             "ms": {v: round(statistics.median(x["clip"]), 2) for v, x in times.items()},
             "shaded": shaded,  # per clip, warm-up included

@@ -20,9 +20,9 @@ from animate4d.protocol import AnimatedMesh, Camera, a4d
 from animate4d.protocol.limits import MAX_FRAMES
 
 from ..commands.local import DEMO_IMAGE, DEMO_PROMPT
+from ..mesh.raster import iou, silhouette
 from ..preprocess.image_io import load_image
 from ..preprocess.segment import foreground_mask
-from ..raster import iou, silhouette
 from . import int_in, report
 
 

@@ -13,8 +13,8 @@ import random
 import statistics
 import time
 
-from ..devices import limit_memory
-from ..pipeline.presets import STAGES
+from ..pipeline.config import STAGES
+from ..runtime.devices import limit_memory
 from . import device_name, int_in, pick_device, report, timed_ms
 from .field import fit_solid_ball
 from .phases import time_phases
@@ -125,8 +125,8 @@ def run(args) -> dict:
     import torch
 
     from ..pipeline import stages
+    from ..pipeline.config import PRESETS
     from ..pipeline.optimisation import stage_optimiser
-    from ..pipeline.presets import PRESETS
     from ..pipeline.run import PriorPool, _stage_setup, occupancy_times, stage_stepper
     from ..pipeline.textual_inversion import TokenTrainer
     from ..priors import compiling, graphs, text
@@ -145,15 +145,15 @@ def run(args) -> dict:
         torch.backends.cudnn.benchmark = True
     preset = PRESETS[args.preset]
     if args.tiny:
-        from ..pipeline.presets import tiny
+        from ..pipeline.config import tiny
         preset = tiny(preset, max_steps=10**6)
     pool = PriorPool(args.models, device, random_weights=args.random_weights)
-    s = preset.render_size
+    s = preset.renderer.size
     mask = torch.zeros(s, s, device=device)
     mask[s // 4 : 3 * s // 4, s // 4 : 3 * s // 4] = 1
     ref = stages.Reference(torch.ones(3, s, s, device=device) * 0.5, mask,
                            torch.rand(s, s, device=device))
-    big = max(preset.ti_size, 256)
+    big = max(preset.textual_inversion.size, 256)
     prep = {"rgb": torch.rand(3, big, big)}
     out = {"benchmark": "stages", "preset": preset.name, "state": args.state, "device":
            device_name(device),
@@ -207,9 +207,9 @@ def run(args) -> dict:
                 if args.channels_last:
                     _channels_last(pool, args.channels_last)
                 setup = time.perf_counter()
-                trainer = TokenTrainer(sd, prep["rgb"], size=preset.ti_size,
-                                       batch=preset.ti_batch, lr=preset.ti_lr,
-                                       views=preset.ti_views)
+                ti = preset.textual_inversion
+                trainer = TokenTrainer(sd, prep["rgb"], size=ti.size, batch=ti.batch, lr=ti.lr,
+                                       views=ti.views)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 setup = time.perf_counter() - setup  # the bank of encoded views, once
@@ -390,7 +390,7 @@ def _schedule_counts(stage: str, preset) -> dict[str, float]:
     ref = sum(preset.reference_step(stage, i) for i in range(total))
     counts = {"reference": ref, "sds": total - ref}
     if stage == "dynamic":
-        p = preset.p_start_at_zero * (1 - preset.p_mirror)
+        p = preset.dynamic.p_start_at_zero * (1 - preset.dynamic.p_mirror)
         counts["sds+zero123"] = counts["sds"] * p
         counts["sds"] -= counts["sds+zero123"]
     return counts

@@ -12,7 +12,7 @@ def stage_scene(args, occupancy_times):
     grid refreshed at `occupancy_times`, as the stage being imitated refreshes it."""
     import torch
 
-    from ..pipeline.presets import PRESETS, tiny
+    from ..pipeline.config import PRESETS, tiny
     from ..pipeline.stages import Scene
     from .field import fit_solid_ball
 

@@ -40,7 +40,7 @@ def run(args) -> dict:
     # fitted object away while it is timed.
     opt = torch.optim.Adam(scene.canonical.parameters(), lr=0.0)
     rng = random.Random(0)
-    reference_camera = canonical_camera(preset.render_size)
+    reference_camera = canonical_camera(preset.renderer.size)
 
     def use(variant: str) -> None:
         scene.renderer.prune_above = (_OLD_PRUNE_ABOVE if variant == "first-pass"
@@ -52,9 +52,9 @@ def run(args) -> dict:
 
         def view_step():
             if kind == "sds":
-                polar, az = random_view(rng, preset.polar_deg)
+                polar, az = random_view(rng, preset.views.polar_deg)
                 shading, background = sds_look(rng, preset, "static", 0.5)
-                rgb, _, _ = scene.render([orbit_camera(polar, az, preset.render_size)], t,
+                rgb, _, _ = scene.render([orbit_camera(polar, az, preset.renderer.size)], t,
                                          shading=shading, background=background)
                 loss = (rgb - 0.5).square().mean()
             else:
@@ -72,12 +72,12 @@ def run(args) -> dict:
     for v in variants:  # what each variant shades of an SDS-like view
         use(v)
         with torch.no_grad():
-            scene.render([orbit_camera(80.0, 30.0, preset.render_size)], [0.0],
+            scene.render([orbit_camera(80.0, 30.0, preset.renderer.size)], [0.0],
                          shading=Shading(mode="lambertian"))
         shaded[v] = {k: int(x) for k, x in scene.renderer.last_samples.items()}
     use("as-is")
     return {"benchmark": "view-steps", "device": device_name(device), "state": args.state,
-            "render_size": preset.render_size, "iters": args.iters,
+            "render_size": preset.renderer.size, "iters": args.iters,
             "ms": {v: {k: round(statistics.median(x), 2) for k, x in times[v].items()}
                    for v in variants},
             "samples": shaded, "torch": torch.__version__}

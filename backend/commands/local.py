@@ -12,7 +12,7 @@ from animate4d.protocol import Camera
 from animate4d.protocol.errors import InvalidCameraError, InvalidRequestError
 from animate4d.protocol.options import MOTION_MODES, PRESETS, JobOptions
 
-from ..devices import choose_device
+from ..runtime.devices import choose_device
 
 DEMO_IMAGE = "panda.png"
 DEMO_PROMPT = "a panda is dancing"
@@ -22,7 +22,7 @@ def add_job_options(p: argparse.ArgumentParser, *, prompt_required: bool,
                     presets=None) -> None:
     """The job flags shared by `run`, `demo` and `submit`; `presets`: the choices offered
     (default: what this install can run here)."""
-    from ..pipelines import available
+    from ..jobs.presets import available
 
     d = JobOptions()
     g = p.add_argument_group("what to make")
@@ -98,51 +98,64 @@ def job_options(args) -> JobOptions:
 
 
 def _run_job(image, args, out: Path) -> int:
-    from ..outputs import prepare_out_dir, write_outputs
-    from ..preview.pipeline import run_preview
-    from ..progress import TerminalProgress, no_progress
+    from ..jobs.method import run_method
+    from ..jobs.outputs import prepare_out_dir, write_outputs
+    from ..jobs.progress import TerminalProgress, no_progress
 
     options = job_options(args)
     device = None
     if options.preset != "preview":  # before the output folder: a bad --device leaves none
         device = choose_device(getattr(args, "device", None))
+    method = _method(image, options, args, device)
     prepare_out_dir(out)
     progress = no_progress if args.quiet else TerminalProgress()
     t0 = time.perf_counter()
     ok = False
     try:
-        if options.preset == "preview":
-            mesh = run_preview(image, options, progress)
-        else:
-            mesh = _run_gpu_preset(image, options, args, progress, device)
+        mesh = run_method(method, progress)
         files = write_outputs(mesh, out, preview=not args.no_preview, progress=progress)
         ok = True
     finally:
         if not args.quiet:
             progress.close(ok)
-    seconds = time.perf_counter() - t0
-    md = mesh.metadata
     if not args.quiet:
-        print(
-            f"{mesh.num_vertices} vertices, {mesh.num_faces} faces, {mesh.num_frames} frames at "
-            f"{mesh.fps:g} fps; motion: {'+'.join(md['motion']['modes'])} "
-            f"({md['motion']['chosen_by']}); {seconds:.1f} s",
-            file=sys.stderr,
-        )
+        print(f"{summary(mesh)}; {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     for path in (files.a4d, files.glb, files.preview):
         if path is not None:
             print(path.resolve())
     return 0
 
 
-def _run_gpu_preset(image, options, args, progress, device):
-    from ..pipeline.presets import PRESETS, scaled
-    from ..pipeline.run import run_animate124
+def summary(mesh) -> str:
+    """One line about a result, for any method: its size, and how its motion was chosen
+    where the method says (preview)."""
+    line = (f"{mesh.num_vertices} vertices, {mesh.num_faces} faces, {mesh.num_frames} frames "
+            f"at {mesh.fps:g} fps")
+    motion = mesh.metadata.get("motion")
+    if isinstance(motion, dict) and motion.get("modes"):
+        line += f"; motion: {'+'.join(motion['modes'])} ({motion.get('chosen_by', '?')})"
+    elif mesh.metadata.get("preset"):
+        line += f"; preset {mesh.metadata['preset']}"
+    return line
 
-    preset = scaled(PRESETS[options.preset], getattr(args, "max_steps", None),
-                    static_init=getattr(args, "static_init", None) or "blob")
-    return run_animate124(image, options, progress, models=getattr(args, "models", None),
-                          preset=preset, device=device)
+
+def _method(image, options, args, device):
+    """The job's Method: the preset's, with --max-steps and --static-init applied to a GPU
+    preset's config (whose sizes follow tiny random models when those are what --models
+    holds)."""
+    from ..jobs.presets import config_for, method_for
+
+    models = getattr(args, "models", None)
+    max_steps = getattr(args, "max_steps", None)
+    if max_steps is not None and max_steps < 1:
+        raise InvalidRequestError(f"--max-steps must be at least 1, got {max_steps}")
+    config = None
+    if options.preset != "preview":
+        from ..pipeline.config import scaled
+
+        config = scaled(config_for(options.preset, models), max_steps,
+                        {"static.init": getattr(args, "static_init", None) or "blob"})
+    return method_for(image, options, models=models, config=config, device=device)
 
 
 def cmd_run(args) -> int:

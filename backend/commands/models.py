@@ -45,7 +45,8 @@ def cmd_fetch(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from ..priors.registry import PRESET_ROLES, ROLES, folder_bytes, missing_files
+    from ..jobs.presets import SPECS
+    from ..priors.registry import ROLES, TINY_MARKER, folder_bytes, missing_files
 
     folder = _models_dir(args)
     complete = set()
@@ -56,12 +57,14 @@ def cmd_check(args) -> int:
             print(f"{name:16} MISSING {', '.join(gaps[:4])} in {d}")
         else:
             complete.add(name)
-            print(f"{name:16} ok      {folder_bytes(d) / 1e9:7.2f} GB  {d}")
+            tiny = " (tiny random weights: for smoke runs, the output is noise)" if (
+                d / TINY_MARKER).is_file() else ""
+            print(f"{name:16} ok      {folder_bytes(d) / 1e9:7.2f} GB  {d}{tiny}")
             if args.verbose:
                 for f in sorted(p for p in d.rglob("*") if p.is_file()):
                     print(f"{'':24}{f.stat().st_size:>14,}  {f.relative_to(d)}")
-    runnable = [p for p, need in PRESET_ROLES.items() if set(need) <= complete]
-    print(f"presets runnable with {folder}: {', '.join(['preview', *runnable])}")
+    runnable = [n for n, s in SPECS.items() if set(s.roles) <= complete]
+    print(f"presets runnable with {folder}: {', '.join(runnable)}")
     return 0 if len(complete) == len(_roles(args.roles)) else 2
 
 

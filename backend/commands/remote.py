@@ -49,7 +49,7 @@ def _final(info: wire.JobInfo) -> int:
 
 
 def _write(client: Client, job: str, out: str, preview: bool) -> None:
-    from ..outputs import write_outputs
+    from ..jobs.outputs import write_outputs
 
     mesh = a4d.loads(client.fetch(job))
     files = write_outputs(mesh, out, preview=preview)

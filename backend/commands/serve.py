@@ -89,7 +89,7 @@ def cmd_worker(args) -> int:
         raise keys.KeyFileError(
             f"{args.server} is not on this machine, and no keys were given",
             hint="pass --server-key and --key (see `animate4d keys`), or --insecure")
-    from ..pipelines import offer
+    from ..jobs.presets import offer
 
     pipelines, missing = offer(args.models)
     worker = Worker(args.server, name=args.name, server_key=server_key, keypair=keypair,

@@ -22,7 +22,7 @@ import numpy as np
 
 from animate4d.protocol import AnimatedMesh
 
-from ..geometry import vertex_normals
+from ..mesh.geometry import vertex_normals
 from ..version import package_version
 
 # Blender (Z up) -> glTF (Y up)

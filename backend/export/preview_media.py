@@ -10,9 +10,9 @@ from PIL import Image
 
 from animate4d.protocol import AnimatedMesh, Camera
 
+from ..jobs.progress import ProgressFn, no_progress
+from ..mesh.raster import render
 from ..preprocess.framing import CANONICAL_FOV_DEG, CANONICAL_RADIUS
-from ..progress import ProgressFn, no_progress
-from ..raster import render
 
 PANEL = 256
 

@@ -23,7 +23,7 @@ from scipy.sparse.csgraph import connected_components
 
 from animate4d.protocol import AnimatedMesh, Camera
 
-from ..geometry import EXPORT_FACES, decimate
+from ..mesh.geometry import EXPORT_FACES, decimate
 from .fields import warp_jacobian
 from .render import CameraBatch, OccupancyGrid, Renderer, Shading
 

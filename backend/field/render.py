@@ -18,7 +18,7 @@ import torch
 
 from animate4d.protocol import Camera
 
-from ..device_tensors import to_device
+from ..runtime.device_tensors import to_device
 
 
 class CameraBatch:

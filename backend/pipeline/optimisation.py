@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import torch
 
-from .presets import Preset
+from .config import Animate124Config
 
 
-def stage_optimiser(scene, stage: str, preset: Preset) -> torch.optim.Adam:
+def stage_optimiser(scene, stage: str, preset: Animate124Config) -> torch.optim.Adam:
     """The Adam optimiser of a field stage: which fields it trains, at which rates."""
     if stage == "dynamic":
-        groups = [{"params": scene.motion.parameters(), "lr": preset.lr},
+        groups = [{"params": scene.motion.parameters(), "lr": preset.optim.lr},
                   {"params": scene.canonical.parameters(),
-                   "lr": preset.lr * preset.canonical_lr_scale}]
+                   "lr": preset.optim.lr * preset.dynamic.canonical_lr_scale}]
     else:
-        groups = [{"params": scene.canonical.encoder.parameters(), "lr": preset.lr},
-                  {"params": scene.canonical.net.parameters(), "lr": preset.lr * 0.1}]
+        groups = [{"params": scene.canonical.encoder.parameters(), "lr": preset.optim.lr},
+                  {"params": scene.canonical.net.parameters(), "lr": preset.optim.lr * 0.1}]
         if stage == "refine":
-            groups.append({"params": scene.motion.parameters(), "lr": preset.lr * 0.1})
+            groups.append({"params": scene.motion.parameters(), "lr": preset.optim.lr * 0.1})
     # fused: one kernel for all parameters instead of a dozen launches per group; the step
     # after a reference step's small render waits on the host that launches them.
     # capturable (CUDA): its step count stays on the GPU, so the reference step can run as

@@ -22,10 +22,10 @@ import warnings
 
 import torch
 
-from ..device_tensors import to_device
 from ..field.render import camera_rays
 from ..preprocess.framing import canonical_camera
 from ..priors.graphs import capture, on_side_stream
+from ..runtime.device_tensors import to_device
 from .optimisation import give_gradients, optimise
 from .stages import Reference, Scene, reference_terms
 

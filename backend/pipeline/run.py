@@ -1,5 +1,5 @@
-"""Animate124 end to end: preprocess -> textual inversion -> static -> dynamic -> refine ->
-export, with checkpoints, resume, cancel (the progress callback raises) and progress.
+"""Animate124 as a method (`jobs.method`): preprocess -> textual inversion -> [proxy] ->
+static -> dynamic -> refine -> export, each a Stage that the generic runner drives.
 
 Checkpoints (keys in the job's Checkpoints store):
     "a124/prep"    the reference view, its depth, the framing (written once)
@@ -25,25 +25,34 @@ from animate4d.protocol import AnimatedMesh, Camera
 from animate4d.protocol.errors import DivergedError, MissingModelError
 from animate4d.protocol.options import JobOptions
 
-from ..checkpoints import Checkpoints, NoCheckpoints
+from ..config import as_dict
 from ..field import use_tensor_cores
 from ..field.extract import extract
 from ..field.fit import fit_shape
 from ..field.render import half_opaque_density
+from ..jobs.checkpoints import Checkpoints
+from ..jobs.method import Method, Stage, run_method
+from ..jobs.progress import ProgressFn, no_progress
 from ..preprocess import framing
 from ..preprocess.image_io import LoadedImage, load_image
 from ..preprocess.segment import clean_mask, foreground_mask
 from ..preview.colour import fill_background, sample_image
 from ..preview.inflate import InflatedShape, inflate
 from ..priors import compiling, graphs, guidance, loading, registry, text
-from ..priors.sds import TimestepRange
-from ..progress import ProgressFn, Stopwatch, no_progress
+from ..runtime import switches
 from ..version import versions
 from . import stages
+from .config import Animate124Config
 from .optimisation import optimise, stage_optimiser
-from .presets import PRESETS, STAGES, Preset
 from .reference_graph import ReferenceGraph
-from .textual_inversion import learn_token
+from .textual_inversion import TokenTrainer, cache_key, cached_token, store_token
+
+# The model roles every Animate124 preset needs.
+ROLES = ("sd", "zero123", "video", "controlnet_tile", "depth")
+
+# Every OCCUPANCY_EVERY steps of a field stage the occupancy grid is refreshed, at the times
+# `occupancy_times` gives.
+OCCUPANCY_EVERY = 16
 
 
 class PriorPool:
@@ -74,10 +83,9 @@ class PriorPool:
             torch.cuda.empty_cache()
 
 
-def check_models(preset: str, models) -> None:
+def check_models(preset: str, models, roles=ROLES) -> None:
     """Raise MissingModelError listing every missing role before any work starts."""
-    missing = [r for r in registry.PRESET_ROLES[preset]
-               if r not in registry.available_roles(models)]
+    missing = [r for r in roles if r not in registry.available_roles(models)]
     if missing:
         raise MissingModelError(
             f"the {preset} preset needs the models {', '.join(missing)}, which are not in "
@@ -103,35 +111,11 @@ def reference_view(image: LoadedImage, mask, crop, size: int) -> tuple[torch.Ten
     return rgba[:3] * rgba[3:] + (1 - rgba[3:]), rgba[3]
 
 
-def _prepare(image, options: JobOptions, preset: Preset, pool: PriorPool,
-             progress: ProgressFn) -> dict:
-    progress("preprocess", 0, 1)
-    if not isinstance(image, LoadedImage):
-        image = load_image(image)
-    camera = (framing.fit_camera_to_image(Camera.from_dict(options.camera), image.size)
-              if options.camera is not None else framing.canonical_camera(image.size))
-    mask = foreground_mask(image, seed=options.seed)
-    crop = framing.find_crop(mask)
-    big = max(preset.ti_size, preset.render_size, 256)
-    rgb, view_mask = reference_view(image, mask, crop, big)
-    depth_model = guidance.DepthEstimator(pool.get("depth"))
-    depth = depth_model(rgb[None].to(pool.device)).cpu()
-    progress("preprocess", 1, 1)
-    return {"rgb": rgb, "mask": view_mask, "depth": depth,
-            "transform": framing.object_to_world(crop, camera, options.target),
-            "source": str(image.source).rsplit("/", 1)[-1]}
-
-
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     squeeze = x.ndim == 2
     y = x[None, None] if squeeze else x[None]
     y = torch.nn.functional.interpolate(y, (size, size), mode="area")
     return y[0, 0] if squeeze else y[0]
-
-
-# Every OCCUPANCY_EVERY steps of a field stage the occupancy grid is refreshed, at the times
-# `occupancy_times` gives (`bench stages` counts both in its projection).
-OCCUPANCY_EVERY = 16
 
 
 def occupancy_times(stage: str) -> tuple:
@@ -158,125 +142,8 @@ def fields_checkpoint(scene: stages.Scene, stage: str, step: int) -> bytes:
                          "motion": scene.motion.state_dict(), "stage": stage, "step": step})
 
 
-def _textual_inversion(pool: PriorPool, prep: dict, preset: Preset, options: JobOptions,
-                       checkpoints: Checkpoints, progress: ProgressFn,
-                       random_weights: bool) -> None:
-    """Learn the token (or take the job's checkpointed one) and leave it installed in SD.
-    A function of its own so that no name in the run outlives it holding SD: the pool alone
-    decides when SD leaves the GPU (a name left in `run_animate124` kept it there through
-    the dynamic stage, and refinement loaded a second copy beside it)."""
-    saved = checkpoints.get("a124/token")
-    sd = pool.get("sd", "textual_inversion")
-    if saved is not None:
-        text.add_placeholder(sd.tokenizer, sd.text_encoder, _torch_load(saved))
-        return
-    token, _ = learn_token(sd, _resize(prep["rgb"], preset.ti_size), steps=preset.ti_steps,
-                           size=preset.ti_size, batch=preset.ti_batch, lr=preset.ti_lr,
-                           views=preset.ti_views, seed=options.seed, progress=progress,
-                           use_cache=not random_weights)
-    checkpoints.put("a124/token", _torch_bytes(token))
-
-
-def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progress,
-                   checkpoints: Checkpoints | None = None, *, models=None,
-                   preset: Preset | None = None, device=None,
-                   random_weights: bool = False) -> AnimatedMesh:
-    options.validate()
-    preset = preset or PRESETS[options.preset]
-    checkpoints = NoCheckpoints() if checkpoints is None else checkpoints
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    use_tensor_cores(device)
-    if not random_weights:
-        check_models(options.preset if options.preset in registry.PRESET_ROLES else "fast",
-                     models)
-    torch.manual_seed(options.seed)
-    rng = random.Random(options.seed)
-    pool = PriorPool(models, device, random_weights)
-    clock = Stopwatch()
-
-    saved = checkpoints.get("a124/prep")
-    with clock.stage("preprocess"):
-        prep = _torch_load(saved) if saved else _prepare(image, options, preset, pool, progress)
-    if saved is None:
-        checkpoints.put("a124/prep", _torch_bytes(prep))
-    pool.keep()
-    s = preset.render_size
-    ref = stages.Reference(_resize(prep["rgb"], s).to(device), _resize(prep["mask"], s)
-                           .to(device), _resize(prep["depth"], s).to(device))
-    object_prompt = f"a {text.PLACEHOLDER}"
-    motion_prompt = options.prompt or "an object is moving"
-
-    # Textual inversion
-    with clock.stage("textual_inversion"):
-        _textual_inversion(pool, prep, preset, options, checkpoints, progress, random_weights)
-
-    scene = stages.Scene(preset, device)
-    state = checkpoints.get("a124/fields")
-    done_stage, done_step = None, 0
-    if state is not None:
-        st = _torch_load(state)
-        scene.canonical.load_state_dict(st["canonical"])
-        scene.motion.load_state_dict(st["motion"])
-        done_stage, done_step = st["stage"], st["step"]
-
-    if state is None and preset.static_init == "proxy":
-        with clock.stage("proxy"):
-            progress("proxy", 0, 1)
-            start_from_proxy(scene, prep, preset)
-            progress("proxy", 1, 1)
-
-    def save(stage, step):
-        if not _finite(scene):  # a NaN checkpoint would replace the last good one
-            raise _diverged(stage, step, "the fields hold non-finite values")
-        checkpoints.put("a124/fields", fields_checkpoint(scene, stage, step))
-
-    for stage in ("static", "dynamic", "refine"):
-        total = preset.steps(stage)
-        order = STAGES.index(stage)
-        if done_stage is not None and STAGES.index(done_stage) > order:
-            continue
-        start = done_step if done_stage == stage else 0
-        if start >= total:
-            continue
-        with clock.stage(stage):
-            losses_fn = _stage_setup(stage, scene, ref, preset, pool, prep, object_prompt,
-                                     motion_prompt, options)
-            opt = stage_optimiser(scene, stage, preset)
-            step_fn = stage_stepper(stage, scene, ref, preset, losses_fn, opt)
-            for step in range(start, total):
-                progress(stage, step, total)
-                if (step % OCCUPANCY_EVERY == 0
-                        and scene.refresh_occupancy(occupancy_times(stage)) == 0.0):
-                    raise _diverged(stage, step, "no density is left anywhere in the scene")
-                if stage == "dynamic":
-                    scene.motion.open_levels(min(1.0, 2 * step / total))
-                step_fn(rng, step / total, preset.reference_step(stage, step))
-                if (step + 1) % preset.checkpoint_every == 0 and step + 1 < total:
-                    save(stage, step + 1)
-            save(stage, total)
-            progress(stage, total, total)
-            # Release this stage's guidance (its priors' CUDA graphs and their memory pools)
-            # before the next stage loads its own.
-            step_fn = losses_fn = opt = None
-    with clock.stage("export"):
-        progress("export", 0, 1)
-        pool.keep()
-        scene.refresh_occupancy(occupancy_times("export"))
-        mesh, report = extract(
-            scene.canonical, scene.motion, frames=options.frames, fps=options.fps,
-            resolution=preset.export_resolution,
-            threshold=half_opaque_density(scene.renderer.step_length),
-            target_faces=preset.export_faces, transform=prep["transform"], device=device,
-            metadata={"prompt": options.prompt, "preset": options.preset,
-                      "seed": options.seed, "versions": versions(),
-                      "source": prep["source"]})
-        progress("export", 1, 1)
-    mesh.metadata["timings"] = clock.seconds
-    mesh.metadata["export"] = report
-    return mesh
-
-
-def start_from_proxy(scene: stages.Scene, prep: dict, preset: Preset, size: int = 128) -> float:
+def start_from_proxy(scene: stages.Scene, prep: dict, preset: Animate124Config,
+                     size: int = 128) -> float:
     """Fit the canonical field to the preview proxy (the silhouette inflated as in preview
     mode, coloured from the reference view) so that the static stage starts from the shape
     the image shows instead of the density blob."""
@@ -298,14 +165,15 @@ def start_from_proxy(scene: stages.Scene, prep: dict, preset: Preset, size: int 
                                             filled), dtype=torch.float32)
 
     return fit_shape(scene.canonical, inside, near=torch.as_tensor(surface, dtype=torch.float32),
-                     colour=colour, steps=preset.proxy_steps)
+                     colour=colour, steps=preset.static.proxy_steps)
 
 
-def stage_stepper(stage: str, scene: stages.Scene, ref: stages.Reference, preset: Preset,
-                  losses_fn, opt: torch.optim.Optimizer):
+def stage_stepper(stage: str, scene: stages.Scene, ref: stages.Reference,
+                  preset: Animate124Config, losses_fn, opt: torch.optim.Optimizer):
     """`step(rng, progress, reference) -> losses`: one optimisation step of a field stage,
-    its losses (`losses_fn`, from `_stage_setup`) and the optimiser's step; on CUDA the
-    reference steps run as a CUDA graph (`ReferenceGraph`; ANIMATE4D_CUDA_GRAPHS=0: eager)."""
+    its losses (`losses_fn`, a field stage's `losses`) and the optimiser's step; on CUDA the
+    reference steps run as a CUDA graph (`ReferenceGraph`; the `cuda_graphs` switch off:
+    eager)."""
     clip = preset.clip_value(stage)
     graph = (ReferenceGraph(scene, ref, preset, opt, clip) if graphs.enabled(scene.device)
              else None)
@@ -320,46 +188,304 @@ def stage_stepper(stage: str, scene: stages.Scene, ref: stages.Reference, preset
     return step
 
 
-def _stage_setup(stage, scene, ref, preset, pool, prep, object_prompt, motion_prompt, options):
-    """The prior set-up for one stage and a closure doing one step:
-    `step(rng, progress, reference)`."""
-    def tr(pair):
-        return TimestepRange(*pair)
+class Preprocess(Stage):
+    """Load the image, cut the object out, frame it, and estimate the reference view's depth."""
 
-    if stage in ("static", "dynamic"):
-        z = pool.get("zero123", stage)
-        zero123 = guidance.Zero123Guidance(z, scale=preset.zero123_scale,
-                                           weight=preset.zero123_weight,
-                                           timesteps=tr(preset.zero123_t),
-                                           size=preset.zero123_size)
-        zero123.set_reference(prep["rgb"][None].to(scene.device))
-    if stage == "static":
-        pool.keep("sd", "zero123")
-        sd = guidance.StableDiffusionGuidance(pool.get("sd", stage), scale=preset.sd_scale,
-                                              timesteps=tr(preset.sd_t), size=preset.sd_size)
-        return lambda rng, p, r: stages.static_step(scene, ref, preset, sd, zero123,
-                                                    object_prompt, rng, p, r)
-    if stage == "dynamic":
-        pool.keep("video", "zero123")
-        video = guidance.VideoGuidance(pool.get("video", stage), scale=preset.video_scale,
-                                       timesteps=tr(preset.video_t), size=preset.video_size)
-        return lambda rng, p, r: stages.dynamic_step(scene, ref, preset, video, zero123,
-                                                     motion_prompt, rng, p, r)
-    pool.keep("sd", "controlnet_tile")
-    tile = guidance.ControlNetTileGuidance(pool.get("sd", stage),
-                                           pool.get("controlnet_tile", stage),
-                                           scale=preset.tile_scale, timesteps=tr(preset.tile_t),
-                                           size=preset.tile_size)
-    frozen = stages.Scene(preset, scene.device)
-    frozen.canonical.load_state_dict(copy.deepcopy(scene.canonical.state_dict()))
-    frozen.motion.load_state_dict(copy.deepcopy(scene.motion.state_dict()))
-    frozen.canonical.requires_grad_(False)
-    frozen.motion.requires_grad_(False)
-    frozen.occupancy = scene.occupancy
-    frozen.renderer.occupancy = scene.occupancy
-    prompt = f"a photo of {object_prompt}, {motion_prompt}"
-    return lambda rng, p, r: stages.refine_step(scene, frozen, ref, preset, tile, prompt,
-                                                options.frames, rng, p, r)
+    name = "preprocess"
+
+    def __init__(self, job: Animate124):
+        self.job = job
+
+    def step(self, step: int) -> None:
+        job, options, preset = self.job, self.job.options, self.job.config
+        image = job.image if isinstance(job.image, LoadedImage) else load_image(job.image)
+        camera = (framing.fit_camera_to_image(Camera.from_dict(options.camera), image.size)
+                  if options.camera is not None else framing.canonical_camera(image.size))
+        mask = foreground_mask(image, seed=options.seed)
+        crop = framing.find_crop(mask)
+        big = max(preset.textual_inversion.size, preset.renderer.size, 256)
+        rgb, view_mask = reference_view(image, mask, crop, big)
+        depth = guidance.DepthEstimator(job.pool.get("depth"))(rgb[None].to(job.device)).cpu()
+        job.set_prep({"rgb": rgb, "mask": view_mask, "depth": depth,
+                      "transform": framing.object_to_world(crop, camera, options.target),
+                      "source": str(image.source).rsplit("/", 1)[-1]})
 
 
-__all__ = ["run_animate124", "check_models", "PriorPool"]
+class TextualInversion(Stage):
+    """Learn the object's token on SD (or take it from the cache of earlier jobs)."""
+
+    name = "textual_inversion"
+
+    def __init__(self, job: Animate124):
+        self.job = job
+        self.steps = job.config.textual_inversion.steps
+        self.trainer = None
+
+    def setup(self, start: int) -> bool:
+        job, ti = self.job, self.job.config.textual_inversion
+        sd = job.pool.get("sd", self.name)
+        image = _resize(job.prep["rgb"], ti.size)
+        self.key = cache_key(image, ti.steps, ti.size, ti.batch, ti.lr, sd.source, ti.views)
+        vector = None if job.random_weights else cached_token(self.key)
+        if vector is not None:
+            job.token = vector
+            text.add_placeholder(sd.tokenizer, sd.text_encoder, vector)
+            return False
+        self.trainer = TokenTrainer(sd, image, size=ti.size, batch=ti.batch, lr=ti.lr,
+                                    views=min(ti.views, ti.steps * ti.batch),
+                                    seed=job.options.seed)
+        return True
+
+    def step(self, step: int) -> None:
+        self.trainer.step()
+        if step == self.steps - 1:  # learned: install it, and keep it for later jobs
+            job, sd = self.job, self.job.pool.get("sd", self.name)
+            job.token = self.trainer.vector.detach().cpu()
+            text.add_placeholder(sd.tokenizer, sd.text_encoder, job.token)
+            if not job.random_weights:
+                store_token(self.key, job.token)
+
+    def release(self) -> None:
+        self.trainer = None
+
+
+class Proxy(Stage):
+    """Fit the preview proxy into the canonical field (`static.init` 'proxy')."""
+
+    name = "proxy"
+
+    def __init__(self, job: Animate124):
+        self.job = job
+
+    def step(self, step: int) -> None:
+        start_from_proxy(self.job.scene(), self.job.prep, self.job.config)
+
+
+class FieldStage(Stage):
+    """A stage that optimises the fields: the occupancy refresh, the divergence check and
+    the optimiser step are the same in each; `losses` sets up the stage's priors and returns
+    its loss function `losses_fn(rng, progress, reference)`."""
+
+    def __init__(self, job: Animate124):
+        self.job = job
+        self.steps = job.config.steps(self.name)
+        self.checkpoint_every = job.config.checkpoint_every
+        self.step_fn = None
+
+    def losses(self, scene: stages.Scene):
+        raise NotImplementedError
+
+    def setup(self, start: int) -> None:
+        job, scene = self.job, self.job.scene()
+        losses_fn = self.losses(scene)
+        opt = stage_optimiser(scene, self.name, job.config)
+        self.step_fn = stage_stepper(self.name, scene, job.ref, job.config, losses_fn, opt)
+
+    def step(self, step: int) -> None:
+        job, scene = self.job, self.job.scene()
+        if (step % OCCUPANCY_EVERY == 0
+                and scene.refresh_occupancy(occupancy_times(self.name)) == 0.0):
+            raise _diverged(self.name, step, "no density is left anywhere in the scene")
+        self.before_step(scene, step)
+        self.step_fn(job.rng, step / self.steps, job.config.reference_step(self.name, step))
+
+    def before_step(self, scene: stages.Scene, step: int) -> None:
+        """What a stage changes in the scene before a step (the dynamic stage's levels)."""
+
+    def release(self) -> None:
+        # This stage's guidance (its priors' CUDA graphs and their memory pools) goes before
+        # the next stage loads its own.
+        self.step_fn = None
+
+    def _zero123(self, scene: stages.Scene):
+        cfg, pool = self.job.config, self.job.pool
+        zero123 = guidance.Zero123Guidance(pool.get("zero123", self.name), cfg.guidance.zero123)
+        zero123.set_reference(self.job.prep["rgb"][None].to(scene.device))
+        return zero123
+
+
+class Static(FieldStage):
+    """Reference view + SD SDS + Zero123 SDS on the canonical field."""
+
+    name = "static"
+
+    def losses(self, scene):
+        job, cfg = self.job, self.job.config
+        zero123 = self._zero123(scene)
+        job.pool.keep("sd", "zero123")
+        sd = guidance.StableDiffusionGuidance(job.pool.get("sd", self.name), cfg.guidance.sd)
+        return lambda rng, p, r: stages.static_step(scene, job.ref, cfg, sd, zero123,
+                                                    job.object_prompt, rng, p, r)
+
+
+class Dynamic(FieldStage):
+    """Video SDS on clips, Zero123 on clips that start at time 0."""
+
+    name = "dynamic"
+
+    def losses(self, scene):
+        job, cfg = self.job, self.job.config
+        zero123 = self._zero123(scene)
+        job.pool.keep("video", "zero123")
+        video = guidance.VideoGuidance(job.pool.get("video", self.name), cfg.guidance.video)
+        return lambda rng, p, r: stages.dynamic_step(scene, job.ref, cfg, video, zero123,
+                                                     job.motion_prompt, rng, p, r)
+
+    def before_step(self, scene, step):
+        scene.motion.open_levels(min(1.0, 2 * step / self.steps))
+
+
+class Refine(FieldStage):
+    """ControlNet-tile SDS against the frozen dynamic model's renders."""
+
+    name = "refine"
+
+    def losses(self, scene):
+        job, cfg = self.job, self.job.config
+        job.pool.keep("sd", "controlnet_tile")
+        tile = guidance.ControlNetTileGuidance(job.pool.get("sd", self.name),
+                                               job.pool.get("controlnet_tile", self.name),
+                                               cfg.guidance.tile)
+        frozen = stages.Scene(cfg, scene.device)
+        frozen.canonical.load_state_dict(copy.deepcopy(scene.canonical.state_dict()))
+        frozen.motion.load_state_dict(copy.deepcopy(scene.motion.state_dict()))
+        frozen.canonical.requires_grad_(False)
+        frozen.motion.requires_grad_(False)
+        frozen.occupancy = scene.occupancy
+        frozen.renderer.occupancy = scene.occupancy
+        prompt = f"a photo of {job.object_prompt}, {job.motion_prompt}"
+        return lambda rng, p, r: stages.refine_step(scene, frozen, job.ref, cfg, tile, prompt,
+                                                    job.options.frames, rng, p, r)
+
+
+class Export(Stage):
+    """The animated mesh: marching cubes on the canonical field, carried through time."""
+
+    name = "export"
+
+    def __init__(self, job: Animate124):
+        self.job = job
+
+    def step(self, step: int) -> None:
+        job, cfg, options = self.job, self.job.config, self.job.options
+        job.pool.keep()
+        scene = job.scene()
+        scene.refresh_occupancy(occupancy_times("export"))
+        job.mesh, job.report = extract(
+            scene.canonical, scene.motion, frames=options.frames, fps=options.fps,
+            resolution=cfg.export.resolution,
+            threshold=half_opaque_density(scene.renderer.step_length),
+            target_faces=cfg.export.faces, transform=job.prep["transform"], device=job.device,
+            metadata={"prompt": options.prompt, "preset": options.preset,
+                      "seed": options.seed, "versions": versions(),
+                      "source": job.prep["source"]})
+
+
+class Animate124(Method):
+    """One Animate124 job: its options, config, priors, scene and stages."""
+
+    name = "animate124"
+
+    def __init__(self, image, options: JobOptions, config: Animate124Config, *, models=None,
+                 device=None, random_weights: bool = False):
+        options.validate()
+        self.image, self.options, self.config = image, options, config
+        self.models, self.random_weights = models, random_weights
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        use_tensor_cores(self.device)
+        if not random_weights:
+            check_models(options.preset, models)
+        torch.manual_seed(options.seed)
+        self.rng = random.Random(options.seed)
+        self.pool = PriorPool(models, self.device, random_weights)
+        self.object_prompt = f"a {text.PLACEHOLDER}"
+        self.motion_prompt = options.prompt or "an object is moving"
+        self.prep = self.ref = self.token = None
+        self.mesh = self.report = None
+        self._scene: stages.Scene | None = None
+        self._saved_fields: dict | None = None
+        stage_list = [Preprocess(self), TextualInversion(self)]
+        if config.static.init == "proxy":
+            stage_list.append(Proxy(self))
+        self._stages = [*stage_list, Static(self), Dynamic(self), Refine(self), Export(self)]
+
+    @property
+    def stages(self):
+        return self._stages
+
+    def set_prep(self, prep: dict) -> None:
+        """The preprocessed reference view; the reference losses' targets at render size."""
+        self.prep = prep
+        self.pool.keep()
+        s = self.config.renderer.size
+        self.ref = stages.Reference(_resize(prep["rgb"], s).to(self.device),
+                                    _resize(prep["mask"], s).to(self.device),
+                                    _resize(prep["depth"], s).to(self.device))
+
+    def scene(self) -> stages.Scene:
+        """The fields, made on first use (after textual inversion, whose seeding comes first)
+        and loaded from the job's checkpoint when it has one."""
+        if self._scene is None:
+            self._scene = stages.Scene(self.config, self.device)
+            if self._saved_fields is not None:
+                self._scene.canonical.load_state_dict(self._saved_fields["canonical"])
+                self._scene.motion.load_state_dict(self._saved_fields["motion"])
+                self._saved_fields = None
+        return self._scene
+
+    def resume(self, checkpoints: Checkpoints) -> tuple[str | None, int]:
+        prep, token = checkpoints.get("a124/prep"), checkpoints.get("a124/token")
+        fields = checkpoints.get("a124/fields")
+        if prep is None:
+            return None, 0
+        self.set_prep(_torch_load(prep))
+        if token is None:
+            return "textual_inversion", 0
+        self.token = _torch_load(token)
+        # Later stages' SD (static, refine) is this job's SD: the token installed.
+        text.add_placeholder(*self._sd_text(), self.token)
+        if fields is None:
+            return self.stages[2].name, 0
+        st = _torch_load(fields)
+        self._saved_fields = st
+        return st["stage"], st["step"]
+
+    def _sd_text(self):
+        sd = self.pool.get("sd", "textual_inversion")
+        return sd.tokenizer, sd.text_encoder
+
+    def checkpoint(self, stage: str, step: int) -> dict[str, bytes]:
+        if stage == "preprocess":
+            return {"a124/prep": _torch_bytes(self.prep)}
+        if stage == "textual_inversion":
+            return {"a124/token": _torch_bytes(self.token)}
+        if stage in ("static", "dynamic", "refine"):
+            scene = self.scene()
+            if not _finite(scene):  # a NaN checkpoint would replace the last good one
+                raise _diverged(stage, step, "the fields hold non-finite values")
+            return {"a124/fields": fields_checkpoint(scene, stage, step)}
+        return {}
+
+    def result(self, timings: dict[str, float]) -> AnimatedMesh:
+        mesh = self.mesh
+        mesh.metadata["timings"] = timings
+        mesh.metadata["export"] = self.report
+        mesh.metadata["config"] = as_dict(self.config)
+        mesh.metadata["switches"] = switches.active().record()
+        return mesh
+
+
+def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progress,
+                   checkpoints: Checkpoints | None = None, *, models=None,
+                   preset: Animate124Config | None = None, device=None,
+                   random_weights: bool = False) -> AnimatedMesh:
+    """Run one Animate124 job (the preset's config unless `preset` gives another tree)."""
+    from ..jobs.presets import config_for
+
+    config = preset if preset is not None else config_for(options.preset)
+    job = Animate124(image, options, config, models=models, device=device,
+                     random_weights=random_weights)
+    return run_method(job, progress, checkpoints)
+
+
+__all__ = ["Animate124", "run_animate124", "check_models", "PriorPool"]

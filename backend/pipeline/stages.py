@@ -17,7 +17,7 @@ from ..field.render import OccupancyGrid, Renderer, Shading
 from ..preprocess.framing import canonical_camera
 from ..priors import text
 from .cameras import orbit_camera, random_view, sample_clip
-from .presets import Preset
+from .config import Animate124Config
 
 
 @dataclass
@@ -41,14 +41,14 @@ class Scene:
     """The fields, their occupancy grid and a renderer (eager: on CUDA the hash grids run as
     Triton kernels, which measured faster than torch.compile'd fields; docs/BENCHMARKS.md)."""
 
-    def __init__(self, preset: Preset, device, looping: bool = False):
+    def __init__(self, preset: Animate124Config, device, looping: bool = False):
         self.device = torch.device(device)
-        grid = {"levels": preset.grid_levels, "log2_table": preset.grid_log2_table}
+        grid = {"levels": preset.field.grid_levels, "log2_table": preset.field.grid_log2_table}
         self.canonical = CanonicalField(1.0, **grid).to(device)
         motion_cls = LoopingMotionField if looping else MotionField
         self.motion = motion_cls(1.0, **grid).to(device)
-        self.occupancy = OccupancyGrid(1.0, preset.occupancy_resolution, device=device)
-        self.renderer = Renderer(self.canonical, self.motion, samples=preset.samples,
+        self.occupancy = OccupancyGrid(1.0, preset.field.occupancy_resolution, device=device)
+        self.renderer = Renderer(self.canonical, self.motion, samples=preset.renderer.samples,
                                  occupancy=self.occupancy)
 
     def render(self, cameras, times, *, shading: Shading | None = None,
@@ -78,7 +78,7 @@ def _pearson_loss(pred: torch.Tensor, target: torch.Tensor,
     return 1 - (w * p * t).sum() / norms
 
 
-def reference_losses(scene: Scene, ref: Reference, preset: Preset) -> dict:
+def reference_losses(scene: Scene, ref: Reference, preset: Animate124Config) -> dict:
     """Reference-view RGB, mask and depth (1 - Pearson, foreground only) at frame 0."""
     cam = canonical_camera(ref.rgb.shape[-1])
     rgb, alpha, depth = scene.render([cam], [0.0])
@@ -86,29 +86,29 @@ def reference_losses(scene: Scene, ref: Reference, preset: Preset) -> dict:
 
 
 def reference_terms(rgb: torch.Tensor, alpha: torch.Tensor, depth: torch.Tensor,
-                    ref: Reference, preset: Preset) -> dict:
+                    ref: Reference, preset: Animate124Config) -> dict:
     """The reference losses of one render of the reference view: rgb (3, H, W), alpha and
     depth (H, W)."""
     m = ref.mask
-    losses = {"ref_rgb": preset.ref_rgb * F.mse_loss(rgb * m, ref.rgb * m),
-              "ref_mask": preset.ref_mask * F.mse_loss(alpha, m)}
+    losses = {"ref_rgb": preset.reference.rgb * F.mse_loss(rgb * m, ref.rgb * m),
+              "ref_mask": preset.reference.mask * F.mse_loss(alpha, m)}
     if ref.depth_usable:
         # DPT gives inverse depth: nearer is larger, so compare with -depth.
-        losses["ref_depth"] = preset.ref_depth * _pearson_loss(-depth, ref.depth,
+        losses["ref_depth"] = preset.reference.depth * _pearson_loss(-depth, ref.depth,
                                                                ref.foreground)
     return losses
 
 
-def sds_look(rng: random.Random, preset: Preset, stage: str,
+def sds_look(rng: random.Random, preset: Animate124Config, stage: str,
              progress: float) -> tuple[Shading, tuple[float, float, float]]:
     """The shading and background of one SDS render (Animate124's randomisation: the priors
     judge shape under varied light and never learn one background)."""
-    if stage == "static" and progress < preset.static_normal_fraction:
+    if stage == "static" and progress < preset.static.normal_fraction:
         mode, ambient = "normals", 1.0
     else:
-        p = preset.refine_p_textureless if stage == "refine" else preset.p_textureless
+        p = preset.refine.p_textureless if stage == "refine" else preset.look.p_textureless
         mode = "textureless" if rng.random() < p else "lambertian"
-        ambient = rng.uniform(*preset.ambient_range)
+        ambient = rng.uniform(*preset.look.ambient_range)
     offset = torch.tensor([rng.gauss(0.0, 1.0) for _ in range(3)])
     background = (rng.random(), rng.random(), rng.random())
     return Shading(mode=mode, ambient=ambient, light_offset=offset), background
@@ -116,11 +116,12 @@ def sds_look(rng: random.Random, preset: Preset, stage: str,
 
 def static_step(scene, ref, preset, sd_guidance, zero123, prompt, rng: random.Random,
                 progress: float, reference: bool = False) -> dict:
-    """A reference step (`Preset.reference_step`) or one random view under SD and Zero123."""
+    """A reference step (`Animate124Config.reference_step`) or one random view under SD and
+    Zero123."""
     if reference:
         return reference_losses(scene, ref, preset)
-    polar, az = random_view(rng, preset.polar_deg)
-    cam = orbit_camera(polar, az, preset.render_size)
+    polar, az = random_view(rng, preset.views.polar_deg)
+    cam = orbit_camera(polar, az, preset.renderer.size)
     shading, background = sds_look(rng, preset, "static", progress)
     rgb, _, _ = scene.render([cam], [0.0], shading=shading, background=background)
     vp = text.view_prompt(prompt, az, polar)
@@ -140,18 +141,19 @@ class Clip:
     background: tuple[float, float, float]
 
 
-def sample_clip_views(rng: random.Random, preset: Preset, progress: float) -> Clip:
+def sample_clip_views(rng: random.Random, preset: Animate124Config, progress: float) -> Clip:
     """The clip of one dynamic SDS step (times, a camera sweeping in most steps, the look);
     `bench clip-steps` renders the same clips."""
-    times = sample_clip(rng, preset.clip_frames, preset.time_steps, preset.clip_span,
-                        preset.p_start_at_zero, preset.p_mirror)
-    polar, az = random_view(rng, preset.polar_deg)
-    if rng.random() < preset.p_moving_camera:  # the camera sweeps while the clip plays
+    d = preset.dynamic
+    times = sample_clip(rng, d.clip_frames, d.time_steps, d.clip_span, d.p_start_at_zero,
+                        d.p_mirror)
+    polar, az = random_view(rng, preset.views.polar_deg)
+    if rng.random() < preset.dynamic.p_moving_camera:  # the camera sweeps while the clip plays
         sweep = rng.uniform(-30.0, 30.0)
         azs = [az + sweep * k / max(len(times) - 1, 1) for k in range(len(times))]
     else:
         azs = [az] * len(times)
-    cams = [orbit_camera(polar, a, preset.render_size) for a in azs]
+    cams = [orbit_camera(polar, a, preset.renderer.size) for a in azs]
     shading, background = sds_look(rng, preset, "dynamic", progress)
     return Clip([float(t) for t in times], polar, azs, cams, shading, background)
 
@@ -179,10 +181,10 @@ def refine_step(scene, frozen: Scene, ref, preset, tile, prompt, frames: int,
     view; the condition is the frozen dynamic model's render of the same frame and view."""
     if reference:
         return reference_losses(scene, ref, preset)
-    polar, az = random_view(rng, preset.polar_deg)
-    ks = rng.sample(range(frames), min(preset.refine_frames, frames))
+    polar, az = random_view(rng, preset.views.polar_deg)
+    ks = rng.sample(range(frames), min(preset.refine.frames, frames))
     times = [k / frames for k in ks]
-    cams = [orbit_camera(polar, az, preset.refine_render_size)] * len(ks)
+    cams = [orbit_camera(polar, az, preset.refine.render_size)] * len(ks)
     shading, background = sds_look(rng, preset, "refine", progress)
     rgb, _, _ = scene.render(cams, times, shading=shading, background=background)
     with torch.no_grad():  # the condition: the frozen model seen the same way

@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..jobs.progress import ProgressFn, no_progress
 from ..priors import text
 from ..priors.loading import Prior
-from ..progress import ProgressFn, no_progress
 from ..runtime import switches
 
 TEMPLATES = ("a photo of a {}", "a rendering of a {}", "a close-up photo of a {}",
@@ -45,15 +45,29 @@ def _augment(image: torch.Tensor, size: int, rng: random.Random) -> torch.Tensor
     return F.interpolate(crop[None], (size, size), mode="bilinear", align_corners=False)[0]
 
 
+def cached_token(key: str) -> torch.Tensor | None:
+    """The token learned earlier for this cache key, or None."""
+    path = cache_dir() / f"{key}.pt"
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
+
+def store_token(key: str, vector: torch.Tensor) -> None:
+    """Keep a learned token for later jobs on the same image and settings (atomic write)."""
+    path = cache_dir() / f"{key}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(vector, tmp)
+    tmp.replace(path)
+
+
 def learn_token(sd: Prior, image: torch.Tensor, *, steps: int, size: int, batch: int,
                 lr: float, views: int = 512, seed: int = 0, progress: ProgressFn = no_progress,
                 use_cache: bool = True) -> tuple[torch.Tensor, bool]:
     """image (3, H, W) in [0, 1] on white. Returns (the token's embedding, whether it came from
     the cache) and leaves the token installed in sd's tokenizer and text encoder."""
     key = cache_key(image, steps, size, batch, lr, sd.source, views)
-    path = cache_dir() / f"{key}.pt"
-    if use_cache and path.is_file():
-        vector = torch.load(path, map_location="cpu", weights_only=True)
+    vector = cached_token(key) if use_cache else None
+    if vector is not None:
         text.add_placeholder(sd.tokenizer, sd.text_encoder, vector)
         progress("textual_inversion", steps, steps)
         return vector, True
@@ -67,10 +81,7 @@ def learn_token(sd: Prior, image: torch.Tensor, *, steps: int, size: int, batch:
     vector = trainer.vector.detach().cpu()
     text.add_placeholder(sd.tokenizer, sd.text_encoder, vector)
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(vector, tmp)
-        tmp.replace(path)
+        store_token(key, vector)
     return vector, False
 
 

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import math
 
+import msgspec
 import numpy as np
 
 from animate4d.protocol import AnimatedMesh, Camera
 from animate4d.protocol.options import JobOptions
 
-from ..checkpoints import Checkpoints, NoCheckpoints, pack_state, unpack_state
-from ..geometry import decimate
+from ..jobs.checkpoints import Checkpoints, pack_state, unpack_state
+from ..jobs.method import Method, Stage, run_method
+from ..jobs.progress import ProgressFn, no_progress
+from ..mesh.geometry import decimate
 from ..preprocess import framing
 from ..preprocess.image_io import LoadedImage, load_image
 from ..preprocess.segment import clean_mask, foreground_mask
-from ..progress import ProgressFn, Stopwatch, no_progress
+from ..runtime import switches
 from ..version import versions
 from .colour import project_colours
 from .inflate import inflate
@@ -31,116 +34,164 @@ COLOUR_SIZE = 512  # side of the reference view that colours are sampled from
 CHECKPOINT_BLOCK_BYTES = 32 * 1024 * 1024
 
 
+class _Prepare(Stage):
+    """One step of getting the mesh ready (load, segment, geometry, colour)."""
+
+    def __init__(self, job: Preview, name: str, work):
+        self.job, self.name, self.work = job, name, work
+
+    def step(self, step: int) -> None:
+        self.work()
+
+
+class _Motion(Stage):
+    """The clip, one frame per step, checkpointed in blocks of frames."""
+
+    name = "motion"
+
+    def __init__(self, job: Preview):
+        self.job = job
+        self.steps = job.options.frames
+
+    def setup(self, start: int) -> None:
+        job = self.job
+        v = job.base["vertices"].astype(np.float64)
+        self.checkpoint_every = max(1, min(math.ceil(self.steps / 8),
+                                           CHECKPOINT_BLOCK_BYTES // (len(v) * 12)))
+        self.vertices, self.rig = v, rig_for(v)
+        if job.frames is None:
+            job.frames = np.empty((self.steps, len(v), 3), np.float32)
+
+    def step(self, step: int) -> None:
+        job = self.job
+        job.frames[step] = pose(self.vertices, job.spec, step / self.steps, self.rig)
+
+
+class Preview(Method):
+    """Preview mode as stages: load, segment, geometry, colour (checkpointed together as
+    "base"), then the motion frame by frame."""
+
+    name = "preview"
+
+    def __init__(self, image: LoadedImage | str | bytes, options: JobOptions):
+        options.validate()
+        self.image, self.options = image, options
+        self.base: dict | None = None
+        self.frames: np.ndarray | None = None
+        self.saved_upto = 0
+        self.loaded = self.camera = self.mask = self.crop = None
+        self.vertices = self.faces = None
+        if options.motion is not None:
+            self.modes, self.chosen_by = tuple(options.motion), "options"
+        else:
+            self.modes, self.chosen_by = modes_from_prompt(options.prompt), "prompt"
+            if not self.modes:
+                self.modes, self.chosen_by = DEFAULT_MODES, "default"
+        self.cycles = cycles_for(options.speed, options.frames, options.fps)
+        self.spec = MotionSpec(modes=self.modes, amplitude=options.amplitude, cycles=self.cycles)
+        self._stages = [_Prepare(self, "load", self._load),
+                        _Prepare(self, "segment", self._segment),
+                        _Prepare(self, "geometry", self._geometry),
+                        _Prepare(self, "colour", self._colour), _Motion(self)]
+
+    @property
+    def stages(self):
+        return self._stages
+
+    def _load(self) -> None:
+        image, options = self.image, self.options
+        self.loaded = image if isinstance(image, LoadedImage) else load_image(image)
+        self.camera = (
+            framing.fit_camera_to_image(Camera.from_dict(options.camera), self.loaded.size)
+            if options.camera is not None
+            else framing.canonical_camera(self.loaded.size)
+        )
+
+    def _segment(self) -> None:
+        self.mask = foreground_mask(self.loaded, seed=self.options.seed)
+        self.crop = framing.find_crop(self.mask)
+
+    def _geometry(self) -> None:
+        size = self.options.mesh_resolution
+        view = framing.crop_and_scale(self.loaded.rgba, self.mask, self.crop, size)
+        geo_mask = clean_mask(view[..., 3] > 0.5, keep_fraction=0.02, fill_holes=False)
+        vertices, faces = inflate(
+            geo_mask, framing.canonical_camera(size), thickness=self.options.thickness
+        )
+        self.vertices, self.faces = decimate(vertices, faces)  # ~93k faces by default
+
+    def _colour(self) -> None:
+        image, vertices = self.loaded, self.vertices
+        colour_view = framing.crop_and_scale(image.rgba, self.mask, self.crop, COLOUR_SIZE)
+        colours = project_colours(vertices, framing.canonical_camera(COLOUR_SIZE), colour_view)
+        transform = framing.object_to_world(self.crop, self.camera, self.options.target)
+        self.base = {
+            "vertices": vertices, "faces": self.faces.astype(np.uint32), "colors": colours,
+            "transform": transform, "camera": self.camera.to_dict(),
+            "source": {"name": str(image.source).rsplit("/", 1)[-1], "size": list(image.size),
+                       "mask_from": "alpha" if image.has_alpha else "grabcut"},
+            "timings": {},
+        }
+
+    def resume(self, checkpoints: Checkpoints) -> tuple[str | None, int]:
+        saved = checkpoints.get("base")
+        if saved is None:
+            return None, 0
+        self.base = unpack_state(saved)
+        n, start = self.options.frames, 0
+        self.frames = np.empty((n, len(self.base["vertices"]), 3), np.float32)
+        while start < n:  # blocks already made by an earlier attempt
+            block = checkpoints.get(f"frames_{start:05d}")
+            if block is None:
+                break
+            part = unpack_state(block)["frames"]
+            self.frames[start : start + len(part)] = part
+            start += len(part)
+        self.saved_upto = start
+        return "motion", start
+
+    def checkpoint(self, stage: str, step: int) -> dict[str, bytes]:
+        if stage == "colour":
+            return {"base": pack_state(**self.base)}
+        if stage == "motion":
+            b0, self.saved_upto = self.saved_upto, step
+            return {f"frames_{b0:05d}": pack_state(frames=self.frames[b0:step])}
+        return {}
+
+    def result(self, timings: dict[str, float]) -> AnimatedMesh:
+        base, options = self.base, self.options
+        return AnimatedMesh(
+            vertices=base["vertices"].astype(np.float32),
+            faces=base["faces"],
+            frames=self.frames,
+            fps=options.fps,
+            transform=base["transform"],
+            colors=base["colors"],
+            metadata={
+                "prompt": options.prompt,
+                "preset": "preview",
+                "seed": options.seed,
+                "loop": True,
+                "motion": {
+                    "modes": list(self.modes), "chosen_by": self.chosen_by,
+                    "amplitude": options.amplitude, "cycles": self.cycles,
+                    "speed_hz": self.cycles * options.fps / options.frames,
+                },
+                "source": base["source"],
+                "reference_camera": base["camera"],
+                "versions": versions(),
+                "timings": dict(base["timings"]) | timings,
+                "config": msgspec.structs.asdict(options),
+                "switches": switches.active().record(),
+            },
+        )
+
+
 def run_preview(
     image: LoadedImage | str | bytes,
     options: JobOptions,
     progress: ProgressFn = no_progress,
     checkpoints: Checkpoints | None = None,
 ) -> AnimatedMesh:
-    options.validate()
-    if checkpoints is None:
-        checkpoints = NoCheckpoints()
-    clock = Stopwatch()
-    saved = checkpoints.get("base")
-    base = unpack_state(saved) if saved is not None else _prepare(image, options, progress,
-                                                                  clock)
-    if saved is None:
-        checkpoints.put("base", pack_state(**base))
-
-    with clock.stage("motion"):
-        frames, modes, chosen_by, cycles = _motion(base, options, progress, checkpoints)
-
-    timings = dict(base["timings"]) | clock.seconds
-    return AnimatedMesh(
-        vertices=base["vertices"].astype(np.float32),
-        faces=base["faces"],
-        frames=frames,
-        fps=options.fps,
-        transform=base["transform"],
-        colors=base["colors"],
-        metadata={
-            "prompt": options.prompt,
-            "preset": "preview",
-            "seed": options.seed,
-            "loop": True,
-            "motion": {
-                "modes": list(modes), "chosen_by": chosen_by,
-                "amplitude": options.amplitude, "cycles": cycles,
-                "speed_hz": cycles * options.fps / options.frames,
-            },
-            "source": base["source"],
-            "reference_camera": base["camera"],
-            "versions": versions(),
-            "timings": timings,
-        },
-    )
-
-
-def _prepare(image, options: JobOptions, progress: ProgressFn, clock: Stopwatch) -> dict:
-    """Load, cut out, frame, inflate and colour: everything up to the motion."""
-    with clock.stage("load"):
-        progress("load", 0, 1)
-        if not isinstance(image, LoadedImage):
-            image = load_image(image)
-        camera = (
-            framing.fit_camera_to_image(Camera.from_dict(options.camera), image.size)
-            if options.camera is not None
-            else framing.canonical_camera(image.size)
-        )
-    with clock.stage("segment"):
-        progress("segment", 0, 1)
-        mask = foreground_mask(image, seed=options.seed)
-        crop = framing.find_crop(mask)
-    with clock.stage("geometry"):
-        progress("geometry", 0, 1)
-        size = options.mesh_resolution
-        view = framing.crop_and_scale(image.rgba, mask, crop, size)
-        geo_mask = clean_mask(view[..., 3] > 0.5, keep_fraction=0.02, fill_holes=False)
-        vertices, faces = inflate(
-            geo_mask, framing.canonical_camera(size), thickness=options.thickness
-        )
-        vertices, faces = decimate(vertices, faces)  # ~93k faces at the default resolution
-    with clock.stage("colour"):
-        progress("colour", 0, 1)
-        colour_view = framing.crop_and_scale(image.rgba, mask, crop, COLOUR_SIZE)
-        colours = project_colours(vertices, framing.canonical_camera(COLOUR_SIZE), colour_view)
-        transform = framing.object_to_world(crop, camera, options.target)
-    return {
-        "vertices": vertices, "faces": faces.astype(np.uint32), "colors": colours,
-        "transform": transform, "camera": camera.to_dict(),
-        "source": {"name": str(image.source).rsplit("/", 1)[-1], "size": list(image.size),
-                   "mask_from": "alpha" if image.has_alpha else "grabcut"},
-        "timings": dict(clock.seconds),
-    }
-
-
-def _motion(base: dict, options: JobOptions, progress: ProgressFn, checkpoints: Checkpoints):
-    if options.motion is not None:
-        modes, chosen_by = tuple(options.motion), "options"
-    else:
-        modes, chosen_by = modes_from_prompt(options.prompt), "prompt"
-        if not modes:
-            modes, chosen_by = DEFAULT_MODES, "default"
-    cycles = cycles_for(options.speed, options.frames, options.fps)
-    spec = MotionSpec(modes=modes, amplitude=options.amplitude, cycles=cycles)
-    v = base["vertices"].astype(np.float64)
-    rig = rig_for(v)
-    n_frames = options.frames
-    block = max(1, min(math.ceil(n_frames / 8), CHECKPOINT_BLOCK_BYTES // (len(v) * 12)))
-    frames = np.empty((n_frames, len(v), 3), np.float32)
-    start = 0
-    while start < n_frames:  # blocks already made by an earlier attempt
-        saved = checkpoints.get(f"frames_{start:05d}")
-        if saved is None:
-            break
-        part = unpack_state(saved)["frames"]
-        frames[start : start + len(part)] = part
-        start += len(part)
-    for b0 in range(start, n_frames, block):
-        b1 = min(n_frames, b0 + block)
-        for k in range(b0, b1):
-            progress("motion", k, n_frames)
-            frames[k] = pose(v, spec, k / n_frames, rig)
-        checkpoints.put(f"frames_{b0:05d}", pack_state(frames=frames[b0:b1]))
-    progress("motion", n_frames, n_frames)
-    return frames, modes, chosen_by, cycles
+    """One preview job, run by the stage runner."""
+    return run_method(Preview(image, options), progress, checkpoints)

@@ -12,19 +12,36 @@ prior's resolution, encoded by its VAE (gradients flow through the encoder) and 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from ..device_tensors import to_device
+from ..runtime.device_tensors import to_device
 from . import graphs, text
 from .loading import Prior
 from .sds import SDSOutput, TimestepRange, sds
 
-# Animate124's ranges (the `paper` preset's, docs/ARCHITECTURE.md).
-SD_RANGE = TimestepRange(0.2, 0.6)
-ZERO123_RANGE = TimestepRange(0.2, 0.6)
-VIDEO_RANGE = TimestepRange(0.02, 0.98)
-TILE_RANGE = TimestepRange(0.2, 0.8)
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """One prior's SDS settings."""
+
+    scale: float
+    """Classifier-free guidance scale."""
+    timesteps: TimestepRange
+    """Where the SDS timestep is drawn, as fractions of the scheduler's training steps."""
+    size: int | None = None
+    """The prior's input resolution in pixels (None: its VAE's sample size)."""
+    weight: float = 1.0
+    """The weight of its SDS loss (Zero123's only; the others' losses keep weight 1)."""
+
+
+# Animate124's settings (the `paper` preset's, docs/ARCHITECTURE.md): the one place they live.
+SD = GuidanceConfig(100.0, TimestepRange(0.2, 0.6))
+ZERO123 = GuidanceConfig(5.0, TimestepRange(0.2, 0.6), weight=40.0)
+VIDEO = GuidanceConfig(100.0, TimestepRange(0.02, 0.98), size=256)
+TILE = GuidanceConfig(7.5, TimestepRange(0.2, 0.8), size=1024)
 
 
 def encode_images(vae, rgb: torch.Tensor, size: int) -> torch.Tensor:
@@ -38,10 +55,9 @@ def _vae_size(vae) -> int:
 
 
 class StableDiffusionGuidance:
-    def __init__(self, prior: Prior, *, scale: float = 100.0,
-                 timesteps: TimestepRange = SD_RANGE, size: int | None = None):
-        self.prior, self.scale, self.timesteps = prior, scale, timesteps
-        self.size = size or _vae_size(prior.vae)
+    def __init__(self, prior: Prior, config: GuidanceConfig = SD):
+        self.prior, self.scale, self.timesteps = prior, config.scale, config.timesteps
+        self.size = config.size or _vae_size(prior.vae)
         self.alphas = to_device(prior.scheduler.alphas_cumprod, prior.device)  # once
         self._cache: dict[str, torch.Tensor] = {}
 
@@ -78,10 +94,10 @@ class Zero123Guidance:
     d_radius) through cc_projection; the reference's VAE latents (unscaled mode) concatenated
     to the noisy latents. Unconditional: zeros for both."""
 
-    def __init__(self, prior: Prior, *, scale: float = 5.0, weight: float = 40.0,
-                 timesteps: TimestepRange = ZERO123_RANGE, size: int | None = None):
-        self.prior, self.scale, self.weight, self.timesteps = prior, scale, weight, timesteps
-        self.size = size or _vae_size(prior.vae)
+    def __init__(self, prior: Prior, config: GuidanceConfig = ZERO123):
+        self.prior, self.scale, self.timesteps = prior, config.scale, config.timesteps
+        self.weight = config.weight
+        self.size = config.size or _vae_size(prior.vae)
         self.alphas = to_device(prior.scheduler.alphas_cumprod, prior.device)  # once
         self.clip_embedding = self.ref_latents = None
 
@@ -137,9 +153,9 @@ class VideoGuidance:
     """ModelScope text-to-video SDS on one clip: frames (F, 3, H, W) -> latents (1, 4, F, h, w),
     one timestep for the whole clip."""
 
-    def __init__(self, prior: Prior, *, scale: float = 100.0,
-                 timesteps: TimestepRange = VIDEO_RANGE, size: int = 256):
-        self.prior, self.scale, self.timesteps, self.size = prior, scale, timesteps, size
+    def __init__(self, prior: Prior, config: GuidanceConfig = VIDEO):
+        self.prior, self.scale, self.timesteps = prior, config.scale, config.timesteps
+        self.size = config.size or _vae_size(prior.vae)
         self.alphas = to_device(prior.scheduler.alphas_cumprod, prior.device)  # once
         self._emb: dict[str, torch.Tensor] = {}
 
@@ -171,13 +187,11 @@ class ControlNetTileGuidance:
     the one-step denoised latents (Animate124's semantic refinement), prompt with the learned
     token."""
 
-    def __init__(self, sd: Prior, controlnet: Prior, *, scale: float = 7.5,
-                 timesteps: TimestepRange = TILE_RANGE, size: int | None = None):
-        self.sd_guidance = StableDiffusionGuidance(sd, scale=scale, timesteps=timesteps,
-                                                   size=size)
+    def __init__(self, sd: Prior, controlnet: Prior, config: GuidanceConfig = TILE):
+        self.sd_guidance = StableDiffusionGuidance(sd, config)
         # Batch 4 at 128^2 latents: GPU-bound, so no CUDA graphs (graphs.py says why).
         self.controlnet, self.unet = graphs.eager(controlnet.controlnet), graphs.eager(sd.unet)
-        self.sd, self.scale, self.timesteps = sd, scale, timesteps
+        self.sd, self.scale, self.timesteps = sd, config.scale, config.timesteps
         self.size = self.sd_guidance.size
 
     def __call__(self, rgb: torch.Tensor, condition: torch.Tensor, prompt: str,

@@ -11,6 +11,7 @@ Revisions are "main" until someone with network access pins the commit hashes th
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,11 +63,9 @@ ROLES: dict[str, Role] = {r.name: r for r in (
          ("",), (), ("config.json", "preprocessor_config.json", "model.safetensors"), 1.4),
 )}
 
-# Which roles each GPU preset needs (the preview preset needs none).
-PRESET_ROLES: dict[str, tuple[str, ...]] = {
-    "fast": ("sd", "zero123", "video", "controlnet_tile", "depth"),
-    "paper": ("sd", "zero123", "video", "controlnet_tile", "depth"),
-}
+# The file `animate4d models make-tiny` leaves in each role's folder: random weights at tiny
+# sizes, for smoke runs and tests (a job on them takes the tiny sizes, `is_tiny`).
+TINY_MARKER = "animate4d-tiny.json"
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
@@ -148,11 +147,11 @@ def available_roles(models: Path | str | None) -> set[str]:
     return out
 
 
-def runnable_presets(models: Path | str | None) -> list[str]:
-    return [p for p, roles in missing_roles(models).items() if not roles]
-
-
-def missing_roles(models: Path | str | None) -> dict[str, list[str]]:
-    """For each GPU preset, the roles it needs that are not on this machine (empty: runnable)."""
-    have = available_roles(models)
-    return {p: [r for r in needs if r not in have] for p, needs in PRESET_ROLES.items()}
+def is_tiny(models: Path | str | None, roles=None) -> bool:
+    """Whether the models found for `roles` (default: all that are there) are tiny random ones
+    (`animate4d models make-tiny`)."""
+    found = []
+    for name in roles or ROLES:
+        with contextlib.suppress(MissingModelError):
+            found.append(locate(name, models))
+    return bool(found) and all((folder / TINY_MARKER).is_file() for folder in found)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..device_tensors import to_device
+from ..runtime.device_tensors import to_device
 
 
 @dataclass(frozen=True)

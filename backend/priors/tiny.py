@@ -82,4 +82,6 @@ def make_tiny(folder: Path | str, roles=None, seed: int = 0) -> Path:
             _tiny_depth().save_pretrained(out)
         else:
             raise KeyError(role)
+        # A marker, so that a job on these models takes their sizes (registry.is_tiny).
+        (out / registry.TINY_MARKER).write_text(json.dumps({"tiny": True, "seed": seed}))
     return folder

@@ -1,1 +1,1 @@
-"""How this process runs: the runtime switches and the devices they apply to."""
+"""How this process runs: runtime switches, devices, and host-to-device copies."""

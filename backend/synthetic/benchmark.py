@@ -23,11 +23,11 @@ import torch
 
 from animate4d.protocol import Camera
 
-from ..devices import choose_device
 from ..export.gltf import write_glb
 from ..field.extract import extract
 from ..field.fit import FitConfig, MultiViewClip, fit
 from ..field.render import Shading, half_opaque_density, step_length
+from ..runtime.devices import choose_device
 from . import metrics
 from .scenes import SCENES, scene
 

@@ -25,9 +25,9 @@ import zmq
 from animate4d.protocol import a4d, keys, limits, wire
 from animate4d.protocol.errors import Animate4DError, CancelledError
 
-from ..checkpoints import MemoryCheckpoints
 from ..export.preview_media import preview_png
-from ..pipelines import JobFn, offer
+from ..jobs.checkpoints import MemoryCheckpoints
+from ..jobs.presets import JobFn, offer
 
 PROGRESS_HZ = 10.0
 

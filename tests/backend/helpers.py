@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from animate4d.backend.raster import iou, silhouette
+from animate4d.backend.mesh.raster import iou, silhouette
 from animate4d.protocol import AnimatedMesh, Camera
 
 

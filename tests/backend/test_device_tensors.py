@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from animate4d.backend.device_tensors import to_device
+from animate4d.backend.runtime.device_tensors import to_device
 
 
 def test_to_device_converts_numbers_sequences_arrays_and_tensors():

@@ -4,7 +4,7 @@ limit is a GPU budget."""
 import pytest
 import torch
 
-from animate4d.backend.devices import choose_device, limit_memory
+from animate4d.backend.runtime.devices import choose_device, limit_memory
 from animate4d.protocol.errors import Animate4DError
 
 

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from animate4d.backend.geometry import vertex_normals
+from animate4d.backend.mesh.geometry import vertex_normals
+from animate4d.backend.mesh.raster import iou, silhouette
 from animate4d.backend.preprocess.framing import canonical_camera
 from animate4d.backend.preview.inflate import inflate, poisson_height, signed_volume
-from animate4d.backend.raster import iou, silhouette
 from tests.backend.helpers import edges_are_manifold
 
 

@@ -10,8 +10,8 @@ pytest.importorskip("diffusers")
 
 import torch  # noqa: E402
 
-from animate4d.backend.checkpoints import MemoryCheckpoints  # noqa: E402
-from animate4d.backend.pipeline import presets  # noqa: E402
+from animate4d.backend.jobs.checkpoints import MemoryCheckpoints  # noqa: E402
+from animate4d.backend.pipeline import config as a124  # noqa: E402
 from animate4d.backend.pipeline.cameras import sample_clip  # noqa: E402
 from animate4d.backend.pipeline.reference_graph import ReferenceGraph  # noqa: E402
 from animate4d.backend.pipeline.run import run_animate124  # noqa: E402
@@ -32,7 +32,7 @@ def _isolated(tmp_path, monkeypatch):
 
 def test_whole_pipeline_runs_and_a_job_killed_in_the_dynamic_stage_resumes(tiny_models):
     options = JobOptions(prompt="a panda is dancing", preset="fast", frames=4)
-    preset = presets.tiny(max_steps=4)
+    preset = a124.tiny(max_steps=4)
     store = MemoryCheckpoints()
     seen = []
 
@@ -76,7 +76,7 @@ def test_whole_pipeline_on_the_gpu_replays_its_reference_graphs(tiny_models, mon
             made.append(self)
 
     monkeypatch.setattr(run, "ReferenceGraph", Recorded)
-    preset = presets.tiny(max_steps=24)  # a reference step every 4: 6 per stage, 3 warm-ups
+    preset = a124.tiny(max_steps=24)  # a reference step every 4: 6 per stage, 3 warm-ups
     options = JobOptions(prompt="a panda is dancing", preset="fast", frames=4)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -142,13 +142,13 @@ def test_clip_sampling_follows_the_papers_rules():
 def test_a_quarter_of_the_sds_steps_fit_the_reference_view_alone():
     """Animate124's known_view_interval 4 and known_iters 100: reference steps replace SDS
     steps; the static stage starts with reference steps only."""
-    paper = presets.PAPER
+    paper = a124.PAPER
     for stage in ("static", "dynamic", "refine"):
         ref = [paper.reference_step(stage, i) for i in range(paper.steps(stage))]
         first = 100 if stage == "static" else 0
         assert all(ref[:first]) and ref[first::4] == [True] * len(ref[first::4])
         assert sum(ref) == first + (paper.steps(stage) - first) // 4
-    assert not any(presets.scaled(paper, 20).reference_step("static", i) for i in (1, 2, 3))
+    assert not any(a124.scaled(paper, 20).reference_step("static", i) for i in (1, 2, 3))
 
 
 def test_sds_renders_are_lit_and_backed_as_animate124_draws_them():
@@ -156,7 +156,7 @@ def test_sds_renders_are_lit_and_backed_as_animate124_draws_them():
 
     from animate4d.backend.pipeline import stages
 
-    rng, paper = random.Random(0), presets.PAPER
+    rng, paper = random.Random(0), a124.PAPER
     assert {stages.sds_look(rng, paper, "static", 0.1)[0].mode for _ in range(50)} == {"normals"}
     looks = [stages.sds_look(rng, paper, "dynamic", 0.1) for _ in range(2000)]
     textureless = sum(s.mode == "textureless" for s, _ in looks) / len(looks)
@@ -171,7 +171,7 @@ def test_sds_renders_are_lit_and_backed_as_animate124_draws_them():
 def test_dynamic_and_refine_steps_clip_gradient_values():
     from animate4d.backend.pipeline.optimisation import optimise
 
-    paper = presets.PAPER
+    paper = a124.PAPER
     assert paper.clip_value("static") is None
     assert paper.clip_value("dynamic") == paper.clip_value("refine") == 1.0
     for clip, moved in ((None, [-5.0, 0.5]), (1.0, [-1.0, 0.5])):
@@ -212,12 +212,12 @@ def test_the_dynamic_stage_shows_zero123_only_clips_that_play_from_time_0(monkey
 
     from animate4d.backend.pipeline import stages
 
-    preset = presets.tiny()
+    preset = a124.tiny()
     scene = stages.Scene(preset, "cpu")
-    s = preset.render_size
+    s = preset.renderer.size
     ref = stages.Reference(torch.ones(3, s, s), torch.ones(s, s), torch.rand(s, s))
     video, zero123 = _Guidance(), _Guidance()
-    n = preset.clip_frames
+    n = preset.dynamic.clip_frames
 
     def step(times, reference=False):
         monkeypatch.setattr(stages, "sample_clip", lambda *a: torch.tensor(times).numpy())
@@ -257,7 +257,7 @@ def test_the_static_stage_can_start_from_the_preview_proxy():
 
     torch.manual_seed(0)
     prep = _reference_view(64)
-    preset = presets.tiny(max_steps=1)
+    preset = a124.tiny(max_steps=1)
     target = torch.nn.functional.interpolate(prep["mask"][None, None], (32, 32),
                                              mode="area")[0, 0] > 0.5
     scores = {}
@@ -273,12 +273,12 @@ def test_the_static_stage_can_start_from_the_preview_proxy():
 
 def test_a_run_with_the_proxy_start_goes_end_to_end(tiny_models):
     options = JobOptions(prompt="a panda is dancing", preset="fast", frames=2)
-    preset = presets.tiny(max_steps=1)
-    from dataclasses import replace
+    preset = a124.tiny(max_steps=1)
 
     stages_seen = []
     mesh = run_animate124(EXAMPLE_IMAGE, options, lambda s, i, n: stages_seen.append(s),
-                          models=tiny_models, preset=replace(preset, static_init="proxy"),
+                          models=tiny_models,
+                          preset=a124.override(preset, {"static.init": "proxy"}),
                           device="cpu")
     assert "proxy" in stages_seen and stages_seen.index("proxy") < stages_seen.index("static")
     assert mesh.metadata["timings"]["proxy"] > 0 and len(mesh.faces) > 0
@@ -352,7 +352,7 @@ def test_a_prior_dropped_between_stages_is_gone_when_the_next_stage_starts(tiny_
     monkeypatch.setattr(run_mod, "stage_optimiser", checking_optimiser)
     run_animate124(EXAMPLE_IMAGE, JobOptions(prompt="a panda is dancing", preset="fast",
                                              frames=2),
-                   models=tiny_models, preset=presets.tiny(max_steps=1), device="cpu")
+                   models=tiny_models, preset=a124.tiny(max_steps=1), device="cpu")
     assert set(alive_at_start) == {"static", "dynamic", "refine"}
     assert [r for r, _ in dropped].count("sd") >= 1  # the dynamic stage drops SD
     assert alive_at_start == {"static": [], "dynamic": [], "refine": []}
@@ -374,8 +374,8 @@ def test_weighted_pearson_loss_equals_the_loss_on_the_indexed_pixels():
     assert torch.allclose(g_weighted, g_indexed, atol=1e-6)
     assert float(g_weighted[~mask].abs().max()) == 0.0
 
-    preset = presets.tiny()
-    s = preset.render_size
+    preset = a124.tiny()
+    s = preset.renderer.size
     scene = stages.Scene(preset, "cpu")
     few = torch.zeros(s, s)
     few[0, :8] = 1  # 8 pixels: not enough for a correlation
@@ -436,7 +436,7 @@ def test_a_job_whose_scene_is_lost_stops_with_its_last_good_checkpoint(tiny_mode
     with pytest.raises(DivergedError) as err:
         run_animate124(EXAMPLE_IMAGE, JobOptions(prompt="a panda is dancing", preset="fast",
                                                  frames=4),
-                       checkpoints=store, models=tiny_models, preset=presets.tiny(max_steps=24),
+                       checkpoints=store, models=tiny_models, preset=a124.tiny(max_steps=24),
                        device="cpu")
     assert err.value.code == "diverged" and "dynamic stage" in str(err.value)
     assert ("non-finite" if poison == "nan" else "no density") in str(err.value)
@@ -454,3 +454,52 @@ def test_a_step_that_reaches_no_field_still_steps(tiny_models):
     opt = torch.optim.Adam([w], lr=0.1)
     optimise(opt, {"background_only": torch.tensor(0.25)}, clip=1.0)
     assert opt.state[w]["step"] == 1 and torch.equal(w.detach(), torch.ones(3))
+
+
+# The losses of every optimiser step of a tiny job (seed 3, 4 steps per stage, one CPU thread:
+# the sums' order, and so the last bits, depend on the thread count), recorded before the
+# pipeline became Stage objects driven by the generic runner: the refactor must not change what
+# the method computes.
+RECORDED_LOSSES = [
+    {"ref_depth": 0.010022, "ref_mask": 0.326033, "ref_rgb": 0.103811},
+    {"sd": 677.879944, "zero123": 201135.59375},
+    {"sd": 3275.713379, "zero123": 191740.65625},
+    {"sd": 1520.713623, "zero123": 28420.214844},
+    {"ref_depth": 0.009966, "ref_mask": 0.326033, "ref_rgb": 0.10236},
+    {"video": 161.127213},
+    {"video": 2258.408936},
+    {"video": 14.173362},
+    {"ref_depth": 0.009962, "ref_mask": 0.326033, "ref_rgb": 0.101574},
+    {"tile": 795.661682},
+    {"tile": 111.459167},
+    {"tile": 1465.397827},
+]
+
+
+def test_tiny_job_takes_the_recorded_steps(tiny_models, monkeypatch):
+    from animate4d.backend.pipeline import run
+
+    seen = []
+    real = run.optimise
+
+    def recording(opt, losses, clip):
+        seen.append({k: float(v.detach()) for k, v in losses.items()})
+        return real(opt, losses, clip)
+
+    monkeypatch.setattr(run, "optimise", recording)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        mesh = run_animate124(EXAMPLE_IMAGE, JobOptions(prompt="a panda is dancing", preset="fast",
+                                                        frames=4, seed=3),
+                              models=tiny_models, preset=a124.tiny(max_steps=4), device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    assert [sorted(s) for s in seen] == [sorted(r) for r in RECORDED_LOSSES]
+    for step, (got, want) in enumerate(zip(seen, RECORDED_LOSSES, strict=True)):
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, rel=1e-3), (step, key, got, want)
+    assert (mesh.num_vertices, mesh.num_faces) == (1028, 2000)
+    assert mesh.metadata["config"]["name"] == "fast"
+    assert mesh.metadata["config"]["static"]["steps"] == 4
+    assert set(mesh.metadata["switches"]) >= {"cuda_graphs", "compile", "hashgrid"}

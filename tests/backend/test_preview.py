@@ -23,7 +23,7 @@ def test_the_bundled_example_is_decimated_to_the_export_budget_and_stays_closed(
     applies to previews too, without opening the surface or losing its outline."""
     from importlib import resources
 
-    from animate4d.backend.geometry import EXPORT_FACES
+    from animate4d.backend.mesh.geometry import EXPORT_FACES
     from animate4d.backend.preview.inflate import signed_volume
 
     image = load_image(resources.files("animate4d.backend").joinpath(

@@ -1,12 +1,14 @@
 """Model registry, loading and the guidance modules, on tiny random models."""
 
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
 
 pytest.importorskip("diffusers")
 
+from animate4d.backend.jobs import presets  # noqa: E402
 from animate4d.backend.priors import guidance, loading, registry  # noqa: E402
 from animate4d.backend.priors.sds import TimestepRange, sds  # noqa: E402
 from animate4d.protocol.errors import MissingModelError  # noqa: E402
@@ -19,7 +21,7 @@ def _empty_hf_cache(tmp_path, monkeypatch):
 
 
 def test_tiny_models_are_complete_and_every_role_loads(tiny_models):
-    assert registry.runnable_presets(tiny_models) == ["fast", "paper"]
+    assert [p for p, r in presets.missing_roles(tiny_models).items() if not r] == ["fast", "paper"]
     for role in registry.ROLES:
         prior = loading.load(role, tiny_models)
         assert prior.parts and all(not p.requires_grad for m in prior.parts.values()
@@ -37,7 +39,7 @@ def test_a_missing_role_names_itself_the_folder_and_the_fetch_command(tiny_model
     assert "animate4d models fetch sd" in text
     with pytest.raises(MissingModelError, match="video"):
         registry.locate("video", models)
-    assert registry.runnable_presets(models) == []
+    assert [p for p, r in presets.missing_roles(models).items() if not r] == []
 
 
 def test_timestep_range_and_annealing_are_honoured():
@@ -107,7 +109,7 @@ def test_stable_diffusion_guidance_mixes_both_branches_in_its_range(tiny_models)
     hook = sd.unet.register_forward_pre_hook(
         lambda m, args, kw: seen.append((args[1].clone(), kw["encoder_hidden_states"].clone())),
         with_kwargs=True)
-    g = guidance.StableDiffusionGuidance(sd, scale=50.0)
+    g = guidance.StableDiffusionGuidance(sd, replace(guidance.SD, scale=50.0))
     rgb = _render(2, 3, 12, 12)
     out = g(rgb, ["a panda, front view", "a panda, side view"])
     _check_grad(rgb, out)
@@ -148,7 +150,7 @@ def test_video_guidance_sees_the_clip_as_one_video(tiny_models):
     v = loading.load("video", tiny_models)
     shapes = []
     v.unet.register_forward_pre_hook(lambda m, a: shapes.append(a[0].shape))
-    g = guidance.VideoGuidance(v, size=16)
+    g = guidance.VideoGuidance(v, replace(guidance.VIDEO, size=16))
     frames = _render(5, 3, 8, 8)
     _check_grad(frames, g(frames, "a panda is dancing"))
     assert shapes[0] == (2, 4, 5, 8, 8)  # cfg pair x (C, F, h, w)

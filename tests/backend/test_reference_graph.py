@@ -7,7 +7,8 @@ import warnings
 import pytest
 import torch
 
-from animate4d.backend.pipeline import presets, run
+from animate4d.backend.pipeline import config as a124
+from animate4d.backend.pipeline import run
 from animate4d.backend.pipeline.optimisation import stage_optimiser
 from animate4d.backend.pipeline.reference_graph import ReferenceGraph
 from animate4d.backend.pipeline.stages import Reference, Scene
@@ -16,7 +17,7 @@ SIZE = 32
 
 
 def _job(device):
-    preset = presets.tiny(presets.PRESETS["paper"], 10**6)
+    preset = a124.tiny(a124.PRESETS["paper"], 10**6)
     torch.manual_seed(0)
     scene = Scene(preset, device)
     gen = torch.Generator().manual_seed(1)

@@ -1,6 +1,6 @@
 import threading
 
-from animate4d.backend.checkpoints import MemoryCheckpoints
+from animate4d.backend.jobs.checkpoints import MemoryCheckpoints
 from animate4d.backend.preview.pipeline import run_preview
 from animate4d.backend.server.scheduler import FairQueue
 from animate4d.protocol import wire

@@ -6,7 +6,7 @@ import tempfile
 import numpy as np
 import pytest
 
-from animate4d.backend.raster import iou, silhouette
+from animate4d.backend.mesh.raster import iou, silhouette
 from animate4d.backend.synthetic import benchmark
 from animate4d.backend.synthetic.scenes import SCENES, scene
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from animate4d.protocol import AnimatedMesh, a4d
 from animate4d.protocol.errors import Animate4DError
 
-from .export.gltf import write_glb
-from .export.preview_media import preview_frames, write_gif
+from ..export.gltf import write_glb
+from ..export.preview_media import preview_frames, write_gif
 from .progress import ProgressFn, no_progress
 
 

@@ -1,0 +1,1 @@
+"""Mesh maths and drawing shared by preview, extraction and export (numpy and OpenCV only)."""

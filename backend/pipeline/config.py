@@ -1,0 +1,282 @@
+"""Animate124's config tree: one frozen dataclass per component, presets as values of it.
+
+`PAPER` is Animate124's published schedule (docs/ARCHITECTURE.md); `FAST` keeps every stage
+with fewer steps; `smoke` shrinks any of them for smoke runs and CPU tests (`TINY_SIZES`: the
+tiny random models' own sizes). Change a leaf with `config.override(PAPER, {"static.steps": 3})`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, replace
+
+from ..config import override
+from ..priors import guidance
+from ..priors.guidance import GuidanceConfig
+
+STAGES = ("textual_inversion", "static", "dynamic", "refine")
+
+
+def _part(cls):
+    """A sub-config field whose default is that component's defaults."""
+    return dataclasses.field(default_factory=cls)
+
+
+@dataclass(frozen=True)
+class TextualInversionConfig:
+    """Learning the object's token on Stable Diffusion."""
+
+    steps: int = 3000
+    """Optimisation steps."""
+    size: int = 512
+    """Side of the augmented views, in pixels."""
+    batch: int = 16
+    """Views per step."""
+    lr: float = 1e-4
+    """Learning rate of the token's embedding."""
+    views: int = 512
+    """Augmented views encoded once, then drawn from (textual_inversion.py)."""
+
+
+@dataclass(frozen=True)
+class FieldConfig:
+    """The canonical and motion fields and their occupancy grid."""
+
+    grid_levels: int = 16
+    """Hash-grid levels of both fields."""
+    grid_log2_table: int = 19
+    """log2 of each level's hash-table size."""
+    occupancy_resolution: int = 64
+    """Cells per side of the occupancy grid."""
+
+
+@dataclass(frozen=True)
+class RendererConfig:
+    """How the SDS stages render."""
+
+    size: int = 128
+    """Side of the static and dynamic stages' renders (and of the reference view)."""
+    samples: int = 64
+    """Samples per ray."""
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    """The reference view's losses and the steps that take only them (Animate124, after
+    stable-dreamfusion: `known_view_interval` 4, `known_iters` 100)."""
+
+    rgb: float = 5.0
+    """Weight of the masked RGB error."""
+    mask: float = 0.5
+    """Weight of the silhouette error."""
+    depth: float = 0.01
+    """Weight of 1 - Pearson correlation with the estimated depth (foreground only)."""
+    every: int = 4
+    """Every `every`-th step of static, dynamic and refine fits only the reference (0: none)."""
+    first: int = 100
+    """The static stage's first `first` steps fit only the reference."""
+
+
+@dataclass(frozen=True)
+class LookConfig:
+    """How SDS renders look (Animate124's run scripts on stable-dreamfusion's trainer): a
+    light near the camera, a drawn ambient, a white material in some steps, a random
+    background."""
+
+    ambient_range: tuple[float, float] = (0.1, 1.0)
+    """Where the ambient light is drawn."""
+    p_textureless: float = 0.2
+    """Probability of a white material in the static and dynamic stages."""
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """Where the SDS stages' cameras are drawn."""
+
+    polar_deg: tuple[float, float] = (45.0, 135.0)
+    """Polar angle range, degrees from +Z."""
+
+
+@dataclass(frozen=True)
+class GuidanceSet:
+    """Each prior's SDS settings (defaults: priors/guidance.py, their one home)."""
+
+    sd: GuidanceConfig = guidance.SD
+    """Stable Diffusion (static stage)."""
+    zero123: GuidanceConfig = guidance.ZERO123
+    """Zero-1-to-3 (static stage; dynamic stage on clips starting at time 0)."""
+    video: GuidanceConfig = guidance.VIDEO
+    """ModelScope text-to-video (dynamic stage)."""
+    tile: GuidanceConfig = guidance.TILE
+    """ControlNet-tile on Stable Diffusion (refine stage)."""
+
+
+@dataclass(frozen=True)
+class StaticConfig:
+    """Reference view + SD SDS + Zero123 SDS on the canonical field."""
+
+    steps: int = 5000
+    """Optimisation steps."""
+    normal_fraction: float = 0.2
+    """The first share of the stage renders normals instead (`normal_iter_ratio`)."""
+    init: str = "blob"
+    """Start from the density blob ('blob', Animate124) or the preview proxy ('proxy')."""
+    proxy_steps: int = 300
+    """Steps fitting the proxy into the field (init 'proxy')."""
+
+    def __post_init__(self):
+        if self.init not in ("blob", "proxy"):
+            raise ValueError(f"static.init must be 'blob' or 'proxy', not {self.init!r}")
+
+
+@dataclass(frozen=True)
+class DynamicConfig:
+    """Motion learned with video SDS on clips; Zero123 on clips that start at time 0."""
+
+    steps: int = 10000
+    """Optimisation steps."""
+    clip_frames: int = 16
+    """Frames per clip."""
+    time_steps: int = 256
+    """The timeline's resolution clips are drawn on."""
+    clip_span: tuple[int, int] = (16, 256)
+    """Range of a clip's span, in time steps."""
+    p_start_at_zero: float = 0.2
+    """Probability that a clip starts at time 0."""
+    p_mirror: float = 0.5
+    """Probability that a clip is mirrored."""
+    p_moving_camera: float = 0.9
+    """Probability that the camera sweeps while the clip plays."""
+    canonical_lr_scale: float = 0.1
+    """The canonical field keeps learning, at this fraction of the learning rate."""
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """ControlNet-tile SDS with the learned token, one-step x0 target."""
+
+    steps: int = 5000
+    """Optimisation steps."""
+    frames: int = 2
+    """Frames per step."""
+    render_size: int = 256
+    """Side of the renders, upsampled to the ControlNet's size."""
+    p_textureless: float = 0.0
+    """Probability of a white material."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The field stages' optimiser."""
+
+    lr: float = 1e-2
+    """Learning rate of the trained fields' hash grids."""
+    grad_clip: float = 1.0
+    """Dynamic and refine clip every gradient value at this (`--grad_clip 1`); 0: off."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """The animated mesh extracted at the end."""
+
+    resolution: int = 256
+    """Marching-cubes grid per side."""
+    faces: int = 50_000
+    """Faces the mesh is simplified to."""
+
+
+@dataclass(frozen=True)
+class Animate124Config:
+    """The whole Animate124 method."""
+
+    name: str
+    """The preset this tree is (recorded in results)."""
+    textual_inversion: TextualInversionConfig = _part(TextualInversionConfig)
+    """Textual inversion."""
+    field: FieldConfig = _part(FieldConfig)
+    """Fields and occupancy."""
+    renderer: RendererConfig = _part(RendererConfig)
+    """Rendering."""
+    reference: ReferenceConfig = _part(ReferenceConfig)
+    """Reference-view losses."""
+    look: LookConfig = _part(LookConfig)
+    """Shading and background of SDS renders."""
+    views: ViewConfig = _part(ViewConfig)
+    """SDS cameras."""
+    guidance: GuidanceSet = _part(GuidanceSet)
+    """The priors' SDS settings."""
+    static: StaticConfig = _part(StaticConfig)
+    """The static stage."""
+    dynamic: DynamicConfig = _part(DynamicConfig)
+    """The dynamic stage."""
+    refine: RefineConfig = _part(RefineConfig)
+    """The refine stage."""
+    optim: OptimConfig = _part(OptimConfig)
+    """The field stages' optimiser."""
+    export: ExportConfig = _part(ExportConfig)
+    """Mesh extraction."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints of the fields."""
+
+    def __post_init__(self):
+        if self.reference.every < 0 or self.reference.first < 0:
+            raise ValueError("reference.every and reference.first must be >= 0 (0: none)")
+
+    def steps(self, stage: str) -> int:
+        return getattr(self, stage).steps
+
+    def clip_value(self, stage: str) -> float | None:
+        """The gradient-value clip of a stage, or None."""
+        clip = self.optim.grad_clip
+        return clip if stage in ("dynamic", "refine") and clip > 0 else None
+
+    def reference_step(self, stage: str, step: int) -> bool:
+        """Whether `step` of an SDS stage fits the reference view instead of the priors."""
+        if stage == "static" and step < self.reference.first:
+            return True
+        return self.reference.every > 0 and step % self.reference.every == 0
+
+
+PAPER = Animate124Config("paper")
+FAST = override(replace(PAPER, name="fast", checkpoint_every=250), {
+    "textual_inversion.steps": 500, "textual_inversion.batch": 4, "static.steps": 1500,
+    "reference.first": 30, "dynamic.steps": 2500, "refine.steps": 500})
+PRESETS = {"paper": PAPER, "fast": FAST}
+
+# The tiny random models' own sizes (16-px priors; `animate4d models make-tiny`).
+TINY_SIZES = {
+    "textual_inversion.size": 16, "textual_inversion.batch": 2,
+    "renderer.size": 12, "renderer.samples": 16,
+    "guidance.video": replace(guidance.VIDEO, size=16),
+    "guidance.tile": replace(guidance.TILE, size=16),
+    "dynamic.clip_frames": 4, "dynamic.time_steps": 16, "dynamic.clip_span": (4, 16),
+    "refine.render_size": 12,
+    "field.grid_levels": 4, "field.grid_log2_table": 12, "field.occupancy_resolution": 16,
+    "export.resolution": 32, "export.faces": 2000,
+    "static.proxy_steps": 100, "reference.first": 0,
+}
+
+
+def scaled(config: Animate124Config, max_steps: int | None = None,
+           changes: dict | None = None) -> Animate124Config:
+    """Apply dotted-path `changes`, then cap every stage at max_steps (smoke runs, tests)."""
+    out = override(config, changes or {})
+    if max_steps is not None:
+        if max_steps < 1:
+            raise ValueError("max_steps must be at least 1")
+        static = min(out.static.steps, max_steps)
+        out = override(out, {
+            "textual_inversion.steps": min(out.textual_inversion.steps, max_steps),
+            "static.steps": static,
+            # the static stage's reference-only start keeps its share of the stage
+            "reference.first": out.reference.first * static // max(out.static.steps, 1),
+            "dynamic.steps": min(out.dynamic.steps, max_steps),
+            "refine.steps": min(out.refine.steps, max_steps),
+        })
+        out = replace(out, checkpoint_every=min(out.checkpoint_every, max(1, max_steps // 2)))
+    return out
+
+
+def tiny(config: Animate124Config = FAST, max_steps: int = 2) -> Animate124Config:
+    """`config` at the tiny models' sizes, every stage capped at `max_steps` (tests, smoke)."""
+    return scaled(override(config, TINY_SIZES), max_steps)
