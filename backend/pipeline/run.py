@@ -56,17 +56,23 @@ OCCUPANCY_EVERY = 16
 
 
 class PriorPool:
-    """Loads priors on first use; `keep` releases the others (GPU memory per stage)."""
+    """Loads priors on first use; `keep` releases the others (GPU memory per stage). Once the
+    job's token is learned (`token`), every SD loaded has it installed: a stage that loads SD
+    again after another dropped it (refine, after dynamic) must see the same object word."""
 
     def __init__(self, models, device, random_weights: bool = False):
         self.models, self.device, self.random_weights = models, device, random_weights
         self.loaded: dict[str, loading.Prior] = {}
+        self.token: torch.Tensor | None = None
 
     def get(self, role: str, stage: str = "") -> loading.Prior:
         """The role's prior, with the parts `stage` compiles compiled and the rest eager."""
         if role not in self.loaded:
             self.loaded[role] = loading.load(role, self.models, self.device,
                                              random_weights=self.random_weights)
+            if role == "sd" and self.token is not None:
+                prior = self.loaded[role]
+                text.add_placeholder(prior.tokenizer, prior.text_encoder, self.token)
         prior = self.loaded[role]
         compiling.apply(prior.parts, compiling.for_stage(stage), self.device)
         return prior
@@ -228,7 +234,7 @@ class TextualInversion(Stage):
         self.key = cache_key(image, ti.steps, ti.size, ti.batch, ti.lr, sd.source, ti.views)
         vector = None if job.random_weights else cached_token(self.key)
         if vector is not None:
-            job.token = vector
+            job.pool.token = vector
             text.add_placeholder(sd.tokenizer, sd.text_encoder, vector)
             return False
         self.trainer = TokenTrainer(sd, image, size=ti.size, batch=ti.batch, lr=ti.lr,
@@ -240,10 +246,10 @@ class TextualInversion(Stage):
         self.trainer.step()
         if step == self.steps - 1:  # learned: install it, and keep it for later jobs
             job, sd = self.job, self.job.pool.get("sd", self.name)
-            job.token = self.trainer.vector.detach().cpu()
-            text.add_placeholder(sd.tokenizer, sd.text_encoder, job.token)
+            job.pool.token = self.trainer.vector.detach().cpu()
+            text.add_placeholder(sd.tokenizer, sd.text_encoder, job.pool.token)
             if not job.random_weights:
-                store_token(self.key, job.token)
+                store_token(self.key, job.pool.token)
 
     def release(self) -> None:
         self.trainer = None
@@ -400,7 +406,7 @@ class Animate124(Method):
         self.pool = PriorPool(models, self.device, random_weights)
         self.object_prompt = f"a {text.PLACEHOLDER}"
         self.motion_prompt = options.prompt or "an object is moving"
-        self.prep = self.ref = self.token = None
+        self.prep = self.ref = None
         self.mesh = self.report = None
         self._scene: stages.Scene | None = None
         self._saved_fields: dict | None = None
@@ -441,24 +447,18 @@ class Animate124(Method):
         self.set_prep(_torch_load(prep))
         if token is None:
             return "textual_inversion", 0
-        self.token = _torch_load(token)
-        # Later stages' SD (static, refine) is this job's SD: the token installed.
-        text.add_placeholder(*self._sd_text(), self.token)
+        self.pool.token = _torch_load(token)  # installed in every SD the pool loads
         if fields is None:
             return self.stages[2].name, 0
         st = _torch_load(fields)
         self._saved_fields = st
         return st["stage"], st["step"]
 
-    def _sd_text(self):
-        sd = self.pool.get("sd", "textual_inversion")
-        return sd.tokenizer, sd.text_encoder
-
     def checkpoint(self, stage: str, step: int) -> dict[str, bytes]:
         if stage == "preprocess":
             return {"a124/prep": _torch_bytes(self.prep)}
         if stage == "textual_inversion":
-            return {"a124/token": _torch_bytes(self.token)}
+            return {"a124/token": _torch_bytes(self.pool.token)}
         if stage in ("static", "dynamic", "refine"):
             scene = self.scene()
             if not _finite(scene):  # a NaN checkpoint would replace the last good one
