@@ -1,4 +1,4 @@
-"""`animate4d bench stages --random-weights --preset paper`: ms per step (median) and peak GPU
+"""`python -m benchmarks stages --random-weights --preset paper`: ms per step (median) and peak GPU
 memory of each stage at the preset's sizes, with every prior at its real architecture size and
 random weights (the cost of the real ones), the share of each step spent inside the priors'
 own forward passes, inside the backward passes the method needs of them (the VAE encoders in
@@ -14,8 +14,9 @@ import random
 import statistics
 import time
 
-from ..devices import limit_memory
-from ..pipeline.presets import STAGES
+from animate4d.backend.devices import limit_memory
+from animate4d.backend.pipeline.presets import STAGES
+
 from . import device_name, int_in, pick_device, report, timed_ms
 from .field import fit_solid_ball
 from .phases import time_phases
@@ -125,12 +126,17 @@ def _grad_tensors(output) -> list:
 def run(args) -> dict:
     import torch
 
-    from ..pipeline import stages
-    from ..pipeline.optimisation import stage_optimiser
-    from ..pipeline.presets import PRESETS
-    from ..pipeline.run import PriorPool, _stage_setup, occupancy_times, stage_stepper
-    from ..pipeline.textual_inversion import TokenTrainer
-    from ..priors import compiling, graphs, text
+    from animate4d.backend.pipeline import stages
+    from animate4d.backend.pipeline.optimisation import stage_optimiser
+    from animate4d.backend.pipeline.presets import PRESETS
+    from animate4d.backend.pipeline.run import (
+        PriorPool,
+        _stage_setup,
+        occupancy_times,
+        stage_stepper,
+    )
+    from animate4d.backend.pipeline.textual_inversion import TokenTrainer
+    from animate4d.backend.priors import compiling, graphs, text
 
     device = pick_device(args.device)
     if args.memory_limit_gib is not None:
@@ -144,7 +150,7 @@ def run(args) -> dict:
         torch.backends.cudnn.benchmark = True
     preset = PRESETS[args.preset]
     if args.tiny:
-        from ..pipeline.presets import tiny
+        from animate4d.backend.pipeline.presets import tiny
         preset = tiny(preset, max_steps=10**6)
     pool = PriorPool(args.models, device, random_weights=args.random_weights)
     s = preset.render_size
@@ -168,10 +174,10 @@ def run(args) -> dict:
     elif args.state == "proxy":  # the bundled example's proxy, as `run --static-init proxy`
         from importlib import resources
 
-        from ..pipeline.run import reference_view, start_from_proxy
-        from ..preprocess.framing import find_crop
-        from ..preprocess.image_io import load_image
-        from ..preprocess.segment import foreground_mask
+        from animate4d.backend.pipeline.run import reference_view, start_from_proxy
+        from animate4d.backend.preprocess.framing import find_crop
+        from animate4d.backend.preprocess.image_io import load_image
+        from animate4d.backend.preprocess.segment import foreground_mask
 
         image = load_image(resources.files("animate4d.backend").joinpath(
             "examples", "panda.png").read_bytes())
@@ -308,7 +314,7 @@ def _time_kinds(stage, step, clock, device, warmup: int, iters: int) -> dict:
     it has seen enough of both of its SDS kinds (at most 20 x iters tries per kind)."""
     import torch
 
-    from ..pipeline.reference_graph import ReferenceGraph
+    from animate4d.backend.pipeline.reference_graph import ReferenceGraph
 
     want = {"step"} if stage == "textual_inversion" else {"reference", "sds"}
     if stage == "dynamic":
@@ -368,7 +374,11 @@ def _time_periodic(stage: str, scene, preset, device, iters: int) -> dict:
     (every `checkpoint_every`; sending it is the worker's, in the background). Median ms of
     `iters` of each."""
 
-    from ..pipeline.run import OCCUPANCY_EVERY, fields_checkpoint, occupancy_times
+    from animate4d.backend.pipeline.run import (
+        OCCUPANCY_EVERY,
+        fields_checkpoint,
+        occupancy_times,
+    )
 
     def timed(fn) -> float:
         return statistics.median(timed_ms(fn, iters, 1, device))

@@ -37,9 +37,8 @@ BLOCK = 128
 # (G > 1) on 4 / G warps, so that each thread holds one point's G copies and merges them in
 # its registers: the fitted clip's canonical backward (4.4 M rows, G = 4) took 8.8 ms with
 # the copies across threads, 4.0 with them in one (BLOCK 128 on 1 warp, or 256 on 2; H100,
-# session 15, docs/BENCHMARKS.md). `GROUP_IN_THREAD = False` is the old way (benchmarks).
+# session 15, docs/BENCHMARKS.md).
 WARPS = 4
-GROUP_IN_THREAD = True
 # Table-gradient copies for the leading dense levels of at most REPLICATED_ROWS rows in all
 # (the canonical grid's five coarsest levels, the 4D grid's two; 85-93 MB of copies while a
 # backward pass runs). On an H100 the fitted render's backward passes took 10.98 -> 10.32 ms
@@ -274,7 +273,7 @@ def interpolate_function(n_dense: int, hash_mask: int, primes: tuple[int, ...],
         group = group if group > 1 and n % group == 0 else 1
         block = max(BLOCK // group, 16)  # the same rows per program
         m = n // group
-        warps = max(WARPS // group, 1) if GROUP_IN_THREAD else WARPS
+        warps = max(WARPS // group, 1)
         kernel[(triton.cdiv(m, block), levels)](x, *args, m, D=d, L=levels, G=group,
                                                 BLOCK=block, num_warps=warps, **consts, **kw)
 
