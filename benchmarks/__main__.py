@@ -13,6 +13,7 @@ from animate4d.backend import cli
 
 from . import (
     attention,
+    blender_import,
     clip_steps,
     field,
     hashgrid,
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     attention.add_parser(sub)
     view_steps.add_parser(sub)
     clip_steps.add_parser(sub)
+    blender_import.add_parser(sub)
     return parser
 
 

@@ -90,3 +90,17 @@ def test_bench_counts_and_sizes_out_of_range_are_usage_errors():
                         "--warmup: '101': a whole number from 0 to 100")):
         r = benchmarks(*args)
         assert r.returncode == 2 and said in r.stderr, (args, r.stderr)
+
+
+@pytest.mark.blender
+def test_blender_import_times_the_extensions_import_in_real_blender(tmp_path):
+    pytest.importorskip("bpy")
+    out = tmp_path / "import.json"
+    r = benchmarks("blender-import", "--frames", 3, "--vertices", 200, "--repeat", 2,
+                   "--json", out)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out.read_text())
+    assert report["frames"] == 3 and report["vertices"] == 200 and report["repeat"] == 2
+    assert 0 < report["seconds_median"] <= report["seconds_max"] and report["blender"]
+    r = benchmarks("blender-import", "--repeat", "0")
+    assert r.returncode == 2 and "--repeat: '0': a whole number from 1" in r.stderr, r.stderr
