@@ -13,7 +13,7 @@ import traceback
 
 from animate4d.protocol.errors import Animate4DError
 
-from .commands import keys, local, models, remote, serve
+from .commands import bench, keys, local, models, remote, serve
 from .runtime import switches
 from .version import package_version
 
@@ -38,37 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     remote.add_parsers(sub)
     keys.add_parsers(sub)
     models.add_parsers(sub)
-
-    bench = sub.add_parser(
-        "bench", help="measure speed and memory (figures for docs/BENCHMARKS.md)",
-        description="Benchmarks. Each prints JSON on stdout.",
-    )
-    bench_sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")
-    bench_sub.required = True
-    from .bench import attention as bench_attention
-    from .bench import clip_steps as bench_clip_steps
-    from .bench import field as bench_field
-    from .bench import hashgrid as bench_hashgrid
-    from .bench import network as bench_network
-    from .bench import preview as bench_preview
-    from .bench import stages as bench_stages
-    from .bench import synthetic as bench_synthetic
-    from .bench import view_steps as bench_view_steps
-
-    bench_preview.add_parser(bench_sub)
-    bench_network.add_parsers(bench_sub)
-    bench_hashgrid.add_parser(bench_sub)
-    bench_field.add_parsers(bench_sub)
-    bench_synthetic.add_parser(bench_sub)
-    bench_stages.add_parser(bench_sub)
-    bench_attention.add_parser(bench_sub)
-    bench_view_steps.add_parser(bench_sub)
-    bench_clip_steps.add_parser(bench_sub)
+    bench.add_parsers(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None,
+         parser: argparse.ArgumentParser | None = None) -> int:
+    """Run one command. `parser`: another set of subcommands (each setting `func`) run with
+    these exit codes and messages (the benchmarks in a checkout); default `animate4d`'s."""
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     try:
         # The one place the environment's runtime switches are read; a command's own flags

@@ -40,6 +40,16 @@ def blob_png(tmp_path) -> Path:
     return write_png(tmp_path / "blob.png", blob_rgba())
 
 
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Tiny random models for every role, in the real layouts (written once per session;
+    the backend's tests and the benchmarks' share them)."""
+    pytest.importorskip("diffusers")
+    from animate4d.backend.priors.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("models"))
+
+
 def gltf_validate(path: Path) -> dict:
     """The Khronos validator's report for a .glb (needs `npm ci` in tests/tools)."""
     node = shutil.which("node")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -57,8 +56,6 @@ def _worker_command(args) -> list[str]:
         if not secret.exists():
             keys.generate(d / "workers", "local")
         cmd += ["--server-key", str(d / "server.key"), "--key", str(secret)]
-    if args.throttle:
-        cmd += ["--throttle", str(args.throttle)]
     return cmd
 
 
@@ -93,7 +90,7 @@ def cmd_worker(args) -> int:
 
     pipelines, missing = offer(args.models)
     worker = Worker(args.server, name=args.name, server_key=server_key, keypair=keypair,
-                    throttle_s=args.throttle, pipelines=pipelines, missing=missing)
+                    pipelines=pipelines, missing=missing)
     worker.run(_stop_on_signals())
     return 0
 
@@ -122,7 +119,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-attempts", type=int, default=3,
                    help="times a job is tried on workers that die before it fails "
                         "(default: %(default)s)")
-    p.add_argument("--throttle", type=float, default=0.0, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_serve)
 
     w = sub.add_parser(
@@ -140,7 +136,4 @@ def add_parsers(sub) -> None:
                         "fast and paper presets when all are there (default: ANIMATE4D_MODELS)")
     w.add_argument("--insecure", action="store_true",
                    help="connect to a non-loopback server without CURVE")
-    w.add_argument("--throttle", type=float, default=0.0,
-                   help="seconds to pause after every progress step (for fault tests and "
-                        "demonstrations; default: none)")
     w.set_defaults(func=cmd_worker)

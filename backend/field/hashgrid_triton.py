@@ -36,10 +36,8 @@ BLOCK = 128
 # A program's BLOCK rows run on 4 warps, one row per thread; in the grouped backward pass
 # (G > 1) on 4 / G warps, so that each thread holds one point's G copies and merges them in
 # its registers instead of merging across threads (about twice as fast on the grouped
-# canonical backward; docs/BENCHMARKS.md). `GROUP_IN_THREAD = False` spreads the copies
-# across threads, for the benchmarks' comparison.
+# canonical backward; docs/BENCHMARKS.md).
 WARPS = 4
-GROUP_IN_THREAD = True
 # Table-gradient copies for the leading dense levels of at most REPLICATED_ROWS rows in all
 # (the canonical grid's five coarsest levels, the 4D grid's two): millions of points share
 # those few rows, and their atomics would queue at one address. The copies are summed after
@@ -273,7 +271,7 @@ def interpolate_function(n_dense: int, hash_mask: int, primes: tuple[int, ...],
         group = group if group > 1 and n % group == 0 else 1
         block = max(BLOCK // group, 16)  # the same rows per program
         m = n // group
-        warps = max(WARPS // group, 1) if GROUP_IN_THREAD else WARPS
+        warps = max(WARPS // group, 1)
         kernel[(triton.cdiv(m, block), levels)](x, *args, m, D=d, L=levels, G=group,
                                                 BLOCK=block, num_warps=warps, **consts, **kw)
 

@@ -256,8 +256,8 @@ class Renderer:
                 set(first_pass_runs)):
             raise ValueError("first_pass_runs: ascending sample counts of at least 1")
         self.runs = tuple(first_pass_runs)
-        # Sample counts of the last render_rays call (for benchmarks): inside the box, in
-        # occupied cells, and shaded (after pruning).
+        # Sample counts of the last render_rays call: inside the box, in occupied cells, and
+        # shaded (after pruning); what the tests and benchmarks read of the first pass's effect.
         self.last_samples: dict[str, torch.Tensor | int] = {}
 
     @property

@@ -232,7 +232,7 @@ class TextualInversion(Stage):
         sd = job.pool.get("sd", self.name)
         image = _resize(job.prep["rgb"], ti.size)
         self.key = cache_key(image, ti.steps, ti.size, ti.batch, ti.lr, sd.source, ti.views)
-        vector = None if job.random_weights else cached_token(self.key)
+        vector = cached_token(self.key) if job.token_cache else None
         if vector is not None:
             job.pool.token = vector
             text.add_placeholder(sd.tokenizer, sd.text_encoder, vector)
@@ -248,7 +248,7 @@ class TextualInversion(Stage):
             job, sd = self.job, self.job.pool.get("sd", self.name)
             job.pool.token = self.trainer.vector.detach().cpu()
             text.add_placeholder(sd.tokenizer, sd.text_encoder, job.pool.token)
-            if not job.random_weights:
+            if job.token_cache:
                 store_token(self.key, job.pool.token)
 
     def release(self) -> None:
@@ -397,6 +397,9 @@ class Animate124(Method):
         options.validate()
         self.image, self.options, self.config = image, options, config
         self.models, self.random_weights = models, random_weights
+        # Tokens learned for the same image and settings are kept between jobs; never from
+        # random weights (meaningless), nor when measuring (`costs`).
+        self.token_cache = not random_weights
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         use_tensor_cores(self.device)
         if not random_weights:

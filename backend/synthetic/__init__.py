@@ -1,2 +1,2 @@
 """The synthetic 4D benchmark: animated meshes with known motion, rendered by Blender,
-fitted by the field, scored against the truth (see backend/bench/synthetic.py)."""
+fitted by the field, scored against the truth (run by `python -m benchmarks synthetic`)."""

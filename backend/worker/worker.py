@@ -83,7 +83,6 @@ class Worker:
         keypair: tuple[bytes, bytes] | None = None,
         heartbeat_s: float = 1.0,
         dead_after_s: float = 3.0,
-        throttle_s: float = 0.0,
         pipelines: dict[str, JobFn] | None = None,
         missing: dict[str, list[str]] | None = None,
         log=None,
@@ -92,7 +91,6 @@ class Worker:
         self.name = name or f"{pysocket.gethostname()}:{os.getpid()}"
         self.server_key, self.keypair = server_key, keypair
         self.heartbeat_s, self.dead_after_s = heartbeat_s, dead_after_s
-        self.throttle_s = throttle_s
         if pipelines is None:
             pipelines, missing = offer()
         self.pipelines = pipelines
@@ -242,8 +240,6 @@ class Worker:
             if stage != last["stage"] or step >= total or now - last["at"] >= 1 / PROGRESS_HZ:
                 self._send(run, wire.Progress(stage=stage, step=step, total=total))
                 last["stage"], last["at"] = stage, now
-            if self.throttle_s and run.cancel.wait(self.throttle_s):
-                raise CancelledError("cancelled")
 
         try:
             mesh = fn(run.assign.image, run.assign.options, progress,

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from animate4d.protocol.client import Client
 
+SLOW_WORKER = Path(__file__).with_name("slow_worker.py")
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -41,9 +43,10 @@ class Cluster:
         self.logs = store.parent / f"{store.name}-logs"
         self.logs.mkdir(exist_ok=True)
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str],
+               command: tuple[str, ...] = ("-m", "animate4d.backend")) -> subprocess.Popen:
         with open(self.logs / f"{name}.log", "ab") as log:  # the child keeps its own copy
-            return subprocess.Popen([sys.executable, "-m", "animate4d.backend", *args],
+            return subprocess.Popen([sys.executable, *command, *args],
                                     stdout=log, stderr=subprocess.STDOUT)
 
     def start_server(self, *extra: str) -> subprocess.Popen:
@@ -55,14 +58,15 @@ class Cluster:
         return self.server
 
     def start_worker(self, throttle: float | None = None) -> subprocess.Popen:
+        """`animate4d worker`; with `throttle` (seconds, default the cluster's), one whose
+        jobs pause that long after every progress step (slow_worker.py)."""
         args = ["worker", "--server", self.worker_addr, "--name", f"w{len(self.workers)}"]
         t = self.throttle if throttle is None else throttle
-        if t:
-            args += ["--throttle", str(t)]
         if self.keys:
             args += ["--server-key", str(self.keys / "server.key"),
                      "--key", str(self.keys / "workers" / "w.key_secret")]
-        w = self._spawn(f"worker{len(self.workers)}", args)
+        command = (str(SLOW_WORKER), str(t)) if t else ("-m", "animate4d.backend")
+        w = self._spawn(f"worker{len(self.workers)}", args, command)
         self.workers.append(w)
         return w
 

@@ -134,73 +134,6 @@ def test_help_is_complete(cmd):
         assert "run" in r.stdout and "demo" in r.stdout
 
 
-def test_bench_attention_times_both_variants_and_rejects_a_bad_shape(tmp_path):
-    out = tmp_path / "attention.json"
-    r = animate4d("bench", "attention", "--device", "cpu", "--shape", "2x96", "--head", "16",
-                  "--chunk", "32", "--iters", "1", "--json", out)
-    assert r.returncode == 0, r.stderr
-    import json
-
-    shapes = json.loads(out.read_text())["shapes"]
-    assert set(shapes["2x96"]) == {"sdpa", "chunked"}
-    assert all(v["ms"] > 0 for v in shapes["2x96"].values())
-    r = animate4d("bench", "attention", "--shape", "16by1024")
-    assert r.returncode == 2 and "BATCHxTOKENS" in r.stderr
-
-
-def test_bench_stages_runs_tiny_models_on_the_cpu_and_rejects_bad_counts(tmp_path, tiny_models):
-    """The stages bench end to end on the tiny models (static stage, one timed step of each
-    kind, with the idle-gap profile): a report with both kinds, a projection and a profile
-    per kind; bad stage names and counts are usage errors, not tracebacks."""
-    import json
-
-    out = tmp_path / "stages.json"
-    r = animate4d("bench", "stages", "--tiny", "--models", tiny_models, "--device", "cpu",
-                  "--state", "initial", "--stages", "static", "--iters", 1, "--warmup", 0,
-                  "--profile-gaps", "--phases", "--json", out)
-    assert r.returncode == 0, r.stderr
-    report = json.loads(out.read_text())
-    static = report["stages"]["static"]
-    assert report["complete"] and set(static["kinds"]) == {"reference", "sds"}
-    assert static["ms_per_step"] > 0 and report["projected_minutes_total"] > 0
-    assert 0 <= static["elsewhere_share"] <= 1
-    # The occupancy refreshes and checkpoints between steps, timed (`bench.stages.projection`
-    # counts them).
-    periodic = static["periodic"]
-    assert periodic["occupancy_refresh_ms"] > 0 and periodic["checkpoint_ms"] > 0
-    assert periodic["ms_per_step"] > 0
-    for kind in ("sds", "reference"):
-        profile = report["profiles"]["static"][kind]
-        assert profile["top"] and {"gaps_ms", "by_caller", "host_calls"} <= set(profile["gaps"])
-    # the static step's parts, each timed (one render, SD and Zero123, their encodes)
-    sds = report["phases"]["static"]["sds"]
-    assert {"render", "sd", "zero123", "vae_encode", "backward", "optimiser_step"} <= set(sds)
-    assert sds["vae_encode"]["calls_per_step"] == 2 and sds["render"]["calls_per_step"] == 1
-    assert all(0 < v["host_ms"] <= v["total_ms"] for v in sds.values())
-    assert "sd" not in report["phases"]["static"]["reference"]
-    for bad, said in ((["--stages", "statik"], "invalid choice: 'statik'"),
-                      (["--iters", "0"], "a whole number from 1 to 100"),
-                      (["--warmup", "many"], "a whole number from 0 to 50")):
-        r = animate4d("bench", "stages", *bad)
-        assert r.returncode == 2 and said in r.stderr, r.stderr
-
-
-def test_bench_on_cuda_without_cuda_is_a_clear_error():
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    for bench in (["clip-steps"], ["render"], ["hashgrid"], ["synthetic", "ball"]):
-        r = animate4d("bench", *bench, "--device", "cuda")
-        assert r.returncode == 2, (bench, r.stderr)
-        assert "--device cuda: this machine has no CUDA device" in r.stderr
-        assert "internal error" not in r.stderr
-    # a 24 GB card's budget is a GPU's: on the CPU it is refused before any model loads
-    r = animate4d("bench", "stages", "--random-weights", "--device", "cpu",
-                  "--memory-limit-gib", "24")
-    assert r.returncode == 2 and "a memory limit needs a CUDA device" in r.stderr, r.stderr
-
-
 def test_run_with_a_bad_device_says_so_and_leaves_no_output_folder(tmp_path, tiny_models):
     out = tmp_path / "out"
     png = write_png(tmp_path / "c.png", blob_rgba(160, 120, centre=(80, 60), scale=0.3))
@@ -211,14 +144,26 @@ def test_run_with_a_bad_device_says_so_and_leaves_no_output_folder(tmp_path, tin
     assert not out.exists()
 
 
-def test_bench_counts_and_sizes_out_of_range_are_usage_errors():
-    """Every count and size a bench takes has a limit, said in the message."""
-    for args, said in ((["render", "--size", "99999"], "--size: '99999': a whole number from 8"),
-                       (["extract", "--faces", "5"], "--faces: '5': a whole number from 100"),
-                       (["load", "--workers", "0"], "--workers: '0': a whole number from 1"),
-                       (["hashgrid", "--points", "x"], "--points: 'x': a whole number from 1"),
-                       (["view-steps", "--iters", "0"], "--iters: '0': a whole number from 1"),
-                       (["clip-steps", "--warmup", "101"],
-                        "--warmup: '101': a whole number from 0 to 100")):
-        r = animate4d("bench", *args)
-        assert r.returncode == 2 and said in r.stderr, (args, r.stderr)
+
+
+def test_bench_gpu_measures_every_stage_and_projects_each_preset(tiny_models, tmp_path,
+                                                                 capsys):
+    """`animate4d bench gpu` drives the method's own stages (here on tiny models on the CPU):
+    a time per step for every stepped stage and a projection for both GPU presets, whose
+    totals follow their schedules (paper has more steps of every stage than fast)."""
+    import json
+
+    from animate4d.backend.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "gpu", "--models", str(tiny_models), "--device", "cpu",
+                 "--steps", "1", "--warmup", "0", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["stages"]) == {"preprocess", "textual_inversion", "static", "dynamic",
+                                     "refine", "export"}
+    assert all(result["stages"][s]["ms_per_step"] > 0
+               for s in ("textual_inversion", "static", "dynamic", "refine"))
+    paper, fast = result["presets"]["paper"], result["presets"]["fast"]
+    assert paper["minutes"]["dynamic"] > fast["minutes"]["dynamic"] > 0
+    assert paper["total_minutes"] > fast["total_minutes"]
+    assert "paper:" in capsys.readouterr().err

@@ -428,21 +428,6 @@ def test_distortion_is_smaller_for_a_sharper_surface():
     assert losses[1] < 0.5 * losses[0], losses
 
 
-def test_the_benchmarks_fitted_state_is_a_sharp_solid_ball():
-    """`bench render/stages --state fitted` stand for a fitted object: check that the field
-    really becomes a solid ball of radius 0.5 with a sharp surface."""
-    from animate4d.backend.bench.field import fit_solid_ball
-
-    torch.manual_seed(0)
-    f = CanonicalField(log2_table=14, levels=8, base_resolution=8, finest_resolution=128)
-    fit_solid_ball(f, steps=200, points=4096)
-    directions = torch.nn.functional.normalize(torch.randn(200, 3), dim=-1)
-    with torch.no_grad():
-        inner, outer = f.density(directions * 0.4), f.density(directions * 0.6)
-    half_opaque = math.log(2) / (2 * math.sqrt(3) / 64)  # one 64-sample step
-    assert float(inner.min()) > half_opaque and float(outer.max()) < 0.1 * half_opaque
-
-
 def _capsule_distance(x, a, b):
     a, b = torch.tensor(a), torch.tensor(b)
     ab = b - a

@@ -1,4 +1,4 @@
-"""`animate4d bench stages --random-weights --preset paper`: ms per step (median) and peak GPU
+"""`python -m benchmarks stages --random-weights --preset paper`: ms per step (median) and peak GPU
 memory of each stage at the preset's sizes, with every prior at its real architecture size and
 random weights (the cost of the real ones), the share of each step spent inside the priors'
 own forward passes, inside the backward passes the method needs of them (the VAE encoders in
@@ -13,8 +13,9 @@ import random
 import statistics
 import time
 
-from ..pipeline.config import STAGES
-from ..runtime.devices import limit_memory
+from animate4d.backend.pipeline.config import STAGES
+from animate4d.backend.runtime.devices import limit_memory
+
 from . import device_name, int_in, pick_device, report, timed_ms
 from .field import fit_solid_ball
 from .phases import time_phases
@@ -124,13 +125,15 @@ def _grad_tensors(output) -> list:
 def run(args) -> dict:
     import torch
 
-    from ..pipeline import stages
-    from ..pipeline.config import PRESETS
-    from ..pipeline.optimisation import stage_optimiser
-    from ..pipeline.run import PriorPool, _stage_setup, occupancy_times, stage_stepper
-    from ..pipeline.textual_inversion import TokenTrainer
-    from ..priors import compiling, graphs, text
-    from ..runtime import switches
+    from animate4d.backend.pipeline import run as a124
+    from animate4d.backend.pipeline import stages
+    from animate4d.backend.pipeline.config import PRESETS
+    from animate4d.backend.pipeline.optimisation import stage_optimiser
+    from animate4d.backend.pipeline.run import occupancy_times, stage_stepper
+    from animate4d.backend.pipeline.textual_inversion import TokenTrainer
+    from animate4d.backend.priors import compiling, graphs
+    from animate4d.backend.runtime import switches
+    from animate4d.protocol.options import JobOptions
 
     device = pick_device(args.device)
     if args.memory_limit_gib is not None:
@@ -145,9 +148,13 @@ def run(args) -> dict:
         torch.backends.cudnn.benchmark = True
     preset = PRESETS[args.preset]
     if args.tiny:
-        from ..pipeline.config import tiny
+        from animate4d.backend.pipeline.config import tiny
         preset = tiny(preset, max_steps=10**6)
-    pool = PriorPool(args.models, device, random_weights=args.random_weights)
+    # The method's own job object gives the stages; the bench sets its reference and scene.
+    job = a124.Animate124(b"", JobOptions(prompt="a panda is dancing", preset=args.preset,
+                                          frames=16), preset, models=args.models,
+                          device=device, random_weights=args.random_weights)
+    pool = job.pool
     s = preset.renderer.size
     mask = torch.zeros(s, s, device=device)
     mask[s // 4 : 3 * s // 4, s // 4 : 3 * s // 4] = 1
@@ -164,21 +171,22 @@ def run(args) -> dict:
            "stages": {}}
     rng = random.Random(0)
     scene = stages.Scene(preset, device)
+    job._scene, job.ref, job.prep = scene, ref, prep
     if args.state == "fitted":
         fit_solid_ball(scene.canonical)
     elif args.state == "proxy":  # the bundled example's proxy, as `run --static-init proxy`
         from importlib import resources
 
-        from ..pipeline.run import reference_view, start_from_proxy
-        from ..preprocess.framing import find_crop
-        from ..preprocess.image_io import load_image
-        from ..preprocess.segment import foreground_mask
+        from animate4d.backend.pipeline.run import reference_view, start_from_proxy
+        from animate4d.backend.preprocess.framing import find_crop
+        from animate4d.backend.preprocess.image_io import load_image
+        from animate4d.backend.preprocess.segment import foreground_mask
 
         image = load_image(resources.files("animate4d.backend").joinpath(
             "examples", "panda.png").read_bytes())
         mask = foreground_mask(image)
         rgb, view_mask = reference_view(image, mask, find_crop(mask), big)
-        prep = {"rgb": rgb, "mask": view_mask}
+        prep = job.prep = {"rgb": rgb, "mask": view_mask}
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
@@ -190,8 +198,8 @@ def run(args) -> dict:
     for stage in args.stages:
         clock = _PriorClock(device)
         # The last stage's priors and their state go before the reset (a prior still named
-        # here stays on the GPU after `PriorPool.keep` drops it, and would be counted in the
-        # next stage's memory).
+        # here stays on the GPU after `PriorPool.keep` drops it: 2.4 GB of SD carried into
+        # the dynamic and refine stages until session 8).
         step = fn = opt = trainer = sd = stepper = None
         setup = 0.0  # one-off seconds per job before the stage's first step
         gc.collect()  # the last stage's closures and graphs, before the peak reset
@@ -217,8 +225,9 @@ def run(args) -> dict:
                 def step(p, trainer=trainer):
                     trainer.step()
             else:
-                fn = _stage_setup(stage, scene, ref, preset, pool, prep, f"a {text.PLACEHOLDER}",
-                                  "a panda is dancing", _Opts())
+                stage_obj = {"static": a124.Static, "dynamic": a124.Dynamic,
+                             "refine": a124.Refine}[stage](job)
+                fn = stage_obj.losses(scene)
                 for prior in pool.loaded.values():
                     for name in ("unet", "controlnet", "image_encoder"):
                         if name in prior.parts:
@@ -309,7 +318,7 @@ def _time_kinds(stage, step, clock, device, warmup: int, iters: int) -> dict:
     it has seen enough of both of its SDS kinds (at most 20 x iters tries per kind)."""
     import torch
 
-    from ..pipeline.reference_graph import ReferenceGraph
+    from animate4d.backend.pipeline.reference_graph import ReferenceGraph
 
     want = {"step"} if stage == "textual_inversion" else {"reference", "sds"}
     if stage == "dynamic":
@@ -369,7 +378,11 @@ def _time_periodic(stage: str, scene, preset, device, iters: int) -> dict:
     (every `checkpoint_every`; sending it is the worker's, in the background). Median ms of
     `iters` of each."""
 
-    from ..pipeline.run import OCCUPANCY_EVERY, fields_checkpoint, occupancy_times
+    from animate4d.backend.pipeline.run import (
+        OCCUPANCY_EVERY,
+        fields_checkpoint,
+        occupancy_times,
+    )
 
     def timed(fn) -> float:
         return statistics.median(timed_ms(fn, iters, 1, device))
@@ -406,10 +419,6 @@ def _channels_last(pool, which: str) -> None:
                 # activations follow the weights' layout.
                 if isinstance(m, torch.nn.Conv2d):
                     m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
-
-
-class _Opts:
-    frames = 16
 
 
 def add_parser(sub) -> None:

@@ -1,8 +1,7 @@
 """Hash-grid forward + backward time: PyTorch eager, torch.compile'd, and the Triton kernels
 (on CUDA), beside a memory-traffic floor.
 
-    animate4d bench hashgrid --device cuda [--dims 4 --points 262144 --json OUT]
-    python -m animate4d.backend.bench.hashgrid ...   (the same, without the CLI's imports)
+    python -m benchmarks hashgrid --device cuda [--dims 4 --points 262144 --json OUT]
 
 The floor counts the bytes a perfect kernel must move: for each point, level and corner, one
 F-float read in the forward pass and one F-float atomic add in the backward pass, plus the
@@ -37,12 +36,12 @@ def _time(fn, iters: int, device: str) -> list[float]:
 
 
 def run(args) -> dict:
-    import torch  # here, not at import: the CLI (and so the server) must not load torch
+    import torch  # here, not at import: `python -m benchmarks load` has no need of it
 
-    from ..field.hashgrid import HashGrid
+    from animate4d.backend.field.hashgrid import HashGrid
 
     device = pick_device(args.device).type
-    from ..field import hashgrid_triton
+    from animate4d.backend.field import hashgrid_triton
 
     grid = HashGrid(dims=args.dims, backend="torch").to(device)
     x = torch.rand(args.points, args.dims, device=device).requires_grad_(args.input_grad)
@@ -106,8 +105,3 @@ def add_parser(sub) -> None:
     _arguments(p)
     p.set_defaults(func=main)
 
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    _arguments(parser)
-    raise SystemExit(main(parser.parse_args()))

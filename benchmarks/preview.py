@@ -16,13 +16,13 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from animate4d.backend.commands.local import DEMO_IMAGE, DEMO_PROMPT
+from animate4d.backend.mesh.raster import iou, silhouette
+from animate4d.backend.preprocess.image_io import load_image
+from animate4d.backend.preprocess.segment import foreground_mask
 from animate4d.protocol import AnimatedMesh, Camera, a4d
 from animate4d.protocol.limits import MAX_FRAMES
 
-from ..commands.local import DEMO_IMAGE, DEMO_PROMPT
-from ..mesh.raster import iou, silhouette
-from ..preprocess.image_io import load_image
-from ..preprocess.segment import foreground_mask
 from . import int_in, report
 
 

@@ -1,11 +1,10 @@
-"""`bench clip-steps` renders the same clips in every variant, and each variant changes only
-what it says."""
+"""The `clip-steps` benchmark renders the same clips in every variant, and each variant changes
+only what it says."""
 
 import argparse
 
-from animate4d.backend.bench import clip_steps
-from animate4d.backend.field import hashgrid_triton
 from animate4d.backend.field.render import Renderer
+from benchmarks import clip_steps
 
 
 def test_clip_steps_variants_render_the_same_clips(monkeypatch):
@@ -13,8 +12,7 @@ def test_clip_steps_variants_render_the_same_clips(monkeypatch):
     visible = Renderer._visible
 
     def spy(self, *a, **k):
-        seen.append((self.runs, hashgrid_triton.REPLICAS, self.point_chunk,
-                     hashgrid_triton.GROUP_IN_THREAD))
+        seen.append((self.runs, self.point_chunk))
         return visible(self, *a, **k)
 
     render_rays = Renderer.render_rays
@@ -30,15 +28,11 @@ def test_clip_steps_variants_render_the_same_clips(monkeypatch):
     out = clip_steps.run(args)
     assert set(out["ms"]) == set(clip_steps.VARIANTS) and all(v > 0 for v in out["ms"].values())
     # Three rounds, one step of each variant per round, each variant under its own settings.
-    runs, copies = Renderer.FIRST_PASS_RUNS, hashgrid_triton.REPLICAS
-    small = Renderer.POINT_CHUNK
-    assert set(seen) == {(runs, copies, None, True), ((8, 16), copies, None, True),
-                         (runs, 1, None, True), (runs, copies, small, True),
-                         (runs, copies, None, False)}
+    runs, small = Renderer.FIRST_PASS_RUNS, Renderer.POINT_CHUNK
+    assert set(seen) == {(runs, None), ((8, 16), None), (runs, small)}
     assert len(seen) == 3 * len(clip_steps.VARIANTS)
     # The same clips (and jitter) in every variant: the same samples shaded, clip by clip,
     # whatever the first pass's runs (it keeps the same samples by design).
     shaded = out["shaded"]
     assert all(shaded[v] == shaded["as-is"] for v in clip_steps.VARIANTS)
     assert all(n > 0 for n in shaded["as-is"])
-    assert copies == hashgrid_triton.REPLICAS and hashgrid_triton.GROUP_IN_THREAD  # put back

@@ -1,4 +1,4 @@
-"""`animate4d bench synthetic GT.glb|SCENE|VIEWS.npz`: fit the field to Blender renders of an
+"""`python -m benchmarks synthetic GT.glb|SCENE|VIEWS.npz`: fit the field to Blender renders of an
 animated mesh with known motion and score the extracted animated mesh (see
 backend/synthetic/benchmark.py for what is measured and how)."""
 
@@ -10,7 +10,7 @@ from . import report
 
 
 def main(args) -> int:
-    from ..synthetic import benchmark
+    from animate4d.backend.synthetic import benchmark
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
@@ -21,7 +21,7 @@ def main(args) -> int:
                                blender_python=args.blender_python,
                                keep_views=args.keep_views, out_dir=args.out, log=log)
     except (ValueError, RuntimeError) as e:
-        print(f"animate4d bench synthetic: {e}", file=sys.stderr)
+        print(f"benchmarks synthetic: {e}", file=sys.stderr)
         return 2
     return report(result, args.json)
 

@@ -1,10 +1,10 @@
-"""The idle-gap analysis of `bench ... --profile-gaps`: gaps charged to the project code that
+"""The idle-gap analysis of `--profile-gaps`: gaps charged to the project code that
 launched the next kernel, on a hand-made trace; and the profiler path end to end on the CPU."""
 
 import torch
 
-from animate4d.backend.bench.field import profile_steps
-from animate4d.backend.bench.gaps import idle_gaps
+from benchmarks.field import profile_steps
+from benchmarks.gaps import idle_gaps
 
 
 def _x(cat, name, ts, dur, tid=1, **args):

@@ -1,4 +1,4 @@
-"""What `bench view-steps` and `bench clip-steps` share: the scene their steps render (the
+"""What the `view-steps` and `clip-steps` benchmarks share: the scene their steps render (the
 paper preset's fields, a fitted ball or the blob, a motion field that moves) and their
 command-line options."""
 
@@ -12,8 +12,9 @@ def stage_scene(args, occupancy_times):
     grid refreshed at `occupancy_times`, as the stage being imitated refreshes it."""
     import torch
 
-    from ..pipeline.config import PRESETS, tiny
-    from ..pipeline.stages import Scene
+    from animate4d.backend.pipeline.config import PRESETS, tiny
+    from animate4d.backend.pipeline.stages import Scene
+
     from .field import fit_solid_ball
 
     device = pick_device(args.device)

@@ -1,17 +1,14 @@
-"""`animate4d bench clip-steps`: the dynamic stage's clip step without its priors (a clip of
+"""`python -m benchmarks clip-steps`: the dynamic stage's clip step without its priors (a clip of
 `clip_frames` frames sampled as the stage samples them, rendered, a stand-in loss
 backpropagated, gradient values clipped, the stage's own Adam at a rate of 0), with renderer
-variants alternated step by step in one process (why: `bench view-steps`). This is the part
+variants alternated step by step in one process (why: `view-steps`). This is the part
 of the dynamic stage's SDS step that is not the priors. Variants:
   as-is       the renderer as it is;
   three-runs  the first pass in three runs, (8, 16);
-  no-copies   the hash grids' backward pass without the coarse levels' gradient copies
-              (`hashgrid_triton.REPLICAS` = 1; the copies exist only in the Triton kernels,
-              which run on CUDA);
   small-chunks  the fields called on at most `Renderer.POINT_CHUNK` points at a time (the
-              default on CUDA is `FUSED_POINT_CHUNK`);
-  copies-across-threads  the grouped backward pass with a point's copies spread over
-              threads (`hashgrid_triton.GROUP_IN_THREAD` = False).
+              default on CUDA is `FUSED_POINT_CHUNK`).
+Each variant is a setting of the renderer's own parameters: the hash-grid kernels are timed
+as the product runs them.
 """
 
 from __future__ import annotations
@@ -22,21 +19,20 @@ import statistics
 from . import alternated, device_name, elapsed_ms, report
 from .steps import add_arguments, stage_scene
 
-VARIANTS = ("as-is", "three-runs", "no-copies", "small-chunks", "copies-across-threads")
+VARIANTS = ("as-is", "three-runs", "small-chunks")
 _OLD_RUNS = (8, 16)
 
 
 def run(args) -> dict:
     import torch
 
-    from ..field import hashgrid_triton
-    from ..pipeline.optimisation import optimise, stage_optimiser
-    from ..pipeline.stages import sample_clip_views
+    from animate4d.backend.pipeline.optimisation import optimise, stage_optimiser
+    from animate4d.backend.pipeline.stages import sample_clip_views
 
     # The occupancy at the times the dynamic stage refreshes it at.
     device, preset, scene = stage_scene(args, [k / 8 for k in range(8)])
     renderer = scene.renderer
-    runs, replicas, chunk = renderer.runs, hashgrid_triton.REPLICAS, renderer.point_chunk
+    runs, chunk = renderer.runs, renderer.point_chunk
     opt = stage_optimiser(scene, "dynamic", preset)
     for group in opt.param_groups:  # the step's arithmetic, not its effect on the object
         group["lr"] = 0.0
@@ -49,9 +45,7 @@ def run(args) -> dict:
         k = len(shaded[variant])
         clip = clips[k]
         renderer.runs = _OLD_RUNS if variant == "three-runs" else runs
-        hashgrid_triton.REPLICAS = 1 if variant == "no-copies" else replicas
         renderer.point_chunk = renderer.POINT_CHUNK if variant == "small-chunks" else chunk
-        hashgrid_triton.GROUP_IN_THREAD = variant != "copies-across-threads"
         def clip_step():
             frames, _, _ = scene.render(clip.cameras, clip.times, shading=clip.shading,
                                         background=clip.background)
@@ -62,8 +56,7 @@ def run(args) -> dict:
             torch.manual_seed(k)
             ms = elapsed_ms(clip_step, device)
         finally:
-            renderer.runs, hashgrid_triton.REPLICAS = runs, replicas
-            renderer.point_chunk, hashgrid_triton.GROUP_IN_THREAD = chunk, True
+            renderer.runs, renderer.point_chunk = runs, chunk
         shaded[variant].append(int(renderer.last_samples["shaded"]))
         return ms
 

@@ -1,11 +1,11 @@
-"""`bench stages --phases`: each part of a stage's step timed on its own, the host's time to
+"""`stages --phases`: each part of a stage's step timed on its own, the host's time to
 return from it beside the time until the GPU has finished it.
 
 Why: a step's wall time says nothing of which part the host bounds. With a sync before and
 after each part, a part whose host time equals its total kept the GPU waiting on Python and
 launches (the renders, the whole static step); one whose total is far above its host time is
 bound by the GPU (the priors). The syncs cost time of their own, so these are not the step's
-figures: `bench stages` times the steps without them.
+figures: `stages` times the steps without them.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ def _parts() -> tuple:
     """(owner, attribute, phase): the callables wrapped while the phases are timed."""
     import torch
 
-    from ..pipeline import stages
-    from ..priors import guidance as g
+    from animate4d.backend.pipeline import stages
+    from animate4d.backend.priors import guidance as g
 
     return ((stages.Scene, "render", "render"),
             (g, "encode_images", "vae_encode"),  # also inside each prior's phase below

@@ -1,7 +1,7 @@
 """The VAEs' single 512-wide-head self-attention, forward + backward, fp16: PyTorch's SDPA
 against `priors.attention.chunked_attention`, eager and under torch.compile.
 
-    animate4d bench attention --device cuda [--shape 16x1024 --shape 1x16384 --json OUT]
+    python -m benchmarks attention --device cuda [--shape 16x1024 --shape 1x16384 --json OUT]
 
 Shapes are BATCHxTOKENS: 1x16384 is refinement's 1024-px encode, 16x1024 the dynamic stage's
 16 frames at 256 px, 1x4096 the static stage's SD VAE at 512 px. The choice it informed is in
@@ -53,7 +53,7 @@ def run(args) -> dict:
     import torch
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
-    from ..priors.attention import chunked_attention
+    from animate4d.backend.priors.attention import chunked_attention
 
     device = pick_device(args.device)
     cuda = device.type == "cuda"

@@ -144,8 +144,8 @@ def transfer(args) -> int:
 
 
 def _transfer(args, tmp: Path) -> int:
-    from ..server.server import Server
-    from ..worker.worker import Worker
+    from animate4d.backend.server.server import Server
+    from animate4d.backend.worker.worker import Worker
 
     rng = np.random.default_rng(0)
     n, f = args.vertices, args.frames

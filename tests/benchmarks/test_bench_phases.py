@@ -1,12 +1,12 @@
-"""`bench stages --phases`: the parts of a step timed between syncs, and everything it
+"""The `stages` benchmark's `--phases`: the parts of a step timed between syncs, and everything it
 wrapped put back afterwards, also when the step fails."""
 
 import pytest
 import torch
 
-from animate4d.backend.bench.phases import time_phases
 from animate4d.backend.pipeline import stages
 from animate4d.backend.priors import guidance
+from benchmarks.phases import time_phases
 
 
 def test_phases_time_each_wrapped_part_and_put_everything_back():

@@ -1,9 +1,10 @@
-"""`bench view-steps` times what it says: only its warp-at-0 variant asks the motion field."""
+"""The `view-steps` benchmark times what it says: only its warp-at-0 variant asks the motion
+field."""
 
 import argparse
 
-from animate4d.backend.bench import view_steps
 from animate4d.backend.field.fields import MotionField
+from benchmarks import view_steps
 
 
 def test_view_steps_variants_and_report(monkeypatch):

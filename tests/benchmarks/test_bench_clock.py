@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from animate4d.backend.bench.stages import _PriorClock, projection
+from benchmarks.stages import _PriorClock, projection
 
 NOW = [0.0]  # the fake clock: seconds
 

@@ -1,4 +1,4 @@
-"""`animate4d bench view-steps`: the static stage's two kinds of step without their priors
+"""`python -m benchmarks view-steps`: the static stage's two kinds of step without their priors
 (its SDS view: one random view with the stage's random shading, and the reference view lit by
 albedo; each rendered, a stand-in loss backpropagated, one Adam step), with renderer variants
 alternated step by step in one process.
@@ -9,8 +9,8 @@ decided by separate runs is decided by the noise. Variants:
   as-is       the renderer as it is;
   first-pass  the first pass at a lower threshold (`prune_above` 2^19: the SDS view's
               ~920 k points to shade on a fitted object go through the no-grad first pass);
-  warp-at-0   time 0 sent through the motion field (every static-stage render and reference
-              step looks up D(x, 0) = 0 in the 4D grid).
+  warp-at-0   time 0 sent through the motion field (every static-stage render and
+              reference step looks up D(x, 0) = 0 in the 4D grid, which the renderer skips).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ _OLD_PRUNE_ABOVE = 2**19
 def run(args) -> dict:
     import torch
 
-    from ..field.render import Shading
-    from ..pipeline.cameras import orbit_camera, random_view
-    from ..pipeline.stages import sds_look
-    from ..preprocess.framing import canonical_camera
+    from animate4d.backend.field.render import Shading
+    from animate4d.backend.pipeline.cameras import orbit_camera, random_view
+    from animate4d.backend.pipeline.stages import sds_look
+    from animate4d.backend.preprocess.framing import canonical_camera
 
     device, preset, scene = stage_scene(args, (None,))
     default_prune = scene.renderer.prune_above

@@ -1,4 +1,5 @@
-"""The fields under torch.compile, seen through the same interface as the plain modules.
+"""The fields under torch.compile, seen through the same interface as the plain modules: the
+compiled variant that `render` and `extract` time beside the eager fields.
 
 The number of points a renderer asks about changes every step (occupancy, pruning), and torch
 2.11 on CUDA fails an internal Dynamo assertion for the hash grid's autograd.Function under

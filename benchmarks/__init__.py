@@ -1,4 +1,6 @@
-"""`animate4d bench ...`: measurements that belong in docs/BENCHMARKS.md, never in tests."""
+"""Developer benchmarks, run from a checkout (`python -m benchmarks NAME`, see README.md): the
+measurements that belong in docs/BENCHMARKS.md, never in tests. Not installed with the wheel.
+This module holds what they share: reporting, argument types, devices and timing."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import json
 import time
 from pathlib import Path
 
-from ..runtime.devices import choose_device
+from animate4d.backend.runtime.devices import choose_device
 
 
 def report(result: dict, json_path: str | None) -> int:
@@ -37,7 +39,7 @@ def int_in(lo: int, hi: int):
 def pick_device(name: str):
     """`--device` auto|cuda|cpu as a torch.device, with tensor cores set as the pipeline
     sets them."""
-    from ..field import use_tensor_cores
+    from animate4d.backend.field import use_tensor_cores
 
     device = choose_device(name)
     use_tensor_cores(device)

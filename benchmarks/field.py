@@ -1,7 +1,7 @@
 """Field benchmarks: the dynamic stage's render step and mesh extraction, eager and compiled.
 
-    animate4d bench render  [--device cuda --frames 16 --size 128 --shading albedo|lambertian]
-    animate4d bench extract [--device cuda --frames 24 --resolution 256 --faces 50000]
+    python -m benchmarks render  [--device cuda --frames 16 --size 128 --shading albedo|lambertian]
+    python -m benchmarks extract [--device cuda --frames 24 --resolution 256 --faces 50000]
 
 Fields are the pipeline's sizes (canonical 16 levels x 2 features, 2^19 table, 16..2048; motion
 4D grid likewise), with a motion field whose weights are scaled up so that it moves points by a
@@ -14,7 +14,6 @@ few percent of the box. The canonical density is in one of two states (`--state`
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -26,7 +25,7 @@ from . import device_name, int_in, pick_device, report, timed_ms
 def _fields(device, state: str = "blob"):
     import torch
 
-    from ..field.fields import CanonicalField, MotionField
+    from animate4d.backend.field.fields import CanonicalField, MotionField
 
     torch.manual_seed(0)
     canonical = CanonicalField().to(device)
@@ -45,7 +44,7 @@ def fit_solid_ball(canonical, radius: float = 0.5, steps: int = 300,
     a stand-in for a fitted object with a sharp surface."""
     import torch
 
-    from ..field.fit import fit_shape
+    from animate4d.backend.field.fit import fit_shape
 
     gen = torch.Generator().manual_seed(1)
     shell = torch.nn.functional.normalize(torch.randn(4096, 3, generator=gen), dim=-1) * radius
@@ -56,8 +55,8 @@ def fit_solid_ball(canonical, radius: float = 0.5, steps: int = 300,
 def run_render(args) -> dict:
     import torch
 
-    from ..field.render import CameraBatch, OccupancyGrid, Renderer, Shading
-    from ..preprocess.framing import canonical_camera
+    from animate4d.backend.field.render import CameraBatch, OccupancyGrid, Renderer, Shading
+    from animate4d.backend.preprocess.framing import canonical_camera
 
     device = pick_device(args.device)
     canonical, motion = _fields(device, args.state)
@@ -109,7 +108,7 @@ def profile_steps(step, device, rows: int = 25, gaps: bool = False) -> dict:
     total ms per step and calls per step; with the step's wall time and the device's busy
     time beside it (busy well under wall: the GPU waits on Python launching kernels).
     `gaps`: also record Python stacks and charge the GPU's idle gaps to the code that
-    launched the next kernel (`bench.gaps`); the stacks slow the host, so the wall time of
+    launched the next kernel (`benchmarks.gaps`); the stacks slow the host, so the wall time of
     such a profile overstates the step's."""
     import json
     import os
@@ -154,7 +153,7 @@ def profile_steps(step, device, rows: int = 25, gaps: bool = False) -> dict:
 
 
 def _maybe_compiled(canonical, motion, mode):
-    from ..field.compiled import compiled_fields
+    from .compiled_fields import compiled_fields
 
     return (canonical, motion) if mode == "eager" else compiled_fields(canonical, motion)
 
@@ -162,7 +161,7 @@ def _maybe_compiled(canonical, motion, mode):
 def run_extract(args) -> dict:
     import torch
 
-    from ..field.extract import extract
+    from animate4d.backend.field.extract import extract
 
     device = pick_device(args.device)
     canonical, motion = _fields(device, args.state)
@@ -220,9 +219,3 @@ def add_parsers(sub) -> None:
     p.add_argument("--iters", type=int_in(1, 100), default=2)
     p.set_defaults(func=lambda a: report(run_extract(a), a.json))
 
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m animate4d.backend.bench.field")
-    add_parsers(parser.add_subparsers(dest="benchmark", required=True))
-    args = parser.parse_args()
-    raise SystemExit(args.func(args))

@@ -1,0 +1,88 @@
+"""`animate4d bench gpu`: this machine's time per step of each Animate124 stage and the
+resulting time of each preset (developer micro-benchmarks live in the checkout's benchmarks/)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from animate4d.protocol.errors import InvalidRequestError
+
+from ..runtime.devices import choose_device, limit_memory
+
+
+def _count(lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text!r}: a whole number from {lo} to {hi}")
+        return value
+
+    return parse
+
+
+def cmd_gpu(args) -> int:
+    from ..pipeline import costs
+
+    if not args.random_weights:
+        from ..pipeline.run import check_models
+
+        check_models(args.preset, args.models)
+    elif args.models:
+        raise InvalidRequestError("--random-weights and --models exclude each other",
+                                  hint="drop one of them")
+    device = choose_device(args.device)
+    if args.memory_limit_gib is not None:
+        limit_memory(device, args.memory_limit_gib)
+    result = costs.bench(args.preset, device=device, models=args.models,
+                         random_weights=args.random_weights, steps=args.steps,
+                         warmup=args.warmup,
+                         progress=lambda line: print(line, file=sys.stderr, flush=True))
+    result["memory_limit_gib"] = args.memory_limit_gib
+    for name, p in result["presets"].items():
+        stages = ", ".join(f"{k} {v:g}" for k, v in p["minutes"].items())
+        print(f"{name}: {p['total_minutes']:g} min on {result['device']} ({stages})",
+              file=sys.stderr)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    bench = sub.add_parser("bench", help="measure this machine (what a preset costs here)",
+                           description="Measurements of this machine. Developer "
+                                       "micro-benchmarks run from a checkout: "
+                                       "python -m benchmarks --help.")
+    bench_sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    bench_sub.required = True
+    p = bench_sub.add_parser(
+        "gpu", help="each Animate124 stage's time per step and peak memory, and each preset's "
+                    "projected time",
+        description="Runs each stage of the preset for --warmup + --steps consecutive steps "
+                    "of its own schedule (from the middle of it) and projects each preset's "
+                    "whole schedule. Prints a line per preset on stderr and JSON on stdout.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", default="paper", choices=("paper", "fast"),
+                   help="the preset whose sizes are measured")
+    p.add_argument("--models", metavar="DIR",
+                   help="models folder (default: ANIMATE4D_MODELS, then the Hugging Face "
+                        "cache); tiny random models measure the tiny sizes")
+    p.add_argument("--random-weights", action="store_true",
+                   help="the real architectures with random weights: the real cost, no model "
+                        "files needed")
+    p.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
+    p.add_argument("--steps", type=_count(1, 1000), default=32,
+                   help="timed steps per stage (1-1000)")
+    p.add_argument("--warmup", type=_count(0, 200), default=8,
+                   help="untimed steps per stage first (0-200): CUDA graphs, compiling")
+    p.add_argument("--memory-limit-gib", type=_count(1, 1024), metavar="GIB",
+                   help="hold the process to this much GPU memory, as on a smaller card")
+    p.add_argument("--json", metavar="OUT", help="also write the JSON here")
+    p.set_defaults(func=cmd_gpu)
