@@ -1,0 +1,411 @@
+"""Motion as a spectrum: per-vertex trajectories as Fourier terms, loops and motion edits.
+
+A clip's motion is its displacement from the rest pose, D[f] = frames[f] - vertices. A clip that
+loops (metadata "loop": frame F would equal frame 0) is one period of a periodic signal, so its
+displacement is exactly a sum of Fourier terms (Generative Image Dynamics writes motion the same
+way, with its K = 16 lowest terms):
+
+    d(t) = Re( sum_k c_k exp(2 pi i k t / F) ),   t in frames, k = 0..K
+
+`terms` gives the c_k (complex, per vertex and axis; c_0 is the mean offset), `synthesize`
+evaluates them at any time. Each edit takes an AnimatedMesh and returns a new one, the edit
+appended to metadata["edits"]:
+
+- `close_loop`: a clip that does not loop becomes one that does (choose the period, average
+  its whole cycles into one, spread the jump at the seam smoothly over the frames beside it);
+- `low_pass`: keep the K lowest terms;
+- `scale_amplitude`: global, per term (band), weighted per vertex (a vertex group);
+- `reverse`, and `retime`: speed, frame count and fps; a loop keeps whole cycles per clip and
+  is resampled by its Fourier series, so it stays closed.
+
+`edit` chains them in that order, checking every argument before doing any work.
+numpy only: the Blender extension bundles this package.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+
+from . import limits
+from .errors import InvalidRequestError
+from .mesh import AnimatedMesh
+
+MIN_LOOP_FRAMES = 4  # a period needs 3 frames and the seam one more to be judged
+BLEND_FRACTION = 0.25  # of the period, on each side of the seam
+
+
+# -- the spectrum -----------------------------------------------------------------------------
+def displacements(mesh: AnimatedMesh) -> np.ndarray:
+    """(F, N, 3) float32: each frame's offset from the rest pose."""
+    return mesh.frames - mesh.vertices[None]
+
+
+def is_loop(mesh: AnimatedMesh) -> bool:
+    return mesh.metadata.get("loop") is True
+
+
+def max_terms(frames: int) -> int:
+    """The most Fourier terms (besides the mean) that `frames` samples of one period hold."""
+    return min(limits.MAX_MOTION_TERMS, max(0, (frames - 1) // 2))
+
+
+def check_terms(k: int, frames: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer):
+        raise InvalidRequestError(f"terms must be a whole number, got {k!r}")
+    k = int(k)
+    most = max_terms(frames)
+    if not 1 <= k <= most:
+        why = (f"at most {limits.MAX_MOTION_TERMS}" if k > limits.MAX_MOTION_TERMS
+               else f"a loop of {frames} frames holds 1..{most}")
+        if most < 1:
+            why = f"a loop of {frames} frames is too short for any"
+        raise InvalidRequestError(f"{k} Fourier terms is beyond this clip: {why}",
+                                  hint="use fewer terms, or a clip with more frames")
+    return k
+
+
+def apply_in_time(matrix: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """A linear map in time, (n, F) on a clip (F, N, 3) -> (n, N, 3) float32. Every edit in
+    time is one such small matrix: one matrix product over all vertices, which BLAS does far
+    faster than FFTs along the frame axis."""
+    flat = d.reshape(d.shape[0], -1)
+    return (np.asarray(matrix, np.float32) @ flat).reshape(matrix.shape[0], *d.shape[1:])
+
+
+def terms_matrix(frames: int, k: int) -> np.ndarray:
+    """(k + 1, frames) complex: samples of one period -> the one-sided Fourier terms 0..k."""
+    x = np.fft.rfft(np.eye(frames), axis=0)[: k + 1] * (2.0 / frames)
+    x[0] *= 0.5
+    return x
+
+
+def terms(d: np.ndarray, k: int | None = None) -> np.ndarray:
+    """(k + 1, N, 3) complex64 one-sided Fourier terms of a looping displacement clip (F, N, 3);
+    term 0 is the mean. Default k: all that F frames hold (at most MAX_MOTION_TERMS)."""
+    f = d.shape[0]
+    k = max_terms(f) if k is None else check_terms(k, f)
+    t = terms_matrix(f, k)
+    return (apply_in_time(t.real, d) + 1j * apply_in_time(t.imag, d)).astype(np.complex64)
+
+
+def synthesize(c: np.ndarray, period: float, times) -> np.ndarray:
+    """(T, N, 3) float32: the displacement the terms `c` give at `times` (in frames, any real);
+    `period` in frames."""
+    times = np.asarray(times, np.float64).reshape(-1)
+    k = np.arange(c.shape[0])
+    phase = 2.0 * np.pi * np.outer(times, k) / float(period)
+    basis = np.concatenate([np.cos(phase), -np.sin(phase)], axis=1)
+    coef = np.concatenate([c.real, c.imag], axis=0)
+    return apply_in_time(basis, coef)
+
+
+def _spectral_matrix(frames: int, gains: np.ndarray) -> np.ndarray:
+    """(frames, frames): a loop's Fourier terms scaled by `gains` (one per rfft bin)."""
+    x = np.fft.rfft(np.eye(frames), axis=0) * gains[:, None]
+    return np.fft.irfft(x, n=frames, axis=0)
+
+
+def _resample_matrix(f: int, n: int) -> np.ndarray:
+    """(n, f): one period of f samples -> the same period at n samples (trigonometric
+    interpolation: exact for motion the f samples hold, and the result is periodic again)."""
+    if n == f:
+        return np.eye(f)
+    x = np.fft.rfft(np.eye(f), axis=0)
+    m = min(f, n)
+    y = np.zeros((n // 2 + 1, f), x.dtype)
+    y[: m // 2 + 1] = x[: m // 2 + 1]
+    if m % 2 == 0:  # the top kept bin is a Nyquist bin of the shorter length
+        if n > f:
+            y[m // 2] *= 0.5  # split between +F/2 and -F/2, which irfft(n) counts twice
+        else:
+            y[m // 2] = 2.0 * y[m // 2].real  # both halves alias onto n/2 when sampled
+    return np.fft.irfft(y, n=n, axis=0) * (n / f)
+
+
+# -- edits ------------------------------------------------------------------------------------
+def _require_animation(mesh: AnimatedMesh, what: str, frames: int = 2) -> None:
+    if mesh.num_frames < frames:
+        raise InvalidRequestError(
+            f"{what} needs an animation of at least {frames} frames; this one has "
+            f"{mesh.num_frames}", hint="give the .a4d of an animated result")
+
+
+def _require_loop(mesh: AnimatedMesh, what: str) -> None:
+    if not is_loop(mesh):
+        raise InvalidRequestError(f"{what} needs a looping clip, and this one does not loop",
+                                  hint="close the loop first (--loop; Loop in Blender)")
+
+
+def with_edit(mesh: AnimatedMesh, frames: np.ndarray, entry: dict, *, loop: bool,
+              fps: float | None = None) -> AnimatedMesh:
+    """`mesh` with new frames (and fps), `entry` appended to metadata["edits"]."""
+    md = dict(mesh.metadata)
+    edits = [*md.get("edits", []), entry]
+    md["edits"] = edits[-limits.MAX_EDITS_RECORDED:]
+    md["loop"] = bool(loop)
+    return replace(mesh, frames=frames, fps=mesh.fps if fps is None else fps, metadata=md)
+
+
+def choose_period(d: np.ndarray) -> int:
+    """The period (frames) whose seam is smoothest: after P frames the clip comes back to frame
+    0's pose and velocity (P = F: the pose the clip would take next, extrapolated). Ties go to
+    the longer period, which keeps more of the clip."""
+    f = d.shape[0]
+    flat = d.reshape(f, -1).astype(np.float64)
+    lo = max(3, math.ceil(f / 2))
+    v0 = flat[1] - flat[0]
+    costs = []
+    for p in range(f, lo - 1, -1):
+        v = flat[p - 1] - flat[p - 2] if p == f else flat[p] - flat[p - 1]
+        x = flat[f - 1] + v if p == f else flat[p]
+        costs.append(float(np.sum((x - flat[0]) ** 2) + np.sum((v - v0) ** 2)))
+    return f - int(np.argmin(costs))
+
+
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
+def _seam_weights(p: int) -> np.ndarray:
+    """(p,) weights of the seam's jump: +1/2 at frame 0 fading to 0, 0 in the middle, then
+    fading to -1/2 at frame p (= frame 0 of the next cycle); flat at both ends."""
+    b = max(1, min(p // 2, round(p * BLEND_FRACTION)))
+    r = np.arange(p, dtype=np.float64)
+    w = np.zeros(p)
+    w[:b] = 0.5 * (1.0 - _smoothstep(r[:b] / b))
+    w[p - b:] = -0.5 * _smoothstep((r[p - b:] - (p - b)) / b)
+    return w
+
+
+def loop_matrix(f: int, p: int) -> np.ndarray:
+    """(p, f): a clip of f frames -> a loop of period p. Its whole cycles averaged into one; the
+    jump from the cycle's continuation (the next frame, or the last two extrapolated) back to
+    its first frame spread half on each side of the seam over a quarter period."""
+    c = f // p
+    avg = np.zeros((p, f))
+    nxt = np.zeros(f)
+    for i in range(c):
+        avg[np.arange(p), i * p + np.arange(p)] = 1.0 / c
+        e = (i + 1) * p
+        if e < f:
+            nxt[e] += 1.0 / c
+        else:
+            nxt[e - 1] += 2.0 / c
+            nxt[e - 2] -= 1.0 / c
+    jump = nxt - avg[0]
+    return avg + _seam_weights(p)[:, None] * jump[None]
+
+
+def close_loop(mesh: AnimatedMesh, period: int | None = None) -> AnimatedMesh:
+    """A looping clip of `period` frames (default: chosen, see `choose_period`; see
+    `loop_matrix` for how). A clip that already loops is returned as is (the edit recorded)
+    unless a period is given."""
+    _require_animation(mesh, "closing the loop", MIN_LOOP_FRAMES)
+    f = mesh.num_frames
+    if period is None and is_loop(mesh):
+        return with_edit(mesh, mesh.frames, {"edit": "loop", "period": f,
+                                             "already": True}, loop=True)
+    d = displacements(mesh)
+    p = choose_period(d) if period is None else _check_period(period, f)
+    frames = apply_in_time(loop_matrix(f, p), d)
+    frames += mesh.vertices[None]
+    return with_edit(mesh, frames, {"edit": "loop", "period": p, "cycles": f // p},
+                     loop=True)
+
+
+def _check_period(period, f: int) -> int:
+    if isinstance(period, bool) or not isinstance(period, int | np.integer) \
+            or not 3 <= period <= f:
+        raise InvalidRequestError(f"the loop's period must be a whole number of frames in "
+                                  f"3..{f} (the clip's length), got {period!r}")
+    return int(period)
+
+
+def low_pass(mesh: AnimatedMesh, k: int) -> AnimatedMesh:
+    """Keep the mean and the k lowest Fourier terms of a looping clip (smoother motion)."""
+    _require_animation(mesh, "keeping Fourier terms")
+    _require_loop(mesh, "keeping Fourier terms")
+    f = mesh.num_frames
+    k = check_terms(k, f)
+    gains = (np.arange(f // 2 + 1) <= k).astype(np.float64)
+    frames = apply_in_time(_spectral_matrix(f, gains), displacements(mesh))
+    frames += mesh.vertices[None]
+    return with_edit(mesh, frames, {"edit": "terms", "terms": k}, loop=True)
+
+
+def _check_amplitude(a, what="amplitude") -> float:
+    a = float(a)
+    if not (math.isfinite(a) and 0.0 <= a <= limits.MAX_EDIT_AMPLITUDE):
+        raise InvalidRequestError(f"{what} must be in 0..{limits.MAX_EDIT_AMPLITUDE:g}, "
+                                  f"got {a!r}")
+    return a
+
+
+def _check_bands(bands, f: int) -> dict[int, float]:
+    top = f // 2
+    out = {}
+    for k, g in dict(bands).items():
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 0 <= k <= top:
+            raise InvalidRequestError(
+                f"band {k!r} is beyond this clip: a loop of {f} frames has terms 0..{top} "
+                "(term k: k cycles per clip)")
+        out[int(k)] = _check_amplitude(g, f"band {k}'s amplitude")
+    return out
+
+
+def _check_weights(weights, n: int) -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if w.shape != (n,):
+        raise InvalidRequestError(f"weights must be one per vertex ({n}), got {w.size}")
+    if not np.all(np.isfinite(w)) or w.min() < 0.0 or w.max() > 1.0:
+        raise InvalidRequestError("weights must be in 0..1 (a vertex group's weights)")
+    return w.astype(np.float32)
+
+
+def scale_amplitude(mesh: AnimatedMesh, amplitude: float = 1.0, *, bands=None,
+                    weights=None) -> AnimatedMesh:
+    """Scale the motion: every displacement by `amplitude`; `bands` {term k: gain} scales single
+    Fourier terms (a looping clip); `weights` (one per vertex, 0..1, e.g. a vertex group) fades
+    the edit from full (1) to none (0)."""
+    _require_animation(mesh, "scaling the motion")
+    a = _check_amplitude(amplitude)
+    bands = _check_bands(bands or {}, mesh.num_frames)
+    if bands:
+        _require_loop(mesh, "scaling single Fourier terms")
+    w = None if weights is None else _check_weights(weights, mesh.num_vertices)
+    d = displacements(mesh)
+    if bands:
+        f = mesh.num_frames
+        gains = np.ones(f // 2 + 1)
+        for k, g in bands.items():
+            gains[k] = g
+        change = apply_in_time(a * _spectral_matrix(f, gains) - np.eye(f), d)
+    else:
+        change = d * np.float32(a - 1.0)
+    if w is not None:
+        change *= w[None, :, None]
+    entry = {"edit": "amplitude", "amplitude": a}
+    if bands:
+        entry["bands"] = {str(k): g for k, g in bands.items()}
+    if w is not None:
+        entry["weighted"] = True
+    return with_edit(mesh, mesh.frames + change, entry, loop=is_loop(mesh))
+
+
+def reverse(mesh: AnimatedMesh) -> AnimatedMesh:
+    """Play the motion backwards; a loop keeps frame 0 where it is."""
+    f = mesh.num_frames
+    order = (-np.arange(f)) % f if is_loop(mesh) else np.arange(f)[::-1]
+    return with_edit(mesh, mesh.frames[order], {"edit": "reverse"}, loop=is_loop(mesh))
+
+
+def _check_retime(mesh: AnimatedMesh, speed, frames, fps) -> tuple[float, int | None, float]:
+    s = float(speed)
+    if not (math.isfinite(s) and limits.MIN_EDIT_SPEED <= s <= limits.MAX_EDIT_SPEED):
+        raise InvalidRequestError(f"speed must be in {limits.MIN_EDIT_SPEED:g}.."
+                                  f"{limits.MAX_EDIT_SPEED:g} (1: unchanged), got {speed!r}")
+    if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int | np.integer)
+                               or not 1 <= frames <= limits.MAX_FRAMES):
+        raise InvalidRequestError(f"frames must be a whole number in 1..{limits.MAX_FRAMES}, "
+                                  f"got {frames!r}")
+    out_fps = mesh.fps if fps is None else float(fps)
+    if not (math.isfinite(out_fps) and 0.0 < out_fps <= limits.MAX_FPS):
+        raise InvalidRequestError(f"fps must be in (0, {limits.MAX_FPS:g}], got {fps!r}")
+    return s, None if frames is None else int(frames), out_fps
+
+
+def _plan_retime(mesh: AnimatedMesh, speed: float, frames: int | None, fps: float):
+    """(frames out, source frames per output frame, whole cycles or None for a one-shot)."""
+    f = mesh.num_frames
+    rate = speed * mesh.fps / fps
+    if is_loop(mesh):
+        if frames is None:  # the same duration's worth of cycles, rounded, sets the length
+            cycles = max(1, round(speed))
+            frames = max(1, round(cycles * f / rate))
+        else:
+            cycles = max(1, round(frames * rate / f))
+        return frames, cycles * f / frames, cycles
+    if frames is None:
+        frames = int(math.floor((f - 1) / rate + 1e-9)) + 1
+    return frames, rate, None
+
+
+def retime(mesh: AnimatedMesh, *, speed: float = 1.0, frames: int | None = None,
+           fps: float | None = None) -> AnimatedMesh:
+    """Play the motion `speed` times as fast, as `frames` frames at `fps` (defaults: the clip's).
+
+    A loop stays a loop: the clip holds a whole number of cycles, so speed is rounded to fit
+    when `frames` is given, and without it the frame count is chosen (speed 2: the same frames,
+    two cycles; speed 0.5: twice the frames); it is sampled by its Fourier series. A clip that
+    does not loop is played once (or held on its last frame), linearly interpolated."""
+    _require_animation(mesh, "changing speed or frames", 1)
+    speed, frames, fps = _check_retime(mesh, speed, frames, fps)
+    n, rate, cycles = _plan_retime(mesh, speed, frames, fps)
+    _check_size(n, mesh.num_vertices)
+    f = mesh.num_frames
+    if cycles is not None:  # one cycle at n samples; output j lies at j * cycles / n of it
+        matrix = _resample_matrix(f, n)[(np.arange(n) * cycles) % n]
+    else:
+        s = np.minimum(np.arange(n) * rate, f - 1)
+        i0 = np.floor(s).astype(np.int64)
+        i1 = np.minimum(i0 + 1, f - 1)
+        matrix = np.zeros((n, f))
+        np.add.at(matrix, (np.arange(n), i0), 1.0 - (s - i0))
+        np.add.at(matrix, (np.arange(n), i1), s - i0)
+    out = apply_in_time(matrix, displacements(mesh))
+    out += mesh.vertices[None]
+    entry = {"edit": "retime", "speed": rate * fps / mesh.fps, "frames": n, "fps": fps}
+    if cycles is not None:
+        entry["cycles"] = cycles
+    return with_edit(mesh, out, entry, loop=is_loop(mesh), fps=fps)
+
+
+def _check_size(frames: int, vertices: int) -> None:
+    if frames * vertices > limits.MAX_FRAME_VERTICES:
+        raise InvalidRequestError(
+            f"{frames} frames x {vertices} vertices is more than the limit of "
+            f"{limits.MAX_FRAME_VERTICES} vertex positions", hint="ask for fewer frames")
+
+
+def edit(mesh: AnimatedMesh, *, loop: bool = False, period: int | None = None,
+         terms: int | None = None, amplitude: float = 1.0, bands=None, weights=None,
+         reverse_: bool = False, speed: float = 1.0, frames: int | None = None,
+         fps: float | None = None) -> AnimatedMesh:
+    """Every edit in one call, in this order: close the loop, keep `terms` Fourier terms, scale
+    the amplitude, reverse, retime. Arguments are checked before any work is done."""
+    _require_animation(mesh, "editing the motion", MIN_LOOP_FRAMES if loop else 2)
+    looping = loop or is_loop(mesh)
+    if period is not None and not loop:
+        raise InvalidRequestError("a period is for closing the loop", hint="add --loop")
+    if period is not None:
+        _check_period(period, mesh.num_frames)
+    f_after = period if period is not None else mesh.num_frames
+    for what, needs in (("keeping Fourier terms", terms is not None),
+                        ("scaling single Fourier terms", bool(bands))):
+        if needs and not looping:
+            _require_loop(mesh, what)
+    if terms is not None:
+        check_terms(terms, f_after)
+    _check_amplitude(amplitude)
+    if bands and period is not None:
+        _check_bands(bands, f_after)
+    if weights is not None:
+        _check_weights(weights, mesh.num_vertices)
+    _check_retime(mesh, speed, frames, fps)
+
+    out = mesh
+    if loop:
+        out = close_loop(out, period)
+    if terms is not None:
+        out = low_pass(out, terms)
+    if amplitude != 1.0 or bands or weights is not None:
+        out = scale_amplitude(out, amplitude, bands=bands, weights=weights)
+    if reverse_:
+        out = reverse(out)
+    if speed != 1.0 or frames is not None or (fps is not None and float(fps) != out.fps):
+        out = retime(out, speed=speed, frames=frames, fps=fps)
+    return out
