@@ -150,19 +150,27 @@ def with_edit(mesh: AnimatedMesh, frames: np.ndarray, entry: dict, *, loop: bool
 
 
 def choose_period(d: np.ndarray) -> int:
-    """The period (frames) whose seam is smoothest: after P frames the clip comes back to frame
-    0's pose and velocity (P = F: the pose the clip would take next, extrapolated). Ties go to
-    the longer period, which keeps more of the clip."""
+    """The period (frames) with the smoothest seam. After P frames the clip comes back near frame
+    0 (P = F: the pose it would take next, extrapolated); the jump left is spread over the blend
+    width b, so the seam costs the velocity errors it leaves: |jump| / b and the mismatch of the
+    velocities there. Ties go to the longer period, which keeps more of the clip."""
     f = d.shape[0]
-    flat = d.reshape(f, -1).astype(np.float64)
+    flat = d.reshape(f, -1)
     lo = max(3, math.ceil(f / 2))
     v0 = flat[1] - flat[0]
     costs = []
     for p in range(f, lo - 1, -1):
-        v = flat[p - 1] - flat[p - 2] if p == f else flat[p] - flat[p - 1]
+        q = min(p, f - 2)  # the velocity leaving frame p (at the end: the last one there is)
+        v = flat[q + 1] - flat[q]
         x = flat[f - 1] + v if p == f else flat[p]
-        costs.append(float(np.sum((x - flat[0]) ** 2) + np.sum((v - v0) ** 2)))
+        slope = 0.75 / _blend_width(p)  # smoothstep's steepest slope, on half the jump
+        costs.append(float(np.sum(np.square(x - flat[0], dtype=np.float64)) * slope ** 2
+                           + np.sum(np.square(v - v0, dtype=np.float64))))
     return f - int(np.argmin(costs))
+
+
+def _blend_width(p: int) -> int:
+    return max(1, min(p // 2, round(p * BLEND_FRACTION)))
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
@@ -173,7 +181,7 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
 def _seam_weights(p: int) -> np.ndarray:
     """(p,) weights of the seam's jump: +1/2 at frame 0 fading to 0, 0 in the middle, then
     fading to -1/2 at frame p (= frame 0 of the next cycle); flat at both ends."""
-    b = max(1, min(p // 2, round(p * BLEND_FRACTION)))
+    b = _blend_width(p)
     r = np.arange(p, dtype=np.float64)
     w = np.zeros(p)
     w[:b] = 0.5 * (1.0 - _smoothstep(r[:b] / b))
