@@ -13,7 +13,7 @@ import traceback
 
 from animate4d.protocol.errors import Animate4DError
 
-from .commands import keys, local, models, remote, serve
+from .commands import keys, local, models, motion, remote, serve
 from .version import package_version
 
 
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     remote.add_parsers(sub)
     keys.add_parsers(sub)
     models.add_parsers(sub)
+    motion.add_parsers(sub)
 
     bench = sub.add_parser(
         "bench", help="measure speed and memory (figures for docs/BENCHMARKS.md)",
