@@ -7,21 +7,7 @@ from animate4d.backend.cli import main
 from animate4d.protocol import AnimatedMesh, a4d
 from animate4d.protocol import dynamics as dy
 from animate4d.protocol import spectrum as sp
-
-
-def grid_clip(frames=24, period=24, loop=True) -> AnimatedMesh:
-    """A 6 x 6 sheet swaying about its bottom row."""
-    n = 6
-    y, x = np.mgrid[0:n, 0:n] / (n - 1)
-    rest = np.stack([x.ravel(), np.zeros(n * n), y.ravel()], 1).astype(np.float32)
-    q = np.arange(n * n).reshape(n, n)
-    a, b, c, d = q[:-1, :-1].ravel(), q[:-1, 1:].ravel(), q[1:, 1:].ravel(), q[1:, :-1].ravel()
-    faces = np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])
-    t = np.arange(frames)[:, None] / period
-    frames_ = np.repeat(rest[None], frames, 0)
-    frames_[..., 1] += 0.2 * rest[:, 2] ** 2 * np.sin(2 * np.pi * t)
-    frames_[..., 0] += 0.05 * rest[:, 2] * np.sin(2 * np.pi * 2 * t)
-    return AnimatedMesh(rest, faces, frames_, fps=24.0, metadata={"loop": loop, "seed": 3})
+from tests.motion_clips import swaying_sheet as grid_clip
 
 
 @pytest.fixture
