@@ -42,13 +42,18 @@ class Poke:
 
 @dataclass(frozen=True)
 class Modes:
-    shapes: np.ndarray  # (K, N, 3) complex64, the largest |shape| is 1
+    parts: np.ndarray  # (2, K, N, 3) float32: the shapes' real and imaginary parts; max |c| = 1
     omega: np.ndarray  # (K,) angular frequencies, radians per second
     damping: float
 
     @property
+    def shapes(self) -> np.ndarray:
+        """(K, N, 3) complex: the mode shapes."""
+        return self.parts[0] + 1j * self.parts[1]
+
+    @property
     def num_vertices(self) -> int:
-        return int(self.shapes.shape[1])
+        return int(self.parts.shape[2])
 
 
 def _check_damping(z) -> float:
@@ -74,16 +79,17 @@ def modes(mesh: AnimatedMesh, *, terms: int | None = None,
     t = spectrum.terms_matrix(period, k)[1:]
     if not spectrum.is_loop(mesh):
         t = t @ spectrum.loop_matrix(f, period)
-    c = spectrum.apply_in_time(t.real, d) + 1j * spectrum.apply_in_time(t.imag, d)
-    size = np.sqrt((np.abs(c) ** 2).sum(axis=-1))
-    peak = float(size.max()) if size.size else 0.0
+    parts = spectrum.apply_in_time(np.concatenate([t.real, t.imag]), d)
+    parts = parts.reshape(2, len(t), *d.shape[1:])
+    size2 = np.einsum("rknx,rknx->kn", parts, parts)
+    peak = math.sqrt(float(size2.max())) if size2.size else 0.0
     scale = float(np.abs(mesh.vertices).max()) or 1.0
     if not peak > 1e-6 * scale:
         raise InvalidRequestError("this clip does not move, so it has no modes to poke",
                                   hint="poke an animated result")
-    k = np.arange(1, c.shape[0] + 1)
-    return Modes(shapes=(c / peak).astype(np.complex64),
-                 omega=2.0 * np.pi * k * mesh.fps / period, damping=z)
+    parts *= np.float32(1.0 / peak)
+    k = np.arange(1, len(t) + 1)
+    return Modes(parts=parts, omega=2.0 * np.pi * k * mesh.fps / period, damping=z)
 
 
 def check_pokes(pokes, vertices: int, frames: int) -> list[Poke]:
@@ -124,14 +130,14 @@ def respond(m: Modes, pokes, frames: int, fps: float) -> np.ndarray:
     wd = w * math.sqrt(1.0 - m.damping ** 2)
     q = np.zeros((frames, len(m.omega)), np.complex128)
     for p in pokes:
-        e = np.conj(m.shapes[:, p.vertex, :]).astype(np.complex128) @ np.asarray(p.force)
+        at = m.parts[:, :, p.vertex, :].astype(np.float64) @ np.asarray(p.force)
+        e = at[0] - 1j * at[1]  # conj(shape at the vertex) . force
         tau = (t - p.frame / fps)[:, None]
         ring = (w / wd) * np.exp(-m.damping * w * np.maximum(tau, 0)) * np.sin(wd * tau)
         q += np.where(tau >= 0, ring, 0.0) * e[None]
-    flat = m.shapes.reshape(m.shapes.shape[0], -1)
-    basis = np.concatenate([q.real, -q.imag], axis=1).astype(np.float32)
-    coef = np.concatenate([flat.real, flat.imag], axis=0)
-    return (basis @ coef).reshape(frames, *m.shapes.shape[1:])
+    # Re(sum_k c_k q_k) = sum_k Re(c_k) Re(q_k) - Im(c_k) Im(q_k): one real matrix product.
+    basis = np.concatenate([q.real, -q.imag], axis=1)
+    return spectrum.apply_in_time(basis, m.parts.reshape(-1, *m.parts.shape[2:]))
 
 
 def poke(mesh: AnimatedMesh, pokes, *, frames: int | None = None, fps: float | None = None,

@@ -25,7 +25,7 @@ numpy only: the Blender extension bundles this package.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -126,6 +126,29 @@ def _resample_matrix(f: int, n: int) -> np.ndarray:
 
 
 # -- edits ------------------------------------------------------------------------------------
+# Every edit is a linear map in time on the displacements: a small (frames out, frames in)
+# matrix, the same for every vertex (the vertex-group weights of an amplitude edit scale one
+# part of it per vertex). `edit` multiplies the matrices of its edits into one and applies that
+# once, so a chain of edits costs about as much as one.
+@dataclass(frozen=True)
+class _State:
+    frames: int
+    fps: float
+    loop: bool
+
+
+@dataclass(frozen=True)
+class _Step:
+    matrix: np.ndarray  # (n, f)
+    entry: dict  # what metadata["edits"] records
+    after: _State
+    weighted: np.ndarray | None = None  # (n, f): the part that the vertex weights scale
+
+
+def _state(mesh: AnimatedMesh) -> _State:
+    return _State(mesh.num_frames, mesh.fps, is_loop(mesh))
+
+
 def _require_animation(mesh: AnimatedMesh, what: str, frames: int = 2) -> None:
     if mesh.num_frames < frames:
         raise InvalidRequestError(
@@ -133,20 +156,44 @@ def _require_animation(mesh: AnimatedMesh, what: str, frames: int = 2) -> None:
             f"{mesh.num_frames}", hint="give the .a4d of an animated result")
 
 
-def _require_loop(mesh: AnimatedMesh, what: str) -> None:
-    if not is_loop(mesh):
+def _require_loop(s: _State, what: str) -> None:
+    if not s.loop:
         raise InvalidRequestError(f"{what} needs a looping clip, and this one does not loop",
                                   hint="close the loop first (--loop; Loop in Blender)")
 
 
-def with_edit(mesh: AnimatedMesh, frames: np.ndarray, entry: dict, *, loop: bool,
-              fps: float | None = None) -> AnimatedMesh:
-    """`mesh` with new frames (and fps), `entry` appended to metadata["edits"]."""
+def with_edit(mesh: AnimatedMesh, frames: np.ndarray, entries: dict | list[dict], *,
+              loop: bool, fps: float | None = None) -> AnimatedMesh:
+    """`mesh` with new frames (and fps), `entries` appended to metadata["edits"]."""
     md = dict(mesh.metadata)
-    edits = [*md.get("edits", []), entry]
-    md["edits"] = edits[-limits.MAX_EDITS_RECORDED:]
+    new = [entries] if isinstance(entries, dict) else list(entries)
+    md["edits"] = [*md.get("edits", []), *new][-limits.MAX_EDITS_RECORDED:]
     md["loop"] = bool(loop)
     return replace(mesh, frames=frames, fps=mesh.fps if fps is None else fps, metadata=md)
+
+
+def _apply_steps(mesh: AnimatedMesh, steps: list[_Step], *, weights=None,
+                 d: np.ndarray | None = None) -> AnimatedMesh:
+    if not steps:
+        return mesh
+    f = mesh.num_frames
+    m, part = np.eye(f), None
+    for st in steps:
+        if st.weighted is not None:
+            part = st.weighted @ m
+        elif part is not None:
+            part = st.matrix @ part
+        m = st.matrix @ m
+    if part is None and np.all((m == 0) | (m == 1)) and np.all(m.sum(axis=1) == 1):
+        frames = mesh.frames[m.argmax(axis=1)]  # frames picked as they are, not rounded
+    else:
+        d = displacements(mesh) if d is None else d
+        frames = apply_in_time(m, d)
+        if part is not None:
+            frames += apply_in_time(part, d) * weights[None, :, None]
+        frames += mesh.vertices[None]
+    last = steps[-1].after
+    return with_edit(mesh, frames, [st.entry for st in steps], loop=last.loop, fps=last.fps)
 
 
 def choose_period(d: np.ndarray) -> int:
@@ -208,23 +255,6 @@ def loop_matrix(f: int, p: int) -> np.ndarray:
     return avg + _seam_weights(p)[:, None] * jump[None]
 
 
-def close_loop(mesh: AnimatedMesh, period: int | None = None) -> AnimatedMesh:
-    """A looping clip of `period` frames (default: chosen, see `choose_period`; see
-    `loop_matrix` for how). A clip that already loops is returned as is (the edit recorded)
-    unless a period is given."""
-    _require_animation(mesh, "closing the loop", MIN_LOOP_FRAMES)
-    f = mesh.num_frames
-    if period is None and is_loop(mesh):
-        return with_edit(mesh, mesh.frames, {"edit": "loop", "period": f,
-                                             "already": True}, loop=True)
-    d = displacements(mesh)
-    p = choose_period(d) if period is None else _check_period(period, f)
-    frames = apply_in_time(loop_matrix(f, p), d)
-    frames += mesh.vertices[None]
-    return with_edit(mesh, frames, {"edit": "loop", "period": p, "cycles": f // p},
-                     loop=True)
-
-
 def _check_period(period, f: int) -> int:
     if isinstance(period, bool) or not isinstance(period, int | np.integer) \
             or not 3 <= period <= f:
@@ -233,16 +263,35 @@ def _check_period(period, f: int) -> int:
     return int(period)
 
 
+def _loop_step(s: _State, d: np.ndarray, period: int | None) -> _Step:
+    f = s.frames
+    if period is None and s.loop:
+        return _Step(np.eye(f), {"edit": "loop", "period": f, "already": True}, s)
+    p = choose_period(d) if period is None else _check_period(period, f)
+    return _Step(loop_matrix(f, p), {"edit": "loop", "period": p, "cycles": f // p},
+                 _State(p, s.fps, True))
+
+
+def close_loop(mesh: AnimatedMesh, period: int | None = None) -> AnimatedMesh:
+    """A looping clip of `period` frames (default: chosen, see `choose_period`; see
+    `loop_matrix` for how). A clip that already loops is returned as is (the edit recorded)
+    unless a period is given."""
+    _require_animation(mesh, "closing the loop", MIN_LOOP_FRAMES)
+    d = displacements(mesh)
+    return _apply_steps(mesh, [_loop_step(_state(mesh), d, period)], d=d)
+
+
+def _terms_step(s: _State, k) -> _Step:
+    _require_loop(s, "keeping Fourier terms")
+    k = check_terms(k, s.frames)
+    gains = (np.arange(s.frames // 2 + 1) <= k).astype(np.float64)
+    return _Step(_spectral_matrix(s.frames, gains), {"edit": "terms", "terms": k}, s)
+
+
 def low_pass(mesh: AnimatedMesh, k: int) -> AnimatedMesh:
     """Keep the mean and the k lowest Fourier terms of a looping clip (smoother motion)."""
     _require_animation(mesh, "keeping Fourier terms")
-    _require_loop(mesh, "keeping Fourier terms")
-    f = mesh.num_frames
-    k = check_terms(k, f)
-    gains = (np.arange(f // 2 + 1) <= k).astype(np.float64)
-    frames = apply_in_time(_spectral_matrix(f, gains), displacements(mesh))
-    frames += mesh.vertices[None]
-    return with_edit(mesh, frames, {"edit": "terms", "terms": k}, loop=True)
+    return _apply_steps(mesh, [_terms_step(_state(mesh), k)])
 
 
 def _check_amplitude(a, what="amplitude") -> float:
@@ -274,72 +323,87 @@ def _check_weights(weights, n: int) -> np.ndarray:
     return w.astype(np.float32)
 
 
+def _amplitude_step(s: _State, amplitude, bands, weighted: bool) -> _Step:
+    a = _check_amplitude(amplitude)
+    bands = _check_bands(bands or {}, s.frames)
+    f = s.frames
+    scaled = a * np.eye(f)
+    if bands:
+        _require_loop(s, "scaling single Fourier terms")
+        gains = np.ones(f // 2 + 1)
+        for k, g in bands.items():
+            gains[k] = g
+        scaled = a * _spectral_matrix(f, gains)
+    entry = {"edit": "amplitude", "amplitude": a}
+    if bands:
+        entry["bands"] = {str(k): g for k, g in bands.items()}
+    if weighted:
+        entry["weighted"] = True
+        return _Step(np.eye(f), entry, s, weighted=scaled - np.eye(f))
+    return _Step(scaled, entry, s)
+
+
 def scale_amplitude(mesh: AnimatedMesh, amplitude: float = 1.0, *, bands=None,
                     weights=None) -> AnimatedMesh:
     """Scale the motion: every displacement by `amplitude`; `bands` {term k: gain} scales single
     Fourier terms (a looping clip); `weights` (one per vertex, 0..1, e.g. a vertex group) fades
     the edit from full (1) to none (0)."""
     _require_animation(mesh, "scaling the motion")
-    a = _check_amplitude(amplitude)
-    bands = _check_bands(bands or {}, mesh.num_frames)
-    if bands:
-        _require_loop(mesh, "scaling single Fourier terms")
     w = None if weights is None else _check_weights(weights, mesh.num_vertices)
-    d = displacements(mesh)
-    if bands:
-        f = mesh.num_frames
-        gains = np.ones(f // 2 + 1)
-        for k, g in bands.items():
-            gains[k] = g
-        change = apply_in_time(a * _spectral_matrix(f, gains) - np.eye(f), d)
-    else:
-        change = d * np.float32(a - 1.0)
-    if w is not None:
-        change *= w[None, :, None]
-    entry = {"edit": "amplitude", "amplitude": a}
-    if bands:
-        entry["bands"] = {str(k): g for k, g in bands.items()}
-    if w is not None:
-        entry["weighted"] = True
-    return with_edit(mesh, mesh.frames + change, entry, loop=is_loop(mesh))
+    step = _amplitude_step(_state(mesh), amplitude, bands, w is not None)
+    return _apply_steps(mesh, [step], weights=w)
+
+
+def _reverse_step(s: _State) -> _Step:
+    f = s.frames
+    order = (-np.arange(f)) % f if s.loop else np.arange(f)[::-1]
+    return _Step(np.eye(f)[order], {"edit": "reverse"}, s)
 
 
 def reverse(mesh: AnimatedMesh) -> AnimatedMesh:
     """Play the motion backwards; a loop keeps frame 0 where it is."""
-    f = mesh.num_frames
-    order = (-np.arange(f)) % f if is_loop(mesh) else np.arange(f)[::-1]
-    return with_edit(mesh, mesh.frames[order], {"edit": "reverse"}, loop=is_loop(mesh))
+    return _apply_steps(mesh, [_reverse_step(_state(mesh))])
 
 
-def _check_retime(mesh: AnimatedMesh, speed, frames, fps) -> tuple[float, int | None, float]:
-    s = float(speed)
-    if not (math.isfinite(s) and limits.MIN_EDIT_SPEED <= s <= limits.MAX_EDIT_SPEED):
+def _retime_step(s: _State, speed, frames, fps, vertices: int) -> _Step:
+    speed = float(speed)
+    if not (math.isfinite(speed) and limits.MIN_EDIT_SPEED <= speed <= limits.MAX_EDIT_SPEED):
         raise InvalidRequestError(f"speed must be in {limits.MIN_EDIT_SPEED:g}.."
                                   f"{limits.MAX_EDIT_SPEED:g} (1: unchanged), got {speed!r}")
     if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int | np.integer)
                                or not 1 <= frames <= limits.MAX_FRAMES):
         raise InvalidRequestError(f"frames must be a whole number in 1..{limits.MAX_FRAMES}, "
                                   f"got {frames!r}")
-    out_fps = mesh.fps if fps is None else float(fps)
-    if not (math.isfinite(out_fps) and 0.0 < out_fps <= limits.MAX_FPS):
+    fps = s.fps if fps is None else float(fps)
+    if not (math.isfinite(fps) and 0.0 < fps <= limits.MAX_FPS):
         raise InvalidRequestError(f"fps must be in (0, {limits.MAX_FPS:g}], got {fps!r}")
-    return s, None if frames is None else int(frames), out_fps
-
-
-def _plan_retime(mesh: AnimatedMesh, speed: float, frames: int | None, fps: float):
-    """(frames out, source frames per output frame, whole cycles or None for a one-shot)."""
-    f = mesh.num_frames
-    rate = speed * mesh.fps / fps
-    if is_loop(mesh):
+    f = s.frames
+    rate = speed * s.fps / fps  # source frames per output frame
+    if s.loop:
         if frames is None:  # the same duration's worth of cycles, rounded, sets the length
             cycles = max(1, round(speed))
-            frames = max(1, round(cycles * f / rate))
+            n = max(1, round(cycles * f / rate))
         else:
-            cycles = max(1, round(frames * rate / f))
-        return frames, cycles * f / frames, cycles
-    if frames is None:
-        frames = int(math.floor((f - 1) / rate + 1e-9)) + 1
-    return frames, rate, None
+            n = int(frames)
+            cycles = max(1, round(n * rate / f))
+        rate = cycles * f / n
+        _check_size(n, vertices)
+        # one cycle at n samples; output frame j lies at j * cycles / n of it
+        matrix = _resample_matrix(f, n)[(np.arange(n) * cycles) % n]
+    else:
+        cycles = None
+        n = int(math.floor((f - 1) / rate + 1e-9)) + 1 if frames is None else int(frames)
+        _check_size(n, vertices)
+        t = np.minimum(np.arange(n) * rate, f - 1)
+        i0 = np.floor(t).astype(np.int64)
+        i1 = np.minimum(i0 + 1, f - 1)
+        matrix = np.zeros((n, f))
+        np.add.at(matrix, (np.arange(n), i0), 1.0 - (t - i0))
+        np.add.at(matrix, (np.arange(n), i1), t - i0)
+    entry = {"edit": "retime", "speed": rate * fps / s.fps, "frames": n, "fps": fps}
+    if cycles is not None:
+        entry["cycles"] = cycles
+    return _Step(matrix, entry, _State(n, fps, s.loop))
 
 
 def retime(mesh: AnimatedMesh, *, speed: float = 1.0, frames: int | None = None,
@@ -351,25 +415,8 @@ def retime(mesh: AnimatedMesh, *, speed: float = 1.0, frames: int | None = None,
     two cycles; speed 0.5: twice the frames); it is sampled by its Fourier series. A clip that
     does not loop is played once (or held on its last frame), linearly interpolated."""
     _require_animation(mesh, "changing speed or frames", 1)
-    speed, frames, fps = _check_retime(mesh, speed, frames, fps)
-    n, rate, cycles = _plan_retime(mesh, speed, frames, fps)
-    _check_size(n, mesh.num_vertices)
-    f = mesh.num_frames
-    if cycles is not None:  # one cycle at n samples; output j lies at j * cycles / n of it
-        matrix = _resample_matrix(f, n)[(np.arange(n) * cycles) % n]
-    else:
-        s = np.minimum(np.arange(n) * rate, f - 1)
-        i0 = np.floor(s).astype(np.int64)
-        i1 = np.minimum(i0 + 1, f - 1)
-        matrix = np.zeros((n, f))
-        np.add.at(matrix, (np.arange(n), i0), 1.0 - (s - i0))
-        np.add.at(matrix, (np.arange(n), i1), s - i0)
-    out = apply_in_time(matrix, displacements(mesh))
-    out += mesh.vertices[None]
-    entry = {"edit": "retime", "speed": rate * fps / mesh.fps, "frames": n, "fps": fps}
-    if cycles is not None:
-        entry["cycles"] = cycles
-    return with_edit(mesh, out, entry, loop=is_loop(mesh), fps=fps)
+    return _apply_steps(mesh, [_retime_step(_state(mesh), speed, frames, fps,
+                                            mesh.num_vertices)])
 
 
 def _check_size(frames: int, vertices: int) -> None:
@@ -384,36 +431,26 @@ def edit(mesh: AnimatedMesh, *, loop: bool = False, period: int | None = None,
          reverse_: bool = False, speed: float = 1.0, frames: int | None = None,
          fps: float | None = None) -> AnimatedMesh:
     """Every edit in one call, in this order: close the loop, keep `terms` Fourier terms, scale
-    the amplitude, reverse, retime. Arguments are checked before any work is done."""
+    the amplitude, reverse, retime; applied as one matrix. Every argument is checked before the
+    frames are touched. No edit asked for: `mesh` itself."""
     _require_animation(mesh, "editing the motion", MIN_LOOP_FRAMES if loop else 2)
-    looping = loop or is_loop(mesh)
     if period is not None and not loop:
         raise InvalidRequestError("a period is for closing the loop", hint="add --loop")
-    if period is not None:
-        _check_period(period, mesh.num_frames)
-    f_after = period if period is not None else mesh.num_frames
-    for what, needs in (("keeping Fourier terms", terms is not None),
-                        ("scaling single Fourier terms", bool(bands))):
-        if needs and not looping:
-            _require_loop(mesh, what)
-    if terms is not None:
-        check_terms(terms, f_after)
-    _check_amplitude(amplitude)
-    if bands and period is not None:
-        _check_bands(bands, f_after)
-    if weights is not None:
-        _check_weights(weights, mesh.num_vertices)
-    _check_retime(mesh, speed, frames, fps)
-
-    out = mesh
+    w = None if weights is None else _check_weights(weights, mesh.num_vertices)
+    s = _state(mesh)
+    d = displacements(mesh) if loop else None
+    steps = []
     if loop:
-        out = close_loop(out, period)
+        steps.append(_loop_step(s, d, period))
     if terms is not None:
-        out = low_pass(out, terms)
-    if amplitude != 1.0 or bands or weights is not None:
-        out = scale_amplitude(out, amplitude, bands=bands, weights=weights)
+        steps.append(_terms_step(steps[-1].after if steps else s, terms))
+    if amplitude != 1.0 or bands or w is not None:
+        steps.append(_amplitude_step(steps[-1].after if steps else s, amplitude, bands,
+                                     w is not None))
     if reverse_:
-        out = reverse(out)
-    if speed != 1.0 or frames is not None or (fps is not None and float(fps) != out.fps):
-        out = retime(out, speed=speed, frames=frames, fps=fps)
-    return out
+        steps.append(_reverse_step(steps[-1].after if steps else s))
+    now = steps[-1].after if steps else s
+    step = _retime_step(now, speed, frames, fps, mesh.num_vertices)
+    if speed != 1.0 or frames is not None or step.after.fps != now.fps:
+        steps.append(step)
+    return _apply_steps(mesh, steps, weights=w, d=d)
