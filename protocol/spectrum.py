@@ -198,22 +198,40 @@ def _apply_steps(mesh: AnimatedMesh, steps: list[_Step], *, weights=None,
 
 def choose_period(d: np.ndarray) -> int:
     """The period (frames) with the smoothest seam. After P frames the clip comes back near frame
-    0 (P = F: the pose it would take next, extrapolated); the jump left is spread over the blend
-    width b, so the seam costs the velocity errors it leaves: |jump| / b and the mismatch of the
-    velocities there. Ties go to the longer period, which keeps more of the clip."""
+    0; the jump left (`_jump_row`) is spread over the blend width b, so the seam costs the
+    velocity errors it leaves: |jump| / b, and the mismatch of the velocities leaving frame P
+    and frame 0 (past the clip's end: the last velocity carried on by the mean acceleration at
+    the clip's two ends, which cancels to third order for a clip that already loops). Ties go
+    to the longer period, which keeps more of the clip."""
     f = d.shape[0]
     flat = d.reshape(f, -1)
     lo = max(3, math.ceil(f / 2))
     v0 = flat[1] - flat[0]
+    last = flat[f - 1] - flat[f - 2]
+    accel = (last - (flat[f - 2] - flat[f - 3]) + (flat[2] - flat[1]) - v0) / 2
     costs = []
     for p in range(f, lo - 1, -1):
-        q = min(p, f - 2)  # the velocity leaving frame p (at the end: the last one there is)
-        v = flat[q + 1] - flat[q]
-        x = flat[f - 1] + v if p == f else flat[p]
+        steps_past = p + 2 - f  # how far the velocity leaving frame p lies past the last one
+        v = flat[p + 1] - flat[p] if steps_past <= 0 else last + steps_past * accel
+        jump = _jump_row(f, 0, p) @ flat
         slope = 0.75 / _blend_width(p)  # smoothstep's steepest slope, on half the jump
-        costs.append(float(np.sum(np.square(x - flat[0], dtype=np.float64)) * slope ** 2
+        costs.append(float(np.sum(np.square(jump, dtype=np.float64)) * slope ** 2
                            + np.sum(np.square(v - v0, dtype=np.float64))))
     return f - int(np.argmin(costs))
+
+
+def _jump_row(f: int, start: int, end: int) -> np.ndarray:
+    """(f,): the jump of the cycle of frames start..end-1, where it continues (frame end) minus
+    where it began. Past the clip's end, the continuation is extrapolated from the last two
+    frames and, to cancel that's curvature error, the frame before `start` from the first two:
+    the mean of the two jumps is right to third order for a clip that already loops."""
+    row = np.zeros(f)
+    if end < f:
+        row[end] += 1.0
+        row[start] -= 1.0
+    else:
+        row[[end - 1, end - 2, start, start + 1]] += [1.5, -0.5, -1.5, 0.5]
+    return row
 
 
 def _blend_width(p: int) -> int:
@@ -238,20 +256,14 @@ def _seam_weights(p: int) -> np.ndarray:
 
 def loop_matrix(f: int, p: int) -> np.ndarray:
     """(p, f): a clip of f frames -> a loop of period p. Its whole cycles averaged into one; the
-    jump from the cycle's continuation (the next frame, or the last two extrapolated) back to
-    its first frame spread half on each side of the seam over a quarter period."""
+    mean jump from each cycle's continuation back to its first frame (`_jump_row`) spread half
+    on each side of the seam over a quarter period."""
     c = f // p
     avg = np.zeros((p, f))
-    nxt = np.zeros(f)
+    jump = np.zeros(f)
     for i in range(c):
         avg[np.arange(p), i * p + np.arange(p)] = 1.0 / c
-        e = (i + 1) * p
-        if e < f:
-            nxt[e] += 1.0 / c
-        else:
-            nxt[e - 1] += 2.0 / c
-            nxt[e - 2] -= 1.0 / c
-    jump = nxt - avg[0]
+        jump += _jump_row(f, i * p, (i + 1) * p) / c
     return avg + _seam_weights(p)[:, None] * jump[None]
 
 
