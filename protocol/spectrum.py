@@ -213,7 +213,8 @@ def choose_period(d: np.ndarray) -> int:
     for p in range(f, lo - 1, -1):
         steps_past = p + 2 - f  # how far the velocity leaving frame p lies past the last one
         v = flat[p + 1] - flat[p] if steps_past <= 0 else last + steps_past * accel
-        jump = _jump_row(f, 0, p) @ flat
+        row = _jump_row(f, 0, p)  # 2 or 4 frames: summed directly, not as a product
+        jump = sum(row[i] * flat[i] for i in np.flatnonzero(row))
         slope = 0.75 / _blend_width(p)  # smoothstep's steepest slope, on half the jump
         costs.append(float(np.sum(np.square(jump, dtype=np.float64)) * slope ** 2
                            + np.sum(np.square(v - v0, dtype=np.float64))))
