@@ -23,6 +23,7 @@ AnimatedMesh = spectrum.AnimatedMesh
 LOOP_PROP = "animate4d_loop"  # set by the importer from the result's metadata
 POKES_PROP = "animate4d_pokes"  # [[vertex, fx, fy, fz, frame], ...] of the baked response
 FIRST_KEY = "frame_0000"
+_NO_FACES = np.zeros((1, 3), np.uint32)  # the edits read only the motion, not the faces
 
 
 def frame_keys(obj) -> list:
@@ -47,15 +48,8 @@ def read_clip(obj, fps: float) -> AnimatedMesh:
     n = len(me.vertices)
     rest = _co(me.shape_keys.reference_key, n)
     frames = np.stack([_co(k, n) for k in frame_keys(obj)])
-    return AnimatedMesh(rest, _triangles(me), frames, fps=fps,
+    return AnimatedMesh(rest, _NO_FACES, frames, fps=fps,
                         metadata={"loop": bool(obj.get(LOOP_PROP, False))})
-
-
-def _triangles(me) -> np.ndarray:
-    me.calc_loop_triangles()
-    tris = np.empty(len(me.loop_triangles) * 3, np.int32)
-    me.loop_triangles.foreach_get("vertices", tris)
-    return tris.reshape(-1, 3) if len(tris) else np.zeros((1, 3), np.int32)
 
 
 def _stash(obj, clip: AnimatedMesh):
@@ -66,7 +60,6 @@ def _stash(obj, clip: AnimatedMesh):
         attr = me.attributes.new(f"frame_{k:04d}", "FLOAT_VECTOR", "POINT")
         attr.data.foreach_set("vector", clip.frames[k].ravel())
     me["fps"], me["loop"] = clip.fps, bool(clip.metadata.get("loop"))
-    me["faces"] = len(clip.faces)
     return me
 
 
@@ -85,7 +78,7 @@ def source_clip(obj, fps: float) -> AnimatedMesh:
         me.attributes[name].data.foreach_get("vector", frames[k].ravel())
     rest = np.empty(n * 3, np.float32)
     me.vertices.foreach_get("co", rest)
-    return AnimatedMesh(rest.reshape(n, 3), _triangles(obj.data), frames,
+    return AnimatedMesh(rest.reshape(n, 3), _NO_FACES, frames,
                         fps=float(me["fps"]), metadata={"loop": bool(me["loop"])})
 
 
