@@ -13,7 +13,7 @@ import traceback
 
 from animate4d.protocol.errors import Animate4DError
 
-from .commands import bench, keys, local, models, remote, serve
+from .commands import bench, keys, local, models, motion, remote, serve
 from .runtime import switches
 from .version import package_version
 
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     remote.add_parsers(sub)
     keys.add_parsers(sub)
     models.add_parsers(sub)
+    motion.add_parsers(sub)
     bench.add_parsers(sub)
     return parser
 

@@ -10,7 +10,7 @@ import contextlib
 import bpy
 from bpy.app.handlers import persistent
 
-from . import engine, operators, props, ui
+from . import engine, motion_ui, operators, props, ui
 
 _CLASSES = (*props.CLASSES, *operators.CLASSES, *ui.CLASSES)
 
@@ -30,6 +30,7 @@ def register():
     for cls in _CLASSES:
         bpy.utils.register_class(cls)
     bpy.types.Scene.animate4d = bpy.props.PointerProperty(type=props.Animate4DSettings)
+    motion_ui.register()
     bpy.types.TOPBAR_MT_file_import.append(_menu_import)
     bpy.app.handlers.load_post.append(_on_load)
     if not bpy.app.timers.is_registered(engine.drain_timer):
@@ -43,6 +44,7 @@ def unregister():
         bpy.app.handlers.load_post.remove(_on_load)
     bpy.types.TOPBAR_MT_file_import.remove(_menu_import)
     engine.shutdown()
+    motion_ui.unregister()
     del bpy.types.Scene.animate4d
     for cls in reversed(_CLASSES):
         bpy.utils.unregister_class(cls)

@@ -40,6 +40,7 @@ def import_animated_mesh(mesh, name: str = "Animate4D", *, collection=None,
     # mathutils.Matrix reads rows; a plain nested list would be taken as columns.
     obj.matrix_world = Matrix(np.asarray(mesh.transform, float).tolist())
 
+    obj["animate4d_loop"] = bool(mesh.metadata.get("loop", False))  # for motion.py's edits
     obj.shape_key_add(name="Basis", from_mix=False)
     keys = []
     for k in range(f):

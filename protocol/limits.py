@@ -36,3 +36,13 @@ MAX_ID_CHARS = 64
 MAX_NAME_CHARS = 256
 MAX_PREVIEW_BYTES = 2 * 1024 * 1024
 MAX_MESH_VIEWS = 16
+
+# Motion edits and pokes (protocol/spectrum.py, protocol/dynamics.py)
+MAX_MOTION_TERMS = 16  # Fourier terms per vertex (Generative Image Dynamics keeps 16)
+MAX_EDIT_AMPLITUDE = 10.0
+MIN_EDIT_SPEED = 0.05
+MAX_EDIT_SPEED = 20.0
+MAX_POKES = 64
+MAX_POKE_FORCE = 1e4  # object units: about the peak displacement a poke may cause
+MAX_DAMPING = 0.99  # damping ratio; 1 and above would not oscillate
+MAX_EDITS_RECORDED = 100  # metadata["edits"] keeps the latest this many
