@@ -274,8 +274,8 @@ class Server:
             if self._members.member("workers", owner):
                 return True
             w = self.workers.get(ident)
-            if w is not None:
-                self._worker_lost(w, "its key is no longer allowed")
+            if w is not None:  # not the job's fault: not counted against its attempts
+                self._worker_lost(w, "its key is no longer allowed", counted=False)
         elif self._members.member("clients", owner) or self._members.member("admins", owner):
             return True
         else:
@@ -770,15 +770,16 @@ class Server:
         wire.Cancelled: _w_cancelled,
     }
 
-    def _worker_lost(self, w: WorkerConn, why: str) -> None:
+    def _worker_lost(self, w: WorkerConn, why: str, *, counted: bool = True) -> None:
         self.workers.pop(w.ident, None)
         self.log(f"worker {w.name} lost: {why}")
         if w.job is not None:
             # A worker that said nothing after the assignment was likely dead before it: that
             # attempt is not counted (unless it keeps happening: a job that kills its worker
             # on arrival must still end).
+            answered = w.last_seen > w.assigned_at
             self._requeue(w.job, f"worker {w.name} lost ({why})",
-                          counted=w.last_seen > w.assigned_at, silent=True)
+                          counted=counted and answered, silent=counted and not answered)
             w.job = None
 
     def _drop_uploads(self, job_id: str) -> None:
@@ -844,9 +845,8 @@ class Server:
                 options=rec.options, image=image, image_name=rec.image_name,
                 attempt=rec.info.attempts, checkpoints=checkpoints,
             ), job=job_id)
-            if not ok:
-                w.last_seen = min(w.last_seen, w.assigned_at)  # it never took the job
-                self._worker_lost(w, "unreachable")
+            if not ok:  # it never had the job
+                self._worker_lost(w, "unreachable", counted=False)
                 continue
             self._publish(job_id, wire.JobState(job=self._info(rec)))
 
