@@ -174,8 +174,9 @@ class Outcomes:
         self.accepted: list[str] = []
         self.final: dict[str, str] = {}
         self.refused = collections.Counter()
-        self.hung = 0
         self.bad_fetch = 0
+        self.followed_later: list[str] = []  # accepted by the fault thread
+        self.damaged_result = "not tried"
 
 
 def _client(h: Harness) -> Client:
@@ -255,7 +256,8 @@ def _fetch(c: Client, job: str, out: Outcomes) -> str | None:
         return None
 
 
-def faults(h: Harness, args, rng: random.Random, stop: threading.Event, log) -> None:
+def faults(h: Harness, args, rng: random.Random, stop: threading.Event, log,
+           out: Outcomes) -> None:
     """The fault schedule, spread over the first `args.fault_s` seconds."""
     events = (["worker"] * args.worker_kills + ["server"] * args.server_kills
               + ["disk", "damage", "slow"])
@@ -280,18 +282,57 @@ def faults(h: Harness, args, rng: random.Random, stop: threading.Event, log) -> 
         elif what == "disk":
             h.flag.touch()
             log("disk full")
-            stop.wait(args.disk_full_s)
+            full_disk_submits(h, out, args.disk_full_s)
             h.flag.unlink()
             log("disk has room again")
         elif what == "damage":
-            damage(h.store, rng)
+            job = damage(h.store, rng)
             log("damaged store files")
+            if job is not None:
+                fetch_damaged(h, out, job)
+                log(f"the damaged result: {out.damaged_result}")
         elif what == "slow":
             slow_consumer(h)
             log("slow consumer")
 
 
-def damage(store: Path, rng: random.Random) -> None:
+def full_disk_submits(h: Harness, out: Outcomes, seconds: float) -> None:
+    """A submit every half second while the disk is full: each must be refused, clearly."""
+    c = _client(h)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            job = c.submit(_image(), OPTIONS).id
+            with out.lock:
+                out.accepted.append(job)
+                out.followed_later.append(job)
+        except ServerError as e:
+            with out.lock:
+                out.refused[e.code] += 1
+        except ConnectionLost:
+            c = _client(h)
+        time.sleep(0.5)
+    c.close()
+
+
+def fetch_damaged(h: Harness, out: Outcomes, job: str) -> None:
+    """Fetch the result just damaged: refused (`result_damaged`), computed again, then whole."""
+    c = _client(h)
+    try:
+        c.fetch(job)
+        out.damaged_result = "served!"
+    except ServerError as e:
+        out.damaged_result = e.code
+    except ConnectionLost:
+        out.damaged_result = "connection_lost"
+    state, c = _follow(h, c, job, out, time.monotonic() + 120)
+    out.damaged_result += f", then {state}"
+    c.close()
+
+
+def damage(store: Path, rng: random.Random) -> str | None:
+    """A byte flipped in a finished result (its job id is returned), a job folder holding
+    garbage, a temporary file left by a crash."""
     jobs = store / "jobs"
     done = [d for d in jobs.iterdir() if (d / "result.a4d").exists()] if jobs.exists() else []
     if done:
@@ -304,6 +345,8 @@ def damage(store: Path, rng: random.Random) -> None:
     (garbage / "job.json").write_bytes(b"\x00garbage{")
     if done:
         (rng.choice(done) / "result.a4d.crash.tmp").write_bytes(b"\x00" * 4096)
+        return path.parent.name
+    return None
 
 
 def slow_consumer(h: Harness) -> None:
@@ -351,7 +394,10 @@ def run(args) -> int:
         for t in clients:
             t.start()
         def chaos_then_done():
-            faults(h, args, rng, stop, log)
+            faults(h, args, rng, stop, log, out)
+            c = _client(h)
+            for job in out.followed_later:
+                out.final[job], c = _follow(h, c, job, out, deadline)
             faults_over.set()
 
         chaos = threading.Thread(target=chaos_then_done, daemon=True)
@@ -368,6 +414,10 @@ def run(args) -> int:
         c.close()
         elapsed = time.monotonic() - t0
         h.stop()
+        text = (h.tmp / "processes.log").read_text(errors="replace")
+        server_log = {what: text.count(what) for what in (
+            "Traceback", "a write failed", "writes succeed again", "could not be stored",
+            "does not match the checksum", "unreadable job.json", "lost:")}
 
     finals = collections.Counter(out.final.values())
     accepted = set(out.accepted)
@@ -381,11 +431,14 @@ def run(args) -> int:
         "hung": hung,
         "unfinished": finals.get("unfinished", 0),  # still queued or running at the deadline
         "refused_submits": dict(out.refused),
+        "damaged_result": out.damaged_result,
         "server_unexpected_exits": h.unexpected_exits,
+        "server_log": server_log,
         "server_rss_mib": {"peak": round(h.rss_peak / 2**20, 1),
                            "final": round(h.rss_final / 2**20, 1)},
-        "faults": {"worker_kills": args.worker_kills, "server_kills": args.server_kills,
-                   "quick_server_kills": (args.server_kills + 1) // 2,
+        "faults": {"worker_kills": args.worker_kills,
+                   "server_kills": args.server_kills + (args.server_kills + 1) // 2,
+                   "of_which_within_1s_of_a_restart": (args.server_kills + 1) // 2,
                    "disk_full_s": args.disk_full_s, "damaged_store": 1, "slow_consumers": 1},
         "clients": args.clients, "jobs_per_client": args.jobs, "workers": args.workers,
         "seconds": round(elapsed, 1),

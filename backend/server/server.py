@@ -30,7 +30,14 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from animate4d.protocol import a4d, keys, limits, wire
-from animate4d.protocol.errors import Animate4DError
+from animate4d.protocol.errors import (
+    Animate4DError,
+    NotAllowedError,
+    ResultDamagedError,
+    StorageError,
+    StorageFullError,
+    StoreDamagedError,
+)
 from animate4d.protocol.wire import (
     CANCELLED,
     DONE,
@@ -150,7 +157,7 @@ class Server:
         self.submits: dict[tuple[str, str], str] = {}
         self._dirty: set[str] = set()
         self._cancelling: set[str] = set()
-        self._sha: dict[str, tuple[int, str]] = {}
+        self._sha: dict[str, tuple[tuple, str]] = {}  # result checked: (size, mtime, inode)
         self._members: _KeyFolders | None = _KeyFolders(curve) if curve is not None else None
         self.greeted: set[bytes] = set()  # client connections that said hello
         self.storage_error: str | None = None  # why the store refuses writes, while it does
@@ -280,7 +287,7 @@ class Server:
             return True
         else:
             self._unsubscribe_all(ident)
-        self._send(sock, ident, wire.Error(code="not_allowed", message=(
+        self._send(sock, ident, wire.Error(code=NotAllowedError.code, message=(
             "this key is no longer allowed on this server; ask its administrator")))
         return False
 
@@ -469,9 +476,9 @@ class Server:
             except OSError as e:
                 self._storage_failed(e)
         if self.storage_error is not None:
-            code = "storage_full" if "disk is full" in self.storage_error else "storage_error"
-            raise WireError(code, f"{self.storage_error}: no new jobs for now; jobs already "
-                                  f"accepted are kept. Try again later, or tell its admin")
+            error = StorageFullError if "disk is full" in self.storage_error else StorageError
+            raise error(f"{self.storage_error}: no new jobs for now; jobs already accepted are "
+                        f"kept. Try again later, or tell its admin")
 
     def _check_preset(self, preset: str) -> None:
         """Refuse a preset that no worker has offered since the server started when connected
@@ -594,10 +601,10 @@ class Server:
             self._dirty.add(job_id)
             self._publish(job_id, wire.JobState(job=self._info(rec)))
             self._dispatch_after_reply = True
-            raise WireError("result_damaged", f"{why}; the job is being computed again: wait "
-                                              f"for it (attach) and fetch again")
-        self._finish(rec, FAILED, "store_damaged", f"{why}, and its input is gone too")
-        raise WireError("result_damaged", f"{why}, and its input is gone: submit it again")
+            raise ResultDamagedError(f"{why}; the job is being computed again: wait for it "
+                                     f"(attach) and fetch again")
+        self._finish(rec, FAILED, StoreDamagedError.code, f"{why}, and its input is gone too")
+        raise ResultDamagedError(f"{why}, and its input is gone: submit it again")
 
     def _ping(self, ident, owner, env, body):
         # A client this server has no hello from (it restarted, or forgot an idle client) has
@@ -830,7 +837,7 @@ class Server:
                 checkpoints = self.store.checkpoint_keys(job_id)
             except OSError as e:
                 rec.info.state = RUNNING  # for _finish's bookkeeping; it never ran
-                self._finish(rec, FAILED, "store_damaged",
+                self._finish(rec, FAILED, StoreDamagedError.code,
                              f"its input image is gone from the server's store "
                              f"({e.strerror or e}): submit it again")
                 continue

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import msgspec
 
+from animate4d.protocol.errors import StoreDamagedError
 from animate4d.protocol.options import JobOptions
 from animate4d.protocol.wire import FAILED, FINAL_STATES, STATES, JobInfo
 
@@ -165,7 +166,7 @@ class JobStore:
         now = time.time()
         rec = JobRecord(
             info=JobInfo(id=d.name, state=FAILED, preset="preview", prompt="", created=now,
-                         finished=now, error_code="store_damaged",
+                         finished=now, error_code=StoreDamagedError.code,
                          error_message=f"this job's files in the store are damaged: {why}"),
             owner=owner, options=JobOptions(), image_name="image")
         with contextlib.suppress(OSError):  # shown as failed from memory all the same
