@@ -70,6 +70,7 @@ class Client:
         self.attached: set[str] = set()
         self._events: collections.deque = collections.deque()
         self._last_heard = 0.0
+        self._next_ping = 0.0
         self._unknown = False  # the server has said it does not know this connection
 
     # -- connection ---------------------------------------------------------------------
@@ -92,6 +93,7 @@ class Client:
         s.connect(self.address)
         self.sock = s
         self._last_heard = time.monotonic()
+        self._next_ping = self._last_heard + self.heartbeat_s
 
     def _resync(self) -> None:
         """Hello and attach again on the open connection (the server forgot them)."""
@@ -170,13 +172,14 @@ class Client:
         )
 
     def _recv(self, deadline: float):
-        """Next message, or (None, None) at the deadline or when the server has gone silent."""
-        next_ping = time.monotonic() + self.heartbeat_s
+        """Next message, or (None, None) at the deadline or when the server has gone silent.
+        Pings go out every heartbeat across calls (a caller polling in short windows, as the
+        Blender extension does, still keeps the server's attention)."""
         while True:
             now = time.monotonic()
             if now >= deadline:
                 return None, None
-            wait = min(deadline, next_ping) - now
+            wait = min(deadline, self._next_ping) - now
             if self.sock.poll(max(1, int(wait * 1000))):
                 data = self.sock.recv()
                 self._last_heard = time.monotonic()
@@ -187,10 +190,10 @@ class Client:
                 if isinstance(body, wire.Pong) and not body.known:
                     self._unknown = True
                 return env, body
-            if time.monotonic() >= next_ping:
+            if time.monotonic() >= self._next_ping:
                 with contextlib.suppress(zmq.Again):  # nowhere to send: silence counts below
                     self.sock.send(wire.encode(wire.Ping()), zmq.NOBLOCK)
-                next_ping = time.monotonic() + self.heartbeat_s
+                self._next_ping = time.monotonic() + self.heartbeat_s
                 if time.monotonic() - self._last_heard > 3 * self.heartbeat_s:
                     return None, None
 

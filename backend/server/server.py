@@ -744,8 +744,9 @@ class Server:
             self.store.put_result(job_id, data)
         except OSError as e:
             self._storage_failed(e)
-            self._requeue(job_id, f"its result could not be stored ({e.strerror or e})",
-                          counted=False)
+            why = f"its result could not be stored ({e.strerror or e})"
+            self.log(f"job {job_id}: {why}: back in the queue")
+            self._requeue(job_id, why, counted=False)
             return
         rec.info.result_bytes = len(data)
         rec.result_sha256 = body.sha256
