@@ -259,6 +259,20 @@ def test_a_client_waiting_through_a_quick_server_restart_learns_the_end(threaded
     worker.close()
 
 
+def test_a_client_polling_in_short_windows_keeps_the_servers_attention(threaded, png):
+    """The Blender extension reads events 0.2 s at a time: its pings must still go out every
+    heartbeat, or the server forgets its attachments (after 10 of its heartbeats, 2 s here)."""
+    srv = threaded()
+    c = _client(srv.client_addr)
+    c.submit(png, OPTIONS)
+    end = time.monotonic() + 2.6  # past the server's 2 s, before the client's own 3 s
+    while time.monotonic() < end:
+        list(c.events(timeout_s=0.2))
+    assert any(srv.server.subscribers.values())
+    assert len(srv.server.greeted) == 1
+    c.close()
+
+
 def test_wait_with_a_timeout_returns_at_the_timeout(cluster, png):
     cluster.start_server()  # no worker: the job stays queued
     with cluster.client() as c:
