@@ -58,7 +58,12 @@ def main(argv: list[str] | None = None,
         print(f"animate4d: error: {e}", file=sys.stderr)
         return 2
     except Animate4DError as e:
-        print(f"animate4d: error: {e.message}", file=sys.stderr)
+        from animate4d.protocol.client import ServerError
+        from animate4d.protocol.text import printable
+
+        # A server's words are escaped: they may carry terminal escapes.
+        message = printable(e.message, 2000) if isinstance(e, ServerError) else e.message
+        print(f"animate4d: error: {message}", file=sys.stderr)
         if e.hint:
             print(f"animate4d: {e.hint}", file=sys.stderr)
         return 4 if e.code == "connection_lost" else 2

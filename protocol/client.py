@@ -3,7 +3,9 @@
 Requests are matched to replies by message id; events that arrive meanwhile (progress, job
 state, previews) are queued for `events()`. While waiting, the client pings the server about
 once a second; a server silent for three heartbeats counts as lost, and the client reconnects
-with back-off, says hello again and re-attaches the jobs it was watching. A submit that is
+with back-off, says hello again and re-attaches the jobs it was watching. A server that
+restarted quickly enough to answer the pings itself says it does not know this connection
+(`pong` with `known` false); the client then says hello and re-attaches too. A submit that is
 retried after a reconnect carries the same message id, so the server returns the same job
 instead of making a second one.
 """
@@ -68,6 +70,8 @@ class Client:
         self.attached: set[str] = set()
         self._events: collections.deque = collections.deque()
         self._last_heard = 0.0
+        self._next_ping = 0.0
+        self._unknown = False  # the server has said it does not know this connection
 
     # -- connection ---------------------------------------------------------------------
     def connect(self) -> wire.Welcome:
@@ -89,6 +93,17 @@ class Client:
         s.connect(self.address)
         self.sock = s
         self._last_heard = time.monotonic()
+        self._next_ping = self._last_heard + self.heartbeat_s
+
+    def _resync(self) -> None:
+        """Hello and attach again on the open connection (the server forgot them)."""
+        self._unknown = False
+        try:
+            self.welcome = self._request(wire.Hello(client=self.name), retry=False)
+            for job in list(self.attached):
+                self._request(wire.Attach(), job=job, retry=False)
+        except (ConnectionLost, ServerError):
+            self._reconnect()
 
     def _reconnect(self) -> None:
         delay = 0.25
@@ -157,24 +172,28 @@ class Client:
         )
 
     def _recv(self, deadline: float):
-        """Next message, or (None, None) at the deadline or when the server has gone silent."""
-        next_ping = time.monotonic() + self.heartbeat_s
+        """Next message, or (None, None) at the deadline or when the server has gone silent.
+        Pings go out every heartbeat across calls (a caller polling in short windows, as the
+        Blender extension does, still keeps the server's attention)."""
         while True:
             now = time.monotonic()
             if now >= deadline:
                 return None, None
-            wait = min(deadline, next_ping) - now
+            wait = min(deadline, self._next_ping) - now
             if self.sock.poll(max(1, int(wait * 1000))):
                 data = self.sock.recv()
                 self._last_heard = time.monotonic()
                 try:
-                    return wire.decode(data)
+                    env, body = wire.decode(data)
                 except wire.WireError:
                     continue  # not something a client can act on
-            if time.monotonic() >= next_ping:
+                if isinstance(body, wire.Pong) and not body.known:
+                    self._unknown = True
+                return env, body
+            if time.monotonic() >= self._next_ping:
                 with contextlib.suppress(zmq.Again):  # nowhere to send: silence counts below
                     self.sock.send(wire.encode(wire.Ping()), zmq.NOBLOCK)
-                next_ping = time.monotonic() + self.heartbeat_s
+                self._next_ping = time.monotonic() + self.heartbeat_s
                 if time.monotonic() - self._last_heard > 3 * self.heartbeat_s:
                     return None, None
 
@@ -213,12 +232,16 @@ class Client:
         self.attached.discard(job)
 
     def events(self, timeout_s: float | None = None) -> Iterator[tuple[str, wire.Body]]:
-        """(job id, event body) as they come; stops after `timeout_s` of nothing new."""
+        """(job id, event body) as they come; stops after `timeout_s` of nothing new (pongs
+        are not news)."""
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else 1e9)
         while True:
             while self._events:
                 env, body = self._events.popleft()
                 yield env.job, body
-            deadline = time.monotonic() + (timeout_s if timeout_s is not None else 1e9)
+                deadline = time.monotonic() + (timeout_s if timeout_s is not None else 1e9)
+            if self._unknown:
+                self._resync()
             env, body = self._recv(deadline)
             if env is None:
                 if time.monotonic() - self._last_heard > 3 * self.heartbeat_s:
@@ -227,27 +250,32 @@ class Client:
                 return
             if env.re is None and not isinstance(body, (wire.Pong, wire.Error)):
                 yield env.job, body
+                deadline = time.monotonic() + (timeout_s if timeout_s is not None else 1e9)
 
     def wait(self, job: str, on_event: Callable[[str, wire.Body], None] | None = None,
              timeout_s: float | None = None) -> wire.JobInfo:
-        """Attach and follow the job until it is done, failed or cancelled."""
+        """Attach and follow the job until it is done, failed or cancelled, or until `timeout_s`
+        (then the job's state at that moment is returned, whatever it is)."""
         info = self.attach(job)
         end = time.monotonic() + timeout_s if timeout_s else None
         while info.state not in wire.FINAL_STATES:
-            left = None if end is None else max(0.0, end - time.monotonic())
-            if left == 0.0:
+            # Ask for the state at least every 5 s: an event lost on the way (a slow reader's
+            # full queue, a server that restarted) cannot leave the wait hanging.
+            check = time.monotonic() + 5.0
+            stop = check if end is None else min(check, end)
+            for job_id, body in self.events(timeout_s=max(0.0, stop - time.monotonic())):
+                if job_id == job:
+                    if on_event is not None:
+                        on_event(job_id, body)
+                    if isinstance(body, wire.JobState):
+                        info = body.job
+                        if info.state in wire.FINAL_STATES:
+                            return info
+                if time.monotonic() >= stop:
+                    break
+            if end is not None and time.monotonic() >= end:
                 break
-            for job_id, body in self.events(timeout_s=min(left or 5.0, 5.0)):
-                if job_id != job:
-                    continue
-                if on_event is not None:
-                    on_event(job_id, body)
-                if isinstance(body, wire.JobState):
-                    info = body.job
-                    if info.state in wire.FINAL_STATES:
-                        break
-            else:
-                info = self.status(job)  # a quiet spell: make sure nothing was missed
+            info = self.status(job)
         return info
 
     def fetch(self, job: str) -> bytes:

@@ -73,3 +73,36 @@ class DivergedError(Animate4DError):
     checkpoint is kept."""
 
     code = "diverged"
+
+
+class StorageFullError(Animate4DError):
+    """(submit) The server's disk is full: no new job is accepted until it has room again;
+    jobs already accepted are kept."""
+
+    code = "storage_full"
+
+
+class StorageError(Animate4DError):
+    """(submit) The server cannot write its job store for another reason (named)."""
+
+    code = "storage_error"
+
+
+class StoreDamagedError(Animate4DError):
+    """(job failure) The job's files in the server's store are damaged or gone."""
+
+    code = "store_damaged"
+
+
+class ResultDamagedError(Animate4DError):
+    """(fetch) The stored result does not match the checksum recorded when it was uploaded
+    (or cannot be read): it is never served; the job runs again when its input is kept."""
+
+    code = "result_damaged"
+
+
+class NotAllowedError(Animate4DError):
+    """The key this connection authenticated with has been removed from the server's allowed
+    folders since."""
+
+    code = "not_allowed"

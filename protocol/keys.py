@@ -6,7 +6,9 @@ server's NAME.key to clients and workers; keep every .key_secret private.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import time
 from pathlib import Path
 
 import zmq
@@ -24,9 +26,32 @@ def generate(directory: str | os.PathLike, name: str) -> tuple[Path, Path]:
     d.mkdir(parents=True, exist_ok=True)
     if (d / f"{name}.key_secret").exists():
         raise KeyFileError(f"{d / (name + '.key_secret')} exists already; not overwriting it")
-    public, secret = zmq.auth.create_certificates(str(d), name)
-    os.chmod(secret, 0o600)
-    return Path(public), Path(secret)
+    public, secret = zmq.curve_keypair()
+    secret_path, public_path = d / f"{name}.key_secret", d / f"{name}.key"
+    # The secret is private from its first byte: created 0600, never widened then narrowed.
+    _write_certificate(secret_path, public, secret, 0o600)
+    _write_certificate(public_path, public, None, 0o644)
+    return public_path, secret_path
+
+
+def _write_certificate(path: Path, public: bytes, secret: bytes | None, mode: int) -> None:
+    """ZeroMQ's certificate format (what zmq.auth.load_certificate reads)."""
+    kind = "Secret" if secret is not None else "Public"
+    lines = [f"#   ****  Generated on {time.strftime('%Y-%m-%d %H:%M:%S')} by animate4d  ****",
+             f"#   ZeroMQ CURVE **{kind}** Certificate",
+             "#   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions."
+             if secret is not None else "#   Exchange securely, or use a secure mechanism "
+                                        "to verify the contents of this file after exchange.",
+             "", "metadata", "curve", f'    public-key = "{public.decode()}"']
+    if secret is not None:
+        lines.append(f'    secret-key = "{secret.decode()}"')
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, mode)
+    except FileExistsError:
+        raise KeyFileError(f"{path} exists already; not overwriting it") from None
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
 
 
 def load_public(path: str | os.PathLike) -> bytes:
@@ -66,10 +91,21 @@ def public_keys_in(directory: str | os.PathLike) -> set[bytes]:
 
 
 def is_loopback(address: str) -> bool:
+    """Whether a ZeroMQ address stays on this machine: ipc/inproc, `localhost`, or a loopback
+    IP address (compared as an address: `tcp://127.evil.example` is a host name, not one)."""
     if address.startswith(("ipc://", "inproc://")):
         return True
-    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
-    return host in ("localhost", "::1") or host.startswith("127.")
+    if not address.startswith("tcp://"):
+        return False
+    host = address[len("tcp://"):].rsplit(":", 1)[0]
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name (resolved elsewhere), an interface name or `*`
 
 
 def apply_client_curve(sock: zmq.Socket, server_public: bytes, keypair: tuple[bytes, bytes]):

@@ -54,6 +54,10 @@ class JobOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             _bad("amplitude", self.amplitude, "0..3")
         if not (math.isfinite(self.speed) and 0.0 < self.speed <= 10.0):
             _bad("speed", self.speed, "(0, 10] cycles per second")
+        if self.camera is not None:
+            size = len(msgspec.json.encode(self.camera))
+            if size > limits.MAX_CAMERA_JSON_BYTES:
+                _bad("camera", f"{size} bytes of JSON", f"at most {limits.MAX_CAMERA_JSON_BYTES}")
         if self.target is not None and (
             len(self.target) != 3 or not all(math.isfinite(x) for x in self.target)
         ):
@@ -66,4 +70,7 @@ class JobOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 def _bad(name, value, allowed):
-    raise InvalidRequestError(f"{name} is {value}; allowed: {allowed}")
+    text = str(value)  # never echo a huge value back
+    if len(text) > 80:
+        text = text[:80] + f"... ({len(text)} characters)"
+    raise InvalidRequestError(f"{name} is {text}; allowed: {allowed}")

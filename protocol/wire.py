@@ -189,6 +189,9 @@ class Ping(Body):
 
 class Pong(Body):
     TYPE = "pong"
+    # False when this connection has not said hello to this server (it restarted, or forgot
+    # an idle client): the client says hello again and re-attaches its jobs.
+    known: bool = True
 
 
 class Error(Body):

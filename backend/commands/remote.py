@@ -8,6 +8,7 @@ from pathlib import Path
 from animate4d.protocol import a4d, keys, wire
 from animate4d.protocol.client import DEFAULT_SERVER, Client
 from animate4d.protocol.options import PRESETS
+from animate4d.protocol.text import printable
 
 from .local import add_job_options, job_options
 
@@ -30,10 +31,11 @@ class _Follow:
         if self.quiet:
             return
         if isinstance(body, wire.Progress):
-            text = f"  {body.stage:<10} {body.step}/{body.total}"
+            text = f"  {printable(body.stage, 64):<10} {body.step}/{body.total}"
             sys.stderr.write(("\r" + text + " " * 10) if self.tty else text + "\n")
         elif isinstance(body, wire.JobState):
-            sys.stderr.write(("\n" if self.tty else "") + f"  job is {body.job.state}\n")
+            sys.stderr.write(("\n" if self.tty else "")
+                             + f"  job is {printable(body.job.state, 32)}\n")
         sys.stderr.flush()
 
 
@@ -41,10 +43,12 @@ def _final(info: wire.JobInfo) -> int:
     if info.state == wire.DONE:
         return 0
     if info.state in (wire.FAILED, wire.CANCELLED):
-        why = f": {info.error_code}: {info.error_message}" if info.error_code else ""
-        print(f"animate4d: job {info.id} {info.state}{why}", file=sys.stderr)
+        why = (f": {printable(info.error_code, 64)}: {printable(info.error_message, 2000)}"
+               if info.error_code else "")
+        print(f"animate4d: job {printable(info.id)} {info.state}{why}", file=sys.stderr)
         return 3
-    print(f"animate4d: job {info.id} is still {info.state}", file=sys.stderr)
+    print(f"animate4d: job {printable(info.id)} is still {printable(info.state, 32)}",
+          file=sys.stderr)
     return 0
 
 
@@ -65,14 +69,15 @@ def cmd_submit(args) -> int:
     options = job_options(args)
     with _client(args) as client:
         info = client.submit(path.read_bytes(), options, image_name=path.name)
-        print(f"submitted {path.name} as job {info.id} ({info.state})", file=sys.stderr)
+        print(f"submitted {printable(path.name)} as job {printable(info.id)} "
+              f"({printable(info.state, 32)})", file=sys.stderr)
         code = 0
         if args.wait or args.out:
             info = client.wait(info.id, _Follow(args.quiet))
             code = _final(info)
             if info.state == wire.DONE and args.out:
                 _write(client, info.id, args.out, not args.no_preview)
-        print(info.id)
+        print(printable(info.id))
         return code
 
 
@@ -80,18 +85,21 @@ def cmd_status(args) -> int:
     with _client(args) as client:
         if args.job:
             info = client.status(args.job)
-            print(info.state)
-            where = f"{info.stage} {info.step}/{info.total}" if info.stage else ""
+            print(printable(info.state, 32))
+            where = f"{printable(info.stage, 64)} {info.step}/{info.total}" if info.stage else ""
             if info.state == wire.QUEUED and info.queue_position is not None:
                 where = f"position {info.queue_position} in the queue"
-            print(f"job {info.id}: {info.preset}, '{info.prompt[:60]}', attempts "
-                  f"{info.attempts}" + (f", {where}" if where else ""))
+            print(f"job {printable(info.id)}: {printable(info.preset, 32)}, "
+                  f"'{printable(info.prompt[:60])}', attempts {info.attempts}"
+                  + (f", {where}" if where else ""))
             if info.error_code:
-                print(f"error: {info.error_code}: {info.error_message}")
+                print(f"error: {printable(info.error_code, 64)}: "
+                      f"{printable(info.error_message, 2000)}")
             return 0
         jobs = client.list()
         for info in jobs:
-            print(f"{info.id}  {info.state:<9}  {info.preset:<7}  {info.prompt[:50]}")
+            print(f"{printable(info.id)}  {printable(info.state, 32):<9}  "
+                  f"{printable(info.preset, 32):<7}  {printable(info.prompt[:50])}")
         if not jobs:
             print("no jobs", file=sys.stderr)
         return 0
@@ -100,7 +108,7 @@ def cmd_status(args) -> int:
 def cmd_attach(args) -> int:
     with _client(args) as client:
         info = client.wait(args.job, _Follow(args.quiet))
-        print(info.state)
+        print(printable(info.state, 32))
         return _final(info)
 
 
@@ -109,7 +117,7 @@ def cmd_cancel(args) -> int:
         info = client.cancel(args.job)
         if info.state == wire.RUNNING and args.wait:
             info = client.wait(args.job, _Follow(True), timeout_s=30)
-        print(info.state)
+        print(printable(info.state, 32))
         return 0
 
 

@@ -4,13 +4,21 @@ It owns the job store and the queue and never runs a job. Every message is decod
 before anything happens; a bad one gets an `error` reply (or is dropped if it cannot even be
 answered), and a handler's unexpected exception is logged and answered as `internal` — the loop
 itself never stops for a message.
+
+The store may fail under it (disk full, folder removed): every write goes through `_save` or is
+caught where it happens; the state in memory stays the truth and is written again once the store
+takes writes. Meanwhile new submits are refused (`storage_full`) and no job is dispatched, since
+its result could not be kept.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import secrets
+import shutil
 import sys
 import threading
 import time
@@ -22,7 +30,14 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from animate4d.protocol import a4d, keys, limits, wire
-from animate4d.protocol.errors import Animate4DError
+from animate4d.protocol.errors import (
+    Animate4DError,
+    NotAllowedError,
+    ResultDamagedError,
+    StorageError,
+    StorageFullError,
+    StoreDamagedError,
+)
 from animate4d.protocol.wire import (
     CANCELLED,
     DONE,
@@ -36,9 +51,10 @@ from animate4d.protocol.wire import (
 from ..preprocess.image_io import probe_image
 from ..version import package_version
 from .scheduler import FairQueue
-from .store import JobRecord, JobStore
+from .store import JobRecord, JobStore, file_sha256
 
 LOCAL_OWNER = "local"
+CLIENT_QUEUE_MESSAGES = 8
 
 
 @dataclass
@@ -72,6 +88,10 @@ class _KeyFolders:
             self._cache[kind] = cached
         return cached[1]
 
+    def member(self, kind: str, owner: str) -> bool:
+        """Whether the key (its z85 text, as ZAP's User-Id gives it) is in the folder now."""
+        return owner.encode() in self.keys(kind)
+
     def callback(self, domain: str, key: bytes) -> bool:
         if domain == "clients":
             return key in self.keys("clients") or key in self.keys("admins")
@@ -101,7 +121,7 @@ class Upload:
 class Server:
     def __init__(
         self,
-        store: str | os.PathLike,
+        store: str | os.PathLike | JobStore,
         client_bind: str,
         worker_bind: str,
         *,
@@ -120,7 +140,7 @@ class Server:
                     hint="give --keys DIR (made with `animate4d keys server DIR`), or "
                          "--insecure if this network is trusted",
                 )
-        self.store = JobStore(store)
+        self.store = store if isinstance(store, JobStore) else JobStore(store)
         self.client_bind, self.worker_bind = client_bind, worker_bind
         self.curve = curve
         self.heartbeat_s, self.dead_after_s = heartbeat_s, dead_after_s
@@ -137,8 +157,11 @@ class Server:
         self.submits: dict[tuple[str, str], str] = {}
         self._dirty: set[str] = set()
         self._cancelling: set[str] = set()
-        self._sha: dict[str, tuple[int, str]] = {}
-        self._admins: set[str] = set()
+        self._sha: dict[str, tuple[tuple, str]] = {}  # result checked: (size, mtime, inode)
+        self._members: _KeyFolders | None = _KeyFolders(curve) if curve is not None else None
+        self.greeted: set[bytes] = set()  # client connections that said hello
+        self.storage_error: str | None = None  # why the store refuses writes, while it does
+        self._dispatch_after_reply = False
         self.messages_handled = 0
         self.busy_s = 0.0  # time spent handling messages (the server's overhead)
         self._next_sweep = 0.0
@@ -146,15 +169,20 @@ class Server:
 
     # -- start-up ---------------------------------------------------------------------
     def _load(self) -> None:
-        for rec in sorted(self.store.load_all(), key=lambda r: r.info.created):
+        records, problems = self.store.load_all()
+        for line in problems:
+            self.log(f"store: {line}")
+        for rec in sorted(records, key=lambda r: r.info.created):
             self.jobs[rec.info.id] = rec
             if rec.submit_id:
                 self.submits[(rec.owner, rec.submit_id)] = rec.info.id
             if rec.info.state in (QUEUED, RUNNING):
                 if rec.info.state == RUNNING:
+                    # Not the job's fault, nor a worker's: not counted against its attempts.
                     rec.info.state = QUEUED
+                    rec.info.attempts = max(0, rec.info.attempts - 1)
                     self.store.log(rec.info.id, "server restarted: requeued")
-                    self.store.save(rec)
+                    self._save(rec)
                 self.queue.push(rec.owner, rec.info.id, front=True)
         if self.jobs:
             self.log(f"{len(self.jobs)} job(s) in the store, {len(self.queue)} queued")
@@ -167,6 +195,10 @@ class Server:
             s.setsockopt(zmq.ROUTER_MANDATORY, 1)
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.SNDHWM, 1000)
+        # A client that sends requests without reading the replies (say, a hundred fetches
+        # of 4 MiB) fills its own queue, not the server's memory: past this many messages
+        # waiting for it, its replies and events are dropped (it asks again; `wait` polls).
+        clients.setsockopt(zmq.SNDHWM, CLIENT_QUEUE_MESSAGES)
         if self.curve is not None:
             self.auth = ThreadAuthenticator(ctx)
             self.auth.start()
@@ -177,7 +209,6 @@ class Server:
                 s.curve_server = True
                 s.curve_publickey, s.curve_secretkey = public, secret
                 s.zap_domain = domain
-            self._admins = {k.decode() for k in self.curve.allowed("admins")}
         clients.bind(self.client_bind)
         workers.bind(self.worker_bind)
         return clients, workers
@@ -234,10 +265,31 @@ class Server:
                 if not owner:
                     continue
             try:
+                if not self._still_allowed(sock, ident, owner):
+                    continue
                 handler(ident, owner, payload.bytes)
             except Exception:
                 self.log("internal error while handling a message:\n" + traceback.format_exc())
             self.busy_s += time.perf_counter() - t0
+
+    def _still_allowed(self, sock, ident: bytes, owner: str) -> bool:
+        """CURVE checks a key once, at the handshake: a key removed from its folder since then
+        loses its access at its next message, not when it reconnects."""
+        if self._members is None:
+            return True
+        if sock is self.workers_sock:
+            if self._members.member("workers", owner):
+                return True
+            w = self.workers.get(ident)
+            if w is not None:  # not the job's fault: not counted against its attempts
+                self._worker_lost(w, "its key is no longer allowed", counted=False)
+        elif self._members.member("clients", owner) or self._members.member("admins", owner):
+            return True
+        else:
+            self._unsubscribe_all(ident)
+        self._send(sock, ident, wire.Error(code=NotAllowedError.code, message=(
+            "this key is no longer allowed on this server; ask its administrator")))
+        return False
 
     def _send(self, sock, ident: bytes, body: wire.Body, **env) -> bool:
         try:
@@ -255,6 +307,7 @@ class Server:
         for ident, seen in list(self.client_seen.items()):
             if now - seen > 10 * self.heartbeat_s:
                 self._unsubscribe_all(ident)
+        self._check_store()
         self._flush()
         if now >= self._next_sweep:
             self._sweep()
@@ -264,12 +317,57 @@ class Server:
     def _flush(self) -> None:
         for job_id in list(self._dirty):
             rec = self.jobs.get(job_id)
-            if rec is not None:
-                self.store.save(rec, durable=False)
-        self._dirty.clear()
+            if rec is None or self._save(rec, durable=False):
+                self._dirty.discard(job_id)
+
+    # -- the store under faults ---------------------------------------------------------
+    def _save(self, rec: JobRecord, *, durable: bool = True) -> bool:
+        """Write the record; if the store refuses, keep it dirty to write again later."""
+        try:
+            self.store.save(rec, durable=durable)
+            return True
+        except OSError as e:
+            self._storage_failed(e)
+            self._dirty.add(rec.info.id)
+            return False
+
+    def _storage_failed(self, e: OSError) -> None:
+        if self.storage_error is None:
+            self.log(f"store: a write failed ({e.strerror or e}): new jobs are refused and none "
+                     f"is started until the store takes writes again")
+        self.storage_error = (
+            "the server's disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT)
+            else f"the server cannot write its job store ({e.strerror or e})")
+
+    def _check_store(self) -> None:
+        """The store folder removed under the server: make it again and write back every job
+        it knows (a job whose input went with it fails `store_damaged` when it would run)."""
+        if not self.store.jobs_dir.is_dir():
+            self.log(f"store: {self.store.jobs_dir} has disappeared: making it again and "
+                     f"writing back {len(self.jobs)} job record(s)")
+            try:
+                self.store.jobs_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                self._storage_failed(e)
+                return
+            for job_id in self.jobs:
+                try:
+                    self.store.restore_dirs(job_id)
+                except OSError as e:
+                    self._storage_failed(e)
+                self._dirty.add(job_id)
+            self._sha.clear()
+        if self.storage_error is not None:
+            try:
+                self.store.probe()
+            except OSError as e:
+                self._storage_failed(e)
+                return
+            self.storage_error = None
+            self.log("store: writes succeed again: accepting and starting jobs")
 
     def _sweep(self) -> None:
-        for job_id in self.store.expired(self.jobs.values(), self.retention_s, time.time()):
+        for job_id in self.store.expired(list(self.jobs.values()), self.retention_s, time.time()):
             self._forget(job_id)
             self.log(f"job {job_id} expired after the retention time")
 
@@ -295,9 +393,14 @@ class Server:
             reply = wire.Error(code="internal", message="internal server error (logged)")
         if reply is not None:
             self._send(self.clients, ident, reply, re=env.id, job=env.job)
+        if self._dispatch_after_reply:  # the `accepted` reply goes before the job's events
+            self._dispatch_after_reply = False
+            self._dispatch()
 
     def _is_admin(self, owner: str) -> bool:
-        return owner == LOCAL_OWNER or owner in self._admins
+        if self._members is None:
+            return owner == LOCAL_OWNER  # no keys: every local client is one owner (README)
+        return self._members.member("admins", owner)
 
     def _visible(self, owner: str, job_id: str | None) -> JobRecord:
         rec = self.jobs.get(job_id) if job_id else None
@@ -316,6 +419,7 @@ class Server:
         return rec.info
 
     def _hello(self, ident, owner, env, body: wire.Hello):
+        self.greeted.add(ident)
         presets = sorted({p for w in self.workers.values() for p in w.presets})
         return wire.Welcome(
             server=f"animate4d {package_version()}", protocol=wire.PROTOCOL_VERSION,
@@ -343,6 +447,7 @@ class Server:
         probe_image(body.image)  # header only: size, format, pixel limits
         if body.mesh is not None:
             self._check_mesh(body.mesh)
+        self._check_room(len(body.image))
         name = os.path.basename(body.image_name)[: limits.MAX_NAME_CHARS] or "image"
         job_id = secrets.token_hex(16)  # 128 bits; hex never starts with "-" (argv-safe)
         rec = JobRecord(
@@ -350,13 +455,30 @@ class Server:
                          prompt=body.options.prompt, created=time.time()),
             owner=owner, options=body.options, image_name=name, submit_id=env.id,
         )
-        self.store.create(rec, body.image)
+        try:
+            self.store.create(rec, body.image)
+        except OSError as e:
+            self._storage_failed(e)
+            self._check_room(0)
         self.jobs[job_id] = rec
         self.submits[(owner, env.id)] = job_id
         self.queue.push(owner, job_id)
         self.subscribers.setdefault(job_id, set()).add(ident)  # the submitter hears progress
-        self._dispatch()
+        self._dispatch_after_reply = True
         return wire.Accepted(job=self._info(rec))
+
+    def _check_room(self, nbytes: int) -> None:
+        """Refuse a job the store cannot keep (nothing is accepted that could be lost)."""
+        if self.storage_error is None:
+            try:
+                if shutil.disk_usage(self.store.root).free < nbytes + (1 << 20):
+                    self.storage_error = "the server's disk is full"
+            except OSError as e:
+                self._storage_failed(e)
+        if self.storage_error is not None:
+            error = StorageFullError if "disk is full" in self.storage_error else StorageError
+            raise error(f"{self.storage_error}: no new jobs for now; jobs already accepted are "
+                        f"kept. Try again later, or tell its admin")
 
     def _check_preset(self, preset: str) -> None:
         """Refuse a preset that no worker has offered since the server started when connected
@@ -434,25 +556,60 @@ class Server:
         if rec.info.state != DONE:
             raise WireError("not_ready", f"the job is {rec.info.state}; results exist once done")
         path = self.store.result_path(rec.info.id)
-        size = path.stat().st_size
-        if not (0 <= body.offset <= size) or not (0 < body.length <= limits.CHUNK_BYTES):
-            raise WireError("bad_request", f"offset must be in 0..{size} and length in "
-                                           f"1..{limits.CHUNK_BYTES}")
-        with open(path, "rb") as fh:
-            fh.seek(body.offset)
-            data = fh.read(body.length)
-        return wire.Chunk(offset=body.offset, total=size, data=data,
-                          sha256=self._result_sha(rec.info.id, path, size))
+        try:
+            size = self._checked_result(rec, path)
+            if not (0 <= body.offset <= size) or not (0 < body.length <= limits.CHUNK_BYTES):
+                raise WireError("bad_request", f"offset must be in 0..{size} and length in "
+                                               f"1..{limits.CHUNK_BYTES}")
+            with open(path, "rb") as fh:
+                fh.seek(body.offset)
+                data = fh.read(body.length)
+        except OSError as e:
+            self._result_damaged(rec, f"its result file cannot be read ({e.strerror or e})")
+        return wire.Chunk(offset=body.offset, total=size, data=data, sha256=rec.result_sha256)
 
-    def _result_sha(self, job_id: str, path: Path, size: int) -> str:
-        cached = self._sha.get(job_id)
-        if cached is None or cached[0] != size:
-            cached = (size, hashlib.sha256(path.read_bytes()).hexdigest())
-            self._sha[job_id] = cached
-        return cached[1]
+    def _checked_result(self, rec: JobRecord, path: Path) -> int:
+        """The result's size once its bytes match the checksum recorded at upload (checked again
+        whenever the file changes on disk); a result that does not is never served."""
+        st = path.stat()
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+        cached = self._sha.get(rec.info.id)
+        if cached is not None and cached[0] == stamp:
+            return st.st_size
+        digest = file_sha256(path)
+        if not rec.result_sha256:  # a record from before checksums were kept
+            rec.result_sha256 = digest
+            self._dirty.add(rec.info.id)
+        if digest != rec.result_sha256:
+            self._result_damaged(rec, "its result file on disk does not match the checksum "
+                                      "recorded when it was stored")
+        self._sha[rec.info.id] = (stamp, digest)
+        return st.st_size
+
+    def _result_damaged(self, rec: JobRecord, why: str):
+        """Never serve it: run the job again when its input is still there, else fail it."""
+        job_id = rec.info.id
+        self._sha.pop(job_id, None)
+        self.log(f"job {job_id}: {why}")
+        with contextlib.suppress(OSError):
+            self.store.drop_result(job_id)
+        if self.store.has_input(job_id):
+            rec.info.state, rec.info.result_bytes, rec.result_sha256 = QUEUED, None, ""
+            rec.info.finished = None
+            self.store.log(job_id, f"{why}: queued to compute it again")
+            self.queue.push(rec.owner, job_id, front=True)
+            self._dirty.add(job_id)
+            self._publish(job_id, wire.JobState(job=self._info(rec)))
+            self._dispatch_after_reply = True
+            raise ResultDamagedError(f"{why}; the job is being computed again: wait for it "
+                                     f"(attach) and fetch again")
+        self._finish(rec, FAILED, StoreDamagedError.code, f"{why}, and its input is gone too")
+        raise ResultDamagedError(f"{why}, and its input is gone: submit it again")
 
     def _ping(self, ident, owner, env, body):
-        return wire.Pong()
+        # A client this server has no hello from (it restarted, or forgot an idle client) has
+        # lost its attachments: it says hello and attaches again.
+        return wire.Pong(known=ident in self.greeted)
 
     _client_handlers = {
         wire.Hello: _hello, wire.Submit: _submit, wire.Status: _status, wire.List: _list,
@@ -468,6 +625,8 @@ class Server:
         for ident in list(subs):
             try:
                 self.clients.send_multipart([ident, data], zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # a slow reader misses this event, not the next ones
             except zmq.ZMQError:
                 subs.discard(ident)
 
@@ -475,6 +634,7 @@ class Server:
         for subs in self.subscribers.values():
             subs.discard(ident)
         self.client_seen.pop(ident, None)
+        self.greeted.discard(ident)
 
     # -- workers ------------------------------------------------------------------------
     def _on_worker(self, ident: bytes, owner: str, payload: bytes) -> None:
@@ -547,6 +707,7 @@ class Server:
         cap = limits.MAX_A4D_BYTES if key == "" else limits.MAX_CHECKPOINT_BYTES
         up = self.uploads.get((job_id, key))
         if body.offset == 0:
+            self._drop_uploads(job_id)  # a worker uploads one file at a time
             up = self.uploads[(job_id, key)] = Upload(total=body.total)
         if up is None or body.offset != len(up.data) or body.total != up.total or \
                 body.total > cap or len(up.data) + len(body.data) > body.total:
@@ -565,8 +726,11 @@ class Server:
                        wire.Error(code="bad_upload", message="sha256 mismatch"), job=job_id)
             return
         if key:
-            if len(self.store.checkpoint_keys(job_id)) < limits.MAX_CHECKPOINTS_PER_JOB:
-                self.store.put_checkpoint(job_id, key, data)
+            try:
+                if len(self.store.checkpoint_keys(job_id)) < limits.MAX_CHECKPOINTS_PER_JOB:
+                    self.store.put_checkpoint(job_id, key, data)
+            except OSError as e:  # lost: the job recomputes from an earlier one if it must
+                self._storage_failed(e)
             return
         rec = self.jobs[job_id]
         try:
@@ -575,13 +739,24 @@ class Server:
             w.job = None
             self._finish(rec, FAILED, "bad_result", f"the worker sent an invalid result: {e}")
             return
-        self.store.put_result(job_id, data)
-        rec.info.result_bytes = len(data)
         w.job = None
+        try:
+            self.store.put_result(job_id, data)
+        except OSError as e:
+            self._storage_failed(e)
+            why = f"its result could not be stored ({e.strerror or e})"
+            self.log(f"job {job_id}: {why}: back in the queue")
+            self._requeue(job_id, why, counted=False)
+            return
+        rec.info.result_bytes = len(data)
+        rec.result_sha256 = body.sha256
         self._finish(rec, DONE, None, None)
 
     def _w_checkpoint_get(self, w, env, body: wire.CheckpointGet):
-        data = self.store.checkpoint(env.job, body.key) or b""
+        try:
+            data = self.store.checkpoint(env.job, body.key) or b""
+        except OSError:
+            data = b""  # gone: the worker recomputes
         start = max(0, min(body.offset, len(data)))
         self._send(self.workers_sock, w.ident,
                    wire.Chunk(offset=start, total=len(data), key=body.key,
@@ -603,24 +778,41 @@ class Server:
         wire.Cancelled: _w_cancelled,
     }
 
-    def _worker_lost(self, w: WorkerConn, why: str) -> None:
+    def _worker_lost(self, w: WorkerConn, why: str, *, counted: bool = True) -> None:
         self.workers.pop(w.ident, None)
         self.log(f"worker {w.name} lost: {why}")
         if w.job is not None:
-            self._requeue(w.job, f"worker {w.name} lost ({why})")
+            # A worker that said nothing after the assignment was likely dead before it: that
+            # attempt is not counted (unless it keeps happening: a job that kills its worker
+            # on arrival must still end).
+            answered = w.last_seen > w.assigned_at
+            self._requeue(w.job, f"worker {w.name} lost ({why})",
+                          counted=counted and answered, silent=counted and not answered)
             w.job = None
 
-    def _requeue(self, job_id: str, why: str) -> None:
+    def _drop_uploads(self, job_id: str) -> None:
+        for key in [k for k in self.uploads if k[0] == job_id]:
+            del self.uploads[key]
+
+    def _requeue(self, job_id: str, why: str, *, counted: bool = True,
+                 silent: bool = False) -> None:
+        """Back to the queue after its worker lost it; `counted` when that counts against
+        --max-attempts (a worker that died holding it), not when the server is at fault or
+        the worker never answered after the assignment (`silent`)."""
         rec = self.jobs.get(job_id)
         if rec is None or rec.info.state != RUNNING:
             return
-        for key in [k for k in self.uploads if k[0] == job_id]:
-            del self.uploads[key]
+        self._drop_uploads(job_id)
+        if counted:
+            rec.losses += 1
+        else:
+            rec.info.attempts = max(0, rec.info.attempts - 1)
+            rec.silent_losses += silent
         if job_id in self._cancelling:
             self._finish(rec, CANCELLED, None, None)
-        elif rec.info.attempts >= self.max_attempts:
+        elif rec.losses >= self.max_attempts or rec.silent_losses >= 2 * self.max_attempts + 2:
             self._finish(rec, FAILED, "worker_lost",
-                         f"{why}; gave up after {rec.info.attempts} attempts")
+                         f"{why}; gave up after {rec.losses} attempts (each time its worker died)")
         else:
             rec.info.state = QUEUED
             self.store.log(job_id, f"requeued: {why}")
@@ -629,26 +821,40 @@ class Server:
             self._publish(job_id, wire.JobState(job=self._info(rec)))
 
     def _dispatch(self) -> None:
+        if self.storage_error is not None:
+            return  # a result could not be kept: jobs wait in the queue until it can
+        now = time.monotonic()
         for w in list(self.workers.values()):
             if w.job is not None or not len(self.queue):
                 continue
+            if now - w.last_seen > self.dead_after_s / 2:
+                continue  # silent for a while: likely dead, it gets nothing until it speaks
             job_id = self.queue.pop(lambda j, w=w: self.jobs[j].options.preset in w.presets)
             if job_id is None:
                 continue
             rec = self.jobs[job_id]
+            try:
+                image = self.store.image(job_id)
+                checkpoints = self.store.checkpoint_keys(job_id)
+            except OSError as e:
+                rec.info.state = RUNNING  # for _finish's bookkeeping; it never ran
+                self._finish(rec, FAILED, StoreDamagedError.code,
+                             f"its input image is gone from the server's store "
+                             f"({e.strerror or e}): submit it again")
+                continue
             rec.info.state = RUNNING
             rec.info.started = rec.info.started or time.time()
             rec.info.attempts += 1
             rec.info.stage, rec.info.step, rec.info.total = None, 0, 0
             w.job, w.assigned_at = job_id, time.monotonic()
-            self.store.save(rec, durable=False)
+            self._save(rec, durable=False)
             self.store.log(job_id, f"attempt {rec.info.attempts} on worker {w.name}")
             ok = self._send(self.workers_sock, w.ident, wire.Assign(
-                options=rec.options, image=self.store.image(job_id), image_name=rec.image_name,
-                attempt=rec.info.attempts, checkpoints=self.store.checkpoint_keys(job_id),
+                options=rec.options, image=image, image_name=rec.image_name,
+                attempt=rec.info.attempts, checkpoints=checkpoints,
             ), job=job_id)
-            if not ok:
-                self._worker_lost(w, "unreachable")
+            if not ok:  # it never had the job
+                self._worker_lost(w, "unreachable", counted=False)
                 continue
             self._publish(job_id, wire.JobState(job=self._info(rec)))
 
@@ -657,8 +863,9 @@ class Server:
         rec.info.finished = time.time()
         rec.info.error_code, rec.info.error_message = code, message
         self._cancelling.discard(rec.info.id)
-        self.store.save(rec)
-        self._dirty.discard(rec.info.id)
+        self._drop_uploads(rec.info.id)
+        if self._save(rec):
+            self._dirty.discard(rec.info.id)
         self.store.log(rec.info.id, state + (f": {code}: {message}" if code else ""))
         self._publish(rec.info.id, wire.JobState(job=self._info(rec)))
         self._dispatch()
@@ -667,4 +874,8 @@ class Server:
         self.jobs.pop(job_id, None)
         self.subscribers.pop(job_id, None)
         self._sha.pop(job_id, None)
-        self.store.delete(job_id)
+        self._dirty.discard(job_id)
+        try:
+            self.store.delete(job_id)
+        except OSError as e:
+            self.log(f"store: could not delete job {job_id}'s files: {e}")

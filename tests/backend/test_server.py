@@ -209,8 +209,10 @@ def test_a_job_whose_workers_keep_dying_fails_after_max_attempts(tmp_path, image
             info = c.submit(image_bytes, OPTIONS)
             for attempt in (1, 2):
                 w = cluster.start_worker(throttle=0.2)
-                wait_until(lambda a=attempt: c.status(info.id).attempts == a
-                           and c.status(info.id).state == wire.RUNNING, what="a run")
+                # Begun: the worker has reported (a worker that never answered after being
+                # given the job may have been dead before it, and is not counted).
+                wait_until(lambda a=attempt: (i := c.status(info.id)).attempts == a
+                           and i.state == wire.RUNNING and i.stage is not None, what="a run")
                 cluster.kill(w)
             final = c.wait(info.id, timeout_s=30)
             assert final.state == wire.FAILED and final.error_code == "worker_lost"
