@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from animate4d.protocol import AnimatedMesh, Camera
-from animate4d.protocol.errors import DivergedError, MissingModelError
+from animate4d.protocol.errors import DivergedError, MissingModelError, PreemptedError
 from animate4d.protocol.options import JobOptions
 
 from ..checkpoints import Checkpoints, NoCheckpoints
@@ -244,7 +244,12 @@ def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progres
             opt = stage_optimiser(scene, stage, preset)
             step_fn = stage_stepper(stage, scene, ref, preset, losses_fn, opt)
             for step in range(start, total):
-                progress(stage, step, total)
+                try:
+                    progress(stage, step, total)
+                except PreemptedError:  # the worker is stopping: resume exactly here
+                    if step > start:
+                        save(stage, step)
+                    raise
                 if (step % OCCUPANCY_EVERY == 0
                         and scene.refresh_occupancy(occupancy_times(stage)) == 0.0):
                     raise _diverged(stage, step, "no density is left anywhere in the scene")

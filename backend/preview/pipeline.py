@@ -5,6 +5,7 @@ pipeline's, so it is both the artist's first answer and a starting shape for the
 
 Resumable: the prepared mesh is checkpointed as "base" and the motion in blocks of frames
 ("frames_00000", ...), so a job moved to another worker continues from the first missing frame.
+A worker that is stopping checkpoints the block it is in up to the frame where it stopped.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 import numpy as np
 
 from animate4d.protocol import AnimatedMesh, Camera
+from animate4d.protocol.errors import PreemptedError
 from animate4d.protocol.options import JobOptions
 
 from ..checkpoints import Checkpoints, NoCheckpoints, pack_state, unpack_state
@@ -139,7 +141,12 @@ def _motion(base: dict, options: JobOptions, progress: ProgressFn, checkpoints: 
     for b0 in range(start, n_frames, block):
         b1 = min(n_frames, b0 + block)
         for k in range(b0, b1):
-            progress("motion", k, n_frames)
+            try:
+                progress("motion", k, n_frames)
+            except PreemptedError:
+                if k > b0:  # a shorter block: the next attempt starts at frame k
+                    checkpoints.put(f"frames_{b0:05d}", pack_state(frames=frames[b0:k]))
+                raise
             frames[k] = pose(v, spec, k / n_frames, rig)
         checkpoints.put(f"frames_{b0:05d}", pack_state(frames=frames[b0:b1]))
     progress("motion", n_frames, n_frames)

@@ -54,8 +54,9 @@ class Cluster:
         self.server = self._spawn("server", args)
         return self.server
 
-    def start_worker(self, throttle: float | None = None) -> subprocess.Popen:
-        args = ["worker", "--server", self.worker_addr, "--name", f"w{len(self.workers)}"]
+    def start_worker(self, *extra: str, throttle: float | None = None) -> subprocess.Popen:
+        args = ["worker", "--server", self.worker_addr, "--name", f"w{len(self.workers)}",
+                *extra]
         t = self.throttle if throttle is None else throttle
         if t:
             args += ["--throttle", str(t)]
