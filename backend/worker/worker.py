@@ -130,7 +130,8 @@ class Worker:
         self._leave_at: float | None = None
         self._handed: str | None = None  # the job whose pipeline stopped to be handed back
         self._bye: tuple[str, str | None] | None = None  # the hand_back's (id, job)
-        self._bye_sent_at: float | None = None
+        self._bye_at = 0.0  # when the job was out of the way and the hand_back due
+        self._bye_sent = False
         self._bye_acked = False
 
     # -- the network loop ---------------------------------------------------------------
@@ -231,19 +232,16 @@ class Worker:
                 self.log(f"job {self.job.job_id[:8]}: no step within {self.stop_timeout_s:g} s; "
                          "handing it back from its earlier checkpoints")
             self._abandon()
-            self._bye = (wire.new_id(), job)
-        if self._bye_sent_at is None:
+            self._bye, self._bye_at = (wire.new_id(), job), now
+        if not self._bye_sent:
             msg_id, job = self._bye
-            if _try_send(sock, wire.encode(wire.HandBack(reason=self._leave_reason[:200]),
-                                           id=msg_id, job=job)):
-                self._bye_sent_at = now
+            self._bye_sent = _try_send(sock, wire.encode(
+                wire.HandBack(reason=self._leave_reason[:200]), id=msg_id, job=job))
         if self._bye_acked:
             job = self._bye[1]
             self.log(f"job {job[:8]}: handed back" if job else "left the server")
             return True
-        deadline = (self._bye_sent_at + HAND_BACK_ACK_S if self._bye_sent_at is not None
-                    else self._leave_at + self.stop_timeout_s + HAND_BACK_ACK_S)
-        if now > deadline:
+        if now - self._bye_at > HAND_BACK_ACK_S:
             self.log("the server did not answer the hand-back: leaving all the same (it "
                      "requeues the job when it notices this worker gone)")
             return True

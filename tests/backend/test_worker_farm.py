@@ -103,12 +103,15 @@ def test_max_jobs_then_exit_when_idle(cluster, image_bytes):
     assert "--exit-when-idle" in cluster.log("worker1")
 
 
-def test_farm_flags_are_checked(tmp_path):
+def test_farm_flags_are_checked(capsys):
+    from animate4d.backend.cli import main
+
     for flag, value in (("--max-jobs", "0"), ("--exit-when-idle", "-1"),
                         ("--stop-timeout", "soon")):
-        out = subprocess.run([sys.executable, "-m", "animate4d.backend", "worker", flag, value],
-                             capture_output=True, text=True, timeout=60)
-        assert out.returncode == 2 and flag in out.stderr and value in out.stderr, out.stderr
+        with pytest.raises(SystemExit) as exit_:
+            main(["worker", flag, value])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and flag in err and value in err, err
 
 
 def _children(pid: int) -> list[int]:
@@ -156,6 +159,18 @@ def test_a_worker_whose_parent_has_gone_stops():
                     parent_pid=os.getppid() + 1)
     worker.run()  # returns: no stop event needed
     assert any("has exited" in line for line in lines)
+
+
+def test_a_worker_leaving_with_no_server_to_answer_still_exits(monkeypatch):
+    from animate4d.backend.worker import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "HAND_BACK_ACK_S", 0.3)
+    lines = []
+    worker = Worker(f"tcp://127.0.0.1:{free_port()}", pipelines={}, log=lines.append,
+                    exit_when_idle_s=0.1)
+    worker.run()  # returns: nobody listens there, so nobody answers the hand-back
+    assert any("--exit-when-idle" in line for line in lines)
+    assert any("did not answer" in line for line in lines)
 
 
 def test_preview_stopped_for_a_hand_back_resumes_at_the_frame_where_it_stopped(image_bytes):
