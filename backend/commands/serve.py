@@ -96,13 +96,9 @@ def _supervise_worker(args, stop: threading.Event, server_stop: threading.Event)
 
 
 def cmd_worker(args) -> int:
-    from ..worker.worker import Worker
+    from ..worker.worker import Worker, curve_keys
 
-    server_key, keypair = keys.load_curve_files(args.server_key, args.key)
-    if server_key is None and not keys.is_loopback(args.server) and not args.insecure:
-        raise keys.KeyFileError(
-            f"{args.server} is not on this machine, and no keys were given",
-            hint="pass --server-key and --key (see `animate4d keys`), or --insecure")
+    server_key, keypair = curve_keys(args.server, args.server_key, args.key, args.insecure)
     from ..pipelines import offer
 
     parent = None

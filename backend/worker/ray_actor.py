@@ -22,10 +22,8 @@ from __future__ import annotations
 import os
 import threading
 
-from animate4d.protocol import keys
-
 from ..pipelines import offer
-from .worker import Worker
+from .worker import Worker, curve_keys
 
 
 class WorkerActor:
@@ -33,8 +31,8 @@ class WorkerActor:
 
     def __init__(self, server: str, name: str | None = None, models: str | None = None,
                  server_key: str | None = None, key: str | None = None,
-                 throttle_s: float = 0.0):
-        server_public, keypair = keys.load_curve_files(server_key, key)
+                 insecure: bool = False, throttle_s: float = 0.0):
+        server_public, keypair = curve_keys(server, server_key, key, insecure)
         pipelines, missing = offer(models)
         self.worker = Worker(server, name=name, server_key=server_public, keypair=keypair,
                              pipelines=pipelines, missing=missing, throttle_s=throttle_s)
@@ -61,7 +59,7 @@ class WorkerActor:
 def start_workers(server: str, count: int, *, num_gpus: float = 1, num_cpus: float = 1,
                   name_prefix: str = "ray", **worker_kw) -> list:
     """Start `count` restartable worker actors on the connected Ray cluster. `worker_kw`:
-    `models`, `server_key`, `key` (paths on the nodes), `throttle_s`."""
+    `models`, `server_key`, `key` (paths on the nodes), `insecure`, `throttle_s`."""
     import ray
 
     cls = ray.remote(WorkerActor).options(num_gpus=num_gpus, num_cpus=num_cpus,

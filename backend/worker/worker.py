@@ -43,6 +43,17 @@ PROGRESS_HZ = 10.0
 HAND_BACK_ACK_S = 5.0  # how long a leaving worker waits for the server to take its job back
 
 
+def curve_keys(server: str, server_key_path, key_path, insecure: bool = False):
+    """(the server's public key, this worker's key pair) from their files, or (None, None)
+    without them, which is refused for a server off this machine unless `insecure`."""
+    server_key, keypair = keys.load_curve_files(server_key_path, key_path)
+    if server_key is None and not keys.is_loopback(server) and not insecure:
+        raise keys.KeyFileError(
+            f"{server} is not on this machine, and no keys were given",
+            hint="pass --server-key and --key (see `animate4d keys`), or --insecure")
+    return server_key, keypair
+
+
 def _try_send(sock: zmq.Socket, data: bytes) -> bool:
     """Send without blocking: a DEALER with no live connection would wait forever."""
     try:
