@@ -7,13 +7,16 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import zmq
 
 from animate4d.backend.checkpoints import MemoryCheckpoints
 from animate4d.backend.preview.pipeline import run_preview
+from animate4d.backend.server.server import Server
 from animate4d.backend.worker.worker import Worker
 from animate4d.protocol import wire
 from animate4d.protocol.client import Client
@@ -171,6 +174,28 @@ def test_a_worker_leaving_with_no_server_to_answer_still_exits(monkeypatch):
     worker.run()  # returns: nobody listens there, so nobody answers the hand-back
     assert any("--exit-when-idle" in line for line in lines)
     assert any("did not answer" in line for line in lines)
+
+
+def test_a_hand_back_to_a_server_that_does_not_know_the_worker_is_answered(tmp_path):
+    """After a server restart the leaving worker is a stranger: it still gets its answer (the
+    restarted server requeued the job already), so it exits at once instead of waiting."""
+    caddr, waddr = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    stop, ready = threading.Event(), threading.Event()
+    server = Server(tmp_path / "store", caddr, waddr, log=lambda m: None)
+    threading.Thread(target=server.run, args=(stop, ready), daemon=True).start()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        assert ready.wait(10)
+        sock.connect(waddr)
+        sock.send(wire.encode(wire.HandBack(reason="SIGTERM"), id="bye", job="0" * 32))
+        assert sock.poll(10_000)
+        env, body = wire.decode(sock.recv())
+        assert isinstance(body, wire.Ok) and env.re == "bye"
+    finally:
+        stop.set()
+        sock.close(0)
+        ctx.term()
 
 
 def test_preview_stopped_for_a_hand_back_resumes_at_the_frame_where_it_stopped(image_bytes):
