@@ -60,6 +60,14 @@ class CancelledError(Animate4DError):
     code = "cancelled"
 
 
+class PreemptedError(CancelledError):
+    """The worker is stopping (its scheduler sent SIGTERM): raised inside the pipeline at its
+    next step, where a stage saves a checkpoint of where it stands before unwinding; the job
+    goes back to the server's queue and resumes there on another worker."""
+
+    code = "preempted"
+
+
 class MissingModelError(Animate4DError):
     """Pretrained weights a preset needs are not on this machine (names the role, where it
     looked and the command that fetches them)."""

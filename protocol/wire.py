@@ -243,12 +243,20 @@ class Cancelled(Body):
     TYPE = "cancelled"
 
 
+class HandBack(Body):
+    """The worker is leaving (stopped by its scheduler, or done with its share of jobs): the
+    job it holds goes back to the queue unfinished, after the checkpoints it sent before."""
+
+    TYPE = "hand_back"
+    reason: str = ""
+
+
 BODIES: dict[str, type[Body]] = {
     cls.TYPE: cls
     for cls in (
         Hello, Welcome, Submit, Accepted, Status, List, Jobs, Attach, Detach, Cancel, Delete,
         Fetch, Chunk, JobState, Progress, Preview, Ok, Ping, Pong, Error, WorkerHello,
-        Heartbeat, Assign, CheckpointGet, Failed, Cancelled,
+        Heartbeat, Assign, CheckpointGet, Failed, Cancelled, HandBack,
     )
 }
 

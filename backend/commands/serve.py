@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -14,6 +15,9 @@ from animate4d.protocol import keys
 from animate4d.protocol.client import DEFAULT_SERVER
 
 DEFAULT_WORKERS = "tcp://127.0.0.1:5556"
+# How long `serve --local` waits for its worker to hand its job back: the worker's
+# --stop-timeout plus the hand-back's own wait (HAND_BACK_ACK_S) and a margin.
+LOCAL_WORKER_STOP_S = 15.0
 
 
 def default_store() -> Path:
@@ -38,61 +42,93 @@ def cmd_serve(args) -> int:
         max_attempts=args.max_attempts,
     )
     stop = _stop_on_signals()
-    local = None
-    if args.local:
-        local = threading.Thread(target=_supervise_worker, args=(args, stop), daemon=True)
-        local.start()
-    server.run(stop)
-    if local is not None:
-        local.join(timeout=5)
+    if not args.local:
+        server.run(stop)
+        return 0
+    # The local worker stops first, so that it can hand its job back to a server still running.
+    server_stop = threading.Event()
+    local = threading.Thread(target=_supervise_worker, args=(args, stop, server_stop),
+                             daemon=True)
+    local.start()
+    server.run(server_stop)
+    local.join(timeout=5)
     return 0
 
 
 def _worker_command(args) -> list[str]:
-    cmd = [sys.executable, "-m", "animate4d.backend", "worker", "--server", args.workers_bind]
+    cmd = [sys.executable, "-m", "animate4d.backend", "worker", "--server", args.workers_bind,
+           "--exit-with-parent"]
     if args.keys:
         d = Path(args.keys)
         secret = d / "workers" / "local.key_secret"
         if not secret.exists():
             keys.generate(d / "workers", "local")
         cmd += ["--server-key", str(d / "server.key"), "--key", str(secret)]
-    return cmd
+    if args.throttle:
+        cmd += ["--throttle", str(args.throttle)]
+    return cmd + ["--stop-timeout", "8"]
 
 
-def _supervise_worker(args, stop: threading.Event) -> None:
-    """`serve --local`: keep one worker running beside the server until it stops."""
+def _supervise_worker(args, stop: threading.Event, server_stop: threading.Event) -> None:
+    """`serve --local`: keep one worker running beside the server until it stops; then stop
+    the worker (it hands its job back) and after it the server. The worker dies with this
+    process however it ends (`--exit-with-parent`), so a restarted server never finds two."""
     cmd = _worker_command(args)
-    while not stop.is_set():
-        proc = subprocess.Popen(cmd)
-        while proc.poll() is None and not stop.is_set():
-            time.sleep(0.2)
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            return
-        print(f"serve: the local worker exited ({proc.returncode}); starting another",
-              file=sys.stderr, flush=True)
-        stop.wait(1.0)
+    try:
+        while not stop.is_set():
+            # Its own session: a Ctrl-C on the terminal reaches the server alone, which then
+            # stops the worker once (a second signal would stop it without the hand-back).
+            proc = subprocess.Popen(cmd, start_new_session=True)
+            while proc.poll() is None and not stop.is_set():
+                time.sleep(0.2)
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(LOCAL_WORKER_STOP_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                return
+            print(f"serve: the local worker exited ({proc.returncode}); starting another",
+                  file=sys.stderr, flush=True)
+            stop.wait(1.0)
+    finally:
+        server_stop.set()
 
 
 def cmd_worker(args) -> int:
-    from ..worker.worker import Worker
+    from ..worker.worker import Worker, curve_keys
 
-    server_key, keypair = keys.load_curve_files(args.server_key, args.key)
-    if server_key is None and not keys.is_loopback(args.server) and not args.insecure:
-        raise keys.KeyFileError(
-            f"{args.server} is not on this machine, and no keys were given",
-            hint="pass --server-key and --key (see `animate4d keys`), or --insecure")
+    server_key, keypair = curve_keys(args.server, args.server_key, args.key, args.insecure)
     from ..jobs.presets import offer
 
+    parent = None
+    if args.exit_with_parent:
+        from ..worker.parent import die_with_parent
+
+        parent = die_with_parent()
     pipelines, missing = offer(args.models)
     worker = Worker(args.server, name=args.name, server_key=server_key, keypair=keypair,
-                    pipelines=pipelines, missing=missing)
-    worker.run(_stop_on_signals())
+                    throttle_s=args.throttle, pipelines=pipelines, missing=missing,
+                    max_jobs=args.max_jobs, exit_when_idle_s=args.exit_when_idle,
+                    stop_timeout_s=args.stop_timeout, parent_pid=parent)
+    worker.run(_leave_on_signals(worker))
     return 0
+
+
+def _leave_on_signals(worker) -> threading.Event:
+    """SIGTERM or SIGINT: hand the job back and exit 0 (what a scheduler's stop expects);
+    a second one: stop at once (the server requeues the job when it sees the worker gone)."""
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if worker.leaving:
+            stop.set()
+        else:
+            worker.leave(signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    return stop
 
 
 def add_parsers(sub) -> None:
@@ -136,4 +172,40 @@ def add_parsers(sub) -> None:
                         "fast and paper presets when all are there (default: ANIMATE4D_MODELS)")
     w.add_argument("--insecure", action="store_true",
                    help="connect to a non-loopback server without CURVE")
+    w.add_argument("--max-jobs", type=_positive_int, metavar="N",
+                   help="exit 0 after N jobs have ended on this worker (farm slots)")
+    w.add_argument("--exit-when-idle", type=_positive_float, metavar="SECONDS",
+                   help="exit 0 after SECONDS without a job (since the start or the last job)")
+    w.add_argument("--stop-timeout", type=_positive_float, default=20.0, metavar="SECONDS",
+                   help="on SIGTERM or SIGINT the job stops at its next step, its checkpoint "
+                        "is uploaded and it is handed back to the server, which requeues it at "
+                        "once; give up waiting for that step after SECONDS and hand it back "
+                        "from its earlier checkpoints (default: %(default)s; keep it below "
+                        "your scheduler's kill grace period)")
+    w.add_argument("--exit-with-parent", action="store_true",
+                   help="die when the process that started this worker exits (what `serve "
+                        "--local` uses)")
+    w.add_argument("--throttle", type=float, default=0.0,
+                   help="seconds to pause after every progress step (for fault tests and "
+                        "demonstrations; default: none)")
     w.set_defaults(func=cmd_worker)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value

@@ -1,9 +1,10 @@
 """A method is an ordered list of stages; one runner drives every method.
 
 The runner owns what every job needs whatever its method: where a resumed job starts, when
-checkpoints are written, progress (and so cancel: the progress callback raises), and the
-timings. A stage owns its work: set-up (loading priors, say), one step at a time, and release
-(what it held, before the next stage loads its own). A method owns its state: what a
+checkpoints are written (also at the step reached when a stopping worker preempts the job),
+progress (and so cancel: the progress callback raises), and the timings. A stage owns its
+work: set-up (loading priors, say), one step at a time, and release (what it held, before the
+next stage loads its own). A method owns its state: what a
 checkpoint holds after a stage's step, where an earlier attempt's checkpoints let it resume,
 and the result at the end.
 
@@ -17,6 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from animate4d.protocol import AnimatedMesh
+from animate4d.protocol.errors import PreemptedError
 
 from .checkpoints import Checkpoints, NoCheckpoints
 from .progress import ProgressFn, Stopwatch, no_progress
@@ -93,7 +95,12 @@ def run_method(method: Method, progress: ProgressFn = no_progress,
             ran = stage.setup(start) is not False
             try:
                 for step in range(start, total if ran else start):
-                    progress(stage.name, step, total)
+                    try:
+                        progress(stage.name, step, total)
+                    except PreemptedError:  # the worker is stopping: resume exactly here
+                        if step > start:
+                            save(stage.name, step)
+                        raise
                     stage.step(step)
                     every = stage.checkpoint_every
                     if every > 0 and (step + 1) % every == 0 and step + 1 < total:

@@ -38,6 +38,7 @@ from animate4d.protocol.errors import (
     StorageFullError,
     StoreDamagedError,
 )
+from animate4d.protocol.liveness import zmtp_heartbeats
 from animate4d.protocol.wire import (
     CANCELLED,
     DONE,
@@ -130,6 +131,7 @@ class Server:
         heartbeat_s: float = 1.0,
         dead_after_s: float = 3.0,
         max_attempts: int = 3,
+        worker_stall_s: float = 600.0,
         retention_s: float = 7 * 24 * 3600,
         log=None,
     ):
@@ -144,6 +146,10 @@ class Server:
         self.client_bind, self.worker_bind = client_bind, worker_bind
         self.curve = curve
         self.heartbeat_s, self.dead_after_s = heartbeat_s, dead_after_s
+        # A worker is lost when its connection closes (ZMTP heartbeats, protocol/liveness.py);
+        # its own heartbeats only stopping means a job thread holds the GIL, so that alone
+        # counts as a hang only after this long.
+        self.worker_stall_s = worker_stall_s
         self.max_attempts, self.retention_s = max_attempts, retention_s
         self.log = log or (lambda msg: print(f"serve: {msg}", file=sys.stderr, flush=True))
 
@@ -209,6 +215,7 @@ class Server:
                 s.curve_server = True
                 s.curve_publickey, s.curve_secretkey = public, secret
                 s.zap_domain = domain
+        zmtp_heartbeats(workers, self.heartbeat_s, self.dead_after_s)
         clients.bind(self.client_bind)
         workers.bind(self.worker_bind)
         return clients, workers
@@ -300,10 +307,10 @@ class Server:
 
     def _tick(self, now: float) -> None:
         for w in list(self.workers.values()):
-            if now - w.last_seen > self.dead_after_s:
-                self._worker_lost(w, f"no heartbeat for {now - w.last_seen:.1f} s")
-            else:
-                self._send(self.workers_sock, w.ident, wire.Heartbeat(running=w.job))
+            if now - w.last_seen > self.worker_stall_s:
+                self._worker_lost(w, f"connected but silent for {now - w.last_seen:.0f} s")
+            elif not self._beat(w):
+                self._worker_lost(w, "its connection closed")
         for ident, seen in list(self.client_seen.items()):
             if now - seen > 10 * self.heartbeat_s:
                 self._unsubscribe_all(ident)
@@ -313,6 +320,15 @@ class Server:
             self._sweep()
             self._next_sweep = now + 60.0
         self._dispatch()
+
+    def _beat(self, w: WorkerConn) -> bool:
+        """Heartbeat a worker; False once its connection is gone (a full queue is not)."""
+        try:
+            self.workers_sock.send_multipart([w.ident, wire.encode(wire.Heartbeat(running=w.job))],
+                                             zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            return e.errno != zmq.EHOSTUNREACH
+        return True
 
     def _flush(self) -> None:
         for job_id in list(self._dirty):
@@ -659,11 +675,18 @@ class Server:
             self._send(self.workers_sock, ident, wire.Ok(), re=env.id)
             self._dispatch()
             return
+        if w is None and isinstance(body, wire.HandBack):
+            # Nothing of it here: after a restart this server requeued its job already.
+            self._send(self.workers_sock, ident, wire.Ok(), re=env.id)
+            return
         if w is None:
             self._send(self.workers_sock, ident,
                        wire.Error(code="unknown_worker", message="say worker_hello first"))
             return
         w.last_seen = time.monotonic()
+        if isinstance(body, wire.HandBack):
+            self._w_hand_back(w, env, body)
+            return
         handler = self._worker_handlers.get(type(body))
         if handler is None:
             return
@@ -771,6 +794,21 @@ class Server:
     def _w_cancelled(self, w, env, body):
         w.job = None
         self._finish(self.jobs[env.job], CANCELLED, None, None)
+
+    def _w_hand_back(self, w: WorkerConn, env, body: wire.HandBack):
+        """The worker leaves: nothing more is assigned to it, and the job it holds (by this
+        server's account, whatever the message names) goes back to the front of the queue at
+        once. Leaving is not a failure: the attempt does not count towards --max-attempts."""
+        self.workers.pop(w.ident, None)
+        job_id, w.job = w.job, None
+        reason = body.reason[:200] or "no reason given"
+        self.log(f"worker {w.name} left ({reason})"
+                 + (f", handing back job {job_id[:8]}" if job_id else ""))
+        rec = self.jobs.get(job_id) if job_id else None
+        if rec is not None and rec.info.state == RUNNING:
+            self._requeue(job_id, f"handed back by worker {w.name} ({reason})", counted=False)
+        self._send(self.workers_sock, w.ident, wire.Ok(), re=env.id)
+        self._dispatch()
 
     _worker_handlers = {
         wire.Heartbeat: _w_heartbeat, wire.Progress: _w_progress, wire.Preview: _w_preview,

@@ -57,10 +57,9 @@ class Cluster:
         self.server = self._spawn("server", args)
         return self.server
 
-    def start_worker(self, throttle: float | None = None) -> subprocess.Popen:
-        """`animate4d worker`; with `throttle` (seconds, default the cluster's), one whose
-        jobs pause that long after every progress step (slow_worker.py)."""
-        args = ["worker", "--server", self.worker_addr, "--name", f"w{len(self.workers)}"]
+    def start_worker(self, *extra: str, throttle: float | None = None) -> subprocess.Popen:
+        args = ["worker", "--server", self.worker_addr, "--name", f"w{len(self.workers)}",
+                *extra]
         t = self.throttle if throttle is None else throttle
         if self.keys:
             args += ["--server-key", str(self.keys / "server.key"),

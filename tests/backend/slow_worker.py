@@ -8,7 +8,8 @@ from __future__ import annotations
 import sys
 import time
 
-from animate4d.backend import cli, pipelines
+from animate4d.backend import cli
+from animate4d.backend.jobs import presets as pipelines
 
 
 def slowed(fn, pause: float):

@@ -17,7 +17,11 @@ from animate4d.backend.pipeline.reference_graph import ReferenceGraph  # noqa: E
 from animate4d.backend.pipeline.run import run_animate124  # noqa: E402
 from animate4d.backend.pipeline.textual_inversion import learn_token  # noqa: E402
 from animate4d.backend.priors import loading  # noqa: E402
-from animate4d.protocol.errors import CancelledError, MissingModelError  # noqa: E402
+from animate4d.protocol.errors import (  # noqa: E402
+    CancelledError,
+    MissingModelError,
+    PreemptedError,
+)
 from animate4d.protocol.options import JobOptions  # noqa: E402
 
 EXAMPLE_IMAGE = str(Path(__file__).parents[2] / "backend" / "examples" / "panda.png")
@@ -59,6 +63,25 @@ def test_whole_pipeline_runs_and_a_job_killed_in_the_dynamic_stage_resumes(tiny_
     assert mesh.frames.dtype.kind == "f" and bool((abs(mesh.frames) < 10).all())
     assert mesh.frames.shape[0] == 4 and len(mesh.faces) > 0
     assert mesh.metadata["preset"] == "fast"
+
+
+def test_a_worker_stopping_mid_stage_checkpoints_the_step_where_it_stopped(tiny_models):
+    """SIGTERM on a worker: the field stage saves where it stands (step 3), not only at its
+    every-2-steps checkpoint, so the job resumes elsewhere from there."""
+    from animate4d.backend.pipeline.run import _torch_load
+
+    options = JobOptions(prompt="a panda is dancing", preset="fast", frames=4)
+    store = MemoryCheckpoints()
+
+    def stopping(stage, step, total):
+        if stage == "static" and step == 3:
+            raise PreemptedError("the worker is stopping")
+
+    with pytest.raises(PreemptedError):
+        run_animate124(EXAMPLE_IMAGE, options, stopping, store, models=tiny_models,
+                       preset=a124.tiny(max_steps=4), device="cpu")
+    saved = _torch_load(store["a124/fields"])
+    assert (saved["stage"], saved["step"]) == ("static", 3)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
