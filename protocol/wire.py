@@ -97,6 +97,7 @@ class MeshInput(msgspec.Struct):
     vertices: Array  # (N, 3) <f4, world space
     faces: Array  # (M, 3) <u4
     views: list[MeshView] = []
+    pin: list[int] = []  # vertex ids held still (the root); empty: found on the mesh
 
 
 class Submit(Body):
@@ -222,6 +223,7 @@ class Assign(Body):
     image_name: str
     attempt: int
     checkpoints: list[str] = []  # keys the worker may fetch to resume
+    mesh: MeshInput | None = None  # mesh mode: the artist's mesh (then `image` is a render)
 
 
 class CheckpointGet(Body):

@@ -25,7 +25,7 @@ from ..progress import ProgressFn, Stopwatch, no_progress
 from ..version import versions
 from .colour import project_colours
 from .inflate import inflate
-from .motion import DEFAULT_MODES, MotionSpec, cycles_for, modes_from_prompt, pose, rig_for
+from .motion import describe, pose, rig_for, spec_for
 
 COLOUR_SIZE = 512  # side of the reference view that colours are sampled from
 CHECKPOINT_BLOCK_BYTES = 32 * 1024 * 1024
@@ -48,7 +48,7 @@ def run_preview(
         checkpoints.put("base", pack_state(**base))
 
     with clock.stage("motion"):
-        frames, modes, chosen_by, cycles = _motion(base, options, progress, checkpoints)
+        frames, spec, chosen_by = _motion(base, options, progress, checkpoints)
 
     timings = dict(base["timings"]) | clock.seconds
     return AnimatedMesh(
@@ -63,11 +63,7 @@ def run_preview(
             "preset": "preview",
             "seed": options.seed,
             "loop": True,
-            "motion": {
-                "modes": list(modes), "chosen_by": chosen_by,
-                "amplitude": options.amplitude, "cycles": cycles,
-                "speed_hz": cycles * options.fps / options.frames,
-            },
+            "motion": describe(spec, chosen_by, options),
             "source": base["source"],
             "reference_camera": base["camera"],
             "versions": versions(),
@@ -115,14 +111,7 @@ def _prepare(image, options: JobOptions, progress: ProgressFn, clock: Stopwatch)
 
 
 def _motion(base: dict, options: JobOptions, progress: ProgressFn, checkpoints: Checkpoints):
-    if options.motion is not None:
-        modes, chosen_by = tuple(options.motion), "options"
-    else:
-        modes, chosen_by = modes_from_prompt(options.prompt), "prompt"
-        if not modes:
-            modes, chosen_by = DEFAULT_MODES, "default"
-    cycles = cycles_for(options.speed, options.frames, options.fps)
-    spec = MotionSpec(modes=modes, amplitude=options.amplitude, cycles=cycles)
+    spec, chosen_by = spec_for(options)
     v = base["vertices"].astype(np.float64)
     rig = rig_for(v)
     n_frames = options.frames
@@ -143,4 +132,4 @@ def _motion(base: dict, options: JobOptions, progress: ProgressFn, checkpoints: 
             frames[k] = pose(v, spec, k / n_frames, rig)
         checkpoints.put(f"frames_{b0:05d}", pack_state(frames=frames[b0:b1]))
     progress("motion", n_frames, n_frames)
-    return frames, modes, chosen_by, cycles
+    return frames, spec, chosen_by
