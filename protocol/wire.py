@@ -204,6 +204,7 @@ class WorkerHello(Body):
     name: str
     presets: list[str]
     features: list[str] = []  # optional abilities, e.g. "mesh" (mesh mode)
+    mesh_presets: list[str] = []  # the presets it runs in mesh mode ("mesh" alone: all)
     # Presets this worker could run but for models it lacks: preset -> missing roles. The
     # server names them to a client asking for such a preset when no worker offers it.
     missing: dict[str, list[str]] = {}
