@@ -347,10 +347,10 @@ class Server:
             raise WireError("limit_exceeded", f"you have {active} jobs queued or running; the "
                                               f"limit is {limits.MAX_ACTIVE_JOBS_PER_CLIENT}")
         body.options.validate()
-        self._check_preset(body.options.preset)
-        probe_image(body.image)  # header only: size, format, pixel limits
         if body.mesh is not None:
             self._check_mesh(body.mesh, body.options.preset)
+        self._check_preset(body.options.preset)
+        probe_image(body.image)  # header only: size, format, pixel limits
         name = os.path.basename(body.image_name)[: limits.MAX_NAME_CHARS] or "image"
         job_id = secrets.token_hex(16)  # 128 bits; hex never starts with "-" (argv-safe)
         rec = JobRecord(
