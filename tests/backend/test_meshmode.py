@@ -217,6 +217,9 @@ def test_bad_requests_in_mesh_mode(tmp_path, capsys, monkeypatch):
     assert code == 2 and "preview preset" in err
     from animate4d.protocol import limits
 
+    monkeypatch.setattr(limits, "MAX_FRAME_VERTICES", 30)
+    code, err = _bad(tmp_path, capsys, "t.obj", tri, "--frames", "11")
+    assert code == 2 and "at most 10 frames" in err
     monkeypatch.setattr(limits, "MAX_VERTICES", 2)
     code, err = _bad(tmp_path, capsys, "t.obj", tri)
     assert code == 2 and "at most 2" in err

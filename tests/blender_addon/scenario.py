@@ -136,7 +136,9 @@ art.vertex_groups.new(name="root").add(
 art.vertex_groups.new(name="Other")
 art.modifiers.new("Smooth", "SUBSURF")
 art.shape_key_add(name="Basis")
-art.shape_key_add(name="Smile").data[0].co.z += 0.1
+smile = art.shape_key_add(name="Smile")
+smile.data[0].co.z += 0.1
+smile.value = 0.0  # the artist's own key, at rest
 bpy.ops.ed.undo_push(message="the artist's setup")
 objects_before = len(bpy.data.objects)
 st.source, st.frames, st.start_frame, st.mesh_target = "MESH", 6, 1, "SELF"
