@@ -62,8 +62,8 @@ def load_mesh(path: str | os.PathLike, *, up: str | None = None,
 
 def from_wire(mesh: wire.MeshInput, name: str = "mesh") -> MeshSource:
     """The wire's mesh request: vertices in Blender world space, triangles, pinned ids."""
-    v = arrays.unpack(mesh.vertices, name="mesh.vertices")
-    f = arrays.unpack(mesh.faces, name="mesh.faces")
+    v = arrays.unpack(mesh.vertices, "<f4", name="mesh.vertices")
+    f = arrays.unpack(mesh.faces, "<u4", name="mesh.faces")
     if v.ndim != 2 or v.shape[-1:] != (3,) or f.ndim != 2 or f.shape[-1:] != (3,):
         raise InvalidMeshError(f"mesh mode: vertices must be (N, 3) and faces (M, 3), got "
                                f"{list(v.shape)} and {list(f.shape)}")

@@ -129,6 +129,19 @@ def test_a_part_resting_on_another_moves_with_it():
         assert crown_move.max() > 0.05 * diag  # it does move
 
 
+def test_split_vertices_move_together_so_seams_never_tear():
+    v, f, _ = tree_arrays()
+    # Every corner its own vertex (vertex c = corner c), as at a UV seam everywhere.
+    soup = check_mesh(MeshSource(v[f].reshape(-1, 3), np.arange(f.size).reshape(-1, 3)))
+    mesh = run_mesh_preview(soup, DANCE)
+    order = np.argsort(f.ravel(), kind="stable")  # corners grouped by their original vertex
+    same = f.ravel()[order][1:] == f.ravel()[order][:-1]
+    paths = mesh.frames[:, order]
+    assert same.sum() > len(v)  # most vertices have several corners
+    assert np.abs(paths[:, 1:][:, same] - paths[:, :-1][:, same]).max() <= 1e-6
+    assert np.abs(mesh.frames[1:] - mesh.frames[0]).max() > 0.01
+
+
 def test_a_floating_part_moves_with_what_it_is_nearest_to():
     v, f, n_trunk = tree_arrays()
     v = v.copy()
