@@ -236,3 +236,37 @@ def test_bad_requests_in_mesh_mode(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(limits, "MAX_VERTICES", 2)
     code, err = _bad(tmp_path, capsys, "t.obj", tri)
     assert code == 2 and "at most 2" in err
+
+
+@pytest.mark.blender
+def test_blender_imports_the_glb_with_its_material_uvs_and_the_clip(tree_run, tmp_path):
+    bpy = pytest.importorskip("bpy")
+    src, mesh, out = tree_run
+    path = tmp_path / "tree_animated.glb"
+    path.write_bytes(out)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    scene.render.fps = int(mesh.fps)
+    bpy.ops.import_scene.gltf(filepath=str(path))
+    objs = sorted((o for o in scene.objects if o.type == "MESH"), key=lambda o: o.name)
+    assert [o.name for o in objs] == ["crown", "trunk"]
+    assert sum(len(o.data.vertices) for o in objs) == mesh.num_vertices
+    for o in objs:
+        assert len(o.data.shape_keys.key_blocks) == 1 + mesh.num_frames
+        assert len(o.data.uv_layers) == 1
+        (mat,) = o.data.materials
+        assert any(n.type == "TEX_IMAGE" and n.image for n in mat.node_tree.nodes)
+    for k in (0, 3, mesh.num_frames - 1):
+        scene.frame_set(k)
+        dg = bpy.context.evaluated_depsgraph_get()
+        pts = []
+        for o in objs:
+            ev = o.evaluated_get(dg)
+            me = ev.to_mesh()
+            co = np.empty(len(me.vertices) * 3, np.float32)
+            me.vertices.foreach_get("co", co)
+            mw = np.array(o.matrix_world)
+            pts.append(co.reshape(-1, 3) @ mw[:3, :3].T + mw[:3, 3])
+            ev.to_mesh_clear()
+        got, want = np.concatenate(pts), mesh.frame_world(k)
+        np.testing.assert_allclose(np.sort(got, axis=0), np.sort(want, axis=0), atol=1e-4)
