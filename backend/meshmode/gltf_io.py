@@ -169,8 +169,10 @@ class GltfDocument:
         n_frames = len(offsets)
         by_mesh: dict[int, dict[int, list[int]]] = {}
         for rng in self.ranges:
+            local = offsets[:, rng.start : rng.start + rng.count]
             inv = np.linalg.inv(rng.world[:3, :3])
-            local = offsets[:, rng.start : rng.start + rng.count] @ inv.T
+            if not np.array_equal(inv, np.eye(3)):  # scene -> the node's own frame
+                local = local @ inv.T.astype(np.float32)
             by_mesh.setdefault(rng.mesh, {})[rng.accessor] = [
                 b.add(local[k].astype(np.float32), "VEC3", _FLOAT, target=_ARRAY_BUFFER,
                       minmax=True) for k in range(n_frames)]

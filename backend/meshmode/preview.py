@@ -74,5 +74,5 @@ def run_mesh_preview(source: MeshSource, options: JobOptions,
 
 def gltf_with_motion(source: MeshSource, mesh: AnimatedMesh) -> bytes:
     """The input glTF back as a .glb with the clip as morph targets (source.gltf required)."""
-    offsets = mesh.frames.astype(np.float64) - mesh.vertices.astype(np.float64)
+    offsets = mesh.frames - mesh.vertices  # float32, as glTF stores them
     return source.gltf.with_morph_targets(offsets, mesh.fps, bool(mesh.metadata.get("loop")))
