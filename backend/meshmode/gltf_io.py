@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from animate4d.protocol import limits
-from animate4d.protocol.errors import FileFormatError, InvalidMeshError
+from animate4d.protocol.errors import FileFormatError, InvalidMeshError, LimitExceededError
 
 from ..export.gltf import _ARRAY_BUFFER, _FLOAT, _Builder, _pack_glb
 
@@ -57,6 +57,10 @@ class GltfDocument:
             acc = self.doc["accessors"][index]
             dtype = np.dtype(_DTYPES[acc["componentType"]]).newbyteorder("<")
             width, count = _WIDTH[acc["type"]], int(acc["count"])
+            if not 0 <= count <= 3 * limits.MAX_FACES:  # before allocating anything
+                raise LimitExceededError(f"'{self.name}': accessor {index} holds {count} "
+                                         f"items; mesh mode reads at most "
+                                         f"{3 * limits.MAX_FACES}", hint="decimate it first")
             out = np.zeros((count, width), dtype)
             if "bufferView" in acc:
                 out[:] = self._strided(acc["bufferView"], acc.get("byteOffset", 0), dtype,
@@ -96,6 +100,13 @@ class GltfDocument:
     def joined(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(vertices in scene space, triangles, UVs with Blender's origin or None) of every
         mesh node of the default scene; records the ranges for `with_morph_targets`."""
+        try:
+            return self._joined()
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+            raise FileFormatError(f"'{self.name}' is not valid glTF ({type(e).__name__}: "
+                                  f"{str(e)[:100]})", hint="export it again") from None
+
+    def _joined(self):
         doc = self.doc
         used = set(doc.get("extensionsRequired", [])) | set(doc.get("extensionsUsed", []))
         if used & set(_COMPRESSED):
@@ -144,6 +155,10 @@ class GltfDocument:
                     else:
                         have_uvs = False
                     n += len(p)
+                    if n > limits.MAX_VERTICES:
+                        raise LimitExceededError(
+                            f"'{self.name}' has more than {limits.MAX_VERTICES} vertices; "
+                            "mesh mode takes at most that many", hint="decimate it first")
                 tri = _triangles(self, prim, rng.count)
                 if len(tri) and (tri.min() < 0 or tri.max() >= rng.count):
                     raise InvalidMeshError(f"'{self.name}': a primitive of mesh {mesh_index} "

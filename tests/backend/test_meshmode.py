@@ -270,3 +270,52 @@ def test_blender_imports_the_glb_with_its_material_uvs_and_the_clip(tree_run, tm
             ev.to_mesh_clear()
         got, want = np.concatenate(pts), mesh.frame_world(k)
         np.testing.assert_allclose(np.sort(got, axis=0), np.sort(want, axis=0), atol=1e-4)
+
+
+def _gltf_variant(tree_glb, tmp_path, change) -> str:
+    """The tree as a .gltf (buffer in a data URI) after `change(doc)`."""
+    import base64
+    import json
+
+    doc, blob = glb_json(tree_glb.read_bytes())
+    doc["buffers"] = [{"byteLength": len(blob), "uri": "data:application/octet-stream;base64,"
+                       + base64.b64encode(blob).decode()}]
+    change(doc)
+    path = tmp_path / "variant.gltf"
+    path.write_text(json.dumps(doc))
+    return path.read_text()
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda d: d["nodes"][0].update(mesh=9), "not valid glTF"),
+    (lambda d: d["accessors"][1].update(count=10**9), "mesh mode reads at most"),
+    (lambda d: d["accessors"][1].update(count=10**5), "runs past the end of its buffer"),
+    (lambda d: d["nodes"][0].update(children=[0]), "not a tree"),
+    (lambda d: d["nodes"][1].update(mesh=d["nodes"][0]["mesh"]), "instanced by several"),
+    (lambda d: d.update(extensionsRequired=["KHR_draco_mesh_compression"]), "compressed"),
+    (lambda d: d.update(animations=[{"samplers": [], "channels": [
+        {"sampler": 0, "target": {"node": 0, "path": "weights"}}]}]), "morph-weight animation"),
+])
+def test_damaged_or_unsupported_gltf_says_what_is_wrong(tree_glb, tmp_path, capsys, change,
+                                                         words):
+    code, err = _bad(tmp_path, capsys, "variant.gltf", _gltf_variant(tree_glb, tmp_path, change))
+    assert code == 2 and words in err and "Traceback" not in err, err
+
+
+def test_a_gltf_with_its_buffer_beside_it_comes_back_as_one_glb(tree_glb, tmp_path):
+    import json
+
+    doc, blob = glb_json(tree_glb.read_bytes())
+    (tmp_path / "tree.bin").write_bytes(blob)
+    doc["buffers"] = [{"byteLength": len(blob), "uri": "tree.bin"}]
+    (tmp_path / "tree.gltf").write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "tree.gltf"), "--prompt", "nod", "--frames", "3",
+                 "--out", str(out), "--no-preview", "--quiet"]) == 0
+    got, got_blob = glb_json((out / "result.glb").read_bytes())
+    assert "uri" not in got["buffers"][0] and len(got_blob) > len(blob)
+    assert len(got["meshes"][0]["primitives"][0]["targets"]) == 3
+    (tmp_path / "tree.bin").unlink()
+    code = main(["run", str(tmp_path / "tree.gltf"), "--prompt", "nod", "--out", str(out),
+                 "--quiet"])
+    assert code == 2
