@@ -73,6 +73,8 @@ def add_shape_keys(obj, mesh, label: str, *, start_frame: int = 1,
         have = "gone" if obj is None or obj.type != "MESH" else \
             f"now has {len(obj.data.vertices)} vertices, the result {mesh.num_vertices}"
         raise MeshChanged(have)
+    if obj.mode == "EDIT":  # leaving Edit Mode would write its own copy over the new keys
+        raise MeshChanged("is in Edit Mode")
     basis = basis_coords(obj)
     t = np.asarray(mesh.transform, np.float64)
     lin = np.linalg.inv(np.array(obj.matrix_world)[:3, :3]) @ t[:3, :3]  # result -> object
