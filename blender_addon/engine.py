@@ -7,6 +7,7 @@ status line an artist can read.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import subprocess
@@ -17,6 +18,7 @@ import uuid
 
 import bpy
 
+from . import mesh_target
 from .deps import arrays, keys, options, wire
 from .importer import import_animated_mesh
 from .session import Session
@@ -160,8 +162,10 @@ VIEW_YAWS = (0.0, 90.0, 180.0, 270.0)  # front, right, back, left
 
 
 def mesh_input(context):
-    """Mesh mode: the active mesh (evaluated, triangulated, world space) and four renders of
-    it, made with Cycles in a throwaway scene so the artist's scene is left as it was."""
+    """Mesh mode: the active mesh's own vertices (world space, before modifiers, so that the
+    result lands on them as shape keys), its triangles, the vertices of a `pin`/`root` vertex
+    group, and four renders of it, made with Cycles in a throwaway scene so the artist's scene
+    is left as it was."""
     import math
 
     import numpy as np
@@ -170,20 +174,9 @@ def mesh_input(context):
     obj = context.active_object
     if obj is None or obj.type != "MESH":
         raise UserError("Mesh mode: select the mesh to animate (make it active)")
-    ev = obj.evaluated_get(context.evaluated_depsgraph_get())
-    me = ev.to_mesh()
-    try:
-        me.calc_loop_triangles()
-        co = np.empty(len(me.vertices) * 3, np.float32)
-        me.vertices.foreach_get("co", co)
-        tris = np.empty(len(me.loop_triangles) * 3, np.int32)
-        me.loop_triangles.foreach_get("vertices", tris)
-    finally:
-        ev.to_mesh_clear()
+    verts, tris, pin = mesh_target.request_arrays(obj)
     if len(tris) == 0:
         raise UserError(f"Mesh mode: '{obj.name}' has no faces")
-    mw = np.array(obj.matrix_world)
-    verts = co.reshape(-1, 3) @ mw[:3, :3].T + mw[:3, 3]
     centre = (verts.min(0) + verts.max(0)) / 2
     radius = float(np.linalg.norm(verts - centre, axis=1).max()) or 1.0
     dist = 1.3 * radius / math.tan(math.radians(20))
@@ -225,7 +218,7 @@ def mesh_input(context):
         bpy.data.cameras.remove(cam_data)
         bpy.data.lights.remove(sun_data)
     return wire.MeshInput(vertices=arrays.pack(verts, "<f4"),
-                          faces=arrays.pack(tris.reshape(-1, 3), "<u4"), views=views)
+                          faces=arrays.pack(tris.reshape(-1, 3), "<u4"), views=views, pin=pin)
 
 
 def submit(context) -> str:
@@ -235,6 +228,9 @@ def submit(context) -> str:
     item = st.jobs.add()
     item.job_id, item.label, item.state = token, f"{name}: {opts.prompt[:40]}", "sending"
     item.start_frame, item.set_frame_range = st.start_frame, st.set_frame_range
+    if mesh is not None:
+        item.mesh_mode, item.target_object = True, context.active_object.name
+        item.target_duplicate = st.mesh_target == "DUPLICATE"
     st.active_job = len(st.jobs) - 1
     session().submit(token, data, name, opts, mesh)
     st.status = f"Sending {name}..."
@@ -325,12 +321,35 @@ def _apply(kind: str, key, payload) -> None:
         if item.object_name and item.object_name in bpy.data.objects:
             return  # imported already (a re-attach after reopening the file)
         t0 = time.perf_counter()
-        obj = import_animated_mesh(payload, name=f"Animate4D {item.job_id[:8]}",
-                                   collection=scene.collection, start_frame=item.start_frame,
-                                   set_frame_range=item.set_frame_range)
+        obj, note = _land(scene, item, payload)
         item.object_name, item.state = obj.name, wire.DONE
         st.status = (f"Imported {obj.name}: {len(payload.frames)} frames "
-                     f"({time.perf_counter() - t0:.2f} s)")
+                     f"({time.perf_counter() - t0:.2f} s){note}")
+        # One undo step: Ctrl-Z takes the import back (a context without a window manager
+        # has no undo stack).
+        with contextlib.suppress(RuntimeError):
+            bpy.ops.ed.undo_push(message=f"Animate4D: import {item.job_id[:8]}")
+
+
+def _land(scene, item, mesh):
+    """Mesh mode: shape keys on the object the job was made from (or a duplicate of it);
+    otherwise, or if that object has changed, a new object. Returns (object, note)."""
+    name = f"Animate4D {item.job_id[:8]}"
+    if item.mesh_mode:
+        obj = bpy.data.objects.get(item.target_object)
+        try:
+            if obj is not None and item.target_duplicate:
+                obj = mesh_target.duplicate(obj)
+            return mesh_target.add_shape_keys(
+                obj, mesh, f"A4D {item.job_id[:6]}", start_frame=item.start_frame,
+                set_frame_range=item.set_frame_range), ""
+        except mesh_target.MeshChanged as e:
+            note = f"; '{item.target_object}' {e}, so the result is a new object"
+    else:
+        note = ""
+    return import_animated_mesh(mesh, name=name, collection=scene.collection,
+                                start_frame=item.start_frame,
+                                set_frame_range=item.set_frame_range), note
 
 
 PREVIEW_IMAGE = "Animate4D Preview"

@@ -42,30 +42,35 @@ def import_animated_mesh(mesh, name: str = "Animate4D", *, collection=None,
 
     obj["animate4d_loop"] = bool(mesh.metadata.get("loop", False))  # for motion.py's edits
     obj.shape_key_add(name="Basis", from_mix=False)
-    keys = []
+    names = []
     for k in range(f):
         kb = obj.shape_key_add(name=f"frame_{k:04d}", from_mix=False)
         kb.data.foreach_set("co", np.ascontiguousarray(mesh.frames[k], np.float32).ravel())
-        keys.append(kb)
-    _key_frames(me.shape_keys, f, start_frame)
+        names.append(kb.name)
+    key_frames(me.shape_keys, names, start_frame)
     if set_frame_range:
         scene = bpy.context.scene
         scene.frame_start, scene.frame_end = start_frame, start_frame + f - 1
         fps = float(mesh.fps)
-        scene.render.fps, scene.render.fps_base = _fps_pair(fps)
+        scene.render.fps, scene.render.fps_base = fps_pair(fps)
     return obj
 
 
-def _key_frames(shape_keys, f: int, start: int) -> None:
-    """Key k is 1 on its frame and 0 on its neighbours, with constant interpolation."""
+def key_frames(shape_keys, names: list[str], start: int) -> None:
+    """Key names[k] is 1 on frame start + k and 0 on its neighbours, with constant
+    interpolation; an action the keys already have is kept and added to."""
     shape_keys.use_relative = True
-    action = bpy.data.actions.new(f"{shape_keys.user.name}_frames")
-    shape_keys.animation_data_create().action = action
+    anim = shape_keys.animation_data_create()
+    action = anim.action
+    if action is None:
+        action = bpy.data.actions.new(f"{shape_keys.user.name}_frames")
+        anim.action = action
+    f = len(names)
     for k in range(f):
         frames = [start + k - 1, start + k, start + k + 1] if k > 0 else [start + k,
                                                                            start + k + 1]
         values = [0.0, 1.0, 0.0] if k > 0 else [1.0, 0.0]
-        path = f'key_blocks["frame_{k:04d}"].value'
+        path = f'key_blocks["{names[k]}"].value'
         fc = _fcurve(action, shape_keys, path)
         fc.keyframe_points.add(len(frames))
         fc.keyframe_points.foreach_set(
@@ -86,7 +91,7 @@ def _fcurve(action, owner, path):
     return action.fcurves.new(path)
 
 
-def _fps_pair(fps: float) -> tuple[int, float]:
+def fps_pair(fps: float) -> tuple[int, float]:
     whole = round(fps)
     return (whole, 1.0) if abs(whole - fps) < 1e-6 else (max(1, round(fps * 1.001)), 1.001)
 

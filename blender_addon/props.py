@@ -65,6 +65,10 @@ class Animate4DJob(bpy.types.PropertyGroup):
     object_name: StringProperty(name="Object")
     start_frame: IntProperty(name="Start frame", default=1)
     set_frame_range: BoolProperty(name="Set frame range", default=True)
+    mesh_mode: BoolProperty(name="Mesh mode", default=False)
+    target_object: StringProperty(name="Target object",
+                                  description="Mesh mode: the object that gets the shape keys")
+    target_duplicate: BoolProperty(name="On a duplicate", default=False)
 
 
 class Animate4DSettings(bpy.types.PropertyGroup):
@@ -72,6 +76,11 @@ class Animate4DSettings(bpy.types.PropertyGroup):
         ("IMAGE", "Image", "Animate a picture"),
         ("MESH", "Selected mesh", "Animate the active mesh, keeping its topology (mesh mode)"),
     ], default="IMAGE")
+    mesh_target: EnumProperty(name="Result on", items=[
+        ("SELF", "This object", "Add the frames as shape keys to the selected object itself"),
+        ("DUPLICATE", "A duplicate", "Add them to a copy of it (modifiers, vertex groups, "
+                                     "materials and UVs copied along)"),
+    ], default="SELF")
     image: PointerProperty(name="Image", type=bpy.types.Image,
                            description="The picture to animate (a loaded image)")
     image_path: StringProperty(name="Image file", subtype="FILE_PATH",

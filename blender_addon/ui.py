@@ -40,6 +40,7 @@ class ANIMATE4D_PT_panel(bpy.types.Panel):
             obj = context.active_object
             box.label(text=obj.name if obj and obj.type == "MESH" else "Select a mesh",
                       icon="MESH_DATA")
+            box.row().prop(st, "mesh_target", expand=True)
 
         box = layout.box()
         box.label(text="Motion", icon="ANIM")

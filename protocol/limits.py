@@ -15,6 +15,7 @@ MAX_FRAME_VERTICES = 50_000_000
 MAX_FPS = 240.0
 MAX_METADATA_BYTES = 64 * 1024
 MAX_A4D_BYTES = 1024 * 1024 * 1024
+MAX_MESH_FILE_BYTES = 1024 * 1024 * 1024  # mesh mode's input file (.glb with its textures)
 
 # Images
 MAX_IMAGE_PIXELS = 4096 * 4096

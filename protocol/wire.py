@@ -97,6 +97,7 @@ class MeshInput(msgspec.Struct):
     vertices: Array  # (N, 3) <f4, world space
     faces: Array  # (M, 3) <u4
     views: list[MeshView] = []
+    pin: list[int] = []  # vertex ids held still (the root); empty: found on the mesh
 
 
 class Submit(Body):
@@ -206,6 +207,7 @@ class WorkerHello(Body):
     name: str
     presets: list[str]
     features: list[str] = []  # optional abilities, e.g. "mesh" (mesh mode)
+    mesh_presets: list[str] = []  # the presets it runs in mesh mode ("mesh" alone: all)
     # Presets this worker could run but for models it lacks: preset -> missing roles. The
     # server names them to a client asking for such a preset when no worker offers it.
     missing: dict[str, list[str]] = {}
@@ -225,6 +227,7 @@ class Assign(Body):
     image_name: str
     attempt: int
     checkpoints: list[str] = []  # keys the worker may fetch to resume
+    mesh: MeshInput | None = None  # mesh mode: the artist's mesh (then `image` is a render)
 
 
 class CheckpointGet(Body):

@@ -159,7 +159,13 @@ def _method(image, options, args, device):
 
 
 def cmd_run(args) -> int:
+    from ..meshmode.load import is_mesh_file
+
     out = Path(args.out) if args.out else Path(Path(args.image).stem + "_animate4d")
+    if is_mesh_file(args.image):
+        from ..meshmode.command import run_mesh_file
+
+        return run_mesh_file(args, out)
     return _run_job(args.image, args, out)
 
 
@@ -174,13 +180,18 @@ def add_parsers(sub) -> None:
         description="Animate IMAGE as PROMPT says; writes OUT/result.a4d, OUT/result.glb and "
                     "OUT/preview.gif and prints their paths, one per line.",
     )
-    run.add_argument("image", metavar="IMAGE",
+    run.add_argument("image", metavar="IMAGE|MESH",
                      help="PNG, JPEG, WebP or TIFF; a transparent background is used as the "
-                          "object's outline, otherwise the object is cut out automatically")
+                          "object's outline, otherwise the object is cut out automatically. "
+                          "Or a mesh (.glb, .gltf, .obj, .ply, .a4d): mesh mode animates it, "
+                          "keeping its vertices, faces, UVs and materials")
     run.add_argument("--out", metavar="DIR",
                      help="output folder (default: IMAGE's name + '_animate4d'); existing result "
                           "files there are replaced")
     add_job_options(run, prompt_required=True, presets=list(PRESETS))
+    from ..meshmode.command import add_arguments as add_mesh_arguments
+
+    add_mesh_arguments(run)
     g = run.add_argument_group("GPU presets (fast, paper)")
     g.add_argument("--models", metavar="DIR",
                    help="folder with one sub-folder per role (default: ANIMATE4D_MODELS, then "

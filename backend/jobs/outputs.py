@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,16 +34,20 @@ def prepare_out_dir(out: str | Path) -> Path:
 
 def write_outputs(
     mesh: AnimatedMesh, out: str | Path, *, preview: bool = True,
-    progress: ProgressFn = no_progress,
+    progress: ProgressFn = no_progress, glb: Callable[[Path], Path] | None = None,
+    preview_mesh: AnimatedMesh | None = None,
 ) -> OutputFiles:
-    """result.a4d (the exact result), result.glb (for any 3D tool), preview.gif (to glance at)."""
+    """result.a4d (the exact result), result.glb (for any 3D tool), preview.gif (to glance at).
+    `glb` writes the .glb instead (mesh mode gives the artist's own glTF back); the GIF shows
+    `preview_mesh` when given (the same motion, placed for the camera)."""
     out = prepare_out_dir(out)
     progress("export", 0, 2)
     a4d_path = a4d.save(mesh, out / "result.a4d")
     progress("export", 1, 2)
-    glb_path = write_glb(mesh, out / "result.glb")
+    glb_path = glb(out / "result.glb") if glb is not None else write_glb(mesh, out / "result.glb")
     progress("export", 2, 2)
     gif_path = None
     if preview:
-        gif_path = write_gif(preview_frames(mesh, progress), mesh.fps, out / "preview.gif")
+        gif_path = write_gif(preview_frames(preview_mesh or mesh, progress), mesh.fps,
+                             out / "preview.gif")
     return OutputFiles(a4d=a4d_path, glb=glb_path, preview=gif_path)

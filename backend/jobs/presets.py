@@ -19,6 +19,8 @@ from .checkpoints import Checkpoints
 from .progress import ProgressFn
 
 JobFn = Callable[[bytes, JobOptions, ProgressFn, Checkpoints], AnimatedMesh]
+# Mesh mode: the same, given the artist's mesh (wire.MeshInput) instead of an image.
+MeshJobFn = Callable[[object, JobOptions, ProgressFn, Checkpoints], AnimatedMesh]
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,19 @@ def offer(models=None) -> tuple[dict[str, JobFn], dict[str, list[str]]]:
         else:
             out[name] = job_fn(name, models)
     return out, lacking
+
+
+def _mesh_preview(mesh, options: JobOptions, progress: ProgressFn,
+                  checkpoints: Checkpoints) -> AnimatedMesh:
+    from ..meshmode.load import from_wire
+    from ..meshmode.preview import run_mesh_preview
+
+    return run_mesh_preview(from_wire(mesh), options, progress)
+
+
+def offer_mesh() -> dict[str, MeshJobFn]:
+    """The presets this machine runs in mesh mode (the GPU presets' mesh mode is to come)."""
+    return {"preview": _mesh_preview}
 
 
 def available(models=None) -> dict[str, JobFn]:

@@ -80,11 +80,33 @@ def cycles_for(speed_hz: float, frames: int, fps: float) -> int:
     return max(1, round(speed_hz * frames / fps))
 
 
+def spec_for(options) -> tuple[MotionSpec, str]:
+    """The motion job options ask for, and what chose its modes: 'options', 'prompt' or
+    'default'."""
+    if options.motion is not None:
+        modes, chosen_by = tuple(options.motion), "options"
+    else:
+        modes, chosen_by = modes_from_prompt(options.prompt), "prompt"
+        if not modes:
+            modes, chosen_by = DEFAULT_MODES, "default"
+    cycles = cycles_for(options.speed, options.frames, options.fps)
+    return MotionSpec(modes=modes, amplitude=options.amplitude, cycles=cycles), chosen_by
+
+
+def describe(spec: MotionSpec, chosen_by: str, options) -> dict:
+    """The result's `motion` metadata (protocol/README.md)."""
+    return {"modes": list(spec.modes), "chosen_by": chosen_by, "amplitude": options.amplitude,
+            "cycles": spec.cycles, "speed_hz": spec.cycles * options.fps / options.frames}
+
+
 @dataclass(frozen=True)
 class _Rig:
     root_z: float
     height: float
     axis_xy: np.ndarray  # (2,) vertical axis through the middle of the base
+
+
+Rig = _Rig  # mesh mode places its own (a root found on the mesh or pinned by the artist)
 
 
 def rig_for(vertices: np.ndarray) -> _Rig:
@@ -106,11 +128,15 @@ def animate(vertices: np.ndarray, spec: MotionSpec, frames: int) -> np.ndarray:
     return out
 
 
-def pose(vertices: np.ndarray, spec: MotionSpec, t: float, rig: _Rig | None = None) -> np.ndarray:
-    """Positions at loop fraction `t` (0 and 1 give the same pose, the rest pose)."""
+def pose(vertices: np.ndarray, spec: MotionSpec, t: float, rig: _Rig | None = None,
+         weights: np.ndarray | None = None) -> np.ndarray:
+    """Positions at loop fraction `t` (0 and 1 give the same pose, the rest pose). `weights`:
+    each vertex's share of the motion in [0, 1], 0 at the root, in place of its height
+    fraction (mesh mode computes them through the mesh's volume)."""
     v = np.asarray(vertices, np.float64)
     rig = rig or rig_for(v)
-    s = np.clip((v[:, 2] - rig.root_z) / rig.height, 0.0, 1.0)  # height fraction, 0 at root
+    s = weights if weights is not None else np.clip((v[:, 2] - rig.root_z) / rig.height,
+                                                    0.0, 1.0)  # height fraction, 0 at root
     phase = 2.0 * math.pi * spec.cycles * t
     p = v
     for mode in spec.modes:

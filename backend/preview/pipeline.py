@@ -28,7 +28,7 @@ from ..runtime import switches
 from ..version import versions
 from .colour import project_colours
 from .inflate import inflate
-from .motion import DEFAULT_MODES, MotionSpec, cycles_for, modes_from_prompt, pose, rig_for
+from .motion import describe, pose, rig_for, spec_for
 
 COLOUR_SIZE = 512  # side of the reference view that colours are sampled from
 CHECKPOINT_BLOCK_BYTES = 32 * 1024 * 1024
@@ -81,14 +81,7 @@ class Preview(Method):
         self.saved_upto = 0
         self.loaded = self.camera = self.mask = self.crop = None
         self.vertices = self.faces = None
-        if options.motion is not None:
-            self.modes, self.chosen_by = tuple(options.motion), "options"
-        else:
-            self.modes, self.chosen_by = modes_from_prompt(options.prompt), "prompt"
-            if not self.modes:
-                self.modes, self.chosen_by = DEFAULT_MODES, "default"
-        self.cycles = cycles_for(options.speed, options.frames, options.fps)
-        self.spec = MotionSpec(modes=self.modes, amplitude=options.amplitude, cycles=self.cycles)
+        self.spec, self.chosen_by = spec_for(options)
         self._stages = [_Prepare(self, "load", self._load),
                         _Prepare(self, "segment", self._segment),
                         _Prepare(self, "geometry", self._geometry),
@@ -172,11 +165,7 @@ class Preview(Method):
                 "preset": "preview",
                 "seed": options.seed,
                 "loop": True,
-                "motion": {
-                    "modes": list(self.modes), "chosen_by": self.chosen_by,
-                    "amplitude": options.amplitude, "cycles": self.cycles,
-                    "speed_hz": self.cycles * options.fps / options.frames,
-                },
+                "motion": describe(self.spec, self.chosen_by, options),
                 "source": base["source"],
                 "reference_camera": base["camera"],
                 "versions": versions(),

@@ -26,6 +26,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
@@ -109,8 +110,15 @@ class WorkerConn:
     last_seen: float
     features: list[str] = field(default_factory=list)
     missing: dict[str, list[str]] = field(default_factory=dict)  # preset -> roles it lacks
+    mesh_presets: list[str] = field(default_factory=list)  # presets it runs in mesh mode
     job: str | None = None
     assigned_at: float = 0.0
+
+
+def _mesh_presets(hello: wire.WorkerHello) -> list[str]:
+    """The presets a worker runs in mesh mode; the bare feature "mesh" means all it offers."""
+    listed = hello.mesh_presets or (hello.presets if "mesh" in hello.features else [])
+    return [p[:32] for p in listed[:16]]
 
 
 @dataclass
@@ -459,10 +467,10 @@ class Server:
             raise WireError("limit_exceeded", f"you have {active} jobs queued or running; the "
                                               f"limit is {limits.MAX_ACTIVE_JOBS_PER_CLIENT}")
         body.options.validate()
+        if body.mesh is not None:
+            self._check_mesh(body.mesh, body.options.preset)
         self._check_preset(body.options.preset)
         probe_image(body.image)  # header only: size, format, pixel limits
-        if body.mesh is not None:
-            self._check_mesh(body.mesh)
         self._check_room(len(body.image))
         name = os.path.basename(body.image_name)[: limits.MAX_NAME_CHARS] or "image"
         job_id = secrets.token_hex(16)  # 128 bits; hex never starts with "-" (argv-safe)
@@ -470,9 +478,11 @@ class Server:
             info=JobInfo(id=job_id, state=QUEUED, preset=body.options.preset,
                          prompt=body.options.prompt, created=time.time()),
             owner=owner, options=body.options, image_name=name, submit_id=env.id,
+            mesh=body.mesh is not None,
         )
         try:
-            self.store.create(rec, body.image)
+            self.store.create(rec, body.image,
+                              None if body.mesh is None else msgspec.msgpack.encode(body.mesh))
         except OSError as e:
             self._storage_failed(e)
             self._check_room(0)
@@ -515,14 +525,28 @@ class Server:
             f"host: animate4d models fetch {' '.join(roles)} --models DIR, then start "
             f"`animate4d worker --models DIR`; or ask for the preview preset")
 
-    def _check_mesh(self, mesh: wire.MeshInput) -> None:
-        if not any("mesh" in w.features for w in self.workers.values()):
-            raise WireError("unsupported", "this server cannot animate a mesh yet (mesh mode "
-                                           "is not supported by its workers): send an image")
+    def _check_mesh(self, mesh: wire.MeshInput, preset: str) -> None:
+        """Refuse mesh mode for a preset that no connected worker runs in mesh mode (while
+        no worker is connected, the job waits like any other)."""
+        able = {p for w in self.workers.values() for p in w.mesh_presets}
+        if self.workers and preset not in able:
+            if able:
+                raise WireError("unsupported", f"mesh mode is not supported with the {preset} "
+                                               f"preset on this server (its workers run mesh "
+                                               f"mode with: {', '.join(sorted(able))})")
+            raise WireError("unsupported", "this server cannot animate a mesh (mesh mode is "
+                                           "not supported by its workers): send an image")
         n = mesh.vertices.shape[0] if mesh.vertices.shape else 0
         if n > limits.MAX_VERTICES or len(mesh.views) > limits.MAX_MESH_VIEWS:
             raise WireError("limit_exceeded", f"mesh mode takes at most {limits.MAX_VERTICES} "
                                               f"vertices and {limits.MAX_MESH_VIEWS} views")
+        from ..meshmode.load import from_wire
+
+        from_wire(mesh)  # a mesh that cannot be animated is refused now, saying why
+
+    def _stored_mesh(self, job_id: str) -> wire.MeshInput | None:
+        data = self.store.mesh(job_id)
+        return None if data is None else msgspec.msgpack.decode(data, type=wire.MeshInput)
 
     def _status(self, ident, owner, env, body):
         return wire.JobState(job=self._info(self._visible(owner, env.job)))
@@ -669,7 +693,8 @@ class Server:
                 self.workers[ident] = WorkerConn(ident, body.name[:64],
                                                  list(body.presets)[:16], time.monotonic(),
                                                  features=list(body.features)[:16],
-                                                 missing=missing)
+                                                 missing=missing,
+                                                 mesh_presets=_mesh_presets(body))
                 self.offered.update(body.presets[:16])
                 self.log(f"worker {body.name[:64]} joined ({', '.join(body.presets)})")
             self._send(self.workers_sock, ident, wire.Ok(), re=env.id)
@@ -867,13 +892,15 @@ class Server:
                 continue
             if now - w.last_seen > self.dead_after_s / 2:
                 continue  # silent for a while: likely dead, it gets nothing until it speaks
-            job_id = self.queue.pop(lambda j, w=w: self.jobs[j].options.preset in w.presets)
+            job_id = self.queue.pop(lambda j, w=w: self.jobs[j].options.preset in (
+                w.mesh_presets if self.jobs[j].mesh else w.presets))
             if job_id is None:
                 continue
             rec = self.jobs[job_id]
             try:
                 image = self.store.image(job_id)
                 checkpoints = self.store.checkpoint_keys(job_id)
+                mesh = self._stored_mesh(job_id) if rec.mesh else None
             except OSError as e:
                 rec.info.state = RUNNING  # for _finish's bookkeeping; it never ran
                 self._finish(rec, FAILED, StoreDamagedError.code,
@@ -889,7 +916,7 @@ class Server:
             self.store.log(job_id, f"attempt {rec.info.attempts} on worker {w.name}")
             ok = self._send(self.workers_sock, w.ident, wire.Assign(
                 options=rec.options, image=image, image_name=rec.image_name,
-                attempt=rec.info.attempts, checkpoints=checkpoints,
+                attempt=rec.info.attempts, checkpoints=checkpoints, mesh=mesh,
             ), job=job_id)
             if not ok:  # it never had the job
                 self._worker_lost(w, "unreachable", counted=False)

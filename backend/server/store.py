@@ -3,6 +3,7 @@ any moment leaves each file either old or new, never half-written.
 
     STORE/jobs/<id>/job.json           the record: owner, options, state (JobInfo)
     STORE/jobs/<id>/input              the submitted image bytes
+    STORE/jobs/<id>/mesh               mesh mode: the submitted mesh (wire.MeshInput, msgpack)
     STORE/jobs/<id>/checkpoints/<key>  pipeline checkpoints uploaded by workers
     STORE/jobs/<id>/result.a4d         the result, once done
     STORE/jobs/<id>/log.txt            one line per event (state changes, errors)
@@ -44,6 +45,7 @@ class JobRecord(msgspec.Struct, kw_only=True):
     losses: int = 0
     silent_losses: int = 0  # workers lost that never answered after being given the job
     result_sha256: str = ""  # recorded when the result was uploaded, checked when it is served
+    mesh: bool = False  # mesh mode: the job animates the mesh stored beside its input
 
 
 _json = msgspec.json.Encoder()
@@ -89,12 +91,14 @@ class JobStore:
         return self.jobs_dir / job_id
 
     # -- records ------------------------------------------------------------------------
-    def create(self, record: JobRecord, image: bytes) -> None:
+    def create(self, record: JobRecord, image: bytes, mesh: bytes | None = None) -> None:
         d = self.job_dir(record.info.id)
         tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=self.jobs_dir))
         try:
             (tmp / "checkpoints").mkdir()
             atomic_write(tmp / "input", image)
+            if mesh is not None:
+                atomic_write(tmp / "mesh", mesh)
             atomic_write(tmp / "job.json", _json.encode(record))
             os.replace(tmp, d)  # the job appears whole or not at all
         except BaseException:
@@ -175,6 +179,10 @@ class JobStore:
 
     def image(self, job_id: str) -> bytes:
         return (self.job_dir(job_id) / "input").read_bytes()
+
+    def mesh(self, job_id: str) -> bytes | None:
+        p = self.job_dir(job_id) / "mesh"
+        return p.read_bytes() if p.exists() else None
 
     def delete(self, job_id: str) -> None:
         d = self.job_dir(job_id)

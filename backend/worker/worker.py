@@ -37,7 +37,7 @@ from animate4d.protocol.liveness import zmtp_heartbeats
 
 from ..export.preview_media import preview_png
 from ..jobs.checkpoints import MemoryCheckpoints
-from ..jobs.presets import JobFn, offer
+from ..jobs.presets import JobFn, MeshJobFn, offer, offer_mesh
 
 PROGRESS_HZ = 10.0
 HAND_BACK_ACK_S = 5.0  # how long a leaving worker waits for the server to take its job back
@@ -114,6 +114,7 @@ class Worker:
         exit_when_idle_s: float | None = None,
         stop_timeout_s: float = 20.0,
         parent_pid: int | None = None,
+        mesh_pipelines: dict[str, MeshJobFn] | None = None,
         log=None,
     ):
         self.server = server
@@ -125,6 +126,7 @@ class Worker:
         if pipelines is None:
             pipelines, missing = offer()
         self.pipelines = pipelines
+        self.mesh_pipelines = offer_mesh() if mesh_pipelines is None else mesh_pipelines
         # Presets it cannot run for want of models -> the roles it lacks (said in the hello).
         self.missing = {p: list(r) for p, r in (missing or {}).items() if p not in pipelines}
         self.log = log or (lambda m: print(f"worker: {m}", file=sys.stderr, flush=True))
@@ -159,9 +161,10 @@ class Worker:
         return s
 
     def _hello(self, sock) -> None:
-        _try_send(sock, wire.encode(wire.WorkerHello(name=self.name,
-                                                     presets=sorted(self.pipelines),
-                                                     missing=self.missing)))
+        _try_send(sock, wire.encode(wire.WorkerHello(
+            name=self.name, presets=sorted(self.pipelines), missing=self.missing,
+            features=["mesh"] if self.mesh_pipelines else [],
+            mesh_presets=sorted(self.mesh_pipelines))))
         self._hello_at = time.monotonic()
 
     @property
@@ -327,11 +330,17 @@ class Worker:
     # -- the job thread -----------------------------------------------------------------
     def _start(self, job_id: str, assign: wire.Assign) -> None:
         fn = self.pipelines.get(assign.options.preset)
+        if assign.mesh is not None:  # mesh mode: the same job thread, given the mesh
+            mesh_fn = self.mesh_pipelines.get(assign.options.preset)
+            fn = None if mesh_fn is None else (
+                lambda image, options, progress, checkpoints: mesh_fn(
+                    assign.mesh, options, progress, checkpoints))
         run = JobRun(job_id, assign)
         self.job = run
         if fn is None:
-            self._send(run, wire.Failed(code="unsupported_preset",
-                                        message=f"this worker cannot run {assign.options.preset}"))
+            mode = " in mesh mode" if assign.mesh is not None else ""
+            self._send(run, wire.Failed(code="unsupported_preset", message=f"this worker "
+                                        f"cannot run {assign.options.preset}{mode}"))
             self.outbox.put((run, None, None))
             return
         self.log(f"job {job_id[:8]}: attempt {assign.attempt}, {assign.options.preset}, "

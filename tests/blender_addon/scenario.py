@@ -123,16 +123,84 @@ obs["cancel"] = sorted(bpy.ops.animate4d.cancel())
 obs["cancelled"] = pump(lambda: st.jobs[1].state == "cancelled", 20)
 obs["cancel_status"] = st.status
 
-# Mesh mode: the request carries the mesh and Blender renders of it; this server says no.
-bpy.ops.mesh.primitive_uv_sphere_add(radius=0.5, location=(0, 0, 0.5))
-st.source = "MESH"
-st.frames = 6
+# Mesh mode: the artist's own object, with UVs, a material, vertex groups (one named "root"
+# pins its base), a modifier and a shape key of its own, placed, turned and scaled.
+bpy.ops.mesh.primitive_uv_sphere_add(radius=0.5, location=(0.3, -0.2, 0.5),
+                                     rotation=(0.3, 0.0, 0.5), scale=(1.0, 1.0, 1.6))
+art = bpy.context.active_object
+art.name = "Artist"
+art.data.uv_layers.new(name="Second")
+art.data.materials.append(bpy.data.materials.new("Skin"))
+art.vertex_groups.new(name="root").add(
+    [v.index for v in art.data.vertices if v.co.z < -0.45], 1.0, "REPLACE")
+art.vertex_groups.new(name="Other")
+art.modifiers.new("Smooth", "SUBSURF")
+art.shape_key_add(name="Basis")
+smile = art.shape_key_add(name="Smile")
+smile.data[0].co.z += 0.1
+smile.value = 0.0  # the artist's own key, at rest
+bpy.ops.ed.undo_push(message="the artist's setup")
+objects_before = len(bpy.data.objects)
+st.source, st.frames, st.start_frame, st.mesh_target = "MESH", 6, 1, "SELF"
 obs["mesh_animate"] = sorted(bpy.ops.animate4d.animate())
-pump(lambda: len(st.jobs) == 3 and st.jobs[2].state == "failed", 60)
-obs["mesh_job"] = [st.jobs[2].state, st.jobs[2].message]
-obs["mesh_status"] = st.status
+bpy.ops.ed.undo_push(message="the artist works on while the job runs")
+pump(lambda: len(st.jobs) == 3 and (st.jobs[2].object_name or st.jobs[2].state == "failed"))
+obs["mesh_job"] = [st.jobs[2].state, st.jobs[2].object_name, st.jobs[2].message, st.status]
 obs["scenes_after_mesh_mode"] = len(bpy.data.scenes)
-st.source = "IMAGE"
+art = bpy.data.objects["Artist"]
+obs["mesh_keys"] = [kb.name for kb in art.data.shape_keys.key_blocks]
+obs["mesh_uv_layers"] = [layer.name for layer in art.data.uv_layers]
+obs["mesh_materials"] = [m.name for m in art.data.materials]
+obs["mesh_groups"] = [g.name for g in art.vertex_groups]
+obs["mesh_modifiers"] = [m.type for m in art.modifiers]
+obs["mesh_objects_added"] = len(bpy.data.objects) - objects_before
+c = mod.deps.client.Client(server, timeout_s=20)
+c.connect()
+mesh_result = c.fetch_mesh(st.jobs[2].job_id)
+c.close()
+# Frame k shows key k: the shape keys (modifier off) through the object's matrix are the
+# result's frame k in world space.
+art.modifiers["Smooth"].show_viewport = False
+mw = np.array(art.matrix_world)
+errs = []
+for k in range(len(mesh_result.frames)):
+    scene.frame_set(st.start_frame + k)
+    ev = art.evaluated_get(bpy.context.evaluated_depsgraph_get())
+    me = ev.to_mesh()
+    co = np.empty(len(me.vertices) * 3, np.float32)
+    me.vertices.foreach_get("co", co)
+    ev.to_mesh_clear()
+    errs.append(float(np.abs(co.reshape(-1, 3) @ mw[:3, :3].T + mw[:3, 3]
+                             - mesh_result.frames[k]).max()))
+art.modifiers["Smooth"].show_viewport = True
+obs["mesh_frame_errors"] = errs
+obs["mesh_motion"] = float(np.abs(mesh_result.frames - mesh_result.frames[0]).max())
+pinned = mod.mesh_target.pinned_ids(art)
+obs["mesh_pinned"] = [len(pinned), mesh_result.metadata["root"]]
+# Ctrl-Z takes the import back.
+bpy.ops.ed.undo()
+obs["keys_after_undo"] = [kb.name for kb in
+                          bpy.data.objects["Artist"].data.shape_keys.key_blocks]
+scene = bpy.context.scene
+st = scene.animate4d
+obs["jobs_after_undo"] = len(st.jobs)
+# On a duplicate: the original keeps its keys.
+st.source, st.mesh_target, st.frames = "MESH", "DUPLICATE", 4
+bpy.context.view_layer.objects.active = bpy.data.objects["Artist"]
+bpy.ops.animate4d.animate()
+pump(lambda: len(st.jobs) == 4 and (st.jobs[3].object_name or st.jobs[3].state == "failed"))
+dup = bpy.data.objects.get(st.jobs[3].object_name)
+obs["duplicate"] = [dup is not None and dup.name != "Artist",
+                    len(dup.data.shape_keys.key_blocks) if dup else 0,
+                    [m.type for m in dup.modifiers] if dup else [],
+                    len(bpy.data.objects["Artist"].data.shape_keys.key_blocks)]
+# Mesh mode with a preset no worker runs in mesh mode: the server says so.
+st.preset, st.mesh_target = "fast", "SELF"
+bpy.context.view_layer.objects.active = bpy.data.objects["Artist"]
+bpy.ops.animate4d.animate()
+pump(lambda: len(st.jobs) == 5 and st.jobs[4].state == "failed", 60)
+obs["mesh_fast"] = [st.jobs[4].state, st.jobs[4].message, st.status]
+st.source, st.preset = "IMAGE", "preview"
 
 # The server's previews: shown as one image, replaced by each new one, held in memory.
 def png_of(rgba, size):

@@ -81,10 +81,26 @@ def test_animate_from_blender_against_a_live_server(addon_zip, tmp_path):
     assert (tmp_path / "out.glb").stat().st_size > 0 and (tmp_path / "out.abc").stat().st_size > 0
     assert obs["cancel"] == ["FINISHED"] and obs["cancelled"], obs["cancel_status"]
     assert "cancelled" in obs["cancel_status"]
+    # Mesh mode: the frames land on the selected object itself, which keeps the rest.
     assert obs["mesh_animate"] == ["FINISHED"]
-    assert obs["mesh_job"][0] == "failed" and "mesh" in obs["mesh_job"][1], obs["mesh_job"]
-    assert "not supported" in obs["mesh_status"]
+    assert obs["mesh_job"][:2] == ["done", "Artist"], obs["mesh_job"]
     assert obs["scenes_after_mesh_mode"] == 1  # the render scene was cleaned up
+    keys = obs["mesh_keys"]
+    assert keys[:2] == ["Basis", "Smile"] and len(keys) == 2 + 6, keys
+    assert obs["mesh_uv_layers"] == ["UVMap", "Second"]
+    assert obs["mesh_materials"] == ["Skin"]
+    assert obs["mesh_groups"] == ["root", "Other"]
+    assert obs["mesh_modifiers"] == ["SUBSURF"]
+    assert obs["mesh_objects_added"] == 0
+    assert max(obs["mesh_frame_errors"]) < 1e-5, obs["mesh_frame_errors"]
+    assert obs["mesh_motion"] > 0.02
+    count, root = obs["mesh_pinned"]
+    assert root == {"pinned": True, "vertices": count} and count > 0
+    assert obs["keys_after_undo"] == ["Basis", "Smile"] and obs["jobs_after_undo"] == 3
+    made, dup_keys, dup_modifiers, original_keys = obs["duplicate"]
+    assert made and dup_keys == 2 + 4 and dup_modifiers == ["SUBSURF"] and original_keys == 2
+    assert obs["mesh_fast"][0] == "failed" and "not supported" in obs["mesh_fast"][2], \
+        obs["mesh_fast"]
     # The latest preview (8 x 8, green), packed: not a temp file every Blender shares.
     size, pixel, packed = obs["preview"]
     assert size == [8, 8] and pixel == [0.0, 1.0, 0.0, 1.0] and packed, obs["preview"]

@@ -1,0 +1,117 @@
+"""`animate4d run MESH`: mesh mode in this process (the CLI's `run` hands mesh files here)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from animate4d.protocol import AnimatedMesh, limits
+from animate4d.protocol.errors import InvalidRequestError
+
+from .source import MeshSource
+
+
+def add_arguments(parser) -> None:
+    g = parser.add_argument_group("mesh mode (MESH is a .glb, .gltf, .obj, .ply or .a4d)")
+    g.add_argument("--pin", metavar="IDS",
+                   help="vertex ids that stay still (the root), e.g. 0,5,10-20 or @ids.txt; "
+                        "default: the lowest part of the mesh")
+    g.add_argument("--up", choices=("y", "z"),
+                   help="the up axis of an OBJ or PLY file (default: y for OBJ, z for PLY; "
+                        "glTF is always y up, .a4d z up)")
+
+
+def parse_pin(text: str | None) -> list[int] | None:
+    """'0,5,10-20' (or @file with the same, any whitespace) -> vertex ids."""
+    if not text:
+        return None
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as e:
+            raise InvalidRequestError(f"cannot read the pin file {text[1:]}: {e.strerror}") \
+                from None
+    ids: list[int] = []
+    try:
+        for part in text.replace(",", " ").split():
+            a, _, b = part.partition("-")
+            lo, hi = int(a), int(b) if b else int(a)
+            if lo < 0 or hi < lo or hi - lo >= limits.MAX_VERTICES or \
+                    len(ids) + hi - lo >= limits.MAX_VERTICES:
+                raise ValueError(part)
+            ids.extend(range(lo, hi + 1))
+    except ValueError as e:
+        raise InvalidRequestError(f"--pin takes vertex ids like 0,5,10-20; {e} is not one",
+                                  hint="ids are 0-based indices of the input's vertices") \
+            from None
+    if not ids:
+        raise InvalidRequestError("--pin names no vertex", hint="give ids like 0,5,10-20")
+    return ids
+
+
+def in_world(mesh: AnimatedMesh) -> AnimatedMesh:
+    """The same clip with the transform applied (for pictures: Z up whatever the input)."""
+    t = np.asarray(mesh.transform, np.float64)
+
+    def go(p):
+        return (p.astype(np.float64) @ t[:3, :3].T + t[:3, 3]).astype(np.float32)
+
+    return dataclasses.replace(mesh, vertices=go(mesh.vertices), frames=go(mesh.frames),
+                               transform=np.eye(4))
+
+
+def run_mesh_file(args, out: Path) -> int:
+    from ..commands.local import job_options
+    from ...animate4d.backend.jobs.outputs import prepare_out_dir, write_outputs
+    from ...animate4d.backend.jobs.progress import TerminalProgress, no_progress
+    from .load import load_mesh
+    from .preview import run_mesh_preview
+
+    options = job_options(args)
+    if options.preset != "preview":
+        raise InvalidRequestError(
+            f"mesh mode runs with the preview preset here; {options.preset} animates images",
+            hint="drop --preset, or give an image")
+    source = load_mesh(args.image, up=args.up, pin=parse_pin(args.pin))
+    prepare_out_dir(out)
+    progress = no_progress if args.quiet else TerminalProgress()
+    t0 = time.perf_counter()
+    ok = False
+    try:
+        mesh = run_mesh_preview(source, options, progress)
+        files = write_outputs(mesh, out, preview=not args.no_preview, progress=progress,
+                              glb=_glb_writer(source, mesh), preview_mesh=in_world(mesh))
+        ok = True
+    finally:
+        if not args.quiet:
+            progress.close(ok)
+    if not args.quiet:
+        md = mesh.metadata
+        print(f"{mesh.num_vertices} vertices, {mesh.num_faces} triangles, {mesh.num_frames} "
+              f"frames at {mesh.fps:g} fps; motion: {'+'.join(md['motion']['modes'])} "
+              f"({md['motion']['chosen_by']}); root: "
+              f"{'pinned' if md['root']['pinned'] else 'found'}, {md['root']['vertices']} "
+              f"vertices; {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    for path in (files.a4d, files.glb, files.preview):
+        if path is not None:
+            print(path.resolve())
+    return 0
+
+
+def _glb_writer(source: MeshSource, mesh: AnimatedMesh):
+    if source.gltf is None:
+        return None  # the AnimatedMesh's own glTF (export/gltf.py)
+    from .preview import gltf_with_motion
+
+    def write(path: Path) -> Path:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(gltf_with_motion(source, mesh))
+        os.replace(tmp, path)
+        return path
+
+    return write
