@@ -15,8 +15,8 @@ from animate4d.protocol import AnimatedMesh, limits
 from animate4d.protocol.errors import LimitExceededError
 from animate4d.protocol.options import JobOptions
 
-from ..preview.motion import describe, pose, spec_for
 from ...animate4d.backend.jobs.progress import ProgressFn, Stopwatch, no_progress
+from ..preview.motion import describe, pose, spec_for
 from ..version import versions
 from .source import MeshSource
 from .weights import bend_weights, rig_of, root_mask
