@@ -14,11 +14,14 @@ from .progress import ProgressFn
 JobFn = Callable[[bytes, JobOptions, ProgressFn, Checkpoints], AnimatedMesh]
 
 
-def _preview(image: bytes, options: JobOptions, progress: ProgressFn,
-             checkpoints: Checkpoints) -> AnimatedMesh:
-    from .preview.pipeline import run_preview
+def _preview(models):
+    def job(image: bytes, options: JobOptions, progress: ProgressFn,
+            checkpoints: Checkpoints) -> AnimatedMesh:
+        from .preview.pipeline import run_preview
 
-    return run_preview(image, options, progress, checkpoints)
+        return run_preview(image, options, progress, checkpoints, models=models)
+
+    return job
 
 
 def _animate124(models):
@@ -36,7 +39,7 @@ def offer(models=None) -> tuple[dict[str, JobFn], dict[str, list[str]]]:
     need is in `models` (default: ANIMATE4D_MODELS) or the Hugging Face cache. And, for each
     GPU preset it cannot run, the roles it lacks (a worker tells the server, which tells a
     client asking for that preset)."""
-    out: dict[str, JobFn] = {"preview": _preview}
+    out: dict[str, JobFn] = {"preview": _preview(models)}
     try:
         from .priors.registry import missing_roles
     except ImportError:  # the backend without its GPU extras

@@ -32,7 +32,7 @@ from ..field.fit import fit_shape
 from ..field.render import half_opaque_density
 from ..preprocess import framing
 from ..preprocess.image_io import LoadedImage, load_image
-from ..preprocess.segment import clean_mask, foreground_mask
+from ..preprocess.segment import clean_mask, cut_out
 from ..preview.colour import fill_background, sample_image
 from ..preview.inflate import InflatedShape, inflate
 from ..priors import compiling, graphs, guidance, loading, registry, text
@@ -110,7 +110,8 @@ def _prepare(image, options: JobOptions, preset: Preset, pool: PriorPool,
         image = load_image(image)
     camera = (framing.fit_camera_to_image(Camera.from_dict(options.camera), image.size)
               if options.camera is not None else framing.canonical_camera(image.size))
-    mask = foreground_mask(image, seed=options.seed)
+    cutout = cut_out(image, seed=options.seed, models=pool.models)
+    mask = cutout.mask
     crop = framing.find_crop(mask)
     big = max(preset.ti_size, preset.render_size, 256)
     rgb, view_mask = reference_view(image, mask, crop, big)
@@ -119,7 +120,8 @@ def _prepare(image, options: JobOptions, preset: Preset, pool: PriorPool,
     progress("preprocess", 1, 1)
     return {"rgb": rgb, "mask": view_mask, "depth": depth,
             "transform": framing.object_to_world(crop, camera, options.target),
-            "source": str(image.source).rsplit("/", 1)[-1]}
+            "source": str(image.source).rsplit("/", 1)[-1],
+            "segmentation": cutout.metadata()}
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -269,7 +271,8 @@ def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progres
             target_faces=preset.export_faces, transform=prep["transform"], device=device,
             metadata={"prompt": options.prompt, "preset": options.preset,
                       "seed": options.seed, "versions": versions(),
-                      "source": prep["source"]})
+                      "source": prep["source"],
+                      "segmentation": prep.get("segmentation", {})})
         progress("export", 1, 1)
     mesh.metadata["timings"] = clock.seconds
     mesh.metadata["export"] = report

@@ -20,7 +20,7 @@ from ..checkpoints import Checkpoints, NoCheckpoints, pack_state, unpack_state
 from ..geometry import decimate
 from ..preprocess import framing
 from ..preprocess.image_io import LoadedImage, load_image
-from ..preprocess.segment import clean_mask, foreground_mask
+from ..preprocess.segment import clean_mask, cut_out
 from ..progress import ProgressFn, Stopwatch, no_progress
 from ..version import versions
 from .colour import project_colours
@@ -36,14 +36,17 @@ def run_preview(
     options: JobOptions,
     progress: ProgressFn = no_progress,
     checkpoints: Checkpoints | None = None,
+    *,
+    models=None,
 ) -> AnimatedMesh:
+    """`models`: where the optional segment role is looked for (registry.locate's order)."""
     options.validate()
     if checkpoints is None:
         checkpoints = NoCheckpoints()
     clock = Stopwatch()
     saved = checkpoints.get("base")
     base = unpack_state(saved) if saved is not None else _prepare(image, options, progress,
-                                                                  clock)
+                                                                  clock, models)
     if saved is None:
         checkpoints.put("base", pack_state(**base))
 
@@ -69,6 +72,7 @@ def run_preview(
                 "speed_hz": cycles * options.fps / options.frames,
             },
             "source": base["source"],
+            "segmentation": base.get("segmentation", {}),
             "reference_camera": base["camera"],
             "versions": versions(),
             "timings": timings,
@@ -76,7 +80,8 @@ def run_preview(
     )
 
 
-def _prepare(image, options: JobOptions, progress: ProgressFn, clock: Stopwatch) -> dict:
+def _prepare(image, options: JobOptions, progress: ProgressFn, clock: Stopwatch,
+             models=None) -> dict:
     """Load, cut out, frame, inflate and colour: everything up to the motion."""
     with clock.stage("load"):
         progress("load", 0, 1)
@@ -89,7 +94,8 @@ def _prepare(image, options: JobOptions, progress: ProgressFn, clock: Stopwatch)
         )
     with clock.stage("segment"):
         progress("segment", 0, 1)
-        mask = foreground_mask(image, seed=options.seed)
+        cutout = cut_out(image, seed=options.seed, models=models)
+        mask = cutout.mask
         crop = framing.find_crop(mask)
     with clock.stage("geometry"):
         progress("geometry", 0, 1)
@@ -109,7 +115,8 @@ def _prepare(image, options: JobOptions, progress: ProgressFn, clock: Stopwatch)
         "vertices": vertices, "faces": faces.astype(np.uint32), "colors": colours,
         "transform": transform, "camera": camera.to_dict(),
         "source": {"name": str(image.source).rsplit("/", 1)[-1], "size": list(image.size),
-                   "mask_from": "alpha" if image.has_alpha else "grabcut"},
+                   "mask_from": cutout.source},
+        "segmentation": cutout.metadata(),
         "timings": dict(clock.seconds),
     }
 
