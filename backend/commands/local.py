@@ -146,6 +146,22 @@ def print_warning(message: str) -> None:
     print(f"animate4d: warning: {message}", file=sys.stderr)
 
 
+def image_bytes(path: Path, args) -> bytes:
+    """The file to send a server: as it is, or re-encoded as RGBA PNG with --mask as alpha."""
+    if not getattr(args, "mask", None):
+        return path.read_bytes()
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rgba = image_with_mask(path, args).rgba
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(rgba * 255), 0, 255).astype(np.uint8), "RGBA").save(buf,
+                                                                                       "PNG")
+    return buf.getvalue()
+
+
 def image_with_mask(image, args):
     """The image to animate, its alpha replaced by --mask FILE when one is given."""
     if not getattr(args, "mask", None):

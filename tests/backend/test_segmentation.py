@@ -153,3 +153,20 @@ def test_no_object_at_all_is_an_error_that_says_what_to_do(monkeypatch):
     with pytest.raises(InvalidImageError, match="no foreground object found") as err:
         segment.cut_out(LoadedImage(flat, False, "flat.png"), models=Path("/nonexistent"))
     assert "--mask FILE" in err.value.hint
+
+
+def test_submit_sends_the_artists_mask_and_fetch_writes_mask_png(cluster, tmp_path):
+    cluster.start_server()
+    cluster.start_worker()
+    rgba = blob_rgba(300, 360)
+    photo = write_png(tmp_path / "photo.png", rgba[..., :3].copy())
+    mask = write_png(tmp_path / "m.png", np.dstack([rgba[..., 3]] * 3))
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "animate4d.backend", "submit", str(photo),
+                        "--prompt", "it sways", "--frames", "4", "--mesh-resolution", "64",
+                        "--mask", str(mask), "--no-preview", "--out", str(out),
+                        "--server", cluster.client_addr, "--timeout", "30"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    written = np.asarray(Image.open(out / "mask.png").convert("L"))
+    assert np.array_equal(written > 127, rgba[..., 3] > 127)
