@@ -77,6 +77,9 @@ PRESET_ROLES: dict[str, tuple[str, ...]] = {
     "paper": ("sd", "zero123", "video", "controlnet_tile", "depth"),
 }
 
+# Used when present, never required: without `segment` photos are cut out by GrabCut.
+OPTIONAL_ROLES = ("segment",)
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 

@@ -170,3 +170,17 @@ def test_submit_sends_the_artists_mask_and_fetch_writes_mask_png(cluster, tmp_pa
     assert r.returncode == 0, r.stderr
     written = np.asarray(Image.open(out / "mask.png").convert("L"))
     assert np.array_equal(written > 127, rgba[..., 3] > 127)
+
+
+def test_models_check_passes_without_the_optional_segment_role(tiny_models, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    for role in ("sd", "zero123", "video", "controlnet_tile", "depth"):
+        (models / role).symlink_to(tiny_models / role, target_is_directory=True)
+    r = animate4d("models", "check", models=models)
+    assert r.returncode == 0, r.stdout
+    (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith("segment")]
+    assert "MISSING" in line and "optional" in line and "GrabCut" in line
+    assert "fast, paper" in r.stdout
+    r = animate4d("models", "check", "segment", models=models)
+    assert r.returncode == 2
