@@ -94,14 +94,16 @@ def _fragments(uv, depth, faces, rgb, w: int, h: int):
     """Yield (pixel index, depth, colour) for every pixel centre inside a projected triangle,
     in batches. Edge tests include a tiny tolerance, so the shared edge of two triangles is
     covered by both (the depth test picks one) rather than by neither."""
-    tri = faces[np.all(depth[faces] > _NEAR, axis=1)]
-    p = uv[tri]  # (M, 3, 2)
-    lo = np.maximum(np.ceil(p.min(axis=1) - 0.5), 0).astype(np.int64)
-    hi = np.minimum(np.floor(p.max(axis=1) - 0.5), (w - 1, h - 1)).astype(np.int64)
+    front = depth > _NEAR
+    tri = faces[front[faces[:, 0]] & front[faces[:, 1]] & front[faces[:, 2]]]
+    a, b, c = uv[tri[:, 0]], uv[tri[:, 1]], uv[tri[:, 2]]  # elementwise: faster than axis=1
+    lo = np.maximum(np.ceil(np.minimum(np.minimum(a, b), c) - 0.5), 0).astype(np.int64)
+    hi = np.minimum(np.floor(np.maximum(np.maximum(a, b), c) - 0.5),
+                    (w - 1, h - 1)).astype(np.int64)
     size = hi - lo + 1
-    (x0, y0), (x1, y1), (x2, y2) = p[:, 0].T, p[:, 1].T, p[:, 2].T
+    (x0, y0), (x1, y1), (x2, y2) = a.T, b.T, c.T
     det = (y1 - y2) * (x0 - x2) + (x2 - x1) * (y0 - y2)
-    keep = np.all(size > 0, axis=1) & (np.abs(det) > 1e-12)
+    keep = (size[:, 0] > 0) & (size[:, 1] > 0) & (np.abs(det) > 1e-12)
     tri, lo, size, det = tri[keep], lo[keep], size[keep], det[keep]
     x0, y0, x1, y1, x2, y2 = (a[keep] for a in (x0, y0, x1, y1, x2, y2))
     counts = size[:, 0] * size[:, 1]
@@ -116,11 +118,13 @@ def _fragments(uv, depth, faces, rgb, w: int, h: int):
         px = lo[idx, 0] + local % size[idx, 0]
         py = lo[idx, 1] + local // size[idx, 0]
         cx, cy = px + 0.5, py + 0.5
-        l0 = ((y1[idx] - y2[idx]) * (cx - x2[idx]) + (x2[idx] - x1[idx]) * (cy - y2[idx]))
-        l1 = ((y2[idx] - y0[idx]) * (cx - x2[idx]) + (x0[idx] - x2[idx]) * (cy - y2[idx]))
-        bary = np.stack([l0, l1, det[idx] - l0 - l1], axis=1) / det[idx, None]
-        inside = np.all(bary >= -1e-9, axis=1)
-        idx, bary = idx[inside], bary[inside]
+        dx, dy, d = cx - x2[idx], cy - y2[idx], det[idx]
+        l0 = ((y1[idx] - y2[idx]) * dx + (x2[idx] - x1[idx]) * dy) / d
+        l1 = ((y2[idx] - y0[idx]) * dx + (x0[idx] - x2[idx]) * dy) / d
+        l2 = 1.0 - l0 - l1
+        inside = (l0 >= -1e-9) & (l1 >= -1e-9) & (l2 >= -1e-9)
+        idx = idx[inside]
+        bary = np.stack([l0[inside], l1[inside], l2[inside]], axis=1)
         corners = tri[idx]
         # Perspective-correct: barycentrics over depth, renormalised.
         persp = bary / depth[corners]
