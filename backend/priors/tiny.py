@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from . import architectures, registry
+from . import architectures, registry, segmenter
 
 _PIPELINES = {
     "sd": ("StableDiffusionPipeline", {"unet": ("diffusers", "UNet2DConditionModel"),
@@ -51,35 +50,6 @@ def _tiny_depth():
         head_in_index=-1, is_hybrid=False))
 
 
-def _tiny_segmenter(out: Path, side: int = 64) -> None:
-    """Two random 3x3 convolutions as an ONNX graph with the real export's input and output
-    names, beside a preprocessor config at a tiny input size."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w1 = rng.normal(0.0, 0.5, (4, 3, 3, 3)).astype(np.float32)
-    w2 = rng.normal(0.0, 0.5, (1, 4, 3, 3)).astype(np.float32)
-    pads = [1, 1, 1, 1]
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["input_image", "w1"], ["h"], pads=pads),
-         helper.make_node("Relu", ["h"], ["r"]),
-         helper.make_node("Conv", ["r", "w2"], ["output_image"], pads=pads)],
-        "tiny_segmenter",
-        [helper.make_tensor_value_info("input_image", TensorProto.FLOAT, [1, 3, side, side])],
-        [helper.make_tensor_value_info("output_image", TensorProto.FLOAT, [1, 1, side, side])],
-        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # readable by every onnxruntime this project accepts
-    (out / "onnx").mkdir(parents=True, exist_ok=True)
-    onnx.save(model, out / "onnx" / "model.onnx")
-    (out / "config.json").write_text(json.dumps({"model_type": "birefnet"}))
-    (out / "preprocessor_config.json").write_text(json.dumps({
-        "do_normalize": True, "do_rescale": True, "do_resize": True,
-        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
-        "size": {"height": side, "width": side}}, indent=2))
-
-
 def make_tiny(folder: Path | str, roles=None, seed: int = 0) -> Path:
     """Write tiny random models for `roles` (default all) under folder/ROLE."""
     folder = Path(folder)
@@ -111,7 +81,7 @@ def make_tiny(folder: Path | str, roles=None, seed: int = 0) -> Path:
         elif role == "depth":
             _tiny_depth().save_pretrained(out)
         elif role == "segment":
-            _tiny_segmenter(out)
+            segmenter.write_tiny(out)
         else:
             raise KeyError(role)
     return folder

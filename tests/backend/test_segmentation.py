@@ -60,11 +60,11 @@ def test_a_photo_grabcut_cuts_badly_warns_naming_the_problem_and_writes_mask_png
 
 
 def test_with_the_segment_role_present_the_learned_path_runs_end_to_end(tmp_path):
+    from animate4d.backend.cli import main
     from animate4d.backend.priors.segmenter import Segmenter
 
     models = tmp_path / "models"
-    r = animate4d("models", "make-tiny", models, "segment")
-    assert r.returncode == 0, r.stderr
+    assert main(["models", "make-tiny", str(models), "segment"]) == 0
     assert (models / "segment" / "onnx" / "model.onnx").is_file()
     r = animate4d("models", "check", "segment", models=models)
     assert r.returncode == 0 and "segment" in r.stdout and "ok" in r.stdout, r.stdout
@@ -135,9 +135,9 @@ def test_a_large_soft_mask_png_fits_the_metadata_limit():
 
 
 def test_a_broken_segment_model_is_a_clear_error(tmp_path):
-    from animate4d.backend.priors import segmenter, tiny
+    from animate4d.backend.priors import segmenter
 
-    tiny.make_tiny(tmp_path, ["segment"])
+    segmenter.write_tiny(tmp_path / "segment")
     (tmp_path / "segment" / "onnx" / "model.onnx").write_bytes(b"not a model")
     with pytest.raises(MissingModelError, match="cannot be loaded") as err:
         segmenter.Segmenter(tmp_path / "segment")
