@@ -99,9 +99,9 @@ def mask_problems(hard: np.ndarray, source: str) -> list[str]:
     hint = FIX + (SEGMENTER_HINT if source == "grabcut" else "")
     frac = float(hard.mean())
     if frac < SMALL_FOREGROUND_FRACTION:
-        out.append(f"the object ({how}) covers only {100 * frac:.1f}% of the image, so the "
-                   f"result will be a small blob; crop the image closer around the object, "
-                   f"or {hint}")
+        out.append(f"the object ({how}) covers only {100 * frac:.1f}% of the image: likely "
+                   f"only a part of it was found, or it has too few pixels for any detail; "
+                   f"crop the image closer around the object, or {hint}")
     labels, n = ndimage.label(hard)
     if n > 1:
         sizes = ndimage.sum_labels(hard, labels, index=np.arange(1, n + 1))
