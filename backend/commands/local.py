@@ -36,6 +36,11 @@ def add_job_options(p: argparse.ArgumentParser, *, prompt_required: bool,
     g.add_argument("--fps", type=float, default=d.fps,
                    help="playback rate; frame i plays at i/fps seconds (default: %(default)s)")
     g.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
+    g.add_argument("--mask", metavar="FILE",
+                   help="the object's mask, the image's size: white = object, black = "
+                        "background (or its transparency); default: the image's own "
+                        "transparency, else cut out automatically (mask.png in the output "
+                        "folder shows the cut)")
     g = p.add_argument_group("motion (preview mode)")
     g.add_argument("--motion", metavar="MODES",
                    help=f"comma-separated modes from {', '.join(MOTION_MODES)}; "
@@ -103,6 +108,7 @@ def _run_job(image, args, out: Path) -> int:
     from ..jobs.progress import TerminalProgress, no_progress
 
     options = job_options(args)
+    image = image_with_mask(image, args)
     device = None
     if options.preset != "preview":  # before the output folder: a bad --device leaves none
         device = choose_device(getattr(args, "device", None))
@@ -113,16 +119,17 @@ def _run_job(image, args, out: Path) -> int:
     ok = False
     try:
         mesh = run_method(method, progress)
-        files = write_outputs(mesh, out, preview=not args.no_preview, progress=progress)
+        files = write_outputs(mesh, out, preview=not args.no_preview, progress=progress,
+                              warn=print_warning if args.quiet else progress.interject(
+                                  print_warning))
         ok = True
     finally:
         if not args.quiet:
             progress.close(ok)
     if not args.quiet:
         print(f"{summary(mesh)}; {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    for path in (files.a4d, files.glb, files.preview):
-        if path is not None:
-            print(path.resolve())
+    for path in files.paths():
+        print(path.resolve())
     return 0
 
 
@@ -137,6 +144,36 @@ def summary(mesh) -> str:
     elif mesh.metadata.get("preset"):
         line += f"; preset {mesh.metadata['preset']}"
     return line
+
+
+def print_warning(message: str) -> None:
+    print(f"animate4d: warning: {message}", file=sys.stderr)
+
+
+def image_bytes(path: Path, args) -> bytes:
+    """The file to send a server: as it is, or re-encoded as RGBA PNG with --mask as alpha."""
+    if not getattr(args, "mask", None):
+        return path.read_bytes()
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rgba = image_with_mask(path, args).rgba
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(rgba * 255), 0, 255).astype(np.uint8), "RGBA").save(buf,
+                                                                                       "PNG")
+    return buf.getvalue()
+
+
+def image_with_mask(image, args):
+    """The image to animate, its alpha replaced by --mask FILE when one is given."""
+    if not getattr(args, "mask", None):
+        return image
+    from ..preprocess.image_io import LoadedImage, load_image
+    from ..preprocess.segment import with_mask
+
+    return with_mask(image if isinstance(image, LoadedImage) else load_image(image), args.mask)
 
 
 def _method(image, options, args, device):

@@ -46,7 +46,7 @@ def cmd_fetch(args) -> int:
 
 def cmd_check(args) -> int:
     from ..jobs.presets import SPECS
-    from ..priors.registry import ROLES, TINY_MARKER, folder_bytes, missing_files
+    from ..priors.registry import OPTIONAL_ROLES, ROLES, TINY_MARKER, folder_bytes, missing_files
 
     folder = _models_dir(args)
     complete = set()
@@ -54,7 +54,9 @@ def cmd_check(args) -> int:
         d = folder / name
         gaps = missing_files(ROLES[name], d)
         if gaps:
-            print(f"{name:16} MISSING {', '.join(gaps[:4])} in {d}")
+            optional = " (optional: GrabCut cuts photos out instead)" \
+                if name in OPTIONAL_ROLES else ""
+            print(f"{name:16} MISSING {', '.join(gaps[:4])} in {d}{optional}")
         else:
             complete.add(name)
             tiny = " (tiny random weights: for smoke runs, the output is noise)" if (
@@ -65,7 +67,8 @@ def cmd_check(args) -> int:
                     print(f"{'':24}{f.stat().st_size:>14,}  {f.relative_to(d)}")
     runnable = [n for n, s in SPECS.items() if set(s.roles) <= complete]
     print(f"presets runnable with {folder}: {', '.join(runnable)}")
-    return 0 if len(complete) == len(_roles(args.roles)) else 2
+    needed = [r for r in _roles(args.roles) if args.roles or r not in OPTIONAL_ROLES]
+    return 0 if set(needed) <= complete else 2
 
 
 def cmd_make_tiny(args) -> int:
@@ -85,7 +88,8 @@ def add_parsers(sub) -> None:
         q = msub.add_parser(name, help=text,
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         q.add_argument("roles", nargs="*", metavar="ROLE",
-                       help="sd, zero123, video, controlnet_tile, depth (default: all)")
+                       help="sd, zero123, video, controlnet_tile, depth, segment (default: "
+                            "all; segment is optional)")
         q.add_argument("--models", metavar="DIR", help="models folder (or ANIMATE4D_MODELS)")
         q.add_argument("--verbose", action="store_true", help="list every file")
         q.set_defaults(func=fn)

@@ -58,8 +58,8 @@ def _weights(path: str | None):
 
 
 def _write(mesh, args, summary: str) -> int:
-    from ...animate4d.backend.jobs.outputs import write_outputs
-    from ...animate4d.backend.jobs.progress import TerminalProgress, no_progress
+    from ..jobs.outputs import write_outputs
+    from ..jobs.progress import TerminalProgress, no_progress
 
     progress = no_progress if args.quiet else TerminalProgress()
     ok = False

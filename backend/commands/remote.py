@@ -10,7 +10,7 @@ from animate4d.protocol.client import DEFAULT_SERVER, Client
 from animate4d.protocol.options import PRESETS
 from animate4d.protocol.text import printable
 
-from .local import add_job_options, job_options
+from .local import add_job_options, image_bytes, job_options, print_warning
 
 
 def _client(args) -> Client:
@@ -56,10 +56,9 @@ def _write(client: Client, job: str, out: str, preview: bool) -> None:
     from ..jobs.outputs import write_outputs
 
     mesh = a4d.loads(client.fetch(job))
-    files = write_outputs(mesh, out, preview=preview)
-    for p in (files.a4d, files.glb, files.preview):
-        if p is not None:
-            print(p.resolve())
+    files = write_outputs(mesh, out, preview=preview, warn=print_warning)
+    for p in files.paths():
+        print(p.resolve())
 
 
 def cmd_submit(args) -> int:
@@ -68,7 +67,7 @@ def cmd_submit(args) -> int:
         raise wire.WireError("bad_image", f"{path}: no such file") from None
     options = job_options(args)
     with _client(args) as client:
-        info = client.submit(path.read_bytes(), options, image_name=path.name)
+        info = client.submit(image_bytes(path, args), options, image_name=path.name)
         print(f"submitted {printable(path.name)} as job {printable(info.id)} "
               f"({printable(info.state, 32)})", file=sys.stderr)
         code = 0

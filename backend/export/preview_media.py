@@ -17,11 +17,22 @@ from ..preprocess.framing import CANONICAL_FOV_DEG, CANONICAL_RADIUS
 PANEL = 256
 
 
+def framing(mesh: AnimatedMesh) -> tuple[np.ndarray, float]:
+    """Centre and camera distance that keep every frame whole in view: the centre of the
+    bounds of the whole motion, and the distance at which the sphere around all frames fits
+    the field of view (with a margin), so no motion leaves the frame from any side."""
+    shapes = [mesh.vertices, *mesh.frames]  # one frame at a time: long clips are large
+    lo = np.min([s.min(axis=0) for s in shapes], axis=0)
+    hi = np.max([s.max(axis=0) for s in shapes], axis=0)
+    centre = ((lo + hi) / 2).astype(np.float64)
+    extent = max(float(np.linalg.norm(s - centre, axis=1).max()) for s in shapes)
+    dist = max(CANONICAL_RADIUS, 1.1 * extent / np.sin(np.radians(CANONICAL_FOV_DEG / 2)))
+    return centre, dist
+
+
 def preview_frames(mesh: AnimatedMesh, progress: ProgressFn = no_progress) -> list[np.ndarray]:
     """One (PANEL, 2*PANEL, 3) image per frame: reference view | camera orbiting once."""
-    centre = mesh.vertices.mean(axis=0)
-    extent = float(np.linalg.norm(mesh.vertices - centre, axis=1).max())
-    dist = max(CANONICAL_RADIUS, 1.1 * extent / np.tan(np.radians(CANONICAL_FOV_DEG / 2)))
+    centre, dist = framing(mesh)
     front = Camera.look_at(centre + (0.0, -dist, 0.0), centre, fov_deg=CANONICAL_FOV_DEG,
                            resolution=(PANEL, PANEL))
     out = []
@@ -45,9 +56,7 @@ def preview_png(mesh: AnimatedMesh, size: int = 128) -> bytes:
     """A small PNG of frame 0 from the front: the `preview` event a client shows."""
     import io
 
-    centre = mesh.vertices.mean(axis=0)
-    extent = float(np.linalg.norm(mesh.vertices - centre, axis=1).max())
-    dist = max(CANONICAL_RADIUS, 1.1 * extent / np.tan(np.radians(CANONICAL_FOV_DEG / 2)))
+    centre, dist = framing(mesh)
     cam = Camera.look_at(centre + (0.0, -dist, 0.0), centre, fov_deg=CANONICAL_FOV_DEG,
                          resolution=(size, size))
     buf = io.BytesIO()

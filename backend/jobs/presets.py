@@ -76,7 +76,7 @@ def method_for(image, options: JobOptions, *, models=None, config=None, device=N
     if s.method == "preview":
         from ..preview.pipeline import Preview
 
-        return Preview(image, options)
+        return Preview(image, options, models)
     from ..pipeline.run import Animate124
 
     return Animate124(image, options, config or s.config(models), models=models,

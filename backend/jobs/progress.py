@@ -62,6 +62,14 @@ class TerminalProgress:
         self.stream.write(("\r" + text + " " * 20 if self.tty else text) + "\n")
         self.stream.flush()
 
+    def interject(self, say):
+        """`say` wrapped to end the current stage's line first (a message between lines)."""
+        def wrapped(*a, **kw):
+            self._finish_line(time.perf_counter())
+            self._stage = None
+            return say(*a, **kw)
+        return wrapped
+
     def close(self, ok: bool = True) -> None:
         """End the current stage's line: 'done', or 'stopped' when the job failed in it."""
         self._finish_line(time.perf_counter(), "done" if ok else "stopped")

@@ -36,12 +36,40 @@ EXPORT_FACES = 50_000
 
 def decimate(vertices: np.ndarray, faces: np.ndarray,
              target_faces: int = EXPORT_FACES) -> tuple[np.ndarray, np.ndarray]:
-    """Quadric decimation (fast-simplification) to about `target_faces`; a mesh already
-    within it is returned as it is. Vertices float64, faces int64."""
-    if len(faces) <= target_faces:
-        return vertices, faces
-    import fast_simplification
+    """Quadric decimation (fast-simplification) to about `target_faces`, then
+    `drop_duplicate_faces` (simplification can fold a thin part into back-to-back twins).
+    Vertices float64, faces int64."""
+    if len(faces) > target_faces:
+        import fast_simplification
 
-    v, f = fast_simplification.simplify(np.asarray(vertices, np.float32),
-                                        np.asarray(faces, np.int32), target_count=target_faces)
-    return v.astype(np.float64), f.astype(np.int64)
+        vertices, faces = fast_simplification.simplify(
+            np.asarray(vertices, np.float32), np.asarray(faces, np.int32),
+            target_count=target_faces)
+    return drop_duplicate_faces(np.asarray(vertices, np.float64), np.asarray(faces, np.int64))
+
+
+def drop_duplicate_faces(vertices: np.ndarray,
+                         faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Without degenerate faces (a corner repeated), back-to-back pairs (the same three
+    vertices, opposite windings: both go, as they enclose nothing) and repeats (one kept), and
+    without the vertices no face uses any more. Each such pair makes its three edges
+    non-manifold, which Blender's and most tools' mesh checks flag."""
+    f = np.asarray(faces, np.int64)
+    a, b, c = f.T
+    f = f[(a != b) & (b != c) & (c != a)]
+    if len(f) == 0:
+        return np.asarray(vertices)[:0], f
+    key = np.sort(f, axis=1)
+    # A face is "even" when it is a rotation of its sorted corners.
+    even = ((f[:, 0] < f[:, 1]).astype(int) + (f[:, 1] < f[:, 2]) + (f[:, 2] < f[:, 0])) == 2
+    _, group = np.unique(key, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    net = np.bincount(group, weights=np.where(even, 1.0, -1.0))
+    # Per group: opposite windings cancel; one face of the winding left over (if any) stays.
+    cand = np.flatnonzero((net[group] != 0) & (even == (net[group] > 0)))
+    _, first = np.unique(group[cand], return_index=True)
+    kept = f[np.sort(cand[first])]
+    used = np.unique(kept)
+    remap = np.full(len(vertices), -1, np.int64)
+    remap[used] = np.arange(len(used))
+    return np.asarray(vertices)[used], remap[kept]

@@ -66,9 +66,9 @@ def in_world(mesh: AnimatedMesh) -> AnimatedMesh:
 
 
 def run_mesh_file(args, out: Path) -> int:
-    from ...animate4d.backend.jobs.outputs import prepare_out_dir, write_outputs
-    from ...animate4d.backend.jobs.progress import TerminalProgress, no_progress
     from ..commands.local import job_options
+    from ..jobs.outputs import prepare_out_dir, write_outputs
+    from ..jobs.progress import TerminalProgress, no_progress
     from .load import load_mesh
     from .preview import run_mesh_preview
 

@@ -15,7 +15,7 @@ from animate4d.protocol import AnimatedMesh, limits
 from animate4d.protocol.errors import LimitExceededError
 from animate4d.protocol.options import JobOptions
 
-from ...animate4d.backend.jobs.progress import ProgressFn, Stopwatch, no_progress
+from ..jobs.progress import ProgressFn, Stopwatch, no_progress
 from ..preview.motion import describe, pose, spec_for
 from ..version import versions
 from .source import MeshSource

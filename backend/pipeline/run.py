@@ -35,7 +35,7 @@ from ..jobs.method import Method, Stage, run_method
 from ..jobs.progress import ProgressFn, no_progress
 from ..preprocess import framing
 from ..preprocess.image_io import LoadedImage, load_image
-from ..preprocess.segment import clean_mask, foreground_mask
+from ..preprocess.segment import clean_mask, cut_out
 from ..preview.colour import fill_background, sample_image
 from ..preview.inflate import InflatedShape, inflate
 from ..priors import compiling, graphs, guidance, loading, registry, text
@@ -207,14 +207,16 @@ class Preprocess(Stage):
         image = job.image if isinstance(job.image, LoadedImage) else load_image(job.image)
         camera = (framing.fit_camera_to_image(Camera.from_dict(options.camera), image.size)
                   if options.camera is not None else framing.canonical_camera(image.size))
-        mask = foreground_mask(image, seed=options.seed)
+        cutout = cut_out(image, seed=options.seed, models=job.models)
+        mask = cutout.mask
         crop = framing.find_crop(mask)
         big = max(preset.textual_inversion.size, preset.renderer.size, 256)
         rgb, view_mask = reference_view(image, mask, crop, big)
         depth = guidance.DepthEstimator(job.pool.get("depth"))(rgb[None].to(job.device)).cpu()
         job.set_prep({"rgb": rgb, "mask": view_mask, "depth": depth,
                       "transform": framing.object_to_world(crop, camera, options.target),
-                      "source": str(image.source).rsplit("/", 1)[-1]})
+                      "source": str(image.source).rsplit("/", 1)[-1],
+                      "segmentation": cutout.metadata()})
 
 
 class TextualInversion(Stage):
@@ -384,7 +386,8 @@ class Export(Stage):
             target_faces=cfg.export.faces, transform=job.prep["transform"], device=job.device,
             metadata={"prompt": options.prompt, "preset": options.preset,
                       "seed": options.seed, "versions": versions(),
-                      "source": job.prep["source"]})
+                      "source": job.prep["source"],
+                      "segmentation": job.prep.get("segmentation", {})})
 
 
 class Animate124(Method):

@@ -28,6 +28,7 @@ class LoadedImage:
     rgba: np.ndarray  # (H, W, 4) float32 in [0, 1], straight (not premultiplied) alpha
     has_alpha: bool  # True when the file carried transparency that is not fully opaque
     source: str
+    alpha_from: str = "alpha"  # "mask file" when the alpha came from the artist's --mask
 
     @property
     def size(self) -> tuple[int, int]:

@@ -23,7 +23,7 @@ from ..jobs.progress import ProgressFn, no_progress
 from ..mesh.geometry import decimate
 from ..preprocess import framing
 from ..preprocess.image_io import LoadedImage, load_image
-from ..preprocess.segment import clean_mask, foreground_mask
+from ..preprocess.segment import clean_mask, cut_out
 from ..runtime import switches
 from ..version import versions
 from .colour import project_colours
@@ -73,9 +73,10 @@ class Preview(Method):
 
     name = "preview"
 
-    def __init__(self, image: LoadedImage | str | bytes, options: JobOptions):
+    def __init__(self, image: LoadedImage | str | bytes, options: JobOptions, models=None):
+        """`models`: where the optional segment role is looked for (registry.locate's order)."""
         options.validate()
-        self.image, self.options = image, options
+        self.image, self.options, self.models = image, options, models
         self.base: dict | None = None
         self.frames: np.ndarray | None = None
         self.saved_upto = 0
@@ -101,7 +102,8 @@ class Preview(Method):
         )
 
     def _segment(self) -> None:
-        self.mask = foreground_mask(self.loaded, seed=self.options.seed)
+        self.cutout = cut_out(self.loaded, seed=self.options.seed, models=self.models)
+        self.mask = self.cutout.mask
         self.crop = framing.find_crop(self.mask)
 
     def _geometry(self) -> None:
@@ -122,7 +124,8 @@ class Preview(Method):
             "vertices": vertices, "faces": self.faces.astype(np.uint32), "colors": colours,
             "transform": transform, "camera": self.camera.to_dict(),
             "source": {"name": str(image.source).rsplit("/", 1)[-1], "size": list(image.size),
-                       "mask_from": "alpha" if image.has_alpha else "grabcut"},
+                       "mask_from": self.cutout.source},
+            "segmentation": self.cutout.metadata(),
             "timings": {},
         }
 
@@ -167,6 +170,7 @@ class Preview(Method):
                 "loop": True,
                 "motion": describe(self.spec, self.chosen_by, options),
                 "source": base["source"],
+                "segmentation": base.get("segmentation", {}),
                 "reference_camera": base["camera"],
                 "versions": versions(),
                 "timings": dict(base["timings"]) | timings,
@@ -181,6 +185,8 @@ def run_preview(
     options: JobOptions,
     progress: ProgressFn = no_progress,
     checkpoints: Checkpoints | None = None,
+    *,
+    models=None,
 ) -> AnimatedMesh:
     """One preview job, run by the stage runner."""
-    return run_method(Preview(image, options), progress, checkpoints)
+    return run_method(Preview(image, options, models), progress, checkpoints)

@@ -1,8 +1,11 @@
-"""The five roles, where their weights come from, and what a complete local folder holds.
+"""The roles, where their weights come from, and what a complete local folder holds.
 
 A models folder (`--models DIR`) has one sub-folder per role, each in the layout its library
 saves: diffusers pipelines (`model_index.json` + one folder per component) for `sd`, `zero123`
-and `video`; a single diffusers model for `controlnet_tile`; a transformers model for `depth`.
+and `video`; a single diffusers model for `controlnet_tile`; a transformers model for `depth`;
+an ONNX export in the Hugging Face layout (`config.json`, `preprocessor_config.json`,
+`onnx/model.onnx`) for `segment`, the optional learned background removal every preset uses
+when it is present (GrabCut otherwise).
 A role missing there is looked up in the Hugging Face cache (never downloaded at run time).
 
 Revisions are "main" until someone with network access pins the commit hashes they fetched
@@ -33,6 +36,8 @@ class Role:
     # Files fetched from the repository (weights in fp16 where the repository has them).
     patterns: tuple[str, ...] = ()
     disk_gb: float = 0.0  # what `models fetch` writes, approximately
+    # Files that must be there, for a role outside the diffusers/transformers layouts.
+    files: tuple[str, ...] = ()
 
 
 ROLES: dict[str, Role] = {r.name: r for r in (
@@ -61,11 +66,18 @@ ROLES: dict[str, Role] = {r.name: r for r in (
     Role("depth", "Intel/dpt-beit-large-512", "main",
          "DPT-BEiT-L-512 (MiDaS 3.1): the reference view's depth",
          ("",), (), ("config.json", "preprocessor_config.json", "model.safetensors"), 1.4),
+    Role("segment", "onnx-community/BiRefNet_lite-ONNX", "main",
+         "BiRefNet-lite (MIT): background removal for photos without transparency",
+         (), (), ("config.json", "preprocessor_config.json", "onnx/model.onnx"), 0.23,
+         files=("preprocessor_config.json", "onnx/model.onnx")),
 )}
 
 # The file `animate4d models make-tiny` leaves in each role's folder: random weights at tiny
 # sizes, for smoke runs and tests (a job on them takes the tiny sizes, `is_tiny`).
 TINY_MARKER = "animate4d-tiny.json"
+
+# Used when present, never required: without `segment` photos are cut out by GrabCut.
+OPTIONAL_ROLES = ("segment",)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
@@ -89,7 +101,8 @@ def missing_files(role: Role, folder: Path) -> list[str]:
     for comp in role.configs:
         if not (folder / comp).is_dir() or not any((folder / comp).iterdir()):
             out.append(f"{comp}/")
-    if role.components != ("",) and not (folder / "model_index.json").is_file():
+    out += [f for f in role.files if not (folder / f).is_file()]
+    if len(role.components) > 1 and not (folder / "model_index.json").is_file():
         out.append("model_index.json")
     return out
 

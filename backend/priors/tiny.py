@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from . import architectures, registry
+from . import architectures, registry, segmenter
 
 _PIPELINES = {
     "sd": ("StableDiffusionPipeline", {"unet": ("diffusers", "UNet2DConditionModel"),
@@ -80,6 +80,8 @@ def make_tiny(folder: Path | str, roles=None, seed: int = 0) -> Path:
             net.save_pretrained(out)
         elif role == "depth":
             _tiny_depth().save_pretrained(out)
+        elif role == "segment":
+            segmenter.write_tiny(out)
         else:
             raise KeyError(role)
         # A marker, so that a job on these models takes their sizes (registry.is_tiny).

@@ -18,7 +18,7 @@ def animate4d(*args, cwd=None):
                           capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
-def test_run_writes_the_three_files_and_prints_their_paths(tmp_path):
+def test_run_writes_the_files_and_prints_their_paths(tmp_path):
     rgba = blob_rgba(300, 360)
     png = write_png(tmp_path / "creature.png", rgba)
     out = tmp_path / "out"
@@ -26,7 +26,8 @@ def test_run_writes_the_three_files_and_prints_their_paths(tmp_path):
                   "--frames", 8, "--fps", 8, "--out", out)
     assert r.returncode == 0, r.stderr
     paths = r.stdout.strip().splitlines()
-    assert [p.rsplit("/", 1)[-1] for p in paths] == ["result.a4d", "result.glb", "preview.gif"]
+    assert [p.rsplit("/", 1)[-1] for p in paths] == ["result.a4d", "result.glb", "preview.gif",
+                                                     "mask.png"]
     mesh = a4d.load(out / "result.a4d")
     assert mesh.num_frames == 8 and mesh.fps == 8.0
     assert mesh.metadata["motion"]["modes"] == ["bounce"]

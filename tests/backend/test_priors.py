@@ -22,7 +22,7 @@ def _empty_hf_cache(tmp_path, monkeypatch):
 
 def test_tiny_models_are_complete_and_every_role_loads(tiny_models):
     assert [p for p, r in presets.missing_roles(tiny_models).items() if not r] == ["fast", "paper"]
-    for role in registry.ROLES:
+    for role in set(registry.ROLES) - {"segment"}:  # an ONNX model: test_segmentation.py
         prior = loading.load(role, tiny_models)
         assert prior.parts and all(not p.requires_grad for m in prior.parts.values()
                                    if isinstance(m, torch.nn.Module) for p in m.parameters())
