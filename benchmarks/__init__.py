@@ -4,11 +4,11 @@ This module holds what they share: reporting, argument types, devices and timing
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
+from animate4d.backend.commands.bench import whole_number as int_in  # noqa: F401 (re-export)
 from animate4d.backend.runtime.devices import choose_device
 
 
@@ -19,21 +19,6 @@ def report(result: dict, json_path: str | None) -> int:
     if json_path:
         Path(json_path).write_text(text + "\n")
     return 0
-
-
-def int_in(lo: int, hi: int):
-    """An argparse type: a whole number from lo to hi, with a message that says so."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{text!r}: a whole number from {lo} to {hi}")
-        return value
-
-    return parse
 
 
 def pick_device(name: str):

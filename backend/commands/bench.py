@@ -13,7 +13,9 @@ from animate4d.protocol.errors import InvalidRequestError
 from ..runtime.devices import choose_device, limit_memory
 
 
-def _count(lo: int, hi: int):
+def whole_number(lo: int, hi: int):
+    """An argparse type: a whole number from lo to hi, with a message that says so."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -78,11 +80,11 @@ def add_parsers(sub) -> None:
                    help="the real architectures with random weights: the real cost, no model "
                         "files needed")
     p.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
-    p.add_argument("--steps", type=_count(1, 1000), default=32,
+    p.add_argument("--steps", type=whole_number(1, 1000), default=32,
                    help="timed steps per stage (1-1000)")
-    p.add_argument("--warmup", type=_count(0, 200), default=8,
+    p.add_argument("--warmup", type=whole_number(0, 200), default=8,
                    help="untimed steps per stage first (0-200): CUDA graphs, compiling")
-    p.add_argument("--memory-limit-gib", type=_count(1, 1024), metavar="GIB",
+    p.add_argument("--memory-limit-gib", type=whole_number(1, 1024), metavar="GIB",
                    help="hold the process to this much GPU memory, as on a smaller card")
     p.add_argument("--json", metavar="OUT", help="also write the JSON here")
     p.set_defaults(func=cmd_gpu)
