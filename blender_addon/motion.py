@@ -16,7 +16,7 @@ import numpy as np
 
 from .deps import dynamics, spectrum
 from .engine import UserError
-from .importer import _key_frames
+from .importer import key_frames
 
 AnimatedMesh = spectrum.AnimatedMesh
 
@@ -118,7 +118,7 @@ def bake(obj, clip: AnimatedMesh, scene, start: int) -> None:
             if old.users == 0:
                 bpy.data.actions.remove(old)
         keys = [obj.shape_key_add(name=f"frame_{k:04d}", from_mix=False) for k in range(f)]
-        _key_frames(sk, f, start)
+        key_frames(sk, [kb.name for kb in keys], start)
         if scene.frame_start == start:
             scene.frame_end = start + f - 1
     for k, kb in enumerate(keys):
