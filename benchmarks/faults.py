@@ -44,6 +44,9 @@ from animate4d.protocol import a4d, wire
 from animate4d.protocol.client import Client, ConnectionLost, ServerError
 from animate4d.protocol.options import JobOptions
 
+# Workers whose jobs pause after every step, so that faults land mid-job.
+SLOW_WORKER = Path(__file__).parents[1] / "tests" / "backend" / "slow_worker.py"
+
 OPTIONS = JobOptions(prompt="a creature is dancing", frames=6, mesh_resolution=48)
 
 
@@ -124,8 +127,8 @@ class Harness:
 
     def start_worker(self) -> subprocess.Popen:
         w = subprocess.Popen(
-            [sys.executable, "-m", "animate4d.backend", "worker", "--server", self.worker_addr,
-             "--throttle", str(self.throttle)], stdout=self.logs, stderr=subprocess.STDOUT)
+            [sys.executable, str(SLOW_WORKER), str(self.throttle), "worker", "--server",
+             self.worker_addr], stdout=self.logs, stderr=subprocess.STDOUT)
         self.workers.append(w)
         return w
 

@@ -64,8 +64,6 @@ def _worker_command(args) -> list[str]:
         if not secret.exists():
             keys.generate(d / "workers", "local")
         cmd += ["--server-key", str(d / "server.key"), "--key", str(secret)]
-    if args.throttle:
-        cmd += ["--throttle", str(args.throttle)]
     return cmd + ["--stop-timeout", "8"]
 
 
@@ -108,7 +106,7 @@ def cmd_worker(args) -> int:
         parent = die_with_parent()
     pipelines, missing = offer(args.models)
     worker = Worker(args.server, name=args.name, server_key=server_key, keypair=keypair,
-                    throttle_s=args.throttle, pipelines=pipelines, missing=missing,
+                    pipelines=pipelines, missing=missing,
                     max_jobs=args.max_jobs, exit_when_idle_s=args.exit_when_idle,
                     stop_timeout_s=args.stop_timeout, parent_pid=parent)
     worker.run(_leave_on_signals(worker))
@@ -185,9 +183,6 @@ def add_parsers(sub) -> None:
     w.add_argument("--exit-with-parent", action="store_true",
                    help="die when the process that started this worker exits (what `serve "
                         "--local` uses)")
-    w.add_argument("--throttle", type=float, default=0.0,
-                   help="seconds to pause after every progress step (for fault tests and "
-                        "demonstrations; default: none)")
     w.set_defaults(func=cmd_worker)
 
 

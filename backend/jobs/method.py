@@ -88,6 +88,7 @@ def run_method(method: Method, progress: ProgressFn = no_progress,
     for index in range(first, len(stages)):
         stage = stages[index]
         start = done_step if index == first and done_stage is not None else 0
+        saved = start  # the step the stage's latest checkpoint holds
         total = stage.steps
         if start >= total:
             continue
@@ -98,13 +99,14 @@ def run_method(method: Method, progress: ProgressFn = no_progress,
                     try:
                         progress(stage.name, step, total)
                     except PreemptedError:  # the worker is stopping: resume exactly here
-                        if step > start:
+                        if step > saved:
                             save(stage.name, step)
                         raise
                     stage.step(step)
                     every = stage.checkpoint_every
                     if every > 0 and (step + 1) % every == 0 and step + 1 < total:
                         save(stage.name, step + 1)
+                        saved = step + 1
                 save(stage.name, total)
                 progress(stage.name, total, total)
             finally:

@@ -141,6 +141,8 @@ class Preview(Method):
             if block is None:
                 break
             part = unpack_state(block)["frames"]
+            if not len(part):
+                break  # an empty block says nothing more: the frames from here are made again
             self.frames[start : start + len(part)] = part
             start += len(part)
         self.saved_upto = start
@@ -150,6 +152,8 @@ class Preview(Method):
         if stage == "colour":
             return {"base": pack_state(**self.base)}
         if stage == "motion":
+            if step <= self.saved_upto:
+                return {}
             b0, self.saved_upto = self.saved_upto, step
             return {f"frames_{b0:05d}": pack_state(frames=self.frames[b0:step])}
         return {}

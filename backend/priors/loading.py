@@ -108,7 +108,11 @@ def _random_component(kind: str, role: str, dtype, device):
         return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                              clip_sample=False, set_alpha_to_one=False)
     if kind == "depth":
-        raise NotImplementedError("depth runs once per job; it has no random-weights variant")
+        # Depth runs once per job, in preprocess, which no cost figure is taken from: the tiny
+        # architecture stands in so that the stages after it can be measured.
+        from .tiny import tiny_depth
+
+        return tiny_depth().to(device=device, dtype=dtype)
     override = _ZERO123_OVERRIDE.get(kind, {}) if role == "zero123" else {}
     with torch.device(device):
         module = architectures.build(kind, tiny=False, **override)

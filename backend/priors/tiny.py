@@ -37,7 +37,7 @@ def _scheduler():
                          clip_sample=False, set_alpha_to_one=False)
 
 
-def _tiny_depth():
+def tiny_depth():
     from transformers import BeitConfig, DPTConfig, DPTForDepthEstimation
 
     backbone = BeitConfig(hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
@@ -79,7 +79,7 @@ def make_tiny(folder: Path | str, roles=None, seed: int = 0) -> Path:
                         p.normal_(0.0, 0.1)
             net.save_pretrained(out)
         elif role == "depth":
-            _tiny_depth().save_pretrained(out)
+            tiny_depth().save_pretrained(out)
         elif role == "segment":
             segmenter.write_tiny(out)
         else:

@@ -31,15 +31,20 @@ class WorkerActor:
 
     def __init__(self, server: str, name: str | None = None, models: str | None = None,
                  server_key: str | None = None, key: str | None = None,
-                 insecure: bool = False, throttle_s: float = 0.0):
+                 insecure: bool = False):
         server_public, keypair = curve_keys(server, server_key, key, insecure)
-        pipelines, missing = offer(models)
+        pipelines, missing = self.offer(models)
         self.worker = Worker(server, name=name, server_key=server_public, keypair=keypair,
-                             pipelines=pipelines, missing=missing, throttle_s=throttle_s)
+                             pipelines=pipelines, missing=missing)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self.worker.run, args=(self._stop,),
                                         name="animate4d-worker", daemon=True)
         self._thread.start()
+
+    def offer(self, models: str | None):
+        """The presets this actor runs and those it lacks models for (a subclass may wrap
+        the jobs, as the tests' slowed actor does)."""
+        return offer(models)
 
     def pid(self) -> int:
         return os.getpid()
@@ -57,12 +62,13 @@ class WorkerActor:
 
 
 def start_workers(server: str, count: int, *, num_gpus: float = 1, num_cpus: float = 1,
-                  name_prefix: str = "ray", **worker_kw) -> list:
-    """Start `count` restartable worker actors on the connected Ray cluster. `worker_kw`:
-    `models`, `server_key`, `key` (paths on the nodes), `insecure`, `throttle_s`."""
+                  name_prefix: str = "ray", actor: type = WorkerActor, **worker_kw) -> list:
+    """Start `count` restartable worker actors (`actor`, WorkerActor or a subclass of it) on
+    the connected Ray cluster. `worker_kw`: `models`, `server_key`, `key` (paths on the
+    nodes), `insecure`."""
     import ray
 
-    cls = ray.remote(WorkerActor).options(num_gpus=num_gpus, num_cpus=num_cpus,
+    cls = ray.remote(actor).options(num_gpus=num_gpus, num_cpus=num_cpus,
                                           max_restarts=-1, max_task_retries=0)
     return [cls.remote(server, name=f"{name_prefix}-{i}", **worker_kw) for i in range(count)]
 

@@ -109,7 +109,6 @@ class Worker:
         dead_after_s: float = 3.0,
         pipelines: dict[str, JobFn] | None = None,
         missing: dict[str, list[str]] | None = None,
-        throttle_s: float = 0.0,
         max_jobs: int | None = None,
         exit_when_idle_s: float | None = None,
         stop_timeout_s: float = 20.0,
@@ -121,8 +120,6 @@ class Worker:
         self.name = name or f"{pysocket.gethostname()}:{os.getpid()}"
         self.server_key, self.keypair = server_key, keypair
         self.heartbeat_s, self.dead_after_s = heartbeat_s, dead_after_s
-        # Seconds to pause after each progress report (`--throttle`: fault drills, demos).
-        self.throttle_s = throttle_s
         if pipelines is None:
             pipelines, missing = offer()
         self.pipelines = pipelines
@@ -367,8 +364,6 @@ class Worker:
             if stage != last["stage"] or step >= total or now - last["at"] >= 1 / PROGRESS_HZ:
                 self._send(run, wire.Progress(stage=stage, step=step, total=total))
                 last["stage"], last["at"] = stage, now
-            if self.throttle_s and run.cancel.wait(self.throttle_s):
-                raise stopped()
 
         try:
             mesh = fn(run.assign.image, run.assign.options, progress,

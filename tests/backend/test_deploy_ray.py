@@ -1,6 +1,8 @@
 """docs/DEPLOY.md's Ray recipe end to end: workers as restartable actors on a local Ray, one
 killed mid-job; the job still completes, once."""
 
+from pathlib import Path
+
 import pytest
 
 from animate4d.backend.preview.pipeline import run_preview
@@ -10,13 +12,16 @@ from tests.backend.test_server import OPTIONS, _progress_until, image_bytes, sam
 
 ray = pytest.importorskip("ray")
 
+ROOT = Path(__file__).parents[2]
 __all__ = ["image_bytes"]  # the fixture, shared with test_server
 
 
 @pytest.fixture
 def local_ray(tmp_path_factory):
+    # The actors import the tests' slowed actor from this checkout.
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _temp_dir=str(tmp_path_factory.mktemp("ray")))
+             _temp_dir=str(tmp_path_factory.mktemp("ray")),
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     yield ray
     ray.shutdown()
 
@@ -25,7 +30,10 @@ def test_a_ray_actor_killed_mid_job_the_job_completes_once(cluster, image_bytes,
     from animate4d.backend.worker.ray_actor import start_workers, stop_workers
 
     cluster.start_server()
-    (actor,) = start_workers(cluster.worker_addr, 1, num_gpus=0, num_cpus=0, throttle_s=0.15)
+    from tests.backend.slow_worker import SlowWorkerActor
+
+    (actor,) = start_workers(cluster.worker_addr, 1, num_gpus=0, num_cpus=0,
+                             actor=SlowWorkerActor, pause=0.15)
     with cluster.client() as c:
         info = c.submit(image_bytes, OPTIONS)
         _progress_until(c, info.id, "motion", 4, timeout=90)
