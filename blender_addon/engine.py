@@ -148,7 +148,7 @@ def build_request(context):
         prompt=st.prompt, preset=st.preset, frames=st.frames, fps=float(st.fps),
         motion=None if st.use_prompt_motion else sorted(st.motion) or None,
         amplitude=st.amplitude, speed=st.speed, camera=camera_dict(context.scene, cam_obj),
-        target=[float(x) for x in target],
+        target=[float(x) for x in target], loop=st.loop, motion_terms=st.motion_terms,
     )
     try:
         opts.validate()

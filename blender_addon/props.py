@@ -98,6 +98,12 @@ class Animate4DSettings(bpy.types.PropertyGroup):
     amplitude: FloatProperty(name="Amplitude", default=1.0, min=0.0, max=3.0)
     speed: FloatProperty(name="Speed", default=1.0, min=0.05, max=10.0,
                          description="Cycles per second (rounded so the loop closes)")
+    loop: BoolProperty(name="Loop", default=False,
+                       description="Fast and paper presets: learn a motion that loops over the "
+                                   "clip (preview clips always loop)")
+    motion_terms: IntProperty(name="Terms", default=4, min=1, max=16,
+                              description="Fourier terms per point of a looping motion; "
+                                          "fewer is smoother")
     camera: PointerProperty(name="Camera", type=bpy.types.Object,
                             poll=lambda self, obj: obj.type == "CAMERA",
                             description="Reference camera (default: the scene camera)")

@@ -55,6 +55,11 @@ class ANIMATE4D_PT_panel(bpy.types.Panel):
         row = box.row(align=True)
         row.prop(st, "amplitude")
         row.prop(st, "speed")
+        if st.preset != "preview":
+            row = box.row(align=True)
+            row.prop(st, "loop")
+            if st.loop:
+                row.prop(st, "motion_terms")
 
         box = layout.box()
         box.label(text="Placement", icon="CAMERA_DATA")

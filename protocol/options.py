@@ -27,6 +27,10 @@ class JobOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     motion: list[str] | None = None
     amplitude: float = 1.0
     speed: float = 1.0  # cycles per second, rounded to whole cycles per clip so it loops
+    # GPU presets: a motion periodic over the clip (frame F would equal frame 0), as
+    # `motion_terms` Fourier terms per point. Preview clips always loop.
+    loop: bool = False
+    motion_terms: int = 4
     # Placement: the reference camera (protocol.camera JSON) and the world point the object's
     # centre stands at the depth of. None: canonical front camera / world origin.
     camera: dict | None = None
@@ -54,6 +58,8 @@ class JobOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             _bad("amplitude", self.amplitude, "0..3")
         if not (math.isfinite(self.speed) and 0.0 < self.speed <= 10.0):
             _bad("speed", self.speed, "(0, 10] cycles per second")
+        if not (1 <= self.motion_terms <= limits.MAX_MOTION_TERMS):
+            _bad("motion_terms", self.motion_terms, f"1..{limits.MAX_MOTION_TERMS}")
         if self.camera is not None:
             size = len(msgspec.json.encode(self.camera))
             if size > limits.MAX_CAMERA_JSON_BYTES:

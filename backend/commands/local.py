@@ -50,6 +50,13 @@ def add_job_options(p: argparse.ArgumentParser, *, prompt_required: bool,
     g.add_argument("--speed", type=float, default=d.speed,
                    help="cycles per second, rounded to whole cycles per clip so the clip "
                         "loops exactly (default: %(default)s)")
+    g = p.add_argument_group("motion (fast, paper)")
+    g.add_argument("--loop", action="store_true",
+                   help="learn a motion that loops over the clip: frame F would equal frame 0 "
+                        "(preview clips always loop)")
+    g.add_argument("--motion-terms", type=int, default=d.motion_terms, metavar="K",
+                   help="with --loop: Fourier terms per point, 1..16; fewer is smoother "
+                        "(default: %(default)s)")
     g = p.add_argument_group("placement")
     g.add_argument("--camera", metavar="JSON",
                    help="the reference camera as JSON or @file.json, in Blender's terms: "
@@ -97,6 +104,7 @@ def job_options(args) -> JobOptions:
     return JobOptions(
         prompt=args.prompt, preset=args.preset, frames=args.frames, fps=args.fps,
         seed=args.seed, motion=motion, amplitude=args.amplitude, speed=args.speed,
+        loop=args.loop, motion_terms=args.motion_terms,
         camera=camera, target=target, thickness=args.thickness,
         mesh_resolution=args.mesh_resolution,
     ).validate()

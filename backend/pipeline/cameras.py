@@ -30,13 +30,15 @@ def random_view(rng: random.Random, polar_range=(45.0, 135.0)) -> tuple[float, f
 
 
 def sample_clip(rng: random.Random, frames: int, time_steps: int, span: tuple[int, int],
-                p_start_at_zero: float, p_mirror: float) -> np.ndarray:
+                p_start_at_zero: float, p_mirror: float, wrap: bool = False) -> np.ndarray:
     """Times in [0, 1) of one training clip (Animate124's temporal sampling): a span of
     `span` time steps out of `time_steps`, starting at 0 with p_start_at_zero, played
-    backwards with p_mirror."""
+    backwards with p_mirror. `wrap` (a looping motion, where time 1 is time 0): a clip may
+    start anywhere and run on past the end into the start, so the prior also sees the seam."""
     s = rng.randint(max(span[0], frames), min(span[1], time_steps))
-    start = 0 if rng.random() < p_start_at_zero else rng.randint(0, time_steps - s)
-    idx = start + np.floor(np.arange(frames) * s / frames)
+    last_start = time_steps - 1 if wrap else time_steps - s
+    start = 0 if rng.random() < p_start_at_zero else rng.randint(0, last_start)
+    idx = (start + np.floor(np.arange(frames) * s / frames)) % time_steps
     if rng.random() < p_mirror:
         idx = idx[::-1]
     return (idx / time_steps).astype(np.float32)

@@ -354,7 +354,7 @@ class Refine(FieldStage):
         tile = guidance.ControlNetTileGuidance(job.pool.get("sd", self.name),
                                                job.pool.get("controlnet_tile", self.name),
                                                cfg.guidance.tile)
-        frozen = stages.Scene(cfg, scene.device)
+        frozen = stages.Scene(cfg, scene.device, scene.motion_terms)
         frozen.canonical.load_state_dict(copy.deepcopy(scene.canonical.state_dict()))
         frozen.motion.load_state_dict(copy.deepcopy(scene.motion.state_dict()))
         frozen.canonical.requires_grad_(False)
@@ -385,7 +385,7 @@ class Export(Stage):
             threshold=half_opaque_density(scene.renderer.step_length),
             target_faces=cfg.export.faces, transform=job.prep["transform"], device=job.device,
             metadata={"prompt": options.prompt, "preset": options.preset,
-                      "seed": options.seed, "versions": versions(),
+                      "seed": options.seed, "versions": versions(), "loop": options.loop,
                       "source": job.prep["source"],
                       "segmentation": job.prep.get("segmentation", {})})
 
@@ -438,7 +438,8 @@ class Animate124(Method):
         """The fields, made on first use (after textual inversion, whose seeding comes first)
         and loaded from the job's checkpoint when it has one."""
         if self._scene is None:
-            self._scene = stages.Scene(self.config, self.device)
+            terms = self.options.motion_terms if self.options.loop else None
+            self._scene = stages.Scene(self.config, self.device, terms)
             if self._saved_fields is not None:
                 self._scene.canonical.load_state_dict(self._saved_fields["canonical"])
                 self._scene.motion.load_state_dict(self._saved_fields["motion"])

@@ -41,15 +41,22 @@ class Scene:
     """The fields, their occupancy grid and a renderer (eager: on CUDA the hash grids run as
     Triton kernels, which measured faster than torch.compile'd fields; docs/BENCHMARKS.md)."""
 
-    def __init__(self, preset: Animate124Config, device, looping: bool = False):
+    def __init__(self, preset: Animate124Config, device, motion_terms: int | None = None):
+        """`motion_terms`: a looping motion of that many Fourier terms (time 1 is time 0);
+        None: a motion free over the clip."""
         self.device = torch.device(device)
+        self.motion_terms = motion_terms
         grid = {"levels": preset.field.grid_levels, "log2_table": preset.field.grid_log2_table}
         self.canonical = CanonicalField(1.0, **grid).to(device)
-        motion_cls = LoopingMotionField if looping else MotionField
-        self.motion = motion_cls(1.0, **grid).to(device)
+        self.motion = (MotionField(1.0, **grid) if motion_terms is None else
+                       LoopingMotionField(1.0, terms=motion_terms, **grid)).to(device)
         self.occupancy = OccupancyGrid(1.0, preset.field.occupancy_resolution, device=device)
         self.renderer = Renderer(self.canonical, self.motion, samples=preset.renderer.samples,
                                  occupancy=self.occupancy)
+
+    @property
+    def looping(self) -> bool:
+        return self.motion_terms is not None
 
     def render(self, cameras, times, *, shading: Shading | None = None,
                background=(1.0, 1.0, 1.0)):
@@ -141,12 +148,14 @@ class Clip:
     background: tuple[float, float, float]
 
 
-def sample_clip_views(rng: random.Random, preset: Animate124Config, progress: float) -> Clip:
+def sample_clip_views(rng: random.Random, preset: Animate124Config, progress: float,
+                      wrap: bool = False) -> Clip:
     """The clip of one dynamic SDS step (times, a camera sweeping in most steps, the look);
-    `bench clip-steps` renders the same clips."""
+    `wrap`: a looping scene's clips run on across its seam. The clip-steps benchmark renders
+    the same clips."""
     d = preset.dynamic
     times = sample_clip(rng, d.clip_frames, d.time_steps, d.clip_span, d.p_start_at_zero,
-                        d.p_mirror)
+                        d.p_mirror, wrap)
     polar, az = random_view(rng, preset.views.polar_deg)
     if rng.random() < preset.dynamic.p_moving_camera:  # the camera sweeps while the clip plays
         sweep = rng.uniform(-30.0, 30.0)
@@ -165,7 +174,7 @@ def dynamic_step(scene, ref, preset, video, zero123, prompt, rng: random.Random,
     canonical object the static stage made)."""
     if reference:
         return reference_losses(scene, ref, preset)
-    clip = sample_clip_views(rng, preset, progress)
+    clip = sample_clip_views(rng, preset, progress, wrap=scene.looping)
     frames, _, _ = scene.render(clip.cameras, clip.times, shading=clip.shading,
                                 background=clip.background)
     losses = {"video": video(frames, prompt, progress).loss}

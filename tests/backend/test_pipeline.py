@@ -554,3 +554,48 @@ def test_refine_prompts_with_the_learned_token(tiny_models, monkeypatch):
     token = run._torch_load(store["a124/token"]).float()
     assert "row" in seen, "refine's SD does not know the learned token"
     assert torch.allclose(seen["row"], token, atol=1e-6)
+
+
+def test_looping_clips_run_on_across_the_seam():
+    import random
+
+    rng = random.Random(1)
+    clips = [sample_clip(rng, 16, 256, (16, 256), 0.2, 0.0, wrap=True) for _ in range(500)]
+    assert all(c.min() >= 0 and c.max() < 1 for c in clips)
+    # Played forward, a clip's steps are equal modulo 1 (up to the span's rounding), and
+    # some clips cross time 1 = time 0 into the start.
+    steps = [np.diff(c) % 1.0 for c in clips]
+    assert all(s.max() - s.min() <= 1 / 256 + 1e-6 for s in steps)
+    assert sum(bool((np.diff(c) < 0).any()) for c in clips) > 50
+    plain = [sample_clip(rng, 16, 256, (16, 256), 0.2, 0.0) for _ in range(500)]
+    assert not any((np.diff(c) < 0).any() for c in plain)
+
+
+def test_a_looping_job_learns_a_periodic_motion_whose_clip_closes(tiny_models):
+    from animate4d.backend.field.extract import forward_warp
+    from animate4d.backend.field.fields import LoopingMotionField
+    from animate4d.backend.jobs.method import run_method
+    from animate4d.backend.pipeline.run import Animate124
+
+    options = JobOptions(prompt="a panda is dancing", preset="fast", frames=4, loop=True,
+                         motion_terms=3)
+    job = Animate124(EXAMPLE_IMAGE, options, a124.tiny(max_steps=2), models=tiny_models,
+                     device="cpu")
+    mesh = run_method(job)
+    motion = job.scene().motion
+    assert isinstance(motion, LoopingMotionField) and motion.terms == 3
+    assert mesh.metadata["loop"] is True
+    # The frame after the last one is frame 0 again: the clip closes.
+    rest = torch.as_tensor(mesh.vertices)
+    with torch.no_grad():
+        after_last, _ = forward_warp(motion, rest, 1.0)
+    np.testing.assert_allclose(after_last.numpy(), mesh.frames[0], atol=1e-5)
+    assert float(np.abs(mesh.frames[1:] - mesh.frames[0]).max()) > 0  # and it does move
+
+
+def test_loop_options_are_checked():
+    from animate4d.protocol.errors import InvalidRequestError
+
+    for k in (0, 17):
+        with pytest.raises(InvalidRequestError, match="motion_terms"):
+            JobOptions(loop=True, motion_terms=k).validate()

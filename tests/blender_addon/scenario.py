@@ -201,6 +201,11 @@ bpy.ops.animate4d.animate()
 pump(lambda: len(st.jobs) == 5 and st.jobs[4].state == "failed", 60)
 obs["mesh_fast"] = [st.jobs[4].state, st.jobs[4].message, st.status]
 st.source, st.preset = "IMAGE", "preview"
+# A GPU preset's Loop toggle reaches the job's options.
+st.preset, st.loop, st.motion_terms = "paper", True, 6
+loop_opts = engine.build_request(bpy.context)[2]
+obs["loop_options"] = [loop_opts.preset, loop_opts.loop, loop_opts.motion_terms]
+st.preset, st.loop = "preview", False
 
 # The server's previews: shown as one image, replaced by each new one, held in memory.
 def png_of(rgba, size):

@@ -99,6 +99,7 @@ def test_animate_from_blender_against_a_live_server(addon_zip, tmp_path):
     assert obs["keys_after_undo"] == ["Basis", "Smile"] and obs["jobs_after_undo"] == 3
     made, dup_keys, dup_modifiers, original_keys = obs["duplicate"]
     assert made and dup_keys == 2 + 4 and dup_modifiers == ["SUBSURF"] and original_keys == 2
+    assert obs["loop_options"] == ["paper", True, 6], obs["loop_options"]
     assert obs["mesh_fast"][0] == "failed" and "not supported" in obs["mesh_fast"][2], \
         obs["mesh_fast"]
     # The latest preview (8 x 8, green), packed: not a temp file every Blender shares.
