@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from animate4d.backend.bench.preview import run_once  # `animate4d run` as a fresh process
+sys.path.insert(0, str(Path(__file__).parents[1]))  # run as a script from a checkout
+
+from benchmarks.preview import run_once  # noqa: E402  (`animate4d run` as a fresh process)
 
 
 def write_tree(path: Path, vertices: int) -> int:

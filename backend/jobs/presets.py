@@ -4,7 +4,7 @@ vocabulary (`protocol.options.PRESETS`, which clients and Blender need without t
 and a test keeps the two the same.
 
 The worker advertises the presets this machine can run (`offer`); `animate4d run` and the
-worker build a job with `job_for`.
+worker build a job with `method_for` (the worker through `job_fn`).
 """
 
 from __future__ import annotations

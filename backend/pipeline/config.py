@@ -1,7 +1,7 @@
 """Animate124's config tree: one frozen dataclass per component, presets as values of it.
 
 `PAPER` is Animate124's published schedule (docs/ARCHITECTURE.md); `FAST` keeps every stage
-with fewer steps; `smoke` shrinks any of them for smoke runs and CPU tests (`TINY_SIZES`: the
+with fewer steps; `tiny` shrinks any of them for smoke runs and CPU tests (`TINY_SIZES`: the
 tiny random models' own sizes). Change a leaf with `config.override(PAPER, {"static.steps": 3})`.
 """
 

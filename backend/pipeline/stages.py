@@ -186,7 +186,7 @@ def dynamic_step(scene, ref, preset, video, zero123, prompt, rng: random.Random,
 
 def refine_step(scene, frozen: Scene, ref, preset, tile, prompt, frames: int,
                 rng: random.Random, progress: float, reference: bool = False) -> dict:
-    """A reference step, or ControlNet-tile on `refine_frames` random frames of one random
+    """A reference step, or ControlNet-tile on `refine.frames` random frames of one random
     view; the condition is the frozen dynamic model's render of the same frame and view."""
     if reference:
         return reference_losses(scene, ref, preset)

@@ -13,7 +13,7 @@ attention and normed q/k go to the stock `AttnProcessor2_0` unchanged.
 
 On by default for every VAE self-attention over >= 1,024 tokens, in chunks of 1,024 queries:
 faster than PyTorch's kernels at every sequence length the stages use, most of all at
-refinement's 16,384 (`animate4d bench attention`, figures in docs/BENCHMARKS.md).
+refinement's 16,384 (`python -m benchmarks attention`, figures in docs/BENCHMARKS.md).
 `ANIMATE4D_VAE_ATTENTION=stock` keeps diffusers' processor.
 """
 

@@ -85,7 +85,8 @@ def test_a_worker_stopping_mid_stage_checkpoints_the_step_where_it_stopped(tiny_
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_whole_pipeline_on_the_gpu_replays_its_reference_graphs(tiny_models, monkeypatch):
+@pytest.mark.parametrize("loop", [False, True])  # a looping motion: a 3D grid, Fourier terms
+def test_whole_pipeline_on_the_gpu_replays_its_reference_graphs(tiny_models, monkeypatch, loop):
     """The job as a worker runs it on a GPU (fp16 priors, their graphs and compiled parts,
     the reference steps as CUDA graphs), not only the bench's steps: a valid mesh, and each
     field stage captured its reference graph and replayed it."""
@@ -100,7 +101,7 @@ def test_whole_pipeline_on_the_gpu_replays_its_reference_graphs(tiny_models, mon
 
     monkeypatch.setattr(run, "ReferenceGraph", Recorded)
     preset = a124.tiny(max_steps=24)  # a reference step every 4: 6 per stage, 3 warm-ups
-    options = JobOptions(prompt="a panda is dancing", preset="fast", frames=4)
+    options = JobOptions(prompt="a panda is dancing", preset="fast", frames=4, loop=loop)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         mesh = run_animate124(EXAMPLE_IMAGE, options, models=tiny_models, preset=preset,
@@ -111,6 +112,7 @@ def test_whole_pipeline_on_the_gpu_replays_its_reference_graphs(tiny_models, mon
     assert all(g.captured and g.calls > ReferenceGraph.WARMUP + 1 for g in made)
     assert mesh.frames.shape[0] == 4 and len(mesh.faces) > 0
     assert bool(np.isfinite(mesh.frames).all())
+    assert mesh.metadata["loop"] is loop
 
 
 def test_missing_models_are_named_before_any_work(tmp_path):

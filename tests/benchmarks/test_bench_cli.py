@@ -104,3 +104,12 @@ def test_blender_import_times_the_extensions_import_in_real_blender(tmp_path):
     assert 0 < report["seconds_median"] <= report["seconds_max"] and report["blender"]
     r = benchmarks("blender-import", "--repeat", "0")
     assert r.returncode == 2 and "--repeat: '0': a whole number from 1" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("script", ["faults.py", "mesh_preview.py", "motion_edits.py"])
+def test_the_benchmark_scripts_start_from_a_checkout(script):
+    """The scripts outside `python -m benchmarks` import what they use (their --help runs
+    every import at the top of the file)."""
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0 and "usage" in r.stdout, r.stderr
