@@ -8,6 +8,7 @@ commands add: 3 the job failed or was cancelled, 4 the server could not be reach
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
 
@@ -48,7 +49,15 @@ def main(argv: list[str] | None = None,
     """Run one command. `parser`: another set of subcommands (each setting `func`) run with
     these exit codes and messages (the benchmarks in a checkout); default `animate4d`'s."""
     parser = parser or build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # told with the subcommand's own usage, not the top-level one
+        commands = next((a for a in parser._actions
+                         if isinstance(a, argparse._SubParsersAction)), None)
+        chosen = commands.choices.get(getattr(args, commands.dest, None)) if commands else None
+        (chosen or parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    # SIGTERM (a scheduler, `kill`) stops a command as Ctrl-C does: with a message and exit
+    # 130, not killed mid-write. `serve` and `worker` install their own handlers.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         # The one place the environment's runtime switches are read; a command's own flags
         # may refine them (they install their own).
@@ -75,6 +84,10 @@ def main(argv: list[str] | None = None,
         print("animate4d: internal error (a bug): please report the traceback above",
               file=sys.stderr)
         return 1
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -40,6 +40,12 @@ class ConnectionLost(Animate4DError):
 
 DEFAULT_SERVER = "tcp://127.0.0.1:5555"
 
+# What the connection's monitor reports, to tell "no server there" from "a server that
+# refused this client's keys" when no answer comes.
+_MONITORED = (zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+              | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+              | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
 
 class Client:
     def __init__(
@@ -66,6 +72,8 @@ class Client:
         self.reconnect_tries = reconnect_tries
         self.ctx = zmq.Context.instance()
         self.sock: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
+        self._seen: set[int] = set()  # monitor events seen on the current connection
         self.welcome: wire.Welcome | None = None
         self.attached: set[str] = set()
         self._events: collections.deque = collections.deque()
@@ -80,8 +88,7 @@ class Client:
         return self.welcome
 
     def _open(self) -> None:
-        if self.sock is not None:
-            self.sock.close(0)
+        self.close()
         s = self.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.MAXMSGSIZE, limits.MAX_MESSAGE_BYTES)
@@ -90,6 +97,7 @@ class Client:
         s.setsockopt(zmq.SNDTIMEO, int(self.timeout_s * 1000))
         if self.server_key is not None:
             keys.apply_client_curve(s, self.server_key, self.keypair)
+        self._monitor, self._seen = s.get_monitor_socket(_MONITORED), set()
         s.connect(self.address)
         self.sock = s
         self._last_heard = time.monotonic()
@@ -125,8 +133,37 @@ class Client:
 
     def close(self) -> None:
         if self.sock is not None:
+            if self._monitor is not None:
+                self.sock.disable_monitor()
+                self._monitor.close(0)
+                self._monitor = None
             self.sock.close(0)
             self.sock = None
+
+    def _silence(self, what: str) -> ConnectionLost:
+        """Why the server did not answer, as far as the connection's own events tell."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self._monitor is not None and self._monitor.poll(0):
+            self._seen.add(recv_monitor_message(self._monitor)["event"])
+        seen = self._seen
+        failed = seen & {zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+                         zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_AUTH}
+        if zmq.EVENT_CONNECTED not in seen:
+            return ConnectionLost(f"{what}: nothing is listening there",
+                                  hint="is `animate4d serve` running there, on that port?")
+        if failed or zmq.EVENT_HANDSHAKE_SUCCEEDED not in seen:
+            if self.server_key is None:
+                return ConnectionLost(
+                    f"{what}: a server is there but did not accept a connection without keys",
+                    hint="it uses keys (serve --keys): pass its public key with --server-key "
+                         "and your key pair with --key")
+            return ConnectionLost(
+                f"{what}: the server there did not accept this client's keys",
+                hint="check that --server-key is that server's public key and that your "
+                     "public key is in its clients/ (or admins/) folder")
+        return ConnectionLost(f"{what}: connected, but the server did not answer",
+                              hint="is it an animate4d server, and not overloaded?")
 
     def __enter__(self) -> Client:
         if self.sock is None:
@@ -148,9 +185,7 @@ class Client:
             try:
                 self.sock.send(data)
             except zmq.Again:
-                raise ConnectionLost(f"cannot reach {self.address}",
-                                     hint="is `animate4d serve` running there, and are your "
-                                          "keys allowed?") from None
+                raise self._silence(f"cannot reach {self.address}") from None
             deadline = time.monotonic() + self.timeout_s
             while True:
                 env, reply = self._recv(deadline)
@@ -166,10 +201,7 @@ class Client:
                     self._events.append((env, reply))
             if attempt + 1 < attempts:
                 self._reconnect()
-        raise ConnectionLost(
-            f"no answer from {self.address} in {self.timeout_s:.0f} s",
-            hint="is `animate4d serve` running there?",
-        )
+        raise self._silence(f"no answer from {self.address} in {self.timeout_s:.0f} s")
 
     def _recv(self, deadline: float):
         """Next message, or (None, None) at the deadline or when the server has gone silent.

@@ -54,6 +54,12 @@ class InvalidRequestError(Animate4DError):
     code = "bad_request"
 
 
+class AddressError(Animate4DError):
+    """An address that cannot be listened on (in use, not this machine's)."""
+
+    code = "bad_address"
+
+
 class CancelledError(Animate4DError):
     """The job was cancelled by its owner; raised inside the pipeline to unwind it."""
 

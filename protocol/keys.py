@@ -90,6 +90,22 @@ def public_keys_in(directory: str | os.PathLike) -> set[bytes]:
     return {load_public(p) for p in sorted(d.glob("*.key"))}
 
 
+def endpoint(text: str, *, bind: bool = False) -> str:
+    """A ZeroMQ address as a person types it: `host:port` means `tcp://host:port`; `ipc://`
+    and `inproc://` pass as they are. ValueError says what is wrong with anything else."""
+    text = text.strip()
+    if text.startswith(("ipc://", "inproc://")):
+        return text
+    if "://" in text and not text.startswith("tcp://"):
+        raise ValueError(f"{text!r}: use tcp://HOST:PORT (or ipc://PATH)")
+    address = text if text.startswith("tcp://") else "tcp://" + text
+    host, _, port = address[len("tcp://"):].rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        example = "tcp://127.0.0.1:5555" if bind else "tcp://HOST:5555"
+        raise ValueError(f"{text!r} is not an address with a port: e.g. {example}")
+    return address
+
+
 def is_loopback(address: str) -> bool:
     """Whether a ZeroMQ address stays on this machine: ipc/inproc, `localhost`, or a loopback
     IP address (compared as an address: `tcp://127.evil.example` is a host name, not one)."""

@@ -8,7 +8,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from animate4d.protocol import Camera
+from animate4d.protocol import Camera, limits
 from animate4d.protocol.errors import InvalidCameraError, InvalidRequestError
 from animate4d.protocol.options import MOTION_MODES, PRESETS, JobOptions
 
@@ -58,8 +58,8 @@ def add_job_options(p: argparse.ArgumentParser, *, prompt_required: bool,
                    help="with --loop: Fourier terms per point, 1..16; fewer is smoother "
                         "(default: %(default)s)")
     g = p.add_argument_group("placement")
-    g.add_argument("--camera", metavar="JSON",
-                   help="the reference camera as JSON or @file.json, in Blender's terms: "
+    g.add_argument("--camera", metavar="FILE|JSON",
+                   help="the reference camera, a JSON file or the JSON itself, in Blender's terms: "
                         '{"matrix_world": 4x4 rows, "resolution": [W, H], "lens": mm or '
                         '"fov": degrees, "sensor_width": 36, "sensor_fit": "AUTO", "shift_x": 0, '
                         '"shift_y": 0}; default: a front view (-Y looking at +Y, Z up), 40 deg')
@@ -70,7 +70,8 @@ def add_job_options(p: argparse.ArgumentParser, *, prompt_required: bool,
                    help="depth of the inflated shape relative to a round one, 0.05..3 "
                         "(default: %(default)s)")
     g.add_argument("--mesh-resolution", type=int, default=d.mesh_resolution,
-                   help="grid size of the mesh, 32..512; more is finer and slower "
+                   help="grid size of the inflated shape, 32..512; the mesh is then reduced "
+                        "to 50,000 faces, so above about 128 it costs time for little detail "
                         "(default: %(default)s)")
     g = p.add_argument_group("output")
     g.add_argument("--no-preview", action="store_true", help="skip preview.gif")
@@ -81,13 +82,15 @@ def add_job_options(p: argparse.ArgumentParser, *, prompt_required: bool,
 def job_options(args) -> JobOptions:
     camera = None
     if args.camera:
-        text = args.camera
-        if text.startswith("@"):
+        text = args.camera.strip()
+        if not text.startswith("{"):  # a file: cam.json, or @cam.json as curl writes it
+            name = text[1:] if text.startswith("@") else text
             try:
-                text = Path(text[1:]).read_text()
+                text = Path(name).read_text()
             except OSError as e:
-                raise InvalidCameraError(f"cannot read camera file {text[1:]}: {e.strerror}") \
-                    from None
+                raise InvalidCameraError(
+                    f"--camera {name}: cannot read it ({e.strerror})",
+                    hint="give a camera JSON file, or the JSON itself in quotes") from None
         camera = Camera.from_json(text).to_dict()
     target = None
     if args.target:
@@ -101,13 +104,21 @@ def job_options(args) -> JobOptions:
         from ..preview.motion import parse_modes
 
         motion = list(parse_modes(args.motion))
-    return JobOptions(
+    options = JobOptions(
         prompt=args.prompt, preset=args.preset, frames=args.frames, fps=args.fps,
         seed=args.seed, motion=motion, amplitude=args.amplitude, speed=args.speed,
         loop=args.loop, motion_terms=args.motion_terms,
         camera=camera, target=target, thickness=args.thickness,
         mesh_resolution=args.mesh_resolution,
-    ).validate()
+    )
+    try:
+        return options.validate()
+    except InvalidRequestError as e:  # named as the user typed it: the option's flag
+        field = e.message.split(" ", 1)[0]
+        if field in JobOptions.__struct_fields__:
+            raise InvalidRequestError("--" + field.replace("_", "-") + e.message[len(field):],
+                                      hint=e.hint) from None
+        raise
 
 
 def _run_job(image, args, out: Path) -> int:
@@ -121,7 +132,8 @@ def _run_job(image, args, out: Path) -> int:
     if options.preset != "preview":  # before the output folder: a bad --device leaves none
         device = choose_device(getattr(args, "device", None))
     method = _method(image, options, args, device)
-    prepare_out_dir(out)
+    created = not out.exists()
+    prepare_out_dir(out)  # a bad --out fails now, not after the job
     progress = no_progress if args.quiet else TerminalProgress()
     t0 = time.perf_counter()
     ok = False
@@ -134,6 +146,8 @@ def _run_job(image, args, out: Path) -> int:
     finally:
         if not args.quiet:
             progress.close(ok)
+        if not ok and created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a failed run leaves no empty folder behind
     if not args.quiet:
         print(f"{summary(mesh)}; {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     for path in files.paths():
@@ -161,7 +175,9 @@ def print_warning(message: str) -> None:
 def image_bytes(path: Path, args) -> bytes:
     """The file to send a server: as it is, or re-encoded as RGBA PNG with --mask as alpha."""
     if not getattr(args, "mask", None):
-        return path.read_bytes()
+        from ..preprocess.image_io import read_image_file
+
+        return read_image_file(path)
     import io
 
     import numpy as np
@@ -226,7 +242,9 @@ def add_parsers(sub) -> None:
                     "OUT/preview.gif and prints their paths, one per line.",
     )
     run.add_argument("image", metavar="IMAGE|MESH",
-                     help="PNG, JPEG, WebP or TIFF; a transparent background is used as the "
+                     help="PNG, JPEG, WebP, TIFF or BMP, up to "
+                          f"{limits.MAX_IMAGE_PIXELS / 1e6:.1f} megapixels; "
+                          "a transparent background is used as the "
                           "object's outline, otherwise the object is cut out automatically. "
                           "Or a mesh (.glb, .gltf, .obj, .ply, .a4d): mesh mode animates it, "
                           "keeping its vertices, faces, UVs and materials")

@@ -49,7 +49,7 @@ def cmd_check(args) -> int:
     from ..priors.registry import OPTIONAL_ROLES, ROLES, TINY_MARKER, folder_bytes, missing_files
 
     folder = _models_dir(args)
-    complete = set()
+    complete, tiny_roles = set(), set()
     for name in _roles(args.roles):
         d = folder / name
         gaps = missing_files(ROLES[name], d)
@@ -59,14 +59,18 @@ def cmd_check(args) -> int:
             print(f"{name:16} MISSING {', '.join(gaps[:4])} in {d}{optional}")
         else:
             complete.add(name)
-            tiny = " (tiny random weights: for smoke runs, the output is noise)" if (
-                d / TINY_MARKER).is_file() else ""
+            is_tiny = (d / TINY_MARKER).is_file()
+            tiny_roles.update([name] if is_tiny else [])
+            tiny = " (tiny random weights: for smoke runs, the output is noise)" if is_tiny else ""
             print(f"{name:16} ok      {folder_bytes(d) / 1e9:7.2f} GB  {d}{tiny}")
             if args.verbose:
                 for f in sorted(p for p in d.rglob("*") if p.is_file()):
                     print(f"{'':24}{f.stat().st_size:>14,}  {f.relative_to(d)}")
     runnable = [n for n, s in SPECS.items() if set(s.roles) <= complete]
-    print(f"presets runnable with {folder}: {', '.join(runnable)}")
+    smoke = [n for n in runnable if set(SPECS[n].roles) & tiny_roles]
+    real = [n for n in runnable if n not in smoke]
+    print(f"presets runnable with {folder}: {', '.join(real) or 'none'}"
+          + (f"; as smoke runs only (tiny random weights): {', '.join(smoke)}" if smoke else ""))
     needed = [r for r in _roles(args.roles) if args.roles or r not in OPTIONAL_ROLES]
     return 0 if set(needed) <= complete else 2
 
@@ -95,7 +99,9 @@ def add_parsers(sub) -> None:
         q.set_defaults(func=fn)
     t = msub.add_parser("make-tiny", help="write tiny random models in the real layouts "
                                           "(tests, CI, smoke runs; results are noise)")
-    t.add_argument("dir", metavar="DIR")
-    t.add_argument("roles", nargs="*", metavar="ROLE")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("dir", metavar="DIR", help="the models folder to write (one sub-folder per "
+                                              "role, as `models fetch` writes them)")
+    t.add_argument("roles", nargs="*", metavar="ROLE",
+                   help="sd, zero123, video, controlnet_tile, depth, segment (default: all)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     t.set_defaults(func=cmd_make_tiny)

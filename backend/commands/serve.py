@@ -14,6 +14,8 @@ from pathlib import Path
 from animate4d.protocol import keys
 from animate4d.protocol.client import DEFAULT_SERVER
 
+from .args import address, bind_address
+
 DEFAULT_WORKERS = "tcp://127.0.0.1:5556"
 # How long `serve --local` waits for its worker to hand its job back: the worker's
 # --stop-timeout plus the hand-back's own wait (HAND_BACK_ACK_S) and a margin.
@@ -135,9 +137,10 @@ def add_parsers(sub) -> None:
         description="The server: keeps the job store and the queue, routes clients and workers. "
                     "It never runs a job itself; start workers (or use --local).",
     )
-    p.add_argument("--bind", default=DEFAULT_SERVER,
-                   help="address for clients (default: %(default)s)")
-    p.add_argument("--workers-bind", default=DEFAULT_WORKERS,
+    p.add_argument("--bind", default=DEFAULT_SERVER, type=bind_address,
+                   help="address for clients, HOST:PORT or tcp://HOST:PORT "
+                        "(default: %(default)s)")
+    p.add_argument("--workers-bind", default=DEFAULT_WORKERS, type=bind_address,
                    help="address for workers (default: %(default)s)")
     p.add_argument("--store", metavar="DIR",
                    help=f"job store folder (default: {default_store()})")
@@ -159,8 +162,9 @@ def add_parsers(sub) -> None:
         "worker", help="run jobs for a server (one per GPU; any host)",
         description="Connects to a server's worker address and runs one job at a time.",
     )
-    w.add_argument("--server", default=DEFAULT_WORKERS,
-                   help="the server's worker address (default: %(default)s)")
+    w.add_argument("--server", default=DEFAULT_WORKERS, type=address,
+                   help="the server's worker address, HOST:PORT or tcp://HOST:PORT "
+                        "(default: %(default)s)")
     w.add_argument("--server-key", metavar="FILE", help="the server's public key (CURVE)")
     w.add_argument("--key", metavar="FILE",
                    help="this worker's key pair (.key_secret), allowed in the server's workers/")

@@ -18,7 +18,8 @@ from animate4d.protocol.options import JobOptions
 from .checkpoints import Checkpoints
 from .progress import ProgressFn
 
-JobFn = Callable[[bytes, JobOptions, ProgressFn, Checkpoints], AnimatedMesh]
+# The image: its bytes, or preprocess.image_io.ImageFile (bytes and the file's name).
+JobFn = Callable[[object, JobOptions, ProgressFn, Checkpoints], AnimatedMesh]
 # Mesh mode: the same, given the artist's mesh (wire.MeshInput) instead of an image.
 MeshJobFn = Callable[[object, JobOptions, ProgressFn, Checkpoints], AnimatedMesh]
 
@@ -87,7 +88,7 @@ def job_fn(name: str, models=None) -> JobFn:
     """A worker's job function for preset `name`: the method run by the stage runner."""
     from .method import run_method
 
-    def job(image: bytes, options: JobOptions, progress: ProgressFn,
+    def job(image, options: JobOptions, progress: ProgressFn,
             checkpoints: Checkpoints) -> AnimatedMesh:
         return run_method(method_for(image, options, models=models), progress, checkpoints)
 

@@ -96,8 +96,8 @@ def check_models(preset: str, models, roles=ROLES) -> None:
         raise MissingModelError(
             f"the {preset} preset needs the models {', '.join(missing)}, which are not in "
             f"{models or 'ANIMATE4D_MODELS / the Hugging Face cache'}",
-            hint="fetch them with: animate4d models fetch " + " ".join(missing)
-            + (f" --models {models}" if models else ""))
+            hint="fetch them (with internet access) into a folder, then pass it with --models "
+            "or ANIMATE4D_MODELS: " + registry.fetch_command(" ".join(missing), models))
 
 
 def _torch_bytes(obj) -> bytes:

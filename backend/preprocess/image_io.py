@@ -35,24 +35,42 @@ class LoadedImage:
         return self.rgba.shape[1], self.rgba.shape[0]
 
 
-def load_image(path_or_bytes: str | os.PathLike | bytes) -> LoadedImage:
-    if isinstance(path_or_bytes, bytes | bytearray):
+def read_image_file(path: str | os.PathLike) -> bytes:
+    """The bytes of an image file given on the command line, or a clear error: no such file,
+    a folder, over the size limit."""
+    p = Path(path)
+    if not p.exists():
+        raise InvalidImageError(f"{p}: no such file", hint="check the image's path")
+    if p.is_dir():
+        raise InvalidImageError(f"{p} is a folder, not an image file",
+                                hint="give one image file (PNG, JPEG, WebP, TIFF or BMP)")
+    size = p.stat().st_size
+    if size > limits.MAX_IMAGE_FILE_BYTES:
+        raise LimitExceededError(
+            f"{p} is {size / 2**20:.0f} MiB; image files are limited to "
+            f"{limits.MAX_IMAGE_FILE_BYTES // 2**20} MiB",
+            hint="save it as PNG or JPEG at a smaller size",
+        )
+    return p.read_bytes()
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An image file's bytes with its name (a job's image on a worker), so that messages
+    about it name the file the user sent."""
+
+    data: bytes
+    name: str
+
+
+def load_image(path_or_bytes: str | os.PathLike | bytes | ImageFile) -> LoadedImage:
+    if isinstance(path_or_bytes, ImageFile):
+        data, source = path_or_bytes.data, path_or_bytes.name
+    elif isinstance(path_or_bytes, bytes | bytearray):
         data, source = bytes(path_or_bytes), "<bytes>"
     else:
-        p = Path(path_or_bytes)
-        source = str(p)
-        if not p.exists():
-            raise InvalidImageError(f"{p}: no such file")
-        if p.is_dir():
-            raise InvalidImageError(f"{p} is a folder, not an image file")
-        size = p.stat().st_size
-        if size > limits.MAX_IMAGE_FILE_BYTES:
-            raise LimitExceededError(
-                f"{p} is {size / 2**20:.0f} MiB; image files are limited to "
-                f"{limits.MAX_IMAGE_FILE_BYTES // 2**20} MiB",
-                hint="save it as PNG or JPEG at a smaller size",
-            )
-        data = p.read_bytes()
+        source = str(Path(path_or_bytes))
+        data = read_image_file(path_or_bytes)
     im = _open_checked(data, source)
     try:
         im.seek(0)
@@ -87,7 +105,7 @@ def _open_checked(data: bytes, source: str) -> Image.Image:
     except UnidentifiedImageError:
         raise InvalidImageError(
             f"{source} is not an image that can be read",
-            hint="use PNG, JPEG, WebP or TIFF",
+            hint="use PNG, JPEG, WebP, TIFF or BMP",
         ) from None
     except Image.DecompressionBombError as e:
         found = re.search(r"\((\d+) pixels\)", str(e))
@@ -98,7 +116,8 @@ def _open_checked(data: bytes, source: str) -> Image.Image:
             hint="downscale it (1024 px on the long side is plenty)",
         ) from None
     if im.format not in FORMATS:
-        raise InvalidImageError(f"{source} is a {im.format} image; use PNG, JPEG, WebP or TIFF")
+        raise InvalidImageError(f"{source} is a {im.format} image",
+                                hint="use PNG, JPEG, WebP, TIFF or BMP")
     w, h = im.size
     if w * h > limits.MAX_IMAGE_PIXELS:
         raise LimitExceededError(

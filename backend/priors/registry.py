@@ -82,9 +82,10 @@ OPTIONAL_ROLES = ("segment",)
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
-def fetch_command(role: str, models: Path | str | None) -> str:
-    where = f" --models {models}" if models else ""
-    return f"animate4d models fetch {role}{where}"
+def fetch_command(roles: str, models: Path | str | None) -> str:
+    """The command that fetches `roles` (space-separated) into `models`, or into a folder
+    the user names (`models fetch` needs one)."""
+    return f"animate4d models fetch {roles} --models {models or 'DIR'}"
 
 
 def missing_files(role: Role, folder: Path) -> list[str]:

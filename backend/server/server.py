@@ -32,6 +32,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from animate4d.protocol import a4d, keys, limits, wire
 from animate4d.protocol.errors import (
+    AddressError,
     Animate4DError,
     NotAllowedError,
     ResultDamagedError,
@@ -224,8 +225,21 @@ class Server:
                 s.curve_publickey, s.curve_secretkey = public, secret
                 s.zap_domain = domain
         zmtp_heartbeats(workers, self.heartbeat_s, self.dead_after_s)
-        clients.bind(self.client_bind)
-        workers.bind(self.worker_bind)
+        for sock, address, flag in ((clients, self.client_bind, "--bind"),
+                                    (workers, self.worker_bind, "--workers-bind")):
+            try:
+                sock.bind(address)
+            except zmq.ZMQError as e:
+                clients.close(0)
+                workers.close(0)
+                if self.auth is not None:
+                    self.auth.stop()
+                in_use = e.errno == zmq.EADDRINUSE
+                raise AddressError(
+                    f"cannot listen on {address}: {e.strerror}",
+                    hint=("another server (the Blender add-on's local one?) is using it: stop "
+                          f"it, or give another port with {flag}") if in_use else
+                         f"give an address of this machine with {flag}") from None
         return clients, workers
 
     # -- the loop -----------------------------------------------------------------------

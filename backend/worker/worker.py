@@ -38,6 +38,7 @@ from animate4d.protocol.liveness import zmtp_heartbeats
 from ..export.preview_media import preview_png
 from ..jobs.checkpoints import MemoryCheckpoints
 from ..jobs.presets import JobFn, MeshJobFn, offer, offer_mesh
+from ..preprocess.image_io import ImageFile
 
 PROGRESS_HZ = 10.0
 HAND_BACK_ACK_S = 5.0  # how long a leaving worker waits for the server to take its job back
@@ -366,8 +367,8 @@ class Worker:
                 last["stage"], last["at"] = stage, now
 
         try:
-            mesh = fn(run.assign.image, run.assign.options, progress,
-                      _ServerCheckpoints(self, run))
+            image = ImageFile(run.assign.image, run.assign.image_name or "the image")
+            mesh = fn(image, run.assign.options, progress, _ServerCheckpoints(self, run))
             if run.cancel.is_set() and not run.preempted:  # a finished job is still delivered
                 raise CancelledError("cancelled")
             self._send(run, wire.Preview(png=preview_png(mesh)))

@@ -43,7 +43,7 @@ def test_run_with_a_camera_file_and_flags(tmp_path):
     png = write_png(tmp_path / "c.png", blob_rgba(320, 240, centre=(120, 130), scale=0.6))
     cam = Camera.look_at((1.0, -4.0, 1.5), (0, 0, 0.5), fov_deg=30, resolution=(640, 480))
     (tmp_path / "cam.json").write_text(__import__("json").dumps(cam.to_dict()))
-    r = animate4d("run", png, "--prompt", "x", "--camera", f"@{tmp_path / 'cam.json'}",
+    r = animate4d("run", png, "--prompt", "x", "--camera", tmp_path / "cam.json",
                   "--target", "0,0,0.5", "--motion", "twist,nod", "--amplitude", "0.5",
                   "--no-preview", "--quiet", "--out", tmp_path / "o")
     assert r.returncode == 0, r.stderr
@@ -108,7 +108,11 @@ def test_huge_image_is_refused_from_its_header(tmp_path):
         (["--camera", "{bad json"], "not valid JSON"),
         (["--target", "1,2"], "target"),
         (["--motion", "moonwalk"], "choose from"),
-        (["--camera", "@/nonexistent/cam.json"], "cannot read camera file"),
+        (["--camera", "@/nonexistent/cam.json"], "--camera /nonexistent/cam.json: cannot read"),
+        (["--camera", "/nonexistent/cam.json"], "--camera /nonexistent/cam.json: cannot read"),
+        (["--mesh-resolution", "9"], "--mesh-resolution is 9; allowed: 32..512"),
+        (["--motion-terms", "17"], "--motion-terms is 17"),
+        (["--bogus"], "animate4d run: error: unrecognized arguments: --bogus"),
     ],
 )
 def test_bad_options_fail_cleanly(tmp_path, blob_png, args, message):
@@ -168,3 +172,111 @@ def test_bench_gpu_measures_every_stage_and_projects_each_preset(tiny_models, tm
     assert paper["minutes"]["dynamic"] > fast["minutes"]["dynamic"] > 0
     assert paper["total_minutes"] > fast["total_minutes"]
     assert "paper:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("image, message", [("missing.png", "missing.png: no such file"),
+                                            (".", "is a folder, not an image file")])
+def test_submit_names_a_missing_image_before_reaching_any_server(tmp_path, image, message):
+    r = animate4d("submit", image, "--prompt", "x", "--server", "127.0.0.1:9", cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_addresses_are_read_as_people_type_them():
+    from tests.backend.cluster import free_port
+
+    r = animate4d("status", "--server", f"localhost:{free_port()}", "--timeout", "1")
+    assert r.returncode == 4 and "nothing is listening there" in r.stderr, r.stderr
+    r = animate4d("status", "--server", "localhost")
+    assert r.returncode == 2 and "not an address with a port" in r.stderr
+    r = animate4d("serve", "--bind", "http://0.0.0.0:80")
+    assert r.returncode == 2 and "use tcp://HOST:PORT" in r.stderr
+
+
+def test_serve_on_a_port_in_use_says_so(tmp_path):
+    import socket
+
+    from tests.backend.cluster import free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = animate4d("serve", "--bind", f"127.0.0.1:{port}", "--workers-bind",
+                      f"127.0.0.1:{free_port()}", "--store", tmp_path / "s")
+    assert r.returncode == 2 and "cannot listen on" in r.stderr and "--bind" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_client_is_told_keys_were_refused_apart_from_no_server(tmp_path):
+    from tests.backend.cluster import Cluster
+
+    keys = tmp_path / "keys"
+    assert animate4d("keys", "server", keys).returncode == 0
+    assert animate4d("keys", "client", keys, "alice").returncode == 0
+    assert animate4d("keys", "server", tmp_path / "other").returncode == 0
+    assert animate4d("keys", "client", tmp_path / "other", "mallory").returncode == 0
+    cluster = Cluster(tmp_path / "store", keys=keys)
+    cluster.start_server()
+    try:
+        server = ["--server", cluster.client_addr, "--timeout", "3"]
+        alice = ["--server-key", keys / "server.key",
+                 "--key", keys / "issued" / "alice.key_secret"]
+        r = animate4d("status", *server, *alice)
+        for _ in range(20):  # the server may still be starting
+            if r.returncode == 0:
+                break
+            r = animate4d("status", *server, *alice)
+        assert r.returncode == 0, r.stderr
+        r = animate4d("status", *server)
+        assert r.returncode == 4 and "did not accept a connection without keys" in r.stderr
+        r = animate4d("status", *server, "--server-key", keys / "server.key",
+                      "--key", tmp_path / "other" / "issued" / "mallory.key_secret")
+        assert r.returncode == 4 and "did not accept this client's keys" in r.stderr
+    finally:
+        cluster.stop()
+
+
+def test_a_failed_run_leaves_no_empty_output_folder(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"PNG? no")
+    r = animate4d("run", tmp_path / "bad.png", "--prompt", "x", "--out", tmp_path / "o")
+    assert r.returncode == 2 and not (tmp_path / "o").exists(), r.stderr
+
+
+def test_sigterm_stops_a_run_like_ctrl_c(tmp_path, blob_png):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "animate4d.backend", "run", blob_png,
+                             "--prompt", "x", "--frames", "400", "--out", tmp_path / "o"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    line = ""
+    while "geometry" not in line and time.monotonic() < deadline:
+        line = proc.stderr.readline()  # progress lines: the job is under way
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err, err
+    assert "terminate called" not in err and "Traceback" not in err
+
+
+def test_jobs_are_named_by_the_start_of_their_id_as_the_server_logs_them(tmp_path, blob_png):
+    from tests.backend.cluster import Cluster
+
+    cluster = Cluster(tmp_path / "store")
+    cluster.start_server()
+    try:
+        server = ["--server", cluster.client_addr]
+        cluster.client().close()  # the server answers
+        r = animate4d("submit", blob_png, "--prompt", "x", *server)
+        assert r.returncode == 0, r.stderr
+        job = r.stdout.strip().splitlines()[-1]
+        r = animate4d("status", job[:8], *server)
+        assert r.returncode == 0 and r.stdout.startswith("queued") and job in r.stdout, r.stderr
+        r = animate4d("cancel", job[:8].upper(), *server)
+        assert r.returncode == 0 and "cancelled" in r.stdout, r.stderr
+        r = animate4d("status", "ffff" if not job.startswith("ffff") else "0000", *server)
+        assert r.returncode == 2 and "no job of yours begins with" in r.stderr
+        r = animate4d("delete", "xyz", *server)
+        assert r.returncode == 2 and "is not a job id" in r.stderr
+    finally:
+        cluster.stop()

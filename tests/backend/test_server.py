@@ -161,11 +161,11 @@ def test_queued_job_cancels_at_once_and_bad_jobs_fail_cleanly(cluster, image_byt
         # An image that passes the header check but has no object fails on the worker.
         from tests.backend.test_cli import _png_bytes
 
-        empty = c.submit(_png_bytes(64, 64, (0, 0, 0, 0)), JobOptions())
+        empty = c.submit(_png_bytes(64, 64, (0, 0, 0, 0)), JobOptions(), image_name="empty.png")
         cluster.start_worker()
         final = c.wait(empty.id, timeout_s=60)
         assert final.state == wire.FAILED and final.error_code == "bad_image"
-        assert "no foreground" in final.error_message
+        assert final.error_message.startswith("empty.png: no foreground"), final.error_message
         assert c.wait(b.id, timeout_s=60).state == wire.DONE
         c.delete(b.id)
         assert b.id not in [j.id for j in c.list()]
