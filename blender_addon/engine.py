@@ -8,6 +8,7 @@ status line an artist can read.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import subprocess
@@ -20,11 +21,15 @@ import bpy
 
 from . import mesh_target
 from .deps import arrays, keys, options, wire
-from .importer import import_animated_mesh
+from .importer import import_animated_mesh, import_as_cache
 from .session import Session
 
 LOCAL_ADDRESS = "tcp://127.0.0.1:5555"
 _state = {"session": None, "local_server": None}
+LOCAL_LOG = "local-server.log"
+# Settings a job's options fill back in for Re-run (the rest are the scene's: camera, target).
+RERUN_FIELDS = ("prompt", "preset", "frames", "fps", "amplitude", "speed", "loop",
+                "motion_terms")
 
 
 class UserError(Exception):
@@ -69,8 +74,29 @@ def session() -> Session:
     return s
 
 
+def user_folder(sub: str = "") -> str:
+    """The extension's own folder in the user's Blender files (made on first use)."""
+    try:
+        folder = bpy.utils.extension_path_user(__package__, path=sub, create=True)
+    except (ValueError, AttributeError):  # not installed as an extension
+        folder = os.path.join(tempfile.gettempdir(), "animate4d", sub)
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def local_log_path(p=None) -> str:
+    """Where the local server writes its output: beside its job store when one is set, else
+    in the extension's user folder."""
+    p = p or prefs()
+    folder = bpy.path.abspath(p.local_store) if p.local_store else user_folder()
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, LOCAL_LOG)
+
+
 def _ensure_local_server(p) -> None:
-    """Start `animate4d serve --local` with the configured Python, once, if it is set."""
+    """Start `animate4d serve --local` with the configured Python, once, if it is set; its
+    output goes to `local_log_path` (the panel's Open log), and its worker reads the models
+    folder of the preferences."""
     proc = _state["local_server"]
     if proc is not None and proc.poll() is None or not p.backend_python:
         return  # running, or the artist runs one by hand
@@ -78,11 +104,19 @@ def _ensure_local_server(p) -> None:
            "--bind", LOCAL_ADDRESS]
     if p.local_store:
         cmd += ["--store", bpy.path.abspath(p.local_store)]
+    env = dict(os.environ)
+    if p.models_dir:
+        env["ANIMATE4D_MODELS"] = bpy.path.abspath(p.models_dir)
+    log_path = local_log_path(p)
     try:
-        _state["local_server"] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                                                  stderr=subprocess.DEVNULL)
+        with open(log_path, "ab") as log:  # the child keeps its own copy of the handle
+            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n".encode())
+            log.flush()
+            _state["local_server"] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                      env=env)
     except OSError as e:
         raise UserError(f"Cannot start the local server with {cmd[0]}: {e.strerror}") from None
+    _state["local_log"] = log_path
 
 
 def shutdown() -> None:
@@ -228,6 +262,10 @@ def submit(context) -> str:
     item = st.jobs.add()
     item.job_id, item.label, item.state = token, f"{name}: {opts.prompt[:40]}", "sending"
     item.start_frame, item.set_frame_range = st.start_frame, st.set_frame_range
+    item.options_json = json.dumps({f: getattr(opts, f) for f in RERUN_FIELDS}
+                                   | {"motion": opts.motion})
+    item.image_name = st.image.name if st.image is not None else ""
+    item.image_path = st.image_path if st.image is None else ""
     if mesh is not None:
         item.mesh_mode, item.target_object = True, context.active_object.name
         item.target_duplicate = st.mesh_target == "DUPLICATE"
@@ -235,6 +273,27 @@ def submit(context) -> str:
     session().submit(token, data, name, opts, mesh)
     st.status = f"Sending {name}..."
     return token
+
+
+def restore_settings(context, item) -> None:
+    """Put a job's settings back in the panel (Re-run): its prompt, preset, clip and motion,
+    and its image when that is still there."""
+    st = settings(context.scene)
+    if not item.options_json:
+        raise UserError("This job has no recorded settings (it was made by an older version)")
+    opts = json.loads(item.options_json)
+    for f in RERUN_FIELDS:
+        setattr(st, f, round(opts[f]) if f == "fps" else opts[f])  # the panel's fps is whole
+    st.use_prompt_motion = opts["motion"] is None
+    if opts["motion"]:
+        st.motion = set(opts["motion"])
+    st.source = "MESH" if item.mesh_mode else "IMAGE"
+    if item.mesh_mode and item.target_object in bpy.data.objects:
+        context.view_layer.objects.active = bpy.data.objects[item.target_object]
+    elif item.image_name in bpy.data.images:
+        st.image = bpy.data.images[item.image_name]
+    elif item.image_path:
+        st.image, st.image_path = None, item.image_path
 
 
 def cancel(job_id: str) -> None:
@@ -307,6 +366,12 @@ def _apply(kind: str, key, payload) -> None:
         st.status = f"Job {item.job_id[:8]} {info.state}" + (
             f": {info.error_message}" if info.error_code else "")
     elif kind == "progress":
+        now = time.monotonic()
+        if payload.stage != item.stage or payload.step < item.stage_first_step:
+            item.stage_started, item.stage_first_step, item.eta_s = now, payload.step, -1.0
+        elif payload.step > item.stage_first_step:
+            rate = (now - item.stage_started) / (payload.step - item.stage_first_step)
+            item.eta_s = rate * (payload.total - payload.step)
         item.stage, item.step, item.total = payload.stage, payload.step, payload.total
         item.state = wire.RUNNING
     elif kind == "preview":
@@ -347,6 +412,14 @@ def _land(scene, item, mesh):
             note = f"; '{item.target_object}' {e}, so the result is a new object"
     else:
         note = ""
+    st = scene.animate4d
+    if st.import_as == "CACHE" or (st.import_as == "AUTO"
+                                   and len(mesh.frames) > prefs().cache_above_frames):
+        path = os.path.join(user_folder("caches"), f"{item.job_id}.abc")
+        return import_as_cache(mesh, path, name=name, collection=scene.collection,
+                               start_frame=item.start_frame,
+                               set_frame_range=item.set_frame_range), \
+            f"{note}; its frames stream from {path}"
     return import_animated_mesh(mesh, name=name, collection=scene.collection,
                                 start_frame=item.start_frame,
                                 set_frame_range=item.set_frame_range), note

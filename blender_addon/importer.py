@@ -56,6 +56,49 @@ def import_animated_mesh(mesh, name: str = "Animate4D", *, collection=None,
     return obj
 
 
+def import_as_cache(mesh, abc_path: str, name: str = "Animate4D", *, collection=None,
+                    start_frame: int = 1, set_frame_range: bool = False):
+    """A long clip as an object whose frames stream from an Alembic file (`abc_path`,
+    written here) through a Mesh Sequence Cache modifier, so that the .blend does not hold
+    every frame as a shape key. Frame k shows at scene frame start_frame + k, as with
+    `import_animated_mesh`; the object has no shape keys (the motion edits need them)."""
+    keyed = import_animated_mesh(mesh, name=name, collection=collection,
+                                 start_frame=start_frame, set_frame_range=set_frame_range)
+    layer = bpy.context.view_layer
+    selected, active = [o for o in layer.objects if o.select_get()], layer.objects.active
+    try:
+        for o in layer.objects:
+            o.select_set(o == keyed)
+        layer.objects.active = keyed
+        end = start_frame + len(mesh.frames) - 1
+        bpy.ops.wm.alembic_export(filepath=abc_path, selected=True, start=start_frame,
+                                  end=end, vcolors=mesh.colors is not None,
+                                  as_background_job=False)
+        before = set(bpy.data.objects)
+        bpy.ops.wm.alembic_import(filepath=abc_path, set_frame_range=False,
+                                  as_background_job=False)
+        (obj,) = [o for o in bpy.data.objects if o not in before]
+    finally:
+        data, shape_keys = keyed.data, keyed.data.shape_keys
+        action = shape_keys.animation_data.action if shape_keys.animation_data else None
+        bpy.data.objects.remove(keyed)
+        bpy.data.meshes.remove(data)
+        if action is not None and action.users == 0:
+            bpy.data.actions.remove(action)
+        for o in selected:
+            if o.name in layer.objects:
+                o.select_set(True)
+        if active is not None and active.name in layer.objects:
+            layer.objects.active = active
+    for c in list(obj.users_collection):
+        c.objects.unlink(obj)
+    (collection or bpy.context.scene.collection).objects.link(obj)
+    obj.name = obj.data.name = name
+    if mesh.colors is not None:
+        obj.data.materials.append(_vertex_colour_material())
+    return obj
+
+
 def key_frames(shape_keys, names: list[str], start: int) -> None:
     """Key names[k] is 1 on frame start + k and 0 on its neighbours, with constant
     interpolation; an action the keys already have is kept and added to."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import bpy
 from bpy.props import StringProperty
 
@@ -46,6 +48,42 @@ class ANIMATE4D_OT_cancel(bpy.types.Operator):
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
         st.status = f"Cancelling {job[:8]}..."
+        return {"FINISHED"}
+
+
+class ANIMATE4D_OT_rerun(bpy.types.Operator):
+    bl_idname = "animate4d.rerun"
+    bl_label = "Re-run"
+    bl_description = ("Put the selected job's settings (prompt, preset, clip, motion, image) "
+                      "back in the panel and send it again")
+
+    def execute(self, context):
+        st = engine.settings(context.scene)
+        if not 0 <= st.active_job < len(st.jobs):
+            self.report({"WARNING"}, "Select a job in the list first")
+            return {"CANCELLED"}
+        try:
+            engine.restore_settings(context, st.jobs[st.active_job])
+            engine.submit(context)
+        except engine.UserError as e:
+            st.status = str(e)
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class ANIMATE4D_OT_open_log(bpy.types.Operator):
+    bl_idname = "animate4d.open_log"
+    bl_label = "Open log"
+    bl_description = "Open the local server's log file (what it and its worker printed)"
+
+    def execute(self, context):
+        path = engine.local_log_path()
+        if not os.path.isfile(path):
+            self.report({"WARNING"}, f"No log yet: the local server has not been started "
+                                     f"({path})")
+            return {"CANCELLED"}
+        bpy.ops.wm.path_open(filepath=path)
         return {"FINISHED"}
 
 
@@ -121,5 +159,5 @@ class ANIMATE4D_OT_export(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (ANIMATE4D_OT_animate, ANIMATE4D_OT_cancel, ANIMATE4D_OT_reattach,
-           ANIMATE4D_OT_import_a4d, ANIMATE4D_OT_export)
+CLASSES = (ANIMATE4D_OT_animate, ANIMATE4D_OT_cancel, ANIMATE4D_OT_rerun, ANIMATE4D_OT_open_log,
+           ANIMATE4D_OT_reattach, ANIMATE4D_OT_import_a4d, ANIMATE4D_OT_export)

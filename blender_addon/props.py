@@ -36,9 +36,19 @@ class Animate4DPreferences(bpy.types.AddonPreferences):
         name="Backend Python", subtype="FILE_PATH",
         description="Python of an animate4d install, used to start the local server "
                     "(e.g. /path/to/animate4d/.venv/bin/python)")
+    models_dir: StringProperty(
+        name="Models folder", subtype="DIR_PATH", default="",
+        description="Pretrained models for the local server's worker (the fast and paper "
+                    "presets; `animate4d models fetch --models DIR`); default: the "
+                    "ANIMATE4D_MODELS of Blender's environment")
     local_store: StringProperty(name="Local job store", subtype="DIR_PATH", default="",
                                 description="Folder for the local server's jobs (default: "
                                             "the server's own default)")
+    cache_above_frames: IntProperty(
+        name="Stream clips longer than", default=250, min=2, max=100_000,
+        description="Results with more frames than this import as a Mesh Sequence Cache on an "
+                    "Alembic file (kept in the add-on's user folder) instead of one shape key "
+                    "per frame, so the .blend stays small")
     timeout: FloatProperty(name="Timeout", default=10.0, min=1.0, max=300.0, unit="TIME",
                            description="Seconds to wait for the server to answer")
 
@@ -50,7 +60,9 @@ class Animate4DPreferences(bpy.types.AddonPreferences):
         sub.prop(self, "client_key")
         col.separator()
         col.prop(self, "backend_python")
+        col.prop(self, "models_dir")
         col.prop(self, "local_store")
+        col.prop(self, "cache_above_frames")
         col.prop(self, "timeout")
 
 
@@ -69,6 +81,14 @@ class Animate4DJob(bpy.types.PropertyGroup):
     target_object: StringProperty(name="Target object",
                                   description="Mesh mode: the object that gets the shape keys")
     target_duplicate: BoolProperty(name="On a duplicate", default=False)
+    options_json: StringProperty(name="Options",
+                                 description="The job's options as sent (for Re-run)")
+    image_name: StringProperty(name="Image", description="The image datablock sent, if any")
+    image_path: StringProperty(name="Image file", description="The image file sent, if any")
+    eta_s: FloatProperty(name="Time left", default=-1.0,
+                         description="Seconds left in the running stage, from its step rate")
+    stage_started: FloatProperty(default=0.0)  # monotonic time the stage's first step was seen
+    stage_first_step: IntProperty(default=0)
 
 
 class Animate4DSettings(bpy.types.PropertyGroup):
@@ -92,6 +112,13 @@ class Animate4DSettings(bpy.types.PropertyGroup):
     fps: IntProperty(name="FPS", default=24, min=1, max=240)
     start_frame: IntProperty(name="Start frame", default=1)
     set_frame_range: BoolProperty(name="Set scene frame range", default=True)
+    import_as: EnumProperty(name="Import as", items=[
+        ("AUTO", "Auto", "Shape keys, or a Mesh Sequence Cache for clips longer than the "
+                         "preferences' limit"),
+        ("SHAPE_KEYS", "Shape keys", "One shape key per frame, kept in the .blend (the motion "
+                                     "edits work on these)"),
+        ("CACHE", "Mesh Sequence Cache", "Frames stream from an Alembic file: a small .blend"),
+    ], default="AUTO")
     use_prompt_motion: BoolProperty(name="Motion from prompt", default=True,
                                     description="Pick the motion from the prompt's words")
     motion: EnumProperty(name="Motion", items=MODES, options={"ENUM_FLAG"}, default={"sway"})

@@ -68,6 +68,8 @@ class ANIMATE4D_PT_panel(bpy.types.Panel):
         row = box.row(align=True)
         row.prop(st, "start_frame")
         row.prop(st, "set_frame_range", text="Set range")
+        if st.source == "IMAGE":
+            box.prop(st, "import_as")
 
         row = layout.row(align=True)
         row.scale_y = 1.4
@@ -79,8 +81,9 @@ class ANIMATE4D_PT_panel(bpy.types.Panel):
         if 0 <= st.active_job < len(st.jobs):
             job = st.jobs[st.active_job]
             if job.state == "running" and job.total:
+                left = f", {_duration(job.eta_s)} left" if job.eta_s >= 0 else ""
                 layout.progress(factor=job.step / max(1, job.total),
-                                text=f"{job.stage} {job.step}/{job.total}")
+                                text=f"{job.stage} {job.step}/{job.total}{left}")
             if job.message:
                 layout.label(text=job.message)
         preview = bpy.data.images.get(engine.PREVIEW_IMAGE)
@@ -90,9 +93,21 @@ class ANIMATE4D_PT_panel(bpy.types.Panel):
         layout.label(text="Jobs in this file")
         layout.template_list("ANIMATE4D_UL_jobs", "", st, "jobs", st, "active_job", rows=3)
         row = layout.row(align=True)
+        row.operator("animate4d.rerun", icon="RECOVER_LAST")
         row.operator("animate4d.reattach", icon="FILE_REFRESH")
+        row = layout.row(align=True)
         row.operator("animate4d.import_a4d", icon="IMPORT", text="Import .a4d")
         row.operator("animate4d.export", icon="EXPORT", text="Export")
+        if not engine.prefs().server.strip():  # the local server: its log
+            layout.operator("animate4d.open_log", icon="TEXT")
+
+
+def _duration(seconds: float) -> str:
+    """`42 s`, `12 min`, `1 h 05 min`: what a progress bar has room for."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 CLASSES = (ANIMATE4D_UL_jobs, ANIMATE4D_PT_panel)

@@ -2,15 +2,17 @@
 artist would, against a live server. Prints one JSON line of observations for the test."""
 
 import json
+import os
 import sys
 import time
+from pathlib import Path
 
 import bpy
 import numpy as np
 from bpy_extras.object_utils import world_to_camera_view
 from mathutils import Vector
 
-zip_path, server, image_path, out_path, blend_path = sys.argv[1:6]
+zip_path, server, image_path, out_path, blend_path, models_dir, local_port = sys.argv[1:8]
 obs = {}
 
 
@@ -222,6 +224,53 @@ img = bpy.data.images.get(engine.PREVIEW_IMAGE)
 obs["preview"] = [list(img.size), [round(v, 3) for v in img.pixels[:4]],
                   img.packed_file is not None]
 
+# Re-run: the selected job's settings come back into the panel and it is sent again.
+first = st.jobs[0]
+sent_prompt, st.prompt, st.frames = json.loads(first.options_json)["prompt"], "changed", 3
+st.active_job = 0
+jobs_before = len(st.jobs)
+obs["rerun"] = sorted(bpy.ops.animate4d.rerun())
+obs["rerun_settings"] = [st.prompt == sent_prompt, st.frames, len(st.jobs) - jobs_before,
+                         st.jobs[-1].label == first.label]
+
+# A long clip lands as a Mesh Sequence Cache on an Alembic file, not 300 shape keys.
+grid = np.stack(np.meshgrid(np.linspace(-1, 1, 12), np.linspace(-1, 1, 12)), -1).reshape(-1, 2)
+rest = np.c_[grid, np.zeros(len(grid))].astype(np.float32)
+quads = [(r * 12 + c, r * 12 + c + 1, (r + 1) * 12 + c) for r in range(11) for c in range(11)]
+wave = np.stack([rest + [0, 0, 0.2 * np.sin(2 * np.pi * k / 300)] * rest[:, :1]
+                 for k in range(300)]).astype(np.float32)
+long_clip = mod.deps.a4d.AnimatedMesh(
+    vertices=rest, faces=np.array(quads, np.uint32), frames=wave, fps=24.0,
+    colors=np.full((len(rest), 4), 200, np.uint8))
+item = st.jobs.add()
+item.job_id, item.start_frame, item.set_frame_range = "long-clip-job", 1, True
+st.import_as = "AUTO"
+engine._apply("result", "long-clip-job", long_clip)
+cached = bpy.data.objects[item.object_name]
+errors = []
+for k in (0, 1, 150, 299):
+    scene.frame_set(1 + k)
+    shown = cached.evaluated_get(bpy.context.evaluated_depsgraph_get()).to_mesh()
+    co = np.empty(len(shown.vertices) * 3, np.float32)
+    shown.vertices.foreach_get("co", co)
+    errors.append(float(np.abs(co.reshape(-1, 3) - wave[k]).max()))
+mods = [m.type for m in cached.modifiers]
+obs["long_clip"] = [mods, cached.data.shape_keys is None, errors,
+                    os.path.isfile(bpy.path.abspath(cached.modifiers[0].cache_file.filepath))
+                    if mods else False, "stream" in st.status]
+st.jobs.remove(len(st.jobs) - 1)
+
+# Time left in a stage, from its step rate.
+probe = st.jobs.add()
+probe.job_id = "probe-job"
+engine._apply("progress", "probe-job", mod.deps.wire.Progress(stage="dynamic", step=10,
+                                                               total=110))
+time.sleep(0.5)
+engine._apply("progress", "probe-job", mod.deps.wire.Progress(stage="dynamic", step=20,
+                                                               total=110))
+obs["eta"] = [probe.eta_s, mod.ui._duration(probe.eta_s), mod.ui._duration(3900)]
+st.jobs.remove(len(st.jobs) - 1)
+
 # Save, reopen: the job list survives and unfinished jobs are followed again.
 bpy.ops.wm.save_as_mainfile(filepath=blend_path)
 bpy.ops.wm.open_mainfile(filepath=blend_path)
@@ -234,6 +283,21 @@ st.frames = 4
 obs["down_animate"] = sorted(bpy.ops.animate4d.animate())
 pump(lambda: "unreachable" in st.status, 30)
 obs["down_status"] = st.status
+
+# The local server: started with the preferences' Python and models folder, its output in
+# a log file the panel opens.
+prefs.server, prefs.backend_python = "", sys.executable
+prefs.models_dir, prefs.local_store = models_dir, str(Path(blend_path).parent / "local-store")
+engine.LOCAL_ADDRESS = f"tcp://127.0.0.1:{local_port}"
+engine._ensure_local_server(prefs)
+log_path = Path(engine.local_log_path())
+end = time.monotonic() + 90
+while time.monotonic() < end and "connected" not in (
+        log_path.read_text() if log_path.exists() else ""):
+    time.sleep(0.3)
+obs["local_log"] = [str(log_path), log_path.read_text() if log_path.exists() else ""]
+engine._state["local_server"].terminate()
+engine._state["local_server"].wait(30)
 
 with open(out_path, "w") as fh:
     json.dump(obs, fh)

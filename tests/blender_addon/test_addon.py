@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.backend.cluster import Cluster
+from tests.backend.cluster import Cluster, free_port
 from tests.conftest import blob_rgba, write_png
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ def test_the_zip_is_a_complete_extension(addon_zip):
         assert "from animate4d.backend" not in text and "import animate4d.backend" not in text
 
 
-def test_animate_from_blender_against_a_live_server(addon_zip, tmp_path):
+def test_animate_from_blender_against_a_live_server(addon_zip, tmp_path, tiny_models):
     cluster = Cluster(tmp_path / "store", throttle=0.05)
     try:
         cluster.start_server()
@@ -60,7 +60,8 @@ def test_animate_from_blender_against_a_live_server(addon_zip, tmp_path):
         env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp_path / "blender_user"))
         r = subprocess.run(
             [sys.executable, str(Path(__file__).parent / "scenario.py"), str(addon_zip),
-             cluster.client_addr, str(image), str(out), str(tmp_path / "scene.blend")],
+             cluster.client_addr, str(image), str(out), str(tmp_path / "scene.blend"),
+             str(tiny_models), str(free_port())],
             capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
         assert "SCENARIO DONE" in r.stdout, (r.stdout[-3000:], r.stderr[-3000:])
         obs = json.loads(out.read_text())
@@ -100,6 +101,15 @@ def test_animate_from_blender_against_a_live_server(addon_zip, tmp_path):
     made, dup_keys, dup_modifiers, original_keys = obs["duplicate"]
     assert made and dup_keys == 2 + 4 and dup_modifiers == ["SUBSURF"] and original_keys == 2
     assert obs["loop_options"] == ["paper", True, 6], obs["loop_options"]
+    mods, no_keys, errors, cache_exists, told = obs["long_clip"]
+    assert mods == ["MESH_SEQUENCE_CACHE"] and no_keys and cache_exists and told, obs["long_clip"]
+    assert max(errors) < 1e-5, errors  # frame k of the cache is frame k of the result
+    assert obs["rerun"] == ["FINISHED"] and obs["rerun_settings"] == [True, 6, 1, True], obs
+    eta, text, long = obs["eta"]
+    assert 3.0 < eta < 8.0 and text.endswith(" s") and long == "1 h 05 min", obs["eta"]
+    log_path, log = obs["local_log"]
+    assert log_path.startswith(str(tmp_path / "local-store")), log_path
+    assert "serve: clients on" in log and "presets: fast, paper, preview" in log, log
     assert obs["mesh_fast"][0] == "failed" and "not supported" in obs["mesh_fast"][2], \
         obs["mesh_fast"]
     # The latest preview (8 x 8, green), packed: not a temp file every Blender shares.
