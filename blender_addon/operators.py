@@ -18,13 +18,21 @@ class ANIMATE4D_OT_animate(bpy.types.Operator):
     bl_description = "Send the image and prompt to the server; the result arrives as a mesh"
 
     def execute(self, context):
-        try:
-            engine.submit(context)
-        except engine.UserError as e:
-            engine.settings(context.scene).status = str(e)
-            self.report({"ERROR"}, str(e))
-            return {"CANCELLED"}
-        return {"FINISHED"}
+        return _submit(self, context)
+
+
+def _submit(op, context, job=None):
+    """Send the panel's settings (after putting `job`'s back, for Re-run); a problem the
+    artist can fix goes to the status line and the report."""
+    try:
+        if job is not None:
+            engine.restore_settings(context, job)
+        engine.submit(context)
+    except engine.UserError as e:
+        engine.settings(context.scene).status = str(e)
+        op.report({"ERROR"}, str(e))
+        return {"CANCELLED"}
+    return {"FINISHED"}
 
 
 class ANIMATE4D_OT_cancel(bpy.types.Operator):
@@ -62,14 +70,7 @@ class ANIMATE4D_OT_rerun(bpy.types.Operator):
         if not 0 <= st.active_job < len(st.jobs):
             self.report({"WARNING"}, "Select a job in the list first")
             return {"CANCELLED"}
-        try:
-            engine.restore_settings(context, st.jobs[st.active_job])
-            engine.submit(context)
-        except engine.UserError as e:
-            st.status = str(e)
-            self.report({"ERROR"}, str(e))
-            return {"CANCELLED"}
-        return {"FINISHED"}
+        return _submit(self, context, st.jobs[st.active_job])
 
 
 class ANIMATE4D_OT_open_log(bpy.types.Operator):
