@@ -144,7 +144,8 @@ class DynamicConfig:
     p_start_at_zero: float = 0.2
     """Probability that a clip starts at time 0."""
     p_mirror: float = 0.5
-    """Probability that a clip is mirrored."""
+    """Probability that a clip is mirrored: each time t becomes 1 - t, the clip still
+    playing forward (cameras.sample_clip)."""
     p_moving_camera: float = 0.9
     """Probability that the camera sweeps while the clip plays."""
     canonical_lr_scale: float = 0.1

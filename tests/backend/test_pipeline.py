@@ -154,14 +154,28 @@ def test_textual_inversion_encodes_its_bank_of_views_once(tiny_models):
 
 
 def test_clip_sampling_follows_the_papers_rules():
+    """Animate124's dnerf/provider.py: a fifth of the clips start at 0; half are mirrored
+    (t -> 1 - t), which keeps them playing forward and anchors them at the end instead."""
     import random
 
     rng = random.Random(0)
     clips = [sample_clip(rng, 16, 256, (16, 256), 0.2, 0.5) for _ in range(2000)]
-    assert all(len(c) == 16 and c.min() >= 0 and c.max() < 1 for c in clips)
-    starts_at_zero = sum(min(c) == 0 for c in clips) / len(clips)
-    mirrored = sum(c[0] > c[-1] for c in clips) / len(clips)
-    assert 0.18 < starts_at_zero < 0.3 and 0.45 < mirrored < 0.55
+    assert all(len(c) == 16 and c.min() >= 0 and c.max() <= 1 for c in clips)
+    assert all((np.diff(c) > 0).all() for c in clips)  # never played backwards
+    starts_at_zero = sum(c[0] == 0 for c in clips) / len(clips)
+    ends_at_one = sum(c[-1] == 1 for c in clips) / len(clips)
+    assert 0.08 < starts_at_zero < 0.15 and 0.08 < ends_at_one < 0.15
+
+
+def test_a_mirrored_clip_is_1_minus_t_still_playing_forward():
+    import random
+
+    for wrap in (False, True):
+        for seed in range(50):  # the same draws, mirrored or not
+            plain = sample_clip(random.Random(seed), 16, 256, (16, 256), 0.2, 0.0, wrap)
+            mirrored = sample_clip(random.Random(seed), 16, 256, (16, 256), 0.2, 1.0, wrap)
+            expected = 1 - plain[::-1]
+            np.testing.assert_array_equal(mirrored, expected % 1 if wrap else expected)
 
 
 def test_a_quarter_of_the_sds_steps_fit_the_reference_view_alone():
@@ -562,14 +576,14 @@ def test_looping_clips_run_on_across_the_seam():
     import random
 
     rng = random.Random(1)
-    clips = [sample_clip(rng, 16, 256, (16, 256), 0.2, 0.0, wrap=True) for _ in range(500)]
+    clips = [sample_clip(rng, 16, 256, (16, 256), 0.2, 0.5, wrap=True) for _ in range(500)]
     assert all(c.min() >= 0 and c.max() < 1 for c in clips)
-    # Played forward, a clip's steps are equal modulo 1 (up to the span's rounding), and
-    # some clips cross time 1 = time 0 into the start.
+    # Played forward (mirrored clips too), a clip's steps are equal modulo 1 (up to the
+    # span's rounding), and some clips cross time 1 = time 0 into the start.
     steps = [np.diff(c) % 1.0 for c in clips]
-    assert all(s.max() - s.min() <= 1 / 256 + 1e-6 for s in steps)
+    assert all(s.min() > 0 and s.max() - s.min() <= 1 / 256 + 1e-6 for s in steps)
     assert sum(bool((np.diff(c) < 0).any()) for c in clips) > 50
-    plain = [sample_clip(rng, 16, 256, (16, 256), 0.2, 0.0) for _ in range(500)]
+    plain = [sample_clip(rng, 16, 256, (16, 256), 0.2, 0.5) for _ in range(500)]
     assert not any((np.diff(c) < 0).any() for c in plain)
 
 
