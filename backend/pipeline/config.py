@@ -248,6 +248,7 @@ PRESETS = {"paper": PAPER, "fast": FAST}
 TINY_SIZES = {
     "textual_inversion.size": 16, "textual_inversion.batch": 2,
     "renderer.size": 12, "renderer.samples": 16,
+    "guidance.zero123": replace(guidance.ZERO123, size=16),
     "guidance.video": replace(guidance.VIDEO, size=16),
     "guidance.tile": replace(guidance.TILE, size=16),
     "dynamic.clip_frames": 4, "dynamic.time_steps": 16, "dynamic.clip_span": (4, 16),
