@@ -11,6 +11,7 @@ import numpy as np
 from animate4d.protocol import Camera
 
 from ..preprocess.framing import CANONICAL_FOV_DEG, CANONICAL_RADIUS
+from .config import ViewConfig
 
 
 def orbit_camera(polar_deg: float, azimuth_deg: float, size: int,
@@ -25,8 +26,17 @@ def orbit_camera(polar_deg: float, azimuth_deg: float, size: int,
                           resolution=(size, size), up=up)
 
 
-def random_view(rng: random.Random, polar_range=(45.0, 135.0)) -> tuple[float, float]:
-    return rng.uniform(*polar_range), rng.uniform(-180.0, 180.0)
+def random_view(rng: random.Random, views: ViewConfig) -> tuple[float, float]:
+    """(polar, azimuth) of one SDS view (Animate124's rand_poses): with
+    views.p_upper_hemisphere, the direction of a point drawn uniformly in the half box
+    [-1, 1]^2 x [0, 1] above the object (polar 0-90: overhead views the level band never
+    gives; denser towards the box's corners than uniform on the hemisphere, as the official
+    draw is); otherwise polar uniform in views.polar_deg. Azimuth uniform all round."""
+    if rng.random() < views.p_upper_hemisphere:
+        x, y, z = rng.uniform(-1.0, 1.0), rng.uniform(-1.0, 1.0), rng.uniform(0.0, 1.0)
+        return (math.degrees(math.atan2(math.hypot(x, y), z)),
+                math.degrees(math.atan2(x, -y)))  # orbit_camera's eye is (sin a, -cos a)
+    return rng.uniform(*views.polar_deg), rng.uniform(-180.0, 180.0)
 
 
 def sample_clip(rng: random.Random, frames: int, time_steps: int, span: tuple[int, int],

@@ -94,7 +94,10 @@ class ViewConfig:
     """Where the SDS stages' cameras are drawn."""
 
     polar_deg: tuple[float, float] = (45.0, 135.0)
-    """Polar angle range, degrees from +Z."""
+    """Polar angle range, degrees from +Z, of the views not drawn above the object."""
+    p_upper_hemisphere: float = 0.5
+    """Probability that a view is drawn above the object instead, polar 0-90
+    (`uniform_sphere_rate`; cameras.random_view)."""
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,11 @@ class DynamicConfig:
     """Probability that a clip is mirrored: each time t becomes 1 - t, the clip still
     playing forward (cameras.sample_clip)."""
     p_moving_camera: float = 0.9
-    """Probability that the camera sweeps while the clip plays."""
+    """Probability that the camera moves while the clip plays (`dynamic_cam_rate`)."""
+    sweep_polar_deg: float = 45.0
+    """A moving camera's polar angle changes by a draw in +-this over a clip (degrees)."""
+    sweep_azimuth_deg: float = 90.0
+    """A moving camera's azimuth changes by a draw in +-this over a clip (degrees)."""
     canonical_lr_scale: float = 0.1
     """The canonical field keeps learning, at this fraction of the learning rate."""
 

@@ -1,6 +1,7 @@
 """The Animate124 pipeline end to end on tiny models (CPU, a few steps per stage)."""
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +177,49 @@ def test_a_mirrored_clip_is_1_minus_t_still_playing_forward():
             mirrored = sample_clip(random.Random(seed), 16, 256, (16, 256), 0.2, 1.0, wrap)
             expected = 1 - plain[::-1]
             np.testing.assert_array_equal(mirrored, expected % 1 if wrap else expected)
+
+
+def test_sds_views_are_above_the_object_half_the_time():
+    """Animate124's rand_poses (nerf/provider.py, uniform_sphere_rate 0.5): half the views
+    are the direction of a point in the half box above the object, polar 0-90 (below 45 for
+    pi/12 of them), the others polar 45-135; azimuths all round."""
+    import random
+
+    from animate4d.backend.pipeline.cameras import random_view
+
+    rng = random.Random(0)
+    views = np.array([random_view(rng, a124.PAPER.views) for _ in range(4000)])
+    polar, az = views[:, 0], views[:, 1]
+    assert polar.min() >= 0 and polar.max() <= 135 and abs(az).max() <= 180
+    assert 0.10 < (polar < 45).mean() < 0.16  # only the half drawn above reaches these
+    assert 0.72 < (polar <= 90).mean() < 0.78
+    assert all(0.2 < ((az > lo) & (az < lo + 90)).mean() < 0.3 for lo in (-180, -90, 0, 90))
+    level = np.array([random_view(rng, replace(a124.PAPER.views, p_upper_hemisphere=0.0))
+                      for _ in range(500)])
+    assert level[:, 0].min() >= 45 and level[:, 0].max() <= 135
+
+
+def test_a_moving_camera_turns_up_to_90_degrees_and_tilts_up_to_45_over_a_clip():
+    """Animate124's rand_poses_trajectory (dnerf/provider.py, dynamic_cam_rate 0.9): frame k
+    of n is k / n of the way through a turn drawn in +-90 degrees and a tilt in +-45."""
+    import random
+
+    from animate4d.backend.pipeline import stages
+
+    rng, paper = random.Random(0), a124.PAPER
+    clips = [stages.sample_clip_views(rng, paper, 0.5) for _ in range(2000)]
+    n = paper.dynamic.clip_frames
+    turn = np.array([c.azimuths[-1] - c.azimuths[0] for c in clips]) * n / (n - 1)
+    tilt = np.array([c.polars[-1] - c.polars[0] for c in clips]) * n / (n - 1)
+    moving = (turn != 0) | (tilt != 0)
+    assert 0.87 < moving.mean() < 0.93
+    assert 80 < abs(turn).max() <= 90 + 1e-6 and 40 < abs(tilt).max() <= 45 + 1e-6
+    assert 0.45 < (abs(turn[moving]) > 45).mean() < 0.55  # uniform in +-90
+    for c in clips[:50]:
+        np.testing.assert_allclose(np.diff(c.azimuths), (c.azimuths[1] - c.azimuths[0]),
+                                   atol=1e-9)
+        np.testing.assert_allclose(np.diff(c.polars), (c.polars[1] - c.polars[0]), atol=1e-9)
+    assert 0.10 < np.mean([c.polars[0] < 45 for c in clips]) < 0.16  # starts above, too
 
 
 def test_a_quarter_of_the_sds_steps_fit_the_reference_view_alone():
