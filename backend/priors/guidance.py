@@ -34,8 +34,9 @@ class GuidanceConfig:
     size: int | None = None
     """The prior's input resolution in pixels (None: its VAE's sample size)."""
     weight: float = 1.0
-    """The weight of its SDS loss (Zero123's only, at the view opposite the reference: it
-    scales with the view's angle to the reference; the others' losses keep weight 1)."""
+    """The weight of its SDS loss (Zero123's only; the others' losses keep weight 1). For
+    Zero123 it is the weight opposite the reference: a view's is this x its angle to the
+    reference / 180."""
 
 
 # Animate124's settings (the `paper` preset's, docs/ARCHITECTURE.md): the one place they live.
@@ -103,8 +104,7 @@ class Zero123Guidance:
     d_radius) through cc_projection; the reference's VAE latents (unscaled mode) concatenated
     to the noisy latents. Unconditional: zeros for both. Each view's SDS weight is
     `weight` x its angle to the reference / 180 (Animate124's `zero123_grad_scale` 'angle'):
-    near the reference the reference losses already hold the object, and Zero123's guess of a
-    view barely turned away is mostly the reference again."""
+    near the reference view the reference losses already hold the object."""
 
     def __init__(self, prior: Prior, config: GuidanceConfig = ZERO123):
         self.prior, self.scale, self.timesteps = prior, config.scale, config.timesteps
