@@ -52,7 +52,7 @@ def run(args) -> dict:
 
         def view_step():
             if kind == "sds":
-                polar, az = random_view(rng, preset.views.polar_deg)
+                polar, az = random_view(rng, preset.views)
                 shading, background = sds_look(rng, preset, "static", 0.5)
                 rgb, _, _ = scene.render([orbit_camera(polar, az, preset.renderer.size)], t,
                                          shading=shading, background=background)

@@ -11,6 +11,7 @@ import numpy as np
 from animate4d.protocol import Camera
 
 from ..preprocess.framing import CANONICAL_FOV_DEG, CANONICAL_RADIUS
+from .config import ViewConfig
 
 
 def orbit_camera(polar_deg: float, azimuth_deg: float, size: int,
@@ -25,20 +26,35 @@ def orbit_camera(polar_deg: float, azimuth_deg: float, size: int,
                           resolution=(size, size), up=up)
 
 
-def random_view(rng: random.Random, polar_range=(45.0, 135.0)) -> tuple[float, float]:
-    return rng.uniform(*polar_range), rng.uniform(-180.0, 180.0)
+def random_view(rng: random.Random, views: ViewConfig) -> tuple[float, float]:
+    """(polar, azimuth) of one SDS view (Animate124's rand_poses): with
+    views.p_upper_hemisphere, the direction of a point drawn uniformly in the half box
+    [-1, 1]^2 x [0, 1] above the object (polar 0-90: overhead views the level band never
+    gives; denser towards the box's corners than uniform on the hemisphere, as the official
+    draw is); otherwise polar uniform in views.polar_deg. Azimuth uniform all round."""
+    if rng.random() < views.p_upper_hemisphere:
+        x, y, z = rng.uniform(-1.0, 1.0), rng.uniform(-1.0, 1.0), rng.uniform(0.0, 1.0)
+        return (math.degrees(math.atan2(math.hypot(x, y), z)),
+                math.degrees(math.atan2(x, -y)))  # orbit_camera's eye is (sin a, -cos a)
+    return rng.uniform(*views.polar_deg), rng.uniform(-180.0, 180.0)
 
 
 def sample_clip(rng: random.Random, frames: int, time_steps: int, span: tuple[int, int],
                 p_start_at_zero: float, p_mirror: float, wrap: bool = False) -> np.ndarray:
-    """Times in [0, 1) of one training clip (Animate124's temporal sampling): a span of
-    `span` time steps out of `time_steps`, starting at 0 with p_start_at_zero, played
-    backwards with p_mirror. `wrap` (a looping motion, where time 1 is time 0): a clip may
-    start anywhere and run on past the end into the start, so the prior also sees the seam."""
+    """Times of one training clip (Animate124's temporal sampling): a span of `span` time
+    steps out of `time_steps`, starting at 0 with p_start_at_zero; with p_mirror each time t
+    becomes 1 - t, re-sorted, so the clip still plays forward but is anchored at the end of
+    the timeline (times in (0, 1]; a clip from 0 becomes one that ends at 1). A clip is never
+    played backwards: the prior would teach a one-way motion both ways. `wrap` (a looping
+    motion, where time 1 is time 0): times in [0, 1), a clip may start anywhere and run on
+    past the end into the start, so the prior also sees the seam; a mirrored clip is then
+    just another forward clip."""
     s = rng.randint(max(span[0], frames), min(span[1], time_steps))
     last_start = time_steps - 1 if wrap else time_steps - s
     start = 0 if rng.random() < p_start_at_zero else rng.randint(0, last_start)
     idx = (start + np.floor(np.arange(frames) * s / frames)) % time_steps
     if rng.random() < p_mirror:
-        idx = idx[::-1]
+        idx = time_steps - idx[::-1]
+        if wrap:
+            idx %= time_steps
     return (idx / time_steps).astype(np.float32)

@@ -94,7 +94,10 @@ class ViewConfig:
     """Where the SDS stages' cameras are drawn."""
 
     polar_deg: tuple[float, float] = (45.0, 135.0)
-    """Polar angle range, degrees from +Z."""
+    """Polar angle range, degrees from +Z, of the views not drawn above the object."""
+    p_upper_hemisphere: float = 0.5
+    """Probability that a view is drawn above the object instead, polar 0-90
+    (`uniform_sphere_rate`; cameras.random_view)."""
 
 
 @dataclass(frozen=True)
@@ -144,9 +147,14 @@ class DynamicConfig:
     p_start_at_zero: float = 0.2
     """Probability that a clip starts at time 0."""
     p_mirror: float = 0.5
-    """Probability that a clip is mirrored."""
+    """Probability that a clip is mirrored: each time t becomes 1 - t, the clip still
+    playing forward (cameras.sample_clip)."""
     p_moving_camera: float = 0.9
-    """Probability that the camera sweeps while the clip plays."""
+    """Probability that the camera moves while the clip plays (`dynamic_cam_rate`)."""
+    sweep_polar_deg: float = 45.0
+    """A moving camera's polar angle changes by a draw in +-this over a clip (degrees)."""
+    sweep_azimuth_deg: float = 90.0
+    """A moving camera's azimuth changes by a draw in +-this over a clip (degrees)."""
     canonical_lr_scale: float = 0.1
     """The canonical field keeps learning, at this fraction of the learning rate."""
 
@@ -247,6 +255,7 @@ PRESETS = {"paper": PAPER, "fast": FAST}
 TINY_SIZES = {
     "textual_inversion.size": 16, "textual_inversion.batch": 2,
     "renderer.size": 12, "renderer.samples": 16,
+    "guidance.zero123": replace(guidance.ZERO123, size=16),
     "guidance.video": replace(guidance.VIDEO, size=16),
     "guidance.tile": replace(guidance.TILE, size=16),
     "dynamic.clip_frames": 4, "dynamic.time_steps": 16, "dynamic.clip_span": (4, 16),

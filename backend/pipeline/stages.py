@@ -127,7 +127,7 @@ def static_step(scene, ref, preset, sd_guidance, zero123, prompt, rng: random.Ra
     Zero123."""
     if reference:
         return reference_losses(scene, ref, preset)
-    polar, az = random_view(rng, preset.views.polar_deg)
+    polar, az = random_view(rng, preset.views)
     cam = orbit_camera(polar, az, preset.renderer.size)
     shading, background = sds_look(rng, preset, "static", progress)
     rgb, _, _ = scene.render([cam], [0.0], shading=shading, background=background)
@@ -141,7 +141,7 @@ class Clip:
     """What one dynamic SDS step renders: a frame per (camera, time), and how it looks."""
 
     times: list[float]
-    polar: float
+    polars: list[float]
     azimuths: list[float]
     cameras: list
     shading: Shading
@@ -150,21 +150,25 @@ class Clip:
 
 def sample_clip_views(rng: random.Random, preset: Animate124Config, progress: float,
                       wrap: bool = False) -> Clip:
-    """The clip of one dynamic SDS step (times, a camera sweeping in most steps, the look);
+    """The clip of one dynamic SDS step (times, a camera moving in most steps, the look);
     `wrap`: a looping scene's clips run on across its seam. The clip-steps benchmark renders
     the same clips."""
     d = preset.dynamic
     times = sample_clip(rng, d.clip_frames, d.time_steps, d.clip_span, d.p_start_at_zero,
                         d.p_mirror, wrap)
-    polar, az = random_view(rng, preset.views.polar_deg)
-    if rng.random() < preset.dynamic.p_moving_camera:  # the camera sweeps while the clip plays
-        sweep = rng.uniform(-30.0, 30.0)
-        azs = [az + sweep * k / max(len(times) - 1, 1) for k in range(len(times))]
-    else:
-        azs = [az] * len(times)
-    cams = [orbit_camera(polar, a, preset.renderer.size) for a in azs]
+    polar, az = random_view(rng, preset.views)
+    d_polar = d_az = 0.0
+    if rng.random() < d.p_moving_camera:  # the camera moves while the clip plays
+        d_polar = rng.uniform(-d.sweep_polar_deg, d.sweep_polar_deg)
+        d_az = rng.uniform(-d.sweep_azimuth_deg, d.sweep_azimuth_deg)
+    # Frame k is k / n of the way (Animate124's rand_poses_trajectory). The polar angle may
+    # pass over the pole, as there: the camera stays upright, so the picture turns over.
+    n = len(times)
+    polars = [polar + d_polar * k / n for k in range(n)]
+    azs = [az + d_az * k / n for k in range(n)]
+    cams = [orbit_camera(p, a, preset.renderer.size) for p, a in zip(polars, azs, strict=True)]
     shading, background = sds_look(rng, preset, "dynamic", progress)
-    return Clip([float(t) for t in times], polar, azs, cams, shading, background)
+    return Clip([float(t) for t in times], polars, azs, cams, shading, background)
 
 
 def dynamic_step(scene, ref, preset, video, zero123, prompt, rng: random.Random,
@@ -179,7 +183,7 @@ def dynamic_step(scene, ref, preset, video, zero123, prompt, rng: random.Random,
                                 background=clip.background)
     losses = {"video": video(frames, prompt, progress).loss}
     if clip.times[0] == 0.0:
-        losses["zero123"] = zero123(frames[:1], clip.polar - 90.0, clip.azimuths[0], 0.0,
+        losses["zero123"] = zero123(frames[:1], clip.polars[0] - 90.0, clip.azimuths[0], 0.0,
                                     progress).loss
     return losses
 
@@ -190,7 +194,7 @@ def refine_step(scene, frozen: Scene, ref, preset, tile, prompt, frames: int,
     view; the condition is the frozen dynamic model's render of the same frame and view."""
     if reference:
         return reference_losses(scene, ref, preset)
-    polar, az = random_view(rng, preset.views.polar_deg)
+    polar, az = random_view(rng, preset.views)
     ks = rng.sample(range(frames), min(preset.refine.frames, frames))
     times = [k / frames for k in ks]
     cams = [orbit_camera(polar, az, preset.refine.render_size)] * len(ks)

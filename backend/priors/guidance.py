@@ -34,12 +34,14 @@ class GuidanceConfig:
     size: int | None = None
     """The prior's input resolution in pixels (None: its VAE's sample size)."""
     weight: float = 1.0
-    """The weight of its SDS loss (Zero123's only; the others' losses keep weight 1)."""
+    """The weight of its SDS loss (Zero123's only; the others' losses keep weight 1). For
+    Zero123 it is the weight opposite the reference: a view's is this x its angle to the
+    reference / 180."""
 
 
 # Animate124's settings (the `paper` preset's, docs/ARCHITECTURE.md): the one place they live.
 SD = GuidanceConfig(100.0, TimestepRange(0.2, 0.6))
-ZERO123 = GuidanceConfig(5.0, TimestepRange(0.2, 0.6), weight=40.0)
+ZERO123 = GuidanceConfig(5.0, TimestepRange(0.2, 0.6), size=256, weight=40.0)
 VIDEO = GuidanceConfig(100.0, TimestepRange(0.02, 0.98), size=256)
 TILE = GuidanceConfig(7.5, TimestepRange(0.2, 0.8), size=1024)
 
@@ -89,10 +91,20 @@ class StableDiffusionGuidance:
         return sds(latents, predict, scale=self.scale, alphas_cumprod=self.alphas, t=t)
 
 
+def angle_to_reference(d_polar_deg: torch.Tensor, d_azimuth_deg: torch.Tensor) -> torch.Tensor:
+    """Degrees between a view's direction from the object and the reference view's (polar 90,
+    azimuth 0), from the view's polar and azimuth relative to the reference: the great-circle
+    angle, 0 at the reference, 180 opposite it."""
+    cos = torch.cos(torch.deg2rad(d_polar_deg)) * torch.cos(torch.deg2rad(d_azimuth_deg))
+    return torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))
+
+
 class Zero123Guidance:
     """Conditioning: CLIP image embedding of the reference + (d_polar, sin d_az, cos d_az,
     d_radius) through cc_projection; the reference's VAE latents (unscaled mode) concatenated
-    to the noisy latents. Unconditional: zeros for both."""
+    to the noisy latents. Unconditional: zeros for both. Each view's SDS weight is
+    `weight` x its angle to the reference / 180 (Animate124's `zero123_grad_scale` 'angle'):
+    near the reference view the reference losses already hold the object."""
 
     def __init__(self, prior: Prior, config: GuidanceConfig = ZERO123):
         self.prior, self.scale, self.timesteps = prior, config.scale, config.timesteps
@@ -136,6 +148,7 @@ class Zero123Guidance:
         n = self.alphas.shape[0]
         t = t if t is not None else self.timesteps.sample(b, progress, n, dev)
         dtype = self.prior.dtype
+        weight = self.weight / 180.0 * angle_to_reference(as_t[0].float(), as_t[1].float())
 
         def predict(x_t, t):
             x_in = torch.cat([torch.cat([x_t.to(dtype), torch.zeros_like(ref)], 1),
@@ -146,7 +159,7 @@ class Zero123Guidance:
             return eps.chunk(2)
 
         return sds(latents, predict, scale=self.scale, alphas_cumprod=self.alphas, t=t,
-                   weight=self.weight)
+                   weight=weight.view(-1, 1, 1, 1))
 
 
 class VideoGuidance:

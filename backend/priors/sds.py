@@ -64,9 +64,10 @@ class SDSOutput:
 
 
 def sds(latents: torch.Tensor, predict: Predictor, *, scale: float, alphas_cumprod: torch.Tensor,
-        t: torch.Tensor, noise: torch.Tensor | None = None, weight: float = 1.0,
-        target: str = "eps") -> SDSOutput:
-    """One SDS step on latents (B, ...). `target="x0"`: the one-step-denoised latents are the
+        t: torch.Tensor, noise: torch.Tensor | None = None,
+        weight: float | torch.Tensor = 1.0, target: str = "eps") -> SDSOutput:
+    """One SDS step on latents (B, ...). `weight`: a number, or one per latent shaped to
+    broadcast against them (B, 1, ...). `target="x0"`: the one-step-denoised latents are the
     target (ControlNet-tile refinement), loss 0.5 * |latents - x0_hat|^2."""
     alphas_cumprod = to_device(alphas_cumprod, latents.device)  # no host sync
     noise = torch.randn_like(latents) if noise is None else noise

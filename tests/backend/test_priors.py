@@ -131,7 +131,7 @@ def test_stable_diffusion_guidance_mixes_both_branches_in_its_range(tiny_models)
 
 def test_zero123_guidance_depends_on_pose_and_reference(tiny_models):
     z = loading.load("zero123", tiny_models)
-    g = guidance.Zero123Guidance(z)
+    g = guidance.Zero123Guidance(z, replace(guidance.ZERO123, size=16))  # the tiny VAE's size
     with pytest.raises(RuntimeError, match="set_reference"):
         g(_render(1, 3, 8, 8), 0.0, 30.0, 0.0)
     g.set_reference(torch.rand(1, 3, 20, 20))
@@ -144,6 +144,41 @@ def test_zero123_guidance_depends_on_pose_and_reference(tiny_models):
         return x.grad
 
     assert not torch.allclose(grad(30.0), grad(150.0))
+
+
+def test_zero123_runs_at_256_px_weighted_by_the_angle_to_the_reference(tiny_models,
+                                                                         monkeypatch):
+    """Animate124's guidance/zero123_diffusers_utils.py: the reference and the renders go in
+    at 256 px whatever the VAE's sample size, and each view's SDS weight is 40 x its
+    great-circle angle to the reference view / 180."""
+    from types import SimpleNamespace
+
+    from animate4d.backend.priors.sds import SDSOutput
+
+    z = loading.load("zero123", tiny_models)
+    assert z.vae.config.sample_size != 256
+    sizes, weights = [], []
+
+    def encode(x):  # the tiny VAE's attention at 256 px would be minutes of CPU: sizes only
+        sizes.append(tuple(x.shape[-2:]))
+        lat = torch.zeros(len(x), 4, 2, 2)
+        return SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: lat, sample=lambda: lat))
+
+    def fake_sds(latents, predict, **kw):
+        weights.append(kw["weight"])
+        return SDSOutput(latents.sum(), torch.tensor(0.0), kw["t"])
+
+    monkeypatch.setattr(z.vae, "encode", encode)
+    monkeypatch.setattr(guidance, "sds", fake_sds)
+    g = guidance.Zero123Guidance(z)  # the paper's settings
+    g.set_reference(torch.rand(1, 3, 20, 20))
+    # the reference, opposite it, overhead, to its side, and above-behind (135 degrees: the
+    # angle between the directions, not the sum of the polar and azimuth differences)
+    g(torch.rand(5, 3, 8, 8), torch.tensor([0.0, 0.0, -90.0, 0.0, -45.0]),
+      torch.tensor([0.0, 180.0, 0.0, 90.0, 180.0]), 0.0)
+    assert set(sizes) == {(256, 256)}
+    assert weights[0].flatten().tolist() == pytest.approx([0.0, 40.0, 20.0, 20.0, 30.0],
+                                                          abs=1e-3)
 
 
 def test_video_guidance_sees_the_clip_as_one_video(tiny_models):
