@@ -220,6 +220,52 @@ def test_canonical_field_gradients_and_blob():
     assert f.encoder.embeddings.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("preset", ["paper", "tiny"])
+def test_static_stage_masks_the_fine_canonical_levels_for_its_first_part(preset):
+    """Animate124 masks the top 8 of 16 grid levels for the first 3000 of 5000 static steps:
+    meanwhile those levels contribute nothing; afterwards (and in later stages) they do."""
+    from types import SimpleNamespace
+
+    from animate4d.backend.pipeline import config as a124
+    from animate4d.backend.pipeline.run import Static
+
+    cfg = a124.PAPER if preset == "paper" else a124.tiny(a124.FAST, max_steps=10)
+    levels, steps = cfg.field.grid_levels, cfg.static.steps
+    torch.manual_seed(0)
+    field = CanonicalField(1.0, levels=levels, log2_table=10, base_resolution=4,
+                           finest_resolution=64)
+    with torch.no_grad():
+        field.encoder.embeddings.normal_(0, 0.5)
+    stage = Static(SimpleNamespace(config=cfg))
+    scene = SimpleNamespace(canonical=field)
+    x = torch.rand(200, 3) * 2 - 1
+    top = int(field.encoder.offsets[levels // 2])  # the first row of the top half's tables
+
+    def fine_levels_change_the_density():
+        before = field.density(x)
+        with torch.no_grad():
+            field.encoder.embeddings[top:] += 1.0
+        after = field.density(x)
+        with torch.no_grad():
+            field.encoder.embeddings[top:] -= 1.0
+        return not torch.equal(before, after)
+
+    last_coarse = int(0.6 * steps) - 1
+    if preset == "paper":
+        assert last_coarse == 2999
+    for step in (0, last_coarse):
+        stage.before_step(scene, step)
+        window = field.level_window.view(levels, -1)[:, 0]
+        assert window.tolist() == [1.0] * (levels // 2) + [0.0] * (levels // 2)
+        assert not fine_levels_change_the_density()
+    for step in (last_coarse + 1, steps - 1):
+        stage.before_step(scene, step)
+        assert field.level_window.tolist() == [1.0] * field.encoder.output_dim
+        assert fine_levels_change_the_density()
+    assert CanonicalField(1.0, levels=levels, log2_table=10).level_window.min() == 1.0
+    assert "level_window" not in field.state_dict()  # set by the stage, not saved
+
+
 def test_one_batch_of_cameras_and_times_equals_separate_renders():
     cam = canonical_camera(16)
     r = Renderer(Sphere(), Translate((0.3, 0.0, 0.0)), samples=48)
