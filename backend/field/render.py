@@ -247,8 +247,8 @@ class Renderer:
         # points than this (occupied samples, seven points each with normals): on a small
         # batch its launches and host syncs cost more than it saves: one 128 x 128 view lit
         # by albedo (the reference steps, ~230 k points on a fitted object;
-        # docs/BENCHMARKS.md). The static stage's SDS view with normals (~205 k samples,
-        # ~1.4 M points) is above it.
+        # docs/BENCHMARKS.md). The static stage's SDS view with normals (~200 k samples,
+        # ~1.4 M points) is above it, and faster for it.
         self.prune_above = prune_above
         self._max_tau = -math.log(min_transmittance)  # a ray with more is done
         # The first pass marches each ray's occupied samples in runs: the first `runs[0]`,
