@@ -52,6 +52,21 @@ class CanonicalField(nn.Module):
         self.blob_density, self.blob_radius = blob_density, blob_radius
         self.encoder = HashGrid(dims=3, **grid)
         self.net = MLP(self.encoder.output_dim, hidden, 4, layers=3)
+        # Coarse to fine (`open_levels`). Not saved: the static stage sets it at every step
+        # from its schedule, and every later stage sees all levels.
+        self.register_buffer("level_window", torch.ones(self.encoder.output_dim),
+                             persistent=False)
+        # All levels open: the MLP skips the window's product. The window only ever opens
+        # within a stage, so a reference graph captured while it was closed stays right: it
+        # keeps reading the buffer.
+        self._all_open = True
+
+    def open_levels(self, amount: float) -> None:
+        """Features of levels beyond `amount` (0..1 of the levels) are masked, so the static
+        stage finds the coarse shape before fine detail can take it over (Animate124's
+        `grid_levels_mask`)."""
+        set_level_window(self.level_window, self.encoder, amount)
+        self._all_open = amount >= 1.0
 
     # The renderer calls these a dozen times a step, and on a GPU each PyTorch op costs the
     # host time while the render waits on it: written with as few ops as they take.
@@ -73,7 +88,8 @@ class CanonicalField(nn.Module):
 
     def raw(self, x: torch.Tensor, group: int = 1) -> torch.Tensor:
         """The MLP's outputs (n, 4) before the activations."""
-        return self.net(self.encoder(self.normalise(x), group))
+        return self.net(self.encoder(self.normalise(x), group),
+                        scale=None if self._all_open else self.level_window)
 
     def _density(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return trunc_exp(h[:, 0] + self.blob(x))

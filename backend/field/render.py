@@ -4,8 +4,9 @@ Rays go through pixel centres of `protocol.Camera`s (the same convention as ever
 clipped to the box [-bound, bound]^3; samples are stratified between the entry and exit; an
 optional occupancy grid (max over time) skips empty space, and a no-grad first pass drops the
 samples hidden behind opaque ones or too thin to show; colours are albedo shaded by a
-Lambertian light as in Animate124, normals from forward differences of the canonical density
-(no double backward through the encoder). Returns rgb, alpha, depth and normals per pixel.
+Lambertian light as in Animate124, normals from central differences of the density at the
+sample's time in world space (no double backward through the encoder). Returns rgb, alpha,
+depth and normals per pixel.
 """
 
 from __future__ import annotations
@@ -218,7 +219,8 @@ class Renderer:
     ray instead of every occupied one, which is what bounds the memory autograd keeps.
     """
 
-    NORMAL_STENCIL = 4  # points per sample with normals: itself and 3 forward neighbours
+    # Points per sample with normals: itself and its 6 central-difference neighbours.
+    NORMAL_STENCIL = 7
     # The first pass's runs (below): each run costs a host sync and its own field calls,
     # which outweigh the few samples a middle run such as (8, 16) would save; the dynamic
     # render is bound by its host (docs/BENCHMARKS.md).
@@ -230,7 +232,7 @@ class Renderer:
     POINT_CHUNK, FUSED_POINT_CHUNK = 2**19, 2**21
 
     def __init__(self, canonical, motion=None, *, bound: float = 1.0, samples: int = 64,
-                 occupancy: OccupancyGrid | None = None, normal_eps: float = 1e-3,
+                 occupancy: OccupancyGrid | None = None, normal_eps: float = 1e-2,
                  point_chunk: int | None = None, min_transmittance: float = 1e-4,
                  min_alpha: float = 1e-4, prune: bool = True, prune_above: int = 2**20,
                  first_pass_runs: tuple[int, ...] = FIRST_PASS_RUNS):
@@ -242,10 +244,11 @@ class Renderer:
         self.normal_eps = normal_eps
         self.min_transmittance, self.min_alpha, self.prune = min_transmittance, min_alpha, prune
         # The first pass runs only when the gradient pass would otherwise evaluate more
-        # points than this (occupied samples, four points each with normals): on a small
+        # points than this (occupied samples, seven points each with normals): on a small
         # batch its launches and host syncs cost more than it saves: one 128 x 128 view lit
-        # by albedo (the reference steps, ~230 k points on a fitted object) or with normals
-        # (the static stage's SDS view, ~820 k; docs/BENCHMARKS.md).
+        # by albedo (the reference steps, ~230 k points on a fitted object;
+        # docs/BENCHMARKS.md). The static stage's SDS view with normals (~200 k samples,
+        # ~1.4 M points) is above it, and faster for it.
         self.prune_above = prune_above
         self._max_tau = -math.log(min_transmittance)  # a ray with more is done
         # The first pass marches each ray's occupied samples in runs: the first `runs[0]`,
@@ -282,18 +285,30 @@ class Renderer:
         return self.canonical.density(x)
 
     def _shade_points(self, x: torch.Tensor, t, with_normals: bool) -> tuple:
-        """Density, albedo (and normals) at world points x at time(s) t. Normals are forward
-        differences of the canonical density, evaluated in the same call as the point
-        itself (one batch of 4n points instead of 1 + 6 calls)."""
-        xc = self.motion.warp(x, t) if self._moves(t) else x
+        """Density, albedo (and normals) at world points x at time(s) t.
+
+        Normals are Animate124's: minus the gradient of the density seen at time t with
+        respect to the world point, sigma(warp(x, t)), by central differences at
+        x +- `normal_eps` (world units) per axis. Taken through the warp, a moving part is
+        shaded as it is turned at time t, not as it lies in the canonical frame. The point
+        and its 6 neighbours go through the warp and the canonical field in one call each
+        (7n points, stacked copy by copy)."""
         if not with_normals:
+            xc = self.motion.warp(x, t) if self._moves(t) else x
             dens, alb = self.canonical(xc)
             return dens, alb, None
-        n, e = len(xc), self.normal_eps
-        offs = torch.eye(3, device=xc.device, dtype=xc.dtype) * e
-        dens, alb = self.canonical(torch.cat([xc, xc + offs[0], xc + offs[1], xc + offs[2]]),
-                                   group=self.NORMAL_STENCIL)
-        grad = (dens[n:].view(3, n) - dens[:n]).T
+        n, e = len(x), self.normal_eps
+        offs = torch.eye(3, device=x.device, dtype=x.dtype) * e
+        stencil = torch.cat([x, x + offs[0], x - offs[0], x + offs[1], x - offs[1],
+                             x + offs[2], x - offs[2]])
+        if self._moves(t):
+            per_point = torch.is_tensor(t) and t.ndim == 1
+            stencil = self.motion.warp(stencil, t.repeat(self.NORMAL_STENCIL) if per_point
+                                       else t)
+        # No grouping hint: the hash-grid kernels group power-of-two copies only.
+        dens, alb = self.canonical(stencil)
+        pm = dens[n:].view(3, 2, n)
+        grad = (pm[:, 0] - pm[:, 1]).T  # the 1 / (2 eps) scale: lost in the normalisation
         return dens[:n], alb[:n], -torch.nn.functional.normalize(grad, dim=-1)
 
     def _per_point(self, t, live_index: torch.Tensor):

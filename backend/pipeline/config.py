@@ -122,6 +122,12 @@ class StaticConfig:
     """Optimisation steps."""
     normal_fraction: float = 0.2
     """The first share of the stage renders normals instead (`normal_iter_ratio`)."""
+    coarse_fraction: float = 0.6
+    """The first share of the stage sees only the canonical grid's coarse levels
+    (`grid_levels_mask_iters` 3000 of `--iters` 5000); 0: off."""
+    coarse_levels: float = 0.5
+    """The share of the canonical grid's levels open meanwhile (`grid_levels_mask` 8 of 16
+    levels masked)."""
     init: str = "blob"
     """Start from the density blob ('blob', Animate124) or the preview proxy ('proxy')."""
     proxy_steps: int = 300
@@ -130,6 +136,16 @@ class StaticConfig:
     def __post_init__(self):
         if self.init not in ("blob", "proxy"):
             raise ValueError(f"static.init must be 'blob' or 'proxy', not {self.init!r}")
+        if not (0.0 <= self.coarse_fraction < 1.0 and 0.0 < self.coarse_levels <= 1.0):
+            raise ValueError("static.coarse_fraction must be in [0, 1), static.coarse_levels "
+                             "in (0, 1]")
+
+    def levels_open(self, step: int) -> float:
+        """The share of the canonical grid's levels open at `step` of the stage. The coarse
+        phase is a share of the schedule, so shorter presets keep its share of their steps;
+        rounded down, so the stage's last step (and every later stage) sees all levels."""
+        coarse = int(self.coarse_fraction * self.steps)
+        return self.coarse_levels if step < coarse else 1.0
 
 
 @dataclass(frozen=True)

@@ -266,7 +266,11 @@ class Proxy(Stage):
         self.job = job
 
     def step(self, step: int) -> None:
-        start_from_proxy(self.job.scene(), self.job.prep, self.job.config)
+        # Fitted with the levels the static stage starts with: masking the fine levels after
+        # the fit would change the shape it starts from.
+        scene, cfg = self.job.scene(), self.job.config
+        scene.canonical.open_levels(cfg.static.levels_open(0))
+        start_from_proxy(scene, self.job.prep, cfg)
 
 
 class FieldStage(Stage):
@@ -324,6 +328,9 @@ class Static(FieldStage):
         sd = guidance.StableDiffusionGuidance(job.pool.get("sd", self.name), cfg.guidance.sd)
         return lambda rng, p, r: stages.static_step(scene, job.ref, cfg, sd, zero123,
                                                     job.object_prompt, rng, p, r)
+
+    def before_step(self, scene, step):
+        scene.canonical.open_levels(self.job.config.static.levels_open(step))
 
 
 class Dynamic(FieldStage):

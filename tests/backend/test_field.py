@@ -51,6 +51,40 @@ class Translate(nn.Module):
         return x + self.displacement(x, t)
 
 
+class Box(nn.Module):
+    """A solid cube of half-side `half` about the origin, its faces smooth over `edge` (wider
+    than the normals' differences, so that they see the face's direction unbiased)."""
+
+    def __init__(self, half=0.3, density=1000.0, edge=0.03):
+        super().__init__()
+        self.p = nn.Parameter(torch.zeros(1))
+        self.half, self.d, self.edge = half, density, edge
+
+    def forward(self, x, group=1):
+        dens = self.d * torch.sigmoid((self.half - x.abs().amax(-1)) / self.edge)
+        return dens, torch.full((len(x), 3), 0.5, device=x.device)
+
+    def density(self, x):
+        return self.forward(x)[0]
+
+
+class Rotate(nn.Module):
+    """A known rigid motion: the scene turns about +Z by `angle` * t (backward warp: the
+    point seen at x at time t is R(-angle t) x in the canonical frame)."""
+
+    def __init__(self, angle):
+        super().__init__()
+        self.angle = angle
+
+    def warp(self, x, t):
+        a = -self.angle * torch.as_tensor(t, dtype=x.dtype).reshape(-1)
+        c, s = torch.cos(a), torch.sin(a)
+        return torch.stack([c * x[:, 0] - s * x[:, 1], s * x[:, 0] + c * x[:, 1], x[:, 2]], -1)
+
+    def displacement(self, x, t):
+        return self.warp(x, t) - x
+
+
 def test_rendered_sphere_has_the_right_alpha_and_depth():
     cam = canonical_camera(64)
     r = Renderer(Sphere(), samples=256, bound=1.0)
@@ -81,6 +115,33 @@ def test_lambertian_shading_and_normals_point_out():
     toward_camera = torch.tensor([0.0, -1.0, 0.0])
     assert float(centre @ toward_camera) > 0.95
     assert float(out["rgb"][0, 16, 16, 0]) == pytest.approx(0.5, abs=0.05)  # lit head-on
+
+
+@pytest.mark.parametrize("per_ray_times", [False, True])
+def test_shading_normals_turn_with_a_rotating_object(per_ray_times):
+    """Normals are the gradient of the density at time t in world space: a cube turned by 30
+    degrees at time t shows its front face's normal turned by 30 degrees (the canonical
+    density's gradient at the warped point would show it unturned, as at rest)."""
+    angle = math.radians(30.0)
+    cam = canonical_camera(16)  # looks along +Y: the front face's normal is (0, -1, 0)
+    r = Renderer(Box(), Rotate(angle), samples=128)
+    shading = Shading(mode="lambertian", ambient=0.0)
+
+    def centre_normal(t):
+        if per_ray_times:
+            o, d = camera_rays(cam)
+            out = r.render_rays(o, d, torch.full((len(o),), t), shading=shading)
+            n = out["normal"].reshape(16, 16, 3)[8, 8]
+        else:
+            n = r.render([cam], [t], shading=shading)["normal"][0, 8, 8]
+        return torch.nn.functional.normalize(n, dim=0)
+
+    at_rest = centre_normal(0.0)
+    assert at_rest.tolist() == pytest.approx([0.0, -1.0, 0.0], abs=0.02)
+    for t in (0.5, 1.0):
+        turned = torch.tensor([math.sin(angle * t), -math.cos(angle * t), 0.0])
+        got = centre_normal(t)
+        assert math.degrees(math.acos(min(1.0, float(got @ turned)))) < 2.0, (t, got)
 
 
 def test_textureless_normals_and_a_light_near_the_camera():
@@ -220,6 +281,52 @@ def test_canonical_field_gradients_and_blob():
     assert f.encoder.embeddings.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("preset", ["paper", "tiny"])
+def test_static_stage_masks_the_fine_canonical_levels_for_its_first_part(preset):
+    """Animate124 masks the top 8 of 16 grid levels for the first 3000 of 5000 static steps:
+    meanwhile those levels contribute nothing; afterwards (and in later stages) they do."""
+    from types import SimpleNamespace
+
+    from animate4d.backend.pipeline import config as a124
+    from animate4d.backend.pipeline.run import Static
+
+    cfg = a124.PAPER if preset == "paper" else a124.tiny(a124.FAST, max_steps=10)
+    levels, steps = cfg.field.grid_levels, cfg.static.steps
+    torch.manual_seed(0)
+    field = CanonicalField(1.0, levels=levels, log2_table=10, base_resolution=4,
+                           finest_resolution=64)
+    with torch.no_grad():
+        field.encoder.embeddings.normal_(0, 0.5)
+    stage = Static(SimpleNamespace(config=cfg))
+    scene = SimpleNamespace(canonical=field)
+    x = torch.rand(200, 3) * 2 - 1
+    top = int(field.encoder.offsets[levels // 2])  # the first row of the top half's tables
+
+    def fine_levels_change_the_density():
+        before = field.density(x)
+        with torch.no_grad():
+            field.encoder.embeddings[top:] += 1.0
+        after = field.density(x)
+        with torch.no_grad():
+            field.encoder.embeddings[top:] -= 1.0
+        return not torch.equal(before, after)
+
+    last_coarse = int(0.6 * steps) - 1
+    if preset == "paper":
+        assert last_coarse == 2999
+    for step in (0, last_coarse):
+        stage.before_step(scene, step)
+        window = field.level_window.view(levels, -1)[:, 0]
+        assert window.tolist() == [1.0] * (levels // 2) + [0.0] * (levels // 2)
+        assert not fine_levels_change_the_density()
+    for step in (last_coarse + 1, steps - 1):
+        stage.before_step(scene, step)
+        assert field.level_window.tolist() == [1.0] * field.encoder.output_dim
+        assert fine_levels_change_the_density()
+    assert CanonicalField(1.0, levels=levels, log2_table=10).level_window.min() == 1.0
+    assert "level_window" not in field.state_dict()  # set by the stage, not saved
+
+
 def test_one_batch_of_cameras_and_times_equals_separate_renders():
     cam = canonical_camera(16)
     r = Renderer(Sphere(), Translate((0.3, 0.0, 0.0)), samples=48)
@@ -355,7 +462,8 @@ def test_pruning_hidden_and_empty_samples_keeps_the_picture_and_its_gradients():
     assert points[1] < 0.7 * points[0]
     # A batch this small (fewer points to shade than `prune_above`) skips the first pass:
     # every occupied sample is shaded, with gradients, as without pruning.
-    small = Renderer(Counting(field), samples=64, occupancy=occ, prune_above=4 * 24 * 24 * 64)
+    small = Renderer(Counting(field), samples=64, occupancy=occ,
+                     prune_above=Renderer.NORMAL_STENCIL * 24 * 24 * 64)
     small.render([cam], shading=Shading(mode="lambertian"))
     seen = small.last_samples
     assert seen["occupied"] > 0 and seen["shaded"] == seen["occupied"]
