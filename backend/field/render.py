@@ -183,6 +183,16 @@ class OccupancyGrid:
 
 SHADING_MODES = ("albedo", "lambertian", "textureless", "normals")
 
+# What `render_rays(regularisers=...)` may add, per ray (the SDS stages' regularisers).
+REGULARISER_OUTPUTS = ("entropy", "orientation", "normal_image")
+
+
+def weight_entropy(w: torch.Tensor) -> torch.Tensor:
+    """Binary entropy in bits of sample weights in [0, 1], clamped off 0 and 1 as Animate124
+    does (log 0): 0 for an empty or an opaque sample, 1 at one half."""
+    w = w.clamp(1e-5, 1 - 1e-5)
+    return -(w * torch.log2(w) + (1 - w) * torch.log2(1 - w))
+
 
 @dataclass
 class Shading:
@@ -361,16 +371,25 @@ class Renderer:
 
     def render_rays(self, o, d, t=None, *, shading: Shading | None = None,
                     background=(1.0, 1.0, 1.0), jitter: bool = False,
-                    distortion: bool = False) -> dict:
+                    distortion: bool = False, regularisers: tuple[str, ...] = ()) -> dict:
         """Render rays at time t: None (canonical), a number, or one time per ray (n,).
         `background` is one colour or one per ray (n, 3). `distortion`: also the per-ray
-        distortion loss ("distortion", see `_packed_distortion`).
+        distortion loss ("distortion", see `_packed_distortion`). `regularisers`: also these
+        sums over each ray's shaded samples (`REGULARISER_OUTPUTS`; the last two need normals):
+        "entropy" of the weights (`weight_entropy`), "orientation" (weight, held fixed, x
+        max(n . ray direction, 0)^2), "normal_image" (weight, held fixed, x (n + 1) / 2), and
+        with either of the first two "samples", its samples in occupied cells, pruned ones
+        included, for means over samples that do not depend on whether the first pass ran.
 
         Samples are packed: only the (ray, step) pairs that reach the fields are kept, in ray
         order, and compositing sums over each ray's run of them (no rays x steps arrays
         beyond the positions and the occupancy test)."""
         shading = shading or Shading()
         with_normals = shading.mode != "albedo"
+        unknown = set(regularisers) - set(REGULARISER_OUTPUTS)
+        if unknown or (not with_normals and {"orientation", "normal_image"} & {*regularisers}):
+            raise ValueError(f"regularisers {sorted(regularisers)}: of {REGULARISER_OUTPUTS}, "
+                             f"orientation and normal_image with a shading that has normals")
         n_rays, s = len(o), self.samples
         near, length, z = self._sample_depths(o, d, jitter)
         hit = length > 0
@@ -428,6 +447,15 @@ class Renderer:
         if distortion:
             m = (z[idx] - near[ray]) / length[ray].clamp(min=1e-9)
             extra["distortion"] = _packed_distortion(weights, m, ray, 1.0 / s, n_rays, start)
+        if "entropy" in regularisers:
+            extra["entropy"] = per_ray(weight_entropy(weights))
+        if "orientation" in regularisers:
+            facing = (normal * d[ray]).sum(-1).clamp(min=0.0)
+            extra["orientation"] = per_ray(weights.detach() * facing * facing)
+        if "normal_image" in regularisers:
+            extra["normal_image"] = per_ray(weights.detach()[:, None] * (normal + 1) * 0.5)
+        if {"entropy", "orientation"} & {*regularisers}:
+            extra["samples"] = live.view(n_rays, s).sum(1).to(weights.dtype)
         return {**extra,
             "rgb": per_ray(weights[:, None] * colour) + (1.0 - acc)[:, None] * bg,
             "alpha": acc,
