@@ -110,9 +110,9 @@ def regulariser_outputs(preset: Animate124Config) -> tuple[str, ...]:
 def regulariser_losses(out: dict, preset: Animate124Config, stage: str,
                        progress: float) -> dict:
     """The weighted regularisers of one SDS render (the renderer's outputs, with the sums of
-    `regulariser_outputs`): entropy and orientation as means over the shaded samples (as
-    Animate124's means over its marched samples), the normal image's smoothness over every
-    frame."""
+    `regulariser_outputs`): entropy and orientation as means over the samples in occupied
+    cells (Animate124's means over its marched samples), the normal image's smoothness over
+    every frame."""
     r, losses = preset.regularisers, {}
     samples = out["samples"].sum().clamp(min=1.0) if "samples" in out else None
     if "entropy" in out:
