@@ -184,6 +184,16 @@ class OccupancyGrid:
 
 SHADING_MODES = ("albedo", "lambertian", "textureless", "normals")
 
+# What `render_rays(regularisers=...)` may add, per ray (the SDS stages' regularisers).
+REGULARISER_OUTPUTS = ("entropy", "orientation", "normal_image")
+
+
+def weight_entropy(w: torch.Tensor) -> torch.Tensor:
+    """Binary entropy in bits of sample weights in [0, 1], clamped off 0 and 1 as Animate124
+    does (log 0): 0 for an empty or an opaque sample, 1 at one half."""
+    w = w.clamp(1e-5, 1 - 1e-5)
+    return -(w * torch.log2(w) + (1 - w) * torch.log2(1 - w))
+
 
 @dataclass
 class Shading:
@@ -219,8 +229,13 @@ class Renderer:
     ray instead of every occupied one, which is what bounds the memory autograd keeps.
     """
 
-    # Points per sample with normals: itself and its 6 central-difference neighbours.
-    NORMAL_STENCIL = 7
+    # How shading normals are taken (`normals=`), and the points each costs per sample:
+    # "world": Animate124's, central differences of the density seen at time t around the
+    # world point (the point and 6 neighbours, each through the warp); "canonical": forward
+    # differences of the canonical density at the warped point (the point and 3 neighbours,
+    # one warp), which lights a turning part as it lies at rest but costs a third as much
+    # in a dynamic clip step (docs/BENCHMARKS.md).
+    NORMAL_STENCILS = {"world": 7, "canonical": 4}
     # The first pass's runs (below): each run costs a host sync and its own field calls,
     # which outweigh the few samples a middle run such as (8, 16) would save; the dynamic
     # render is bound by its host (docs/BENCHMARKS.md).
@@ -232,8 +247,8 @@ class Renderer:
     POINT_CHUNK, FUSED_POINT_CHUNK = 2**19, 2**21
 
     def __init__(self, canonical, motion=None, *, bound: float = 1.0, samples: int = 64,
-                 occupancy: OccupancyGrid | None = None, normal_eps: float = 1e-2,
-                 point_chunk: int | None = None, min_transmittance: float = 1e-4,
+                 occupancy: OccupancyGrid | None = None, normals: str = "canonical",
+                 normal_eps: float | None = None, point_chunk: int | None = None, min_transmittance: float = 1e-4,
                  min_alpha: float = 1e-4, prune: bool = True, prune_above: int = 2**20,
                  first_pass_runs: tuple[int, ...] = FIRST_PASS_RUNS):
         self.canonical, self.motion = canonical, motion
@@ -241,10 +256,16 @@ class Renderer:
         # the batch of rays.
         self.point_chunk = point_chunk
         self.bound, self.samples, self.occupancy = bound, samples, occupancy
-        self.normal_eps = normal_eps
+        if normals not in self.NORMAL_STENCILS:
+            raise ValueError(f"normals must be one of {', '.join(self.NORMAL_STENCILS)}, "
+                             f"not {normals!r}")
+        self.normals, self.normal_stencil = normals, self.NORMAL_STENCILS[normals]
+        # World units: Animate124's 1e-2 for its central differences; the forward ones
+        # keep their smaller step (their error is first order in it).
+        self.normal_eps = normal_eps or (1e-2 if normals == "world" else 1e-3)
         self.min_transmittance, self.min_alpha, self.prune = min_transmittance, min_alpha, prune
         # The first pass runs only when the gradient pass would otherwise evaluate more
-        # points than this (occupied samples, seven points each with normals): on a small
+        # points than this (occupied samples, `normal_stencil` points each with normals): on a small
         # batch its launches and host syncs cost more than it saves: one 128 x 128 view lit
         # by albedo (the reference steps, ~230 k points on a fitted object;
         # docs/BENCHMARKS.md). The static stage's SDS view with normals (~200 k samples,
@@ -285,25 +306,32 @@ class Renderer:
         return self.canonical.density(x)
 
     def _shade_points(self, x: torch.Tensor, t, with_normals: bool) -> tuple:
-        """Density, albedo (and normals) at world points x at time(s) t.
-
-        Normals are Animate124's: minus the gradient of the density seen at time t with
-        respect to the world point, sigma(warp(x, t)), by central differences at
-        x +- `normal_eps` (world units) per axis. Taken through the warp, a moving part is
-        shaded as it is turned at time t, not as it lies in the canonical frame. The point
-        and its 6 neighbours go through the warp and the canonical field in one call each
-        (7n points, stacked copy by copy)."""
-        if not with_normals:
+        """Density, albedo (and normals, as `normals` says) at world points x at time(s) t."""
+        if not with_normals or self.normals == "canonical":
             xc = self.motion.warp(x, t) if self._moves(t) else x
-            dens, alb = self.canonical(xc)
-            return dens, alb, None
+            if not with_normals:
+                dens, alb = self.canonical(xc)
+                return dens, alb, None
+            # Forward differences of the canonical density at the warped point, evaluated in
+            # the same call as the point itself (one batch of 4n points).
+            n, e = len(xc), self.normal_eps
+            offs = torch.eye(3, device=xc.device, dtype=xc.dtype) * e
+            dens, alb = self.canonical(
+                torch.cat([xc, xc + offs[0], xc + offs[1], xc + offs[2]]),
+                group=self.normal_stencil)
+            grad = (dens[n:].view(3, n) - dens[:n]).T
+            return dens[:n], alb[:n], -torch.nn.functional.normalize(grad, dim=-1)
+        # Animate124's: minus the gradient of the density seen at time t with respect to the
+        # world point, sigma(warp(x, t)), by central differences at x +- `normal_eps` per
+        # axis: a moving part is shaded as it is turned at time t. The point and its 6
+        # neighbours go through the warp and the canonical field in one call each.
         n, e = len(x), self.normal_eps
         offs = torch.eye(3, device=x.device, dtype=x.dtype) * e
         stencil = torch.cat([x, x + offs[0], x - offs[0], x + offs[1], x - offs[1],
                              x + offs[2], x - offs[2]])
         if self._moves(t):
             per_point = torch.is_tensor(t) and t.ndim == 1
-            stencil = self.motion.warp(stencil, t.repeat(self.NORMAL_STENCIL) if per_point
+            stencil = self.motion.warp(stencil, t.repeat(self.normal_stencil) if per_point
                                        else t)
         # No grouping hint: the hash-grid kernels group power-of-two copies only.
         dens, alb = self.canonical(stencil)
@@ -376,16 +404,25 @@ class Renderer:
 
     def render_rays(self, o, d, t=None, *, shading: Shading | None = None,
                     background=(1.0, 1.0, 1.0), jitter: bool = False,
-                    distortion: bool = False) -> dict:
+                    distortion: bool = False, regularisers: tuple[str, ...] = ()) -> dict:
         """Render rays at time t: None (canonical), a number, or one time per ray (n,).
         `background` is one colour or one per ray (n, 3). `distortion`: also the per-ray
-        distortion loss ("distortion", see `_packed_distortion`).
+        distortion loss ("distortion", see `_packed_distortion`). `regularisers`: also these
+        sums over each ray's shaded samples (`REGULARISER_OUTPUTS`; the last two need normals):
+        "entropy" of the weights (`weight_entropy`), "orientation" (weight, held fixed, x
+        max(n . ray direction, 0)^2), "normal_image" (weight, held fixed, x (n + 1) / 2), and
+        with either of the first two "samples", its samples in occupied cells, pruned ones
+        included, for means over samples that do not depend on whether the first pass ran.
 
         Samples are packed: only the (ray, step) pairs that reach the fields are kept, in ray
         order, and compositing sums over each ray's run of them (no rays x steps arrays
         beyond the positions and the occupancy test)."""
         shading = shading or Shading()
         with_normals = shading.mode != "albedo"
+        unknown = set(regularisers) - set(REGULARISER_OUTPUTS)
+        if unknown or (not with_normals and {"orientation", "normal_image"} & {*regularisers}):
+            raise ValueError(f"regularisers {sorted(regularisers)}: of {REGULARISER_OUTPUTS}, "
+                             f"orientation and normal_image with a shading that has normals")
         n_rays, s = len(o), self.samples
         near, length, z = self._sample_depths(o, d, jitter)
         hit = length > 0
@@ -397,7 +434,7 @@ class Renderer:
             live = live & self.occupancy.query(pts)
         idx = live.nonzero()[:, 0]  # ascending: by ray, then by step
         occupied = len(idx)
-        to_shade = occupied * (self.NORMAL_STENCIL if with_normals else 1)  # grid points
+        to_shade = occupied * (self.normal_stencil if with_normals else 1)  # grid points
         if (self.prune and to_shade > self.prune_above
                 and (with_normals or torch.is_grad_enabled())):
             idx = self._visible(pts, idx, t, delta)
@@ -443,6 +480,15 @@ class Renderer:
         if distortion:
             m = (z[idx] - near[ray]) / length[ray].clamp(min=1e-9)
             extra["distortion"] = _packed_distortion(weights, m, ray, 1.0 / s, n_rays, start)
+        if "entropy" in regularisers:
+            extra["entropy"] = per_ray(weight_entropy(weights))
+        if "orientation" in regularisers:
+            facing = (normal * d[ray]).sum(-1).clamp(min=0.0)
+            extra["orientation"] = per_ray(weights.detach() * facing * facing)
+        if "normal_image" in regularisers:
+            extra["normal_image"] = per_ray(weights.detach()[:, None] * (normal + 1) * 0.5)
+        if {"entropy", "orientation"} & {*regularisers}:
+            extra["samples"] = live.view(n_rays, s).sum(1).to(weights.dtype)
         return {**extra,
             "rgb": per_ray(weights[:, None] * colour) + (1.0 - acc)[:, None] * bg,
             "alpha": acc,

@@ -58,6 +58,13 @@ class RendererConfig:
     """Side of the static and dynamic stages' renders (and of the reference view)."""
     samples: int = 64
     """Samples per ray."""
+    normals: str = "canonical"
+    """Shading normals (`field.render.Renderer`): "world" is Animate124's (the density at
+    the sample's time, central differences around the world point: a turning part is lit as
+    it turns), "canonical" the canonical density's forward differences at the warped point (a
+    turning part is lit as at rest). "world" made the dynamic clip step 34 -> 105 ms on an
+    H100, which would take the paper schedule past an hour; "canonical" stays the default
+    until a cheaper faithful form is measured (docs/DECISIONS.md)."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +197,31 @@ class RefineConfig:
 
 
 @dataclass(frozen=True)
+class RegularisersConfig:
+    """Losses on the SDS steps' own renders and on the motion (Animate124's trainers,
+    nerf/utils.py and dnerf/utils.py, at main.py's defaults, which its run scripts keep); 0
+    turns one off and the renderer then computes nothing for it."""
+
+    entropy: float = 1e-3
+    """Binary entropy of each ray sample's weight, mean over the samples: pushes samples to
+    empty or opaque (no fog). Ramped in (`entropy_weight`)."""
+    orientation: float = 1e-2
+    """Mean over the samples of weight (held fixed) x max(n . ray, 0)^2: normals that face
+    away from the camera where the light stops (inward normals)."""
+    normal_tv: float = 0.5
+    """Mean squared difference of neighbouring pixels of the normal image."""
+    normal_blur: float = 0.5
+    """Mean squared difference between the normal image and its 9-px Gaussian blur."""
+    time_smoothness: float = 0.1
+    """Dynamic and refine (the static stage has no motion): mean squared change of the
+    displacement over one `time_step`, at random points of the box and times."""
+    time_step: float = 1 / 63
+    """The time interval of `time_smoothness`: one step of Animate124's 64 time grids."""
+    time_points: int = 4096
+    """Random points per step of `time_smoothness`."""
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     """The field stages' optimiser."""
 
@@ -235,6 +267,8 @@ class Animate124Config:
     """The dynamic stage."""
     refine: RefineConfig = _part(RefineConfig)
     """The refine stage."""
+    regularisers: RegularisersConfig = _part(RegularisersConfig)
+    """Regularisers of the SDS steps."""
     optim: OptimConfig = _part(OptimConfig)
     """The field stages' optimiser."""
     export: ExportConfig = _part(ExportConfig)
@@ -253,6 +287,18 @@ class Animate124Config:
         """The gradient-value clip of a stage, or None."""
         clip = self.optim.grad_clip
         return clip if stage in ("dynamic", "refine") and clip > 0 else None
+
+    def entropy_weight(self, stage: str, progress: float) -> float:
+        """The entropy's weight at `progress` (0..1) of an SDS stage: Animate124's
+        lambda_entropy * min(1, 2 * global_step / iters), where dynamic and refine go on from
+        the global step the stage before reached and `iters` counts every stage so far: in
+        over the first half of static, from 2/3 to full within the first quarter of dynamic
+        (paper's steps), full throughout refine."""
+        field_stages = STAGES[1:]
+        before = sum(self.steps(s) for s in field_stages[:field_stages.index(stage)])
+        total = before + self.steps(stage)
+        ramp = min(1.0, 2 * (before + progress * self.steps(stage)) / total) if total else 1.0
+        return self.regularisers.entropy * ramp
 
     def reference_step(self, stage: str, step: int) -> bool:
         """Whether `step` of an SDS stage fits the reference view instead of the priors."""

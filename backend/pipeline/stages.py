@@ -52,6 +52,7 @@ class Scene:
                        LoopingMotionField(1.0, terms=motion_terms, **grid)).to(device)
         self.occupancy = OccupancyGrid(1.0, preset.field.occupancy_resolution, device=device)
         self.renderer = Renderer(self.canonical, self.motion, samples=preset.renderer.samples,
+                                 normals=preset.renderer.normals,
                                  occupancy=self.occupancy)
 
     @property
@@ -60,9 +61,22 @@ class Scene:
 
     def render(self, cameras, times, *, shading: Shading | None = None,
                background=(1.0, 1.0, 1.0)):
+        rgb, out = self._render(cameras, times, shading, background, ())
+        return rgb, out["alpha"], out["depth"]
+
+    def render_regularised(self, cameras, times, preset: Animate124Config, stage: str,
+                           progress: float, *, shading: Shading, background):
+        """An SDS render (B, 3, H, W) and its regularisers' weighted losses
+        (`regulariser_losses`); the renderer adds only the outputs those with a weight need."""
+        rgb, out = self._render(cameras, times, shading, background,
+                                regulariser_outputs(preset))
+        return rgb, regulariser_losses(out, preset, stage, progress)
+
+    def _render(self, cameras, times, shading, background, regularisers):
         out = self.renderer.render(cameras, times, shading=shading or Shading(mode="albedo"),
-                                   background=background, jitter=True)
-        return (out["rgb"].permute(0, 3, 1, 2).clamp(0, 1), out["alpha"], out["depth"])
+                                   background=background, jitter=True,
+                                   regularisers=regularisers)
+        return out["rgb"].permute(0, 3, 1, 2).clamp(0, 1), out
 
     def refresh_occupancy(self, times=(None,)) -> float:
         """Rebuild the occupancy grid at `times`; returns the fraction of cells occupied."""
@@ -83,6 +97,71 @@ def _pearson_loss(pred: torch.Tensor, target: torch.Tensor,
     # made every gradient of the step NaN, and the field with it (the first GPU job).
     norms = ((w * p * p).sum() * (w * t * t).sum()).clamp(min=1e-16).sqrt()
     return 1 - (w * p * t).sum() / norms
+
+
+def regulariser_outputs(preset: Animate124Config) -> tuple[str, ...]:
+    """The per-ray sums the renderer must add for the regularisers that have a weight."""
+    r = preset.regularisers
+    return tuple(name for name, on in (("entropy", r.entropy > 0),
+                                       ("orientation", r.orientation > 0),
+                                       ("normal_image", r.normal_tv > 0 or r.normal_blur > 0))
+                 if on)
+
+
+def regulariser_losses(out: dict, preset: Animate124Config, stage: str,
+                       progress: float) -> dict:
+    """The weighted regularisers of one SDS render (the renderer's outputs, with the sums of
+    `regulariser_outputs`): entropy and orientation as means over the samples in occupied
+    cells (Animate124's means over its marched samples), the normal image's smoothness over
+    every frame."""
+    r, losses = preset.regularisers, {}
+    samples = out["samples"].sum().clamp(min=1.0) if "samples" in out else None
+    if "entropy" in out:
+        losses["entropy"] = (preset.entropy_weight(stage, progress)
+                             * out["entropy"].sum() / samples)
+    if "orientation" in out:
+        losses["orientation"] = r.orientation * out["orientation"].sum() / samples
+    if "normal_image" in out:
+        image = out["normal_image"]  # (B, H, W, 3)
+        if r.normal_tv > 0:
+            losses["normal_tv"] = r.normal_tv * normal_tv(image)
+        if r.normal_blur > 0:
+            losses["normal_blur"] = r.normal_blur * normal_blur(image)
+    return losses
+
+
+def normal_tv(image: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of vertical plus of horizontal neighbours, images (B, H, W, C)."""
+    return ((image[:, 1:] - image[:, :-1]).square().mean()
+            + (image[:, :, 1:] - image[:, :, :-1]).square().mean())
+
+
+def normal_blur(image: torch.Tensor, size: int = 9) -> torch.Tensor:
+    """Mean squared difference between images (B, H, W, C) and their Gaussian blur (`size`
+    px, sigma as torchvision's default for it, reflected edges: Animate124's smooth2d)."""
+    sigma = 0.3 * ((size - 1) * 0.5 - 1) + 0.8
+    x = torch.arange(size, device=image.device, dtype=image.dtype) - (size - 1) / 2
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    c = image.shape[-1]
+    img = image.permute(0, 3, 1, 2)
+    pad = size // 2
+    blurred = F.pad(img, (pad, pad, pad, pad), mode="reflect")
+    blurred = F.conv2d(blurred, k.view(1, 1, 1, size).expand(c, 1, 1, size), groups=c)
+    blurred = F.conv2d(blurred, k.view(1, 1, size, 1).expand(c, 1, size, 1), groups=c)
+    return F.mse_loss(img, blurred)
+
+
+def time_smoothness(motion, preset: Animate124Config, device) -> torch.Tensor:
+    """The weighted mean squared change of the displacement over `regularisers.time_step`, at
+    random points of the motion's box and random times (Animate124 penalises the change
+    between its neighbouring time grids everywhere: motion that jumps between frames)."""
+    r = preset.regularisers
+    n, dt = r.time_points, r.time_step
+    x = (torch.rand(n, 3, device=device) * 2 - 1) * motion.bound
+    t = torch.rand(n, device=device) * (1 - dt)
+    d = motion.displacement(torch.cat([x, x]), torch.cat([t, t + dt]))
+    return r.time_smoothness * (d[n:] - d[:n]).square().sum(-1).mean()
 
 
 def reference_losses(scene: Scene, ref: Reference, preset: Animate124Config) -> dict:
@@ -130,10 +209,11 @@ def static_step(scene, ref, preset, sd_guidance, zero123, prompt, rng: random.Ra
     polar, az = random_view(rng, preset.views)
     cam = orbit_camera(polar, az, preset.renderer.size)
     shading, background = sds_look(rng, preset, "static", progress)
-    rgb, _, _ = scene.render([cam], [0.0], shading=shading, background=background)
+    rgb, regular = scene.render_regularised([cam], [0.0], preset, "static", progress,
+                                            shading=shading, background=background)
     vp = text.view_prompt(prompt, az, polar)
     return {"sd": sd_guidance(rgb, [vp], progress).loss,
-            "zero123": zero123(rgb, polar - 90.0, az, 0.0, progress).loss}
+            "zero123": zero123(rgb, polar - 90.0, az, 0.0, progress).loss, **regular}
 
 
 @dataclass
@@ -179,13 +259,20 @@ def dynamic_step(scene, ref, preset, video, zero123, prompt, rng: random.Random,
     if reference:
         return reference_losses(scene, ref, preset)
     clip = sample_clip_views(rng, preset, progress, wrap=scene.looping)
-    frames, _, _ = scene.render(clip.cameras, clip.times, shading=clip.shading,
-                                background=clip.background)
+    frames, regular = scene.render_regularised(clip.cameras, clip.times, preset, "dynamic",
+                                               progress, shading=clip.shading,
+                                               background=clip.background)
     losses = {"video": video(frames, prompt, progress).loss}
     if clip.times[0] == 0.0:
         losses["zero123"] = zero123(frames[:1], clip.polars[0] - 90.0, clip.azimuths[0], 0.0,
                                     progress).loss
-    return losses
+    return {**losses, **regular, **_time_losses(scene, preset)}
+
+
+def _time_losses(scene: Scene, preset: Animate124Config) -> dict:
+    if preset.regularisers.time_smoothness <= 0:
+        return {}
+    return {"time_smoothness": time_smoothness(scene.motion, preset, scene.device)}
 
 
 def refine_step(scene, frozen: Scene, ref, preset, tile, prompt, frames: int,
@@ -199,7 +286,9 @@ def refine_step(scene, frozen: Scene, ref, preset, tile, prompt, frames: int,
     times = [k / frames for k in ks]
     cams = [orbit_camera(polar, az, preset.refine.render_size)] * len(ks)
     shading, background = sds_look(rng, preset, "refine", progress)
-    rgb, _, _ = scene.render(cams, times, shading=shading, background=background)
+    rgb, regular = scene.render_regularised(cams, times, preset, "refine", progress,
+                                            shading=shading, background=background)
     with torch.no_grad():  # the condition: the frozen model seen the same way
         cond, _, _ = frozen.render(cams, times, shading=shading, background=background)
-    return {"tile": tile(rgb, cond, prompt, progress).loss}
+    return {"tile": tile(rgb, cond, prompt, progress).loss, **regular,
+            **_time_losses(scene, preset)}

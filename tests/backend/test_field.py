@@ -124,7 +124,7 @@ def test_shading_normals_turn_with_a_rotating_object(per_ray_times):
     density's gradient at the warped point would show it unturned, as at rest)."""
     angle = math.radians(30.0)
     cam = canonical_camera(16)  # looks along +Y: the front face's normal is (0, -1, 0)
-    r = Renderer(Box(), Rotate(angle), samples=128)
+    r = Renderer(Box(), Rotate(angle), samples=128, normals="world")
     shading = Shading(mode="lambertian", ambient=0.0)
 
     def centre_normal(t):
@@ -142,6 +142,9 @@ def test_shading_normals_turn_with_a_rotating_object(per_ray_times):
         turned = torch.tensor([math.sin(angle * t), -math.cos(angle * t), 0.0])
         got = centre_normal(t)
         assert math.degrees(math.acos(min(1.0, float(got @ turned)))) < 2.0, (t, got)
+    # The cheaper "canonical" normals light the turned face as it lies at rest.
+    r = Renderer(Box(), Rotate(angle), samples=128, normals="canonical")
+    assert centre_normal(1.0).tolist() == pytest.approx([0.0, -1.0, 0.0], abs=0.02)
 
 
 def test_textureless_normals_and_a_light_near_the_camera():
@@ -463,7 +466,7 @@ def test_pruning_hidden_and_empty_samples_keeps_the_picture_and_its_gradients():
     # A batch this small (fewer points to shade than `prune_above`) skips the first pass:
     # every occupied sample is shaded, with gradients, as without pruning.
     small = Renderer(Counting(field), samples=64, occupancy=occ,
-                     prune_above=Renderer.NORMAL_STENCIL * 24 * 24 * 64)
+                     prune_above=Renderer.NORMAL_STENCILS["canonical"] * 24 * 24 * 64)
     small.render([cam], shading=Shading(mode="lambertian"))
     seen = small.last_samples
     assert seen["occupied"] > 0 and seen["shaded"] == seen["occupied"]
