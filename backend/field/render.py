@@ -248,7 +248,8 @@ class Renderer:
 
     def __init__(self, canonical, motion=None, *, bound: float = 1.0, samples: int = 64,
                  occupancy: OccupancyGrid | None = None, normals: str = "canonical",
-                 normal_eps: float | None = None, point_chunk: int | None = None, min_transmittance: float = 1e-4,
+                 normal_eps: float | None = None, point_chunk: int | None = None,
+                 min_transmittance: float = 1e-4,
                  min_alpha: float = 1e-4, prune: bool = True, prune_above: int = 2**20,
                  first_pass_runs: tuple[int, ...] = FIRST_PASS_RUNS):
         self.canonical, self.motion = canonical, motion
