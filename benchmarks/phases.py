@@ -20,10 +20,10 @@ def _parts() -> tuple:
     """(owner, attribute, phase): the callables wrapped while the phases are timed."""
     import torch
 
-    from animate4d.backend.pipeline import stages
+    from animate4d.backend.field.render import Renderer
     from animate4d.backend.priors import guidance as g
 
-    return ((stages.Scene, "render", "render"),
+    return ((Renderer, "render", "render"),  # every SDS render, with regularisers or not
             (g, "encode_images", "vae_encode"),  # also inside each prior's phase below
             (g.StableDiffusionGuidance, "__call__", "sd"),
             (g.Zero123Guidance, "__call__", "zero123"),

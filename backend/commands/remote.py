@@ -30,7 +30,7 @@ def _job(client: Client, text: str) -> str:
     if len(text) == 32:
         return text
     if len(text) < 4 or not all(c in "0123456789abcdef" for c in text):
-        raise InvalidRequestError(f"{printable(text, 40)!r} is not a job id",
+        raise InvalidRequestError(f"no job has the id {printable(text, 40)!r}",
                                   hint="give the id `submit` printed, or its first 8 or more "
                                        "characters (`animate4d status` lists your jobs)")
     matches = [j.id for j in client.list() if j.id.startswith(text)]

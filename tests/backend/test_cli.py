@@ -277,6 +277,6 @@ def test_jobs_are_named_by_the_start_of_their_id_as_the_server_logs_them(tmp_pat
         r = animate4d("status", "ffff" if not job.startswith("ffff") else "0000", *server)
         assert r.returncode == 2 and "no job of yours begins with" in r.stderr
         r = animate4d("delete", "xyz", *server)
-        assert r.returncode == 2 and "is not a job id" in r.stderr
+        assert r.returncode == 2 and "no job has the id 'xyz'" in r.stderr
     finally:
         cluster.stop()
