@@ -48,6 +48,12 @@ class FieldConfig:
     """log2 of each level's hash-table size."""
     occupancy_resolution: int = 64
     """Cells per side of the occupancy grid."""
+    blob_density: float = 10.0
+    """The canonical density's starting blob: its log-density added at the centre
+    (Animate124's `--blob_density` 10)."""
+    blob_radius: float = 0.2
+    """The blob's Gaussian radius in world units (Animate124's `--blob_radius` 0.2: a small
+    seed at the centre of the [-1, 1] box, not a ball the object must carve from)."""
 
 
 @dataclass(frozen=True)

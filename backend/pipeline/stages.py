@@ -47,7 +47,8 @@ class Scene:
         self.device = torch.device(device)
         self.motion_terms = motion_terms
         grid = {"levels": preset.field.grid_levels, "log2_table": preset.field.grid_log2_table}
-        self.canonical = CanonicalField(1.0, **grid).to(device)
+        self.canonical = CanonicalField(1.0, blob_density=preset.field.blob_density,
+                                        blob_radius=preset.field.blob_radius, **grid).to(device)
         self.motion = (MotionField(1.0, **grid) if motion_terms is None else
                        LoopingMotionField(1.0, terms=motion_terms, **grid)).to(device)
         self.occupancy = OccupancyGrid(1.0, preset.field.occupancy_resolution, device=device)

@@ -670,3 +670,14 @@ def test_loop_options_are_checked():
     for k in (0, 17):
         with pytest.raises(InvalidRequestError, match="motion_terms"):
             JobOptions(loop=True, motion_terms=k).validate()
+
+
+def test_the_scene_starts_from_animate124s_small_density_blob():
+    """Animate124's `--blob_density 10 --blob_radius 0.2`: a seed at the centre of the box,
+    not a ball filling half of it (the radius was 0.5)."""
+    from animate4d.backend.pipeline import stages
+
+    scene = stages.Scene(a124.tiny(max_steps=1), "cpu")
+    at = torch.tensor([[0.0, 0.0, 0.0], [0.2, 0.0, 0.0], [0.0, 0.5, 0.0]])
+    want = 10.0 * torch.exp(-(at**2).sum(-1) / (2 * 0.2**2))
+    torch.testing.assert_close(scene.canonical.blob(at), want)
