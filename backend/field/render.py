@@ -234,8 +234,10 @@ class Renderer:
     # world point (the point and 6 neighbours, each through the warp); "canonical": forward
     # differences of the canonical density at the warped point (the point and 3 neighbours,
     # one warp), which lights a turning part as it lies at rest but costs a third as much
-    # in a dynamic clip step (docs/BENCHMARKS.md).
-    NORMAL_STENCILS = {"world": 7, "canonical": 4}
+    # in a dynamic clip step (docs/BENCHMARKS.md); "jacobian": the canonical differences
+    # turned by the warp's Jacobian (J^T grad), the same normals as "world" to first order,
+    # from the 4 canonical points and 3 more warps taken without gradients.
+    NORMAL_STENCILS = {"world": 7, "canonical": 4, "jacobian": 4}
     # The first pass's runs (below): each run costs a host sync and its own field calls,
     # which outweigh the few samples a middle run such as (8, 16) would save; the dynamic
     # render is bound by its host (docs/BENCHMARKS.md).
@@ -308,8 +310,9 @@ class Renderer:
 
     def _shade_points(self, x: torch.Tensor, t, with_normals: bool) -> tuple:
         """Density, albedo (and normals, as `normals` says) at world points x at time(s) t."""
-        if not with_normals or self.normals == "canonical":
-            xc = self.motion.warp(x, t) if self._moves(t) else x
+        if not with_normals or self.normals != "world":
+            moves = self._moves(t)
+            xc = self.motion.warp(x, t) if moves else x
             if not with_normals:
                 dens, alb = self.canonical(xc)
                 return dens, alb, None
@@ -321,6 +324,14 @@ class Renderer:
                 torch.cat([xc, xc + offs[0], xc + offs[1], xc + offs[2]]),
                 group=self.normal_stencil)
             grad = (dens[n:].view(3, n) - dens[:n]).T
+            if moves and self.normals == "jacobian":
+                # d sigma(w(x)) / dx = J^T grad, J_ij = dw_i / dx_j by forward differences.
+                with torch.no_grad():
+                    per_point = torch.is_tensor(t) and t.ndim == 1
+                    ahead = self.motion.warp(torch.cat([x + offs[0], x + offs[1], x + offs[2]]),
+                                             t.repeat(3) if per_point else t)
+                    jac = (ahead.view(3, n, 3) - xc.detach()) / e  # [j, point, i] = J_ij
+                grad = torch.einsum("jpi,pi->pj", jac, grad)
             return dens[:n], alb[:n], -torch.nn.functional.normalize(grad, dim=-1)
         # Animate124's: minus the gradient of the density seen at time t with respect to the
         # world point, sigma(warp(x, t)), by central differences at x +- `normal_eps` per

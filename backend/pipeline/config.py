@@ -68,9 +68,10 @@ class RendererConfig:
     """Shading normals (`field.render.Renderer`): "world" is Animate124's (the density at
     the sample's time, central differences around the world point: a turning part is lit as
     it turns), "canonical" the canonical density's forward differences at the warped point (a
-    turning part is lit as at rest). "world" made the dynamic clip step 34 -> 105 ms on an
-    H100, which would take the paper schedule past an hour; "canonical" stays the default
-    until a cheaper faithful form is measured (docs/DECISIONS.md)."""
+    turning part is lit as at rest), "jacobian" the canonical differences turned by the
+    warp's Jacobian (as "world" to first order; 3 more warps without gradients). "world" made
+    the dynamic clip step 34 -> 105 ms on an H100, which would take the paper schedule past an
+    hour; "canonical" stays the default until "jacobian" is measured (docs/DECISIONS.md)."""
 
 
 @dataclass(frozen=True)

@@ -117,14 +117,15 @@ def test_lambertian_shading_and_normals_point_out():
     assert float(out["rgb"][0, 16, 16, 0]) == pytest.approx(0.5, abs=0.05)  # lit head-on
 
 
+@pytest.mark.parametrize("normals", ["world", "jacobian"])
 @pytest.mark.parametrize("per_ray_times", [False, True])
-def test_shading_normals_turn_with_a_rotating_object(per_ray_times):
+def test_shading_normals_turn_with_a_rotating_object(per_ray_times, normals):
     """Normals are the gradient of the density at time t in world space: a cube turned by 30
     degrees at time t shows its front face's normal turned by 30 degrees (the canonical
     density's gradient at the warped point would show it unturned, as at rest)."""
     angle = math.radians(30.0)
     cam = canonical_camera(16)  # looks along +Y: the front face's normal is (0, -1, 0)
-    r = Renderer(Box(), Rotate(angle), samples=128, normals="world")
+    r = Renderer(Box(), Rotate(angle), samples=128, normals=normals)
     shading = Shading(mode="lambertian", ambient=0.0)
 
     def centre_normal(t):
