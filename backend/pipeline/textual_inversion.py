@@ -96,14 +96,17 @@ class TokenTrainer:
     3,000 x 16 draws in the paper schedule)."""
 
     def __init__(self, sd: Prior, image: torch.Tensor, *, size: int, batch: int, lr: float,
-                 views: int, seed: int = 0):
+                 views: int, seed: int = 0, weight_decay: float = 0.0):
         self.sd, self.batch = sd, batch
         self.token = text.add_placeholder(sd.tokenizer, sd.text_encoder)
         self.emb = sd.text_encoder.get_input_embeddings()
         self.original = self.emb.weight.detach().clone()
-        # The learned row is kept in fp32; the table (fp16 on CUDA) is refreshed from it.
+        # The fp32 master copy of the learned row: the optimiser's steps (~lr x 1e-4 of the
+        # row's ~1e-2 entries) would mostly round away in fp16. The model's row gets its rounded
+        # value after every step.
         self.vector = self.emb.weight[self.token].detach().float().clone().requires_grad_(True)
-        self.opt = torch.optim.AdamW([self.vector], lr=lr, weight_decay=0.0)
+        self.opt = torch.optim.AdamW([self.vector], lr=lr, weight_decay=weight_decay)
+        self.scale = LossScale()
         self.rng = random.Random(seed)
         torch.manual_seed(seed)
         self.alphas = sd.scheduler.alphas_cumprod.to(sd.device)
@@ -120,7 +123,8 @@ class TokenTrainer:
             stds.append(dist.std)
         return torch.cat(means), torch.cat(stds)
 
-    def step(self) -> torch.Tensor:
+    def loss(self) -> torch.Tensor:
+        """The denoising loss of one random batch, with gradients to the master copy."""
         sd, batch = self.sd, self.batch
         pick = torch.tensor([self.rng.randrange(len(self.mean)) for _ in range(batch)],
                             device=sd.device)
@@ -140,11 +144,41 @@ class TokenTrainer:
                             self.original)
         hidden = _encode_with_table(sd, table, ids)
         pred = sd.unet(noisy, t, encoder_hidden_states=hidden).sample
-        loss = F.mse_loss(pred.float(), noise.float())
+        return F.mse_loss(pred.float(), noise.float())
+
+    def step(self) -> torch.Tensor:
+        """One update; returns the (unscaled) loss. The gradient, unscaled, is left in
+        `vector.grad`; a step whose gradient overflowed is skipped."""
+        loss = self.loss()
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        # Scaled: the gradient reaching the row through the fp16 text encoder is ~1e-6 per
+        # element, where fp16 loses precision or flushes to zero.
+        (loss * self.scale.value).backward()
+        self.vector.grad.div_(self.scale.value)
+        if self.scale.update(self.vector.grad):
+            self.opt.step()
+            with torch.no_grad():
+                self.emb.weight[self.token] = self.vector.to(self.emb.weight.dtype)
         return loss.detach()
+
+
+class LossScale:
+    """Dynamic loss scaling as torch.cuda.amp.GradScaler does it (its defaults): start at
+    2^16, halve on a non-finite gradient (that step skipped), double after `interval` finite
+    steps in a row. Powers of two, so scaling and unscaling are exact."""
+
+    def __init__(self, value: float = 2.0**16, interval: int = 2000):
+        self.value, self.interval, self.good = value, interval, 0
+
+    def update(self, grad: torch.Tensor) -> bool:
+        """Whether the step with this (unscaled) gradient should be taken."""
+        if not torch.isfinite(grad).all():
+            self.value, self.good = self.value / 2, 0
+            return False
+        self.good += 1
+        if self.good == self.interval:
+            self.value, self.good = self.value * 2, 0
+        return True
 
 
 def _encode_with_table(sd: Prior, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

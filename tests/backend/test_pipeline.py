@@ -16,7 +16,11 @@ from animate4d.backend.pipeline import config as a124  # noqa: E402
 from animate4d.backend.pipeline.cameras import sample_clip  # noqa: E402
 from animate4d.backend.pipeline.reference_graph import ReferenceGraph  # noqa: E402
 from animate4d.backend.pipeline.run import run_animate124  # noqa: E402
-from animate4d.backend.pipeline.textual_inversion import learn_token  # noqa: E402
+from animate4d.backend.pipeline.textual_inversion import (  # noqa: E402
+    LossScale,
+    TokenTrainer,
+    learn_token,
+)
 from animate4d.backend.priors import loading  # noqa: E402
 from animate4d.protocol.errors import (  # noqa: E402
     CancelledError,
@@ -152,6 +156,42 @@ def test_textual_inversion_encodes_its_bank_of_views_once(tiny_models):
     encoded.clear()  # a bank larger than the draws is cut to them: 3 steps x batch 2
     learn_token(sd, image, steps=3, size=16, batch=2, lr=1e-1, views=512, use_cache=False)
     assert sum(encoded) == 6
+
+
+def test_textual_inversion_updates_an_fp32_master_copy_that_the_models_row_follows(
+        tiny_models):
+    """The token's gradient arrives (finite, non-zero) through the scaled loss; its loss on a
+    fixed batch falls; the row in the model is the master copy rounded to the model's dtype."""
+    import random
+
+    sd = loading.load("sd", tiny_models)
+    trainer = TokenTrainer(sd, torch.rand(3, 24, 24), size=16, batch=2, lr=1e-2, views=2)
+    emb = sd.text_encoder.get_input_embeddings()
+    assert trainer.vector.dtype == torch.float32 and trainer.scale.value == 2.0**16
+
+    def fixed_batch():
+        trainer.rng = random.Random(1)
+        torch.manual_seed(1)
+
+    fixed_batch()
+    with torch.no_grad():
+        before = trainer.loss()
+    for _ in range(5):
+        fixed_batch()
+        trainer.step()
+        grad = trainer.vector.grad
+        assert torch.isfinite(grad).all() and grad.abs().max() > 0
+        assert torch.equal(emb.weight[trainer.token], trainer.vector.to(emb.weight.dtype))
+    fixed_batch()
+    with torch.no_grad():
+        assert trainer.loss() < before
+
+
+def test_the_loss_scale_skips_an_overflowed_step_and_grows_after_a_run_of_good_ones():
+    scale = LossScale(interval=3)
+    assert not scale.update(torch.tensor([1.0, float("inf")])) and scale.value == 2.0**15
+    assert not scale.update(torch.tensor([float("nan")])) and scale.value == 2.0**14
+    assert all(scale.update(torch.ones(2)) for _ in range(3)) and scale.value == 2.0**15
 
 
 def test_clip_sampling_follows_the_papers_rules():
