@@ -139,6 +139,10 @@ class StaticConfig:
     """Start from the density blob ('blob', Animate124) or the preview proxy ('proxy')."""
     proxy_steps: int = 300
     """Steps fitting the proxy into the field (init 'proxy')."""
+    prompt: str = "a high-resolution DSLR image of {}, 8k, good quality"
+    """The SD prompt; {} is the object, 'a' and the learned token (Animate124's run scripts
+    give the class word there and add ', 8k, good quality'). Its front, side and back views
+    are blended by azimuth (`text.direction_weights`)."""
 
     def __post_init__(self):
         if self.init not in ("blob", "proxy"):

@@ -326,8 +326,9 @@ class Static(FieldStage):
         zero123 = self._zero123(scene)
         job.pool.keep("sd", "zero123")
         sd = guidance.StableDiffusionGuidance(job.pool.get("sd", self.name), cfg.guidance.sd)
-        return lambda rng, p, r: stages.static_step(scene, job.ref, cfg, sd, zero123,
-                                                    job.object_prompt, rng, p, r)
+        prompt = cfg.static.prompt.format(job.object_prompt)
+        return lambda rng, p, r: stages.static_step(scene, job.ref, cfg, sd, zero123, prompt,
+                                                    rng, p, r)
 
     def before_step(self, scene, step):
         scene.canonical.open_levels(self.job.config.static.levels_open(step))

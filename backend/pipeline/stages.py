@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from ..field.fields import CanonicalField, LoopingMotionField, MotionField
 from ..field.render import OccupancyGrid, Renderer, Shading
 from ..preprocess.framing import canonical_camera
-from ..priors import text
 from .cameras import orbit_camera, random_view, sample_clip
 from .config import Animate124Config
 
@@ -211,8 +210,7 @@ def static_step(scene, ref, preset, sd_guidance, zero123, prompt, rng: random.Ra
     shading, background = sds_look(rng, preset, "static", progress)
     rgb, regular = scene.render_regularised([cam], [0.0], preset, "static", progress,
                                             shading=shading, background=background)
-    vp = text.view_prompt(prompt, az, polar)
-    return {"sd": sd_guidance(rgb, [vp], progress).loss,
+    return {"sd": sd_guidance(rgb, prompt, progress, azimuths=[az]).loss,
             "zero123": zero123(rgb, polar - 90.0, az, 0.0, progress).loss, **regular}
 
 
