@@ -36,6 +36,13 @@ class TextualInversionConfig:
     """Learning rate of the token's embedding."""
     views: int = 512
     """Augmented views encoded once, then drawn from (textual_inversion.py)."""
+    weight_decay: float = 1e-2
+    """AdamW's decoupled weight decay on the token's embedding (the official script's
+    `--adam_weight_decay` default)."""
+    initializer: str = "object"
+    """The word whose embedding the token starts from. Animate124's run scripts pass the
+    object's class noun by hand (`panda`, `tiger`, `astronaut`); a job has no class word, so
+    one word for every object."""
 
 
 @dataclass(frozen=True)

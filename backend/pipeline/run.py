@@ -233,7 +233,8 @@ class TextualInversion(Stage):
         job, ti = self.job, self.job.config.textual_inversion
         sd = job.pool.get("sd", self.name)
         image = _resize(job.prep["rgb"], ti.size)
-        self.key = cache_key(image, ti.steps, ti.size, ti.batch, ti.lr, sd.source, ti.views)
+        self.key = cache_key(image, ti.steps, ti.size, ti.batch, ti.lr, sd.source, ti.views,
+                             ti.weight_decay, ti.initializer)
         vector = cached_token(self.key) if job.token_cache else None
         if vector is not None:
             job.pool.token = vector
@@ -241,7 +242,8 @@ class TextualInversion(Stage):
             return False
         self.trainer = TokenTrainer(sd, image, size=ti.size, batch=ti.batch, lr=ti.lr,
                                     views=min(ti.views, ti.steps * ti.batch),
-                                    seed=job.options.seed)
+                                    seed=job.options.seed, weight_decay=ti.weight_decay,
+                                    initializer=ti.initializer)
         return True
 
     def step(self, step: int) -> None:

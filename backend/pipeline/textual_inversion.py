@@ -15,6 +15,9 @@ from ..jobs.progress import ProgressFn, no_progress
 from ..priors import text
 from ..priors.loading import Prior
 from ..runtime import switches
+from .config import TextualInversionConfig
+
+_OFFICIAL = TextualInversionConfig()
 
 TEMPLATES = ("a photo of a {}", "a rendering of a {}", "a close-up photo of a {}",
              "a good photo of a {}", "a photo of the {}", "a cropped photo of a {}")
@@ -25,10 +28,11 @@ def cache_dir() -> Path:
 
 
 def cache_key(image: torch.Tensor, steps: int, size: int, batch: int, lr: float,
-              model: str, views: int = 512) -> str:
+              model: str, views: int = 512, weight_decay: float = _OFFICIAL.weight_decay,
+              initializer: str = _OFFICIAL.initializer) -> str:
     h = hashlib.sha256()
     h.update(image.detach().to(torch.float32).cpu().numpy().tobytes())
-    h.update(f"{steps}|{size}|{batch}|{lr}|{model}|{views}".encode())
+    h.update(f"{steps}|{size}|{batch}|{lr}|{model}|{views}|{weight_decay}|{initializer}".encode())
     return h.hexdigest()[:32]
 
 
@@ -62,10 +66,11 @@ def store_token(key: str, vector: torch.Tensor) -> None:
 
 def learn_token(sd: Prior, image: torch.Tensor, *, steps: int, size: int, batch: int,
                 lr: float, views: int = 512, seed: int = 0, progress: ProgressFn = no_progress,
-                use_cache: bool = True) -> tuple[torch.Tensor, bool]:
+                use_cache: bool = True, weight_decay: float = _OFFICIAL.weight_decay,
+                initializer: str = _OFFICIAL.initializer) -> tuple[torch.Tensor, bool]:
     """image (3, H, W) in [0, 1] on white. Returns (the token's embedding, whether it came from
     the cache) and leaves the token installed in sd's tokenizer and text encoder."""
-    key = cache_key(image, steps, size, batch, lr, sd.source, views)
+    key = cache_key(image, steps, size, batch, lr, sd.source, views, weight_decay, initializer)
     vector = cached_token(key) if use_cache else None
     if vector is not None:
         text.add_placeholder(sd.tokenizer, sd.text_encoder, vector)
@@ -73,7 +78,8 @@ def learn_token(sd: Prior, image: torch.Tensor, *, steps: int, size: int, batch:
         return vector, True
 
     trainer = TokenTrainer(sd, image, size=size, batch=batch, lr=lr,
-                           views=min(views, steps * batch), seed=seed)
+                           views=min(views, steps * batch), seed=seed,
+                           weight_decay=weight_decay, initializer=initializer)
     for step in range(steps):
         progress("textual_inversion", step, steps)
         trainer.step()
@@ -96,9 +102,10 @@ class TokenTrainer:
     3,000 x 16 draws in the paper schedule)."""
 
     def __init__(self, sd: Prior, image: torch.Tensor, *, size: int, batch: int, lr: float,
-                 views: int, seed: int = 0, weight_decay: float = 0.0):
+                 views: int, seed: int = 0, weight_decay: float = _OFFICIAL.weight_decay,
+                 initializer: str = _OFFICIAL.initializer):
         self.sd, self.batch = sd, batch
-        self.token = text.add_placeholder(sd.tokenizer, sd.text_encoder)
+        self.token = text.add_placeholder(sd.tokenizer, sd.text_encoder, initializer=initializer)
         self.emb = sd.text_encoder.get_input_embeddings()
         self.original = self.emb.weight.detach().clone()
         # The fp32 master copy of the learned row: the optimiser's steps (~lr x 1e-4 of the

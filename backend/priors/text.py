@@ -8,9 +8,11 @@ import torch
 PLACEHOLDER = "<a4d-object>"
 
 
-def add_placeholder(tokenizer, text_encoder, vector: torch.Tensor | None = None) -> int:
-    """Give the tokenizer the placeholder token and the text encoder a row for it (initialised
-    from `vector`, or from the embedding of "object"). Idempotent. Returns the token id."""
+def add_placeholder(tokenizer, text_encoder, vector: torch.Tensor | None = None,
+                    initializer: str = "object") -> int:
+    """Give the tokenizer the placeholder token and the text encoder a row for it, set to
+    `vector` or else to the embedding of the word `initializer` (its first token: a real CLIP
+    vocabulary holds a class noun as one). Idempotent. Returns the token id."""
     if PLACEHOLDER not in tokenizer.get_vocab():
         tokenizer.add_tokens([PLACEHOLDER])
     token = tokenizer.convert_tokens_to_ids(PLACEHOLDER)
@@ -18,11 +20,11 @@ def add_placeholder(tokenizer, text_encoder, vector: torch.Tensor | None = None)
     if emb.num_embeddings <= token:
         text_encoder.resize_token_embeddings(token + 1)
         emb = text_encoder.get_input_embeddings()
-        init = tokenizer("object", add_special_tokens=False).input_ids[:1] or [0]
-        with torch.no_grad():
+    with torch.no_grad():
+        if vector is None:
+            init = tokenizer(initializer, add_special_tokens=False).input_ids[:1] or [0]
             emb.weight[token] = emb.weight[init[0]]
-    if vector is not None:
-        with torch.no_grad():
+        else:
             emb.weight[token] = vector.to(emb.weight)
     return token
 

@@ -19,6 +19,7 @@ from animate4d.backend.pipeline.run import run_animate124  # noqa: E402
 from animate4d.backend.pipeline.textual_inversion import (  # noqa: E402
     LossScale,
     TokenTrainer,
+    cache_key,
     learn_token,
 )
 from animate4d.backend.priors import loading  # noqa: E402
@@ -185,6 +186,18 @@ def test_textual_inversion_updates_an_fp32_master_copy_that_the_models_row_follo
     fixed_batch()
     with torch.no_grad():
         assert trainer.loss() < before
+
+
+def test_the_token_starts_from_the_initializer_word_and_it_keys_the_cache(tiny_models):
+    sd = loading.load("sd", tiny_models)
+    image = torch.rand(3, 24, 24)
+    trainer = TokenTrainer(sd, image, size=16, batch=2, lr=1e-2, views=2, initializer="panda")
+    emb = sd.text_encoder.get_input_embeddings().weight
+    panda = sd.tokenizer("panda", add_special_tokens=False).input_ids[0]
+    assert torch.equal(trainer.vector, emb[panda].float())
+    keys = {cache_key(image, 3, 16, 2, 1e-1, "sd", 8, wd, init)
+            for wd, init in ((1e-2, "object"), (0.0, "object"), (1e-2, "panda"))}
+    assert len(keys) == 3
 
 
 def test_the_loss_scale_skips_an_overflowed_step_and_grows_after_a_run_of_good_ones():
