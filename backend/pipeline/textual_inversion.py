@@ -5,6 +5,7 @@ image, the schedule and the model, so a second job on the same image skips it.""
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from pathlib import Path
 
@@ -16,11 +17,21 @@ from ..priors import text
 from ..priors.loading import Prior
 from ..runtime import switches
 from .config import TextualInversionConfig
+from .stages import gaussian_blur
 
 _OFFICIAL = TextualInversionConfig()
 
-TEMPLATES = ("a photo of a {}", "a rendering of a {}", "a close-up photo of a {}",
-             "a good photo of a {}", "a photo of the {}", "a cropped photo of a {}")
+# The object templates of the official script (diffusers' imagenet_templates_small).
+TEMPLATES = (
+    "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
+    "a photo of a clean {}", "a photo of a dirty {}", "a dark photo of the {}",
+    "a photo of my {}", "a photo of the cool {}", "a close-up photo of a {}",
+    "a bright photo of the {}", "a cropped photo of a {}", "a photo of the {}",
+    "a good photo of the {}", "a photo of one {}", "a close-up photo of the {}",
+    "a rendition of the {}", "a photo of the clean {}", "a rendition of a {}",
+    "a photo of a nice {}", "a good photo of a {}", "a photo of the nice {}",
+    "a photo of the small {}", "a photo of the weird {}", "a photo of the large {}",
+    "a photo of a cool {}", "a photo of a small {}")
 
 
 def cache_dir() -> Path:
@@ -36,17 +47,87 @@ def cache_key(image: torch.Tensor, steps: int, size: int, batch: int, lr: float,
     return h.hexdigest()[:32]
 
 
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(x[None], (size, size), mode="bilinear", align_corners=False,
+                         antialias=True)[0]
+
+
+def _center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    _, h, w = x.shape
+    y, x0 = (h - size) // 2, (w - size) // 2
+    return x[:, y : y + size, x0 : x0 + size]
+
+
+def _rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Rotated about its centre, the corners filled white."""
+    a = torch.deg2rad(torch.tensor(degrees))
+    theta = torch.tensor([[torch.cos(a), -torch.sin(a), 0.0],
+                          [torch.sin(a), torch.cos(a), 0.0]], dtype=x.dtype, device=x.device)
+    grid = F.affine_grid(theta[None], [1, *x.shape], align_corners=False)
+    return F.grid_sample(x[None] - 1, grid, align_corners=False)[0] + 1  # zeros pad -> white
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    return (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
+
+
+def _resized_crop(x: torch.Tensor, size: int, rng: random.Random) -> torch.Tensor:
+    """A crop of 85-115% of the area (a crop can't exceed the image: up to 10 draws, then the
+    whole image), aspect 3:4 to 4:3, resized to size x size."""
+    _, h, w = x.shape
+    for _ in range(10):
+        area = h * w * rng.uniform(0.85, 1.15)
+        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+        if 0 < cw <= w and 0 < ch <= h:
+            y, x0 = rng.randint(0, h - ch), rng.randint(0, w - cw)
+            return F.interpolate(x[None, :, y : y + ch, x0 : x0 + cw], (size, size),
+                                 mode="bilinear", align_corners=False, antialias=True)[0]
+    return _resize(x, size)
+
+
+def _jitter(x: torch.Tensor, rng: random.Random, amount: float = 0.04) -> torch.Tensor:
+    """Brightness, contrast, saturation and hue each changed by up to `amount`, in a random
+    order. Hue turns the chroma plane of YIQ (torchvision turns it in HSV: at 4% of a turn the
+    two differ little)."""
+    ops = ["brightness", "contrast", "saturation", "hue"]
+    rng.shuffle(ops)
+    for op in ops:
+        if op == "hue":
+            a = 2 * math.pi * rng.uniform(-amount, amount)
+            yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322],
+                                [0.211, -0.523, 0.312]], dtype=x.dtype, device=x.device)
+            turn = torch.tensor([[1.0, 0.0, 0.0], [0.0, math.cos(a), -math.sin(a)],
+                                 [0.0, math.sin(a), math.cos(a)]], dtype=x.dtype,
+                                device=x.device)
+            m = torch.linalg.inv(yiq) @ turn @ yiq
+            x = torch.einsum("ij,jhw->ihw", m, x)
+        else:
+            f = rng.uniform(1 - amount, 1 + amount)
+            base = {"brightness": torch.zeros_like(x), "contrast": _gray(x).mean(),
+                    "saturation": _gray(x)}[op]
+            x = base + (x - base) * f
+        x = x.clamp(0, 1)
+    return x
+
+
 def _augment(image: torch.Tensor, size: int, rng: random.Random) -> torch.Tensor:
-    """Random crop (80-100%), horizontal flip, slight brightness change; (3, S, S) in [0, 1]."""
-    _, h, w = image.shape
-    s = rng.uniform(0.8, 1.0)
-    ch, cw = max(1, int(h * s)), max(1, int(w * s))
-    y, x = rng.randint(0, h - ch), rng.randint(0, w - cw)
-    crop = image[:, y : y + ch, x : x + cw]
+    """One view as the official script's `--use_augmentations` makes it: at 5/4 size, 3 in 4
+    rotated by up to 10 degrees and cropped inside the rotation; a random resized crop; 3 in 4
+    colour-jittered; 1 in 10 grey; 1 in 10 blurred; half mirrored. (3, S, S) in [0, 1]."""
+    x = _resize(image, round(size * 5 / 4))
+    if rng.random() < 0.75:
+        x = _resize(_center_crop(_rotate(x, rng.uniform(-10, 10)), round(size * 5 / 6)), size)
+    x = _resized_crop(x, size, rng)
+    if rng.random() < 0.75:
+        x = _jitter(x, rng)
+    if rng.random() < 0.1:
+        x = _gray(x).expand(3, -1, -1)
+    if rng.random() < 0.1:
+        x = gaussian_blur(x[None], 5, rng.uniform(0.1, 2.0))[0]
     if rng.random() < 0.5:
-        crop = crop.flip(-1)
-    crop = (crop * rng.uniform(0.9, 1.1)).clamp(0, 1)
-    return F.interpolate(crop[None], (size, size), mode="bilinear", align_corners=False)[0]
+        x = x.flip(-1)
+    return x.clamp(0, 1).contiguous()  # resampling may overshoot by an ulp
 
 
 def cached_token(key: str) -> torch.Tensor | None:
@@ -98,7 +179,7 @@ class TokenTrainer:
     encoder at 512 px costs about as much as the UNet's forward pass, so encoding 16 fresh
     views every step would be half of the stage (docs/BENCHMARKS.md). Each step still
     samples the latent from each view's posterior (mean + std * noise), as diffusers' script
-    does; only the crops, flips and brightness come from a finite set (512 views against
+    does; only the augmentations (`_augment`) come from a finite set (512 views against
     3,000 x 16 draws in the paper schedule)."""
 
     def __init__(self, sd: Prior, image: torch.Tensor, *, size: int, batch: int, lr: float,

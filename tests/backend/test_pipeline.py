@@ -200,6 +200,29 @@ def test_the_token_starts_from_the_initializer_word_and_it_keys_the_cache(tiny_m
     assert len(keys) == 3
 
 
+def test_textual_inversion_views_are_the_official_augmentations():
+    """27 templates; views (3, S, S) in [0, 1], white where rotation exposes the corners, some
+    grey, some mirrored, none alike."""
+    import random
+
+    from animate4d.backend.pipeline import textual_inversion as ti
+
+    assert len(set(ti.TEMPLATES)) == 27 and all("{}" in t for t in ti.TEMPLATES)
+    image = torch.ones(3, 40, 40)
+    image[:, 10:30, 5:20] = torch.tensor([0.8, 0.2, 0.1])[:, None, None]
+    rng = random.Random(0)
+    views = torch.stack([ti._augment(image, 32, rng) for _ in range(60)])
+    assert views.shape == (60, 3, 32, 32) and views.min() >= 0 and views.max() <= 1
+    grey = (views[:, 0] - views[:, 1]).abs().amax((1, 2)) < 1e-6
+    assert 0 < grey.sum() < 20
+    mirrored = views[:, 0, :, :16].mean((1, 2)) > views[:, 0, :, 16:].mean((1, 2))
+    assert 10 < mirrored.sum() < 50  # the red block drawn on the left of most views
+    assert torch.cdist(views.flatten(1), views.flatten(1)).fill_diagonal_(1).min() > 0
+    white = torch.ones(3, 40, 40)  # rotation and blur leave a white image white
+    assert all(torch.allclose(ti._augment(white, 32, rng), torch.ones(3, 32, 32), atol=0.05)
+               for _ in range(20))
+
+
 def test_the_loss_scale_skips_an_overflowed_step_and_grows_after_a_run_of_good_ones():
     scale = LossScale(interval=3)
     assert not scale.update(torch.tensor([1.0, float("inf")])) and scale.value == 2.0**15
