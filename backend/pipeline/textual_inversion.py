@@ -189,9 +189,9 @@ class TokenTrainer:
         self.token = text.add_placeholder(sd.tokenizer, sd.text_encoder, initializer=initializer)
         self.emb = sd.text_encoder.get_input_embeddings()
         self.original = self.emb.weight.detach().clone()
-        # The fp32 master copy of the learned row: the optimiser's steps (~lr x 1e-4 of the
-        # row's ~1e-2 entries) would mostly round away in fp16. The model's row gets its rounded
-        # value after every step.
+        # The fp32 master copy of the learned row: Adam's steps (~lr, 1e-4, per entry) are a
+        # few fp16 ulps of the row's ~1e-2 entries, so fp16 would round them and lose the
+        # smaller ones. The model's row gets its rounded value after every step.
         self.vector = self.emb.weight[self.token].detach().float().clone().requires_grad_(True)
         self.opt = torch.optim.AdamW([self.vector], lr=lr, weight_decay=weight_decay)
         self.scale = LossScale()
