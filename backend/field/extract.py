@@ -28,6 +28,10 @@ from .fields import warp_jacobian
 from .render import CameraBatch, OccupancyGrid, Renderer, Shading
 
 
+class NothingToExtract(ValueError):
+    """The canonical density is nowhere above the surface's threshold: no mesh to make."""
+
+
 def grid_points(bound: float, resolution: int, device=None) -> torch.Tensor:
     """(R^3, 3) points of the extraction grid, corners included, in (x, y, z) index order."""
     axis = torch.linspace(-bound, bound, resolution, device=device)
@@ -202,7 +206,8 @@ def extract(canonical, motion=None, *, frames: int = 24, fps: float = 24.0,
     no view sees them: `seen_empty`; carve_views=0 skips that)."""
     dens = density_grid(canonical, bound, resolution, device=device)
     if dens.max() <= threshold:
-        raise ValueError(f"no density above the threshold {threshold}: nothing to extract")
+        raise NothingToExtract(f"no density above the threshold {threshold:.3g}: nothing to "
+                               f"extract")
     unseen_filled = 0
     if carve_views > 0:
         seen = seen_empty(canonical, bound, resolution, views=carve_views, device=device)

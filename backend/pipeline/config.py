@@ -36,6 +36,13 @@ class TextualInversionConfig:
     """Learning rate of the token's embedding."""
     views: int = 512
     """Augmented views encoded once, then drawn from (textual_inversion.py)."""
+    weight_decay: float = 1e-2
+    """AdamW's decoupled weight decay on the token's embedding (the official script's
+    `--adam_weight_decay` default)."""
+    initializer: str = "object"
+    """The word whose embedding the token starts from. Animate124's run scripts pass the
+    object's class noun by hand (`panda`, `tiger`, `astronaut`); a job has no class word, so
+    one word for every object."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,10 @@ class StaticConfig:
     """Start from the density blob ('blob', Animate124) or the preview proxy ('proxy')."""
     proxy_steps: int = 300
     """Steps fitting the proxy into the field (init 'proxy')."""
+    prompt: str = "a high-resolution DSLR image of {}, 8k, good quality"
+    """The SD prompt; {} is the object, 'a' and the learned token (Animate124's run scripts
+    give the class word there and add ', 8k, good quality'). Its front, side and back views
+    are blended by azimuth (`text.direction_weights`)."""
 
     def __post_init__(self):
         if self.init not in ("blob", "proxy"):

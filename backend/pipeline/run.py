@@ -27,7 +27,7 @@ from animate4d.protocol.options import JobOptions
 
 from ..config import as_dict
 from ..field import use_tensor_cores
-from ..field.extract import extract
+from ..field.extract import NothingToExtract, extract
 from ..field.fit import fit_shape
 from ..field.render import half_opaque_density
 from ..jobs.checkpoints import Checkpoints
@@ -233,7 +233,8 @@ class TextualInversion(Stage):
         job, ti = self.job, self.job.config.textual_inversion
         sd = job.pool.get("sd", self.name)
         image = _resize(job.prep["rgb"], ti.size)
-        self.key = cache_key(image, ti.steps, ti.size, ti.batch, ti.lr, sd.source, ti.views)
+        self.key = cache_key(image, ti.steps, ti.size, ti.batch, ti.lr, sd.source, ti.views,
+                             ti.weight_decay, ti.initializer)
         vector = cached_token(self.key) if job.token_cache else None
         if vector is not None:
             job.pool.token = vector
@@ -241,7 +242,8 @@ class TextualInversion(Stage):
             return False
         self.trainer = TokenTrainer(sd, image, size=ti.size, batch=ti.batch, lr=ti.lr,
                                     views=min(ti.views, ti.steps * ti.batch),
-                                    seed=job.options.seed)
+                                    seed=job.options.seed, weight_decay=ti.weight_decay,
+                                    initializer=ti.initializer)
         return True
 
     def step(self, step: int) -> None:
@@ -326,8 +328,9 @@ class Static(FieldStage):
         zero123 = self._zero123(scene)
         job.pool.keep("sd", "zero123")
         sd = guidance.StableDiffusionGuidance(job.pool.get("sd", self.name), cfg.guidance.sd)
-        return lambda rng, p, r: stages.static_step(scene, job.ref, cfg, sd, zero123,
-                                                    job.object_prompt, rng, p, r)
+        prompt = cfg.static.prompt.format(job.object_prompt)
+        return lambda rng, p, r: stages.static_step(scene, job.ref, cfg, sd, zero123, prompt,
+                                                    rng, p, r)
 
     def before_step(self, scene, step):
         scene.canonical.open_levels(self.job.config.static.levels_open(step))
@@ -386,15 +389,19 @@ class Export(Stage):
         job.pool.keep()
         scene = job.scene()
         scene.refresh_occupancy(occupancy_times("export"))
-        job.mesh, job.report = extract(
-            scene.canonical, scene.motion, frames=options.frames, fps=options.fps,
-            resolution=cfg.export.resolution,
-            threshold=half_opaque_density(scene.renderer.step_length),
-            target_faces=cfg.export.faces, transform=job.prep["transform"], device=job.device,
-            metadata={"prompt": options.prompt, "preset": options.preset,
-                      "seed": options.seed, "versions": versions(), "loop": options.loop,
-                      "source": job.prep["source"],
-                      "segmentation": job.prep.get("segmentation", {})})
+        try:
+            job.mesh, job.report = extract(
+                scene.canonical, scene.motion, frames=options.frames, fps=options.fps,
+                resolution=cfg.export.resolution,
+                threshold=half_opaque_density(scene.renderer.step_length),
+                target_faces=cfg.export.faces, transform=job.prep["transform"],
+                device=job.device,
+                metadata={"prompt": options.prompt, "preset": options.preset,
+                          "seed": options.seed, "versions": versions(), "loop": options.loop,
+                          "source": job.prep["source"],
+                          "segmentation": job.prep.get("segmentation", {})})
+        except NothingToExtract as e:  # a scene that faded away: the job's end, not a bug
+            raise _diverged("export", 0, str(e)) from None
 
 
 class Animate124(Method):

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from ..field.fields import CanonicalField, LoopingMotionField, MotionField
 from ..field.render import OccupancyGrid, Renderer, Shading
 from ..preprocess.framing import canonical_camera
-from ..priors import text
 from .cameras import orbit_camera, random_view, sample_clip
 from .config import Animate124Config
 
@@ -140,17 +139,20 @@ def normal_tv(image: torch.Tensor) -> torch.Tensor:
 def normal_blur(image: torch.Tensor, size: int = 9) -> torch.Tensor:
     """Mean squared difference between images (B, H, W, C) and their Gaussian blur (`size`
     px, sigma as torchvision's default for it, reflected edges: Animate124's smooth2d)."""
-    sigma = 0.3 * ((size - 1) * 0.5 - 1) + 0.8
-    x = torch.arange(size, device=image.device, dtype=image.dtype) - (size - 1) / 2
+    img = image.permute(0, 3, 1, 2)
+    return F.mse_loss(img, gaussian_blur(img, size, 0.3 * ((size - 1) * 0.5 - 1) + 0.8))
+
+
+def gaussian_blur(img: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """Images (B, C, H, W) blurred by a `size`-px Gaussian, edges reflected (torchvision's)."""
+    x = torch.arange(size, device=img.device, dtype=img.dtype) - (size - 1) / 2
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     k = k / k.sum()
-    c = image.shape[-1]
-    img = image.permute(0, 3, 1, 2)
+    c = img.shape[1]
     pad = size // 2
     blurred = F.pad(img, (pad, pad, pad, pad), mode="reflect")
     blurred = F.conv2d(blurred, k.view(1, 1, 1, size).expand(c, 1, 1, size), groups=c)
-    blurred = F.conv2d(blurred, k.view(1, 1, size, 1).expand(c, 1, size, 1), groups=c)
-    return F.mse_loss(img, blurred)
+    return F.conv2d(blurred, k.view(1, 1, size, 1).expand(c, 1, size, 1), groups=c)
 
 
 def time_smoothness(motion, preset: Animate124Config, device) -> torch.Tensor:
@@ -212,8 +214,7 @@ def static_step(scene, ref, preset, sd_guidance, zero123, prompt, rng: random.Ra
     shading, background = sds_look(rng, preset, "static", progress)
     rgb, regular = scene.render_regularised([cam], [0.0], preset, "static", progress,
                                             shading=shading, background=background)
-    vp = text.view_prompt(prompt, az, polar)
-    return {"sd": sd_guidance(rgb, [vp], progress).loss,
+    return {"sd": sd_guidance(rgb, prompt, progress, azimuths=[az]).loss,
             "zero123": zero123(rgb, polar - 90.0, az, 0.0, progress).loss, **regular}
 
 

@@ -75,11 +75,25 @@ class StableDiffusionGuidance:
     def forget_prompts(self):
         self._cache.clear()
 
-    def __call__(self, rgb: torch.Tensor, prompts: list[str], progress: float = 0.0,
-                 t: torch.Tensor | None = None) -> SDSOutput:
+    def view_embeddings(self, prompt: str, azimuths: list[float]) -> torch.Tensor:
+        """Per view, the blend of the prompt's front, side and back embeddings by its azimuth
+        from the reference (`text.direction_weights`): the prior is told which side it sees,
+        without a jump in the prompt where one name gives way to the next."""
+        emb = self.embeddings(text.direction_prompts(prompt))  # (3, tokens, width)
+        w = torch.tensor([text.direction_weights(a) for a in azimuths], device=emb.device)
+        return torch.einsum("vd,dtw->vtw", w.to(emb.dtype), emb)
+
+    def __call__(self, rgb: torch.Tensor, prompts: list[str] | str, progress: float = 0.0,
+                 t: torch.Tensor | None = None,
+                 azimuths: list[float] | None = None) -> SDSOutput:
+        """`prompts`: one per render, or one prompt whose views are blended by `azimuths`
+        (degrees from the reference view, one per render)."""
         latents = encode_images(self.prior.vae, rgb, self.size)
-        cond = self.embeddings(prompts)
-        uncond = self.embeddings([""] * len(prompts))
+        if azimuths is not None:
+            cond = self.view_embeddings(prompts, azimuths)
+        else:
+            cond = self.embeddings(prompts)
+        uncond = self.embeddings([""] * len(rgb))
         n = self.alphas.shape[0]
         t = t if t is not None else self.timesteps.sample(len(rgb), progress, n, rgb.device)
 

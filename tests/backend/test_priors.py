@@ -129,6 +129,27 @@ def test_stable_diffusion_guidance_mixes_both_branches_in_its_range(tiny_models)
     assert not torch.allclose(grad("a panda", 50.0), grad("a cat", 50.0))
 
 
+def test_sd_view_embeddings_blend_front_side_and_back_by_azimuth(tiny_models):
+    """Animate124's nerf/utils.py: r = 1 - |azimuth| / 90 of front and the rest of side within
+    90 degrees of the front; beyond, r = 1 - (|azimuth| - 90) / 90 of side, the rest back."""
+    sd = loading.load("sd", tiny_models)
+    seen = []
+    hook = sd.unet.register_forward_pre_hook(
+        lambda m, args, kw: seen.append(kw["encoder_hidden_states"].clone()), with_kwargs=True)
+    g = guidance.StableDiffusionGuidance(sd)
+    front, side, back = g.embeddings(["a panda, front view", "a panda, side view",
+                                      "a panda, back view"])
+    views = g.view_embeddings("a panda", [30.0, -60.0, 135.0, -180.0, 0.0, 390.0])
+    r, r1, r2 = 1 - 30 / 90, 1 - 60 / 90, 1 - (135 - 90) / 90
+    for got, want in zip(views, [r * front + (1 - r) * side, r1 * front + (1 - r1) * side,
+                                 r2 * side + (1 - r2) * back, back, front,
+                                 r * front + (1 - r) * side], strict=True):
+        torch.testing.assert_close(got, want)
+    g(_render(2, 3, 12, 12), "a panda", azimuths=[30.0, 135.0])
+    hook.remove()
+    torch.testing.assert_close(seen[0][2:], views[[0, 2]])  # the cond half of the batch
+
+
 def test_zero123_guidance_depends_on_pose_and_reference(tiny_models):
     z = loading.load("zero123", tiny_models)
     g = guidance.Zero123Guidance(z, replace(guidance.ZERO123, size=16))  # the tiny VAE's size

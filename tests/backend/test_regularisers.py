@@ -176,7 +176,7 @@ def test_entropy_ramps_in_as_animate124s_global_step():
 
 
 class _Guidance:
-    def __call__(self, rgb, *args):
+    def __call__(self, rgb, *args, **kwargs):
         return type("Out", (), {"loss": rgb.mean()})()
 
 
