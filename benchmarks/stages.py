@@ -198,8 +198,8 @@ def run(args) -> dict:
     for stage in args.stages:
         clock = _PriorClock(device)
         # The last stage's priors and their state go before the reset (a prior still named
-        # here stays on the GPU after `PriorPool.keep` drops it: 2.4 GB of SD carried into
-        # the dynamic and refine stages until session 8).
+        # here stays on the GPU after `PriorPool.keep` drops it: 2.4 GB of SD would be carried
+        # into the dynamic and refine stages).
         step = fn = opt = trainer = sd = stepper = None
         setup = 0.0  # one-off seconds per job before the stage's first step
         gc.collect()  # the last stage's closures and graphs, before the peak reset

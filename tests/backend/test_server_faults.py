@@ -1,4 +1,4 @@
-"""Faults of the disk, the store and the network, each reproduced (issue 26): the server keeps
+"""Faults of the disk, the store and the network, each reproduced: the server keeps
 serving, nothing accepted is lost, no client hangs."""
 
 from __future__ import annotations
