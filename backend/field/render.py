@@ -4,9 +4,9 @@ Rays go through pixel centres of `protocol.Camera`s (the same convention as ever
 clipped to the box [-bound, bound]^3; samples are stratified between the entry and exit; an
 optional occupancy grid (max over time) skips empty space, and a no-grad first pass drops the
 samples hidden behind opaque ones or too thin to show; colours are albedo shaded by a
-Lambertian light as in Animate124, normals from central differences of the density at the
-sample's time in world space (no double backward through the encoder). Returns rgb, alpha,
-depth and normals per pixel.
+Lambertian light as in Animate124, normals from finite differences of the density (no double
+backward through the encoder; `Renderer(normals=...)` says which). Returns rgb, alpha, depth
+and normals per pixel.
 """
 
 from __future__ import annotations
@@ -188,6 +188,12 @@ SHADING_MODES = ("albedo", "lambertian", "textureless", "normals")
 REGULARISER_OUTPUTS = ("entropy", "orientation", "normal_image")
 
 
+def _repeat_times(t, copies: int):
+    """The time(s) of `copies` stacked copies of a batch of points: one per point repeated,
+    or the one time as it is."""
+    return t.repeat(copies) if torch.is_tensor(t) and t.ndim == 1 else t
+
+
 def weight_entropy(w: torch.Tensor) -> torch.Tensor:
     """Binary entropy in bits of sample weights in [0, 1], clamped off 0 and 1 as Animate124
     does (log 0): 0 for an empty or an opaque sample, 1 at one half."""
@@ -310,41 +316,40 @@ class Renderer:
 
     def _shade_points(self, x: torch.Tensor, t, with_normals: bool) -> tuple:
         """Density, albedo (and normals, as `normals` says) at world points x at time(s) t."""
-        if not with_normals or self.normals != "world":
-            moves = self._moves(t)
-            xc = self.motion.warp(x, t) if moves else x
-            if not with_normals:
-                dens, alb = self.canonical(xc)
-                return dens, alb, None
-            # Forward differences of the canonical density at the warped point, evaluated in
-            # the same call as the point itself (one batch of 4n points).
-            n, e = len(xc), self.normal_eps
-            offs = torch.eye(3, device=xc.device, dtype=xc.dtype) * e
-            dens, alb = self.canonical(
-                torch.cat([xc, xc + offs[0], xc + offs[1], xc + offs[2]]),
-                group=self.normal_stencil)
-            grad = (dens[n:].view(3, n) - dens[:n]).T
-            if moves and self.normals == "jacobian":
-                # d sigma(w(x)) / dx = J^T grad, J_ij = dw_i / dx_j by forward differences.
-                with torch.no_grad():
-                    per_point = torch.is_tensor(t) and t.ndim == 1
-                    ahead = self.motion.warp(torch.cat([x + offs[0], x + offs[1], x + offs[2]]),
-                                             t.repeat(3) if per_point else t)
-                    jac = (ahead.view(3, n, 3) - xc.detach()) / e  # [j, point, i] = J_ij
-                grad = torch.einsum("jpi,pi->pj", jac, grad)
-            return dens[:n], alb[:n], -torch.nn.functional.normalize(grad, dim=-1)
-        # Animate124's: minus the gradient of the density seen at time t with respect to the
-        # world point, sigma(warp(x, t)), by central differences at x +- `normal_eps` per
-        # axis: a moving part is shaded as it is turned at time t. The point and its 6
-        # neighbours go through the warp and the canonical field in one call each.
+        if with_normals and self.normals == "world":
+            return self._shade_world(x, t)
+        moves = self._moves(t)
+        xc = self.motion.warp(x, t) if moves else x
+        if not with_normals:
+            dens, alb = self.canonical(xc)
+            return dens, alb, None
+        # Forward differences of the canonical density at the warped point, evaluated in the
+        # same call as the point itself (one batch of 4n points).
+        n, e = len(xc), self.normal_eps
+        offs = torch.eye(3, device=xc.device, dtype=xc.dtype) * e
+        dens, alb = self.canonical(torch.cat([xc, xc + offs[0], xc + offs[1], xc + offs[2]]),
+                                   group=self.normal_stencil)
+        grad = (dens[n:].view(3, n) - dens[:n]).T
+        if moves and self.normals == "jacobian":
+            # d sigma(w(x)) / dx = J^T grad, J_ij = dw_i / dx_j by forward differences.
+            with torch.no_grad():
+                ahead = self.motion.warp(torch.cat([x + offs[0], x + offs[1], x + offs[2]]),
+                                         _repeat_times(t, 3))
+                jac = (ahead.view(3, n, 3) - xc.detach()) / e  # [j, point, i] = J_ij
+            grad = torch.einsum("jpi,pi->pj", jac, grad)
+        return dens[:n], alb[:n], -torch.nn.functional.normalize(grad, dim=-1)
+
+    def _shade_world(self, x: torch.Tensor, t) -> tuple:
+        """Animate124's normals: minus the gradient of the density seen at time t with respect
+        to the world point, sigma(warp(x, t)), by central differences at x +- `normal_eps`
+        per axis, so a moving part is shaded as it is turned at time t. The point and its 6
+        neighbours go through the warp and the canonical field in one call each."""
         n, e = len(x), self.normal_eps
         offs = torch.eye(3, device=x.device, dtype=x.dtype) * e
         stencil = torch.cat([x, x + offs[0], x - offs[0], x + offs[1], x - offs[1],
                              x + offs[2], x - offs[2]])
         if self._moves(t):
-            per_point = torch.is_tensor(t) and t.ndim == 1
-            stencil = self.motion.warp(stencil, t.repeat(self.normal_stencil) if per_point
-                                       else t)
+            stencil = self.motion.warp(stencil, _repeat_times(t, self.normal_stencil))
         # No grouping hint: the hash-grid kernels group power-of-two copies only.
         dens, alb = self.canonical(stencil)
         pm = dens[n:].view(3, 2, n)
