@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from animate4d.backend.commands.bench import whole_number as int_in  # noqa: F401 (re-export)
+from animate4d.backend.commands.args import whole_number as int_in  # noqa: F401 (re-export)
 from animate4d.backend.runtime.devices import choose_device
 
 

@@ -11,21 +11,7 @@ from pathlib import Path
 from animate4d.protocol.errors import InvalidRequestError
 
 from ..runtime.devices import choose_device, limit_memory
-
-
-def whole_number(lo: int, hi: int):
-    """An argparse type: a whole number from lo to hi, with a message that says so."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{text!r}: a whole number from {lo} to {hi}")
-        return value
-
-    return parse
+from .args import whole_number
 
 
 def cmd_gpu(args) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 from animate4d.protocol import keys
 from animate4d.protocol.client import DEFAULT_SERVER
 
-from .args import address, bind_address
+from .args import address, bind_address, positive_float, positive_int
 
 DEFAULT_WORKERS = "tcp://127.0.0.1:5556"
 # How long `serve --local` waits for its worker to hand its job back: the worker's
@@ -174,11 +173,11 @@ def add_parsers(sub) -> None:
                         "fast and paper presets when all are there (default: ANIMATE4D_MODELS)")
     w.add_argument("--insecure", action="store_true",
                    help="connect to a non-loopback server without CURVE")
-    w.add_argument("--max-jobs", type=_positive_int, metavar="N",
+    w.add_argument("--max-jobs", type=positive_int, metavar="N",
                    help="exit 0 after N jobs have ended on this worker (farm slots)")
-    w.add_argument("--exit-when-idle", type=_positive_float, metavar="SECONDS",
+    w.add_argument("--exit-when-idle", type=positive_float, metavar="SECONDS",
                    help="exit 0 after SECONDS without a job (since the start or the last job)")
-    w.add_argument("--stop-timeout", type=_positive_float, default=20.0, metavar="SECONDS",
+    w.add_argument("--stop-timeout", type=positive_float, default=20.0, metavar="SECONDS",
                    help="on SIGTERM or SIGINT the job stops at its next step, its checkpoint "
                         "is uploaded and it is handed back to the server, which requeues it at "
                         "once; give up waiting for that step after SECONDS and hand it back "
@@ -188,23 +187,3 @@ def add_parsers(sub) -> None:
                    help="die when the process that started this worker exits (what `serve "
                         "--local` uses)")
     w.set_defaults(func=cmd_worker)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
-    return value
