@@ -69,11 +69,23 @@ def render(
     l_world = camera.rotation @ (l_dir * (1, 1, -1))
     rgb = col * (0.35 + 0.65 * np.clip(n @ -l_world, 0.0, 1.0))[:, None]
 
+    img, covered, _ = gbuffer(v, f, rgb, camera)
+    img[~covered] = background
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def gbuffer(vertices: np.ndarray, faces: np.ndarray, attributes: np.ndarray,
+            camera: Camera) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pixel, the nearest surface's perspective-correct interpolation of per-vertex
+    `attributes` (N, K): (H, W, K) float64 (0 where nothing is hit), which pixels a surface
+    covers (H, W) bool, and its depth along the camera's axis (H, W, inf where uncovered)."""
+    w, h = camera.resolution
+    v = np.asarray(vertices, np.float64)
+    attributes = np.asarray(attributes, np.float64)
     uv, depth = camera.project(v)
     zbuf = np.full(h * w, np.inf)
-    img = np.empty((h * w, 3), np.float64)
-    img[:] = background
-    for pix, z, c in _fragments(uv, depth, f, rgb, w, h):
+    img = np.zeros((h * w, attributes.shape[1]), np.float64)
+    for pix, z, c in _fragments(uv, depth, np.asarray(faces, np.int64), attributes, w, h):
         # Nearest fragment per pixel in this batch, then against the buffer.
         order = np.lexsort((z, pix))
         pix, z, c = pix[order], z[order], c[order]
@@ -83,7 +95,7 @@ def render(
         nearer = z < zbuf[pix]
         zbuf[pix[nearer]] = z[nearer]
         img[pix[nearer]] = c[nearer]
-    return np.clip(np.rint(img.reshape(h, w, 3)), 0, 255).astype(np.uint8)
+    return (img.reshape(h, w, -1), np.isfinite(zbuf).reshape(h, w), zbuf.reshape(h, w))
 
 
 _NEAR = 1e-6

@@ -40,7 +40,8 @@ def random_view(rng: random.Random, views: ViewConfig) -> tuple[float, float]:
 
 
 def sample_clip(rng: random.Random, frames: int, time_steps: int, span: tuple[int, int],
-                p_start_at_zero: float, p_mirror: float, wrap: bool = False) -> np.ndarray:
+                p_start_at_zero: float, p_mirror: float, wrap: bool = False,
+                mirror: str = "forward") -> np.ndarray:
     """Times of one training clip (Animate124's temporal sampling): a span of `span` time
     steps out of `time_steps`, starting at 0 with p_start_at_zero; with p_mirror each time t
     becomes 1 - t, re-sorted, so the clip still plays forward but is anchored at the end of
@@ -48,13 +49,17 @@ def sample_clip(rng: random.Random, frames: int, time_steps: int, span: tuple[in
     played backwards: the prior would teach a one-way motion both ways. `wrap` (a looping
     motion, where time 1 is time 0): times in [0, 1), a clip may start anywhere and run on
     past the end into the start, so the prior also sees the seam; a mirrored clip is then
-    just another forward clip."""
+    just another forward clip. `mirror="reverse"`: a mirrored clip is the clip's frames in
+    reverse order instead (it plays backwards; `DynamicConfig.mirror`)."""
     s = rng.randint(max(span[0], frames), min(span[1], time_steps))
     last_start = time_steps - 1 if wrap else time_steps - s
     start = 0 if rng.random() < p_start_at_zero else rng.randint(0, last_start)
     idx = (start + np.floor(np.arange(frames) * s / frames)) % time_steps
     if rng.random() < p_mirror:
-        idx = time_steps - idx[::-1]
-        if wrap:
-            idx %= time_steps
+        if mirror == "reverse":
+            idx = idx[::-1]
+        else:
+            idx = time_steps - idx[::-1]
+            if wrap:
+                idx %= time_steps
     return (idx / time_steps).astype(np.float32)

@@ -190,6 +190,10 @@ class DynamicConfig:
     p_mirror: float = 0.5
     """Probability that a clip is mirrored: each time t becomes 1 - t, the clip still
     playing forward (cameras.sample_clip)."""
+    mirror: str = "forward"
+    """How a mirrored clip plays: "forward" (Animate124's rule above) or "reverse" (its
+    frames in reverse order: it plays backwards, teaching a one-way motion both ways; kept
+    only so that `bench oracle --ab mirror` can show what the forward rule is worth)."""
     p_moving_camera: float = 0.9
     """Probability that the camera moves while the clip plays (`dynamic_cam_rate`)."""
     sweep_polar_deg: float = 45.0
@@ -198,6 +202,11 @@ class DynamicConfig:
     """A moving camera's azimuth changes by a draw in +-this over a clip (degrees)."""
     canonical_lr_scale: float = 0.1
     """The canonical field keeps learning, at this fraction of the learning rate."""
+
+    def __post_init__(self):
+        if self.mirror not in ("forward", "reverse"):
+            raise ValueError(f"dynamic.mirror must be 'forward' or 'reverse', not "
+                             f"{self.mirror!r}")
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,9 @@ class Scene:
         self.renderer = Renderer(self.canonical, self.motion, samples=preset.renderer.samples,
                                  normals=preset.renderer.normals,
                                  occupancy=self.occupancy)
+        # Called as watcher(cameras, times, shading, background, rgb) after every render:
+        # how oracle priors (`oracle.priors.RenderLog`) learn which view an image shows.
+        self.watchers: list = []
 
     @property
     def looping(self) -> bool:
@@ -73,10 +76,13 @@ class Scene:
         return rgb, regulariser_losses(out, preset, stage, progress)
 
     def _render(self, cameras, times, shading, background, regularisers):
-        out = self.renderer.render(cameras, times, shading=shading or Shading(mode="albedo"),
-                                   background=background, jitter=True,
-                                   regularisers=regularisers)
-        return out["rgb"].permute(0, 3, 1, 2).clamp(0, 1), out
+        shading = shading or Shading(mode="albedo")
+        out = self.renderer.render(cameras, times, shading=shading, background=background,
+                                   jitter=True, regularisers=regularisers)
+        rgb = out["rgb"].permute(0, 3, 1, 2).clamp(0, 1)
+        for watch in self.watchers:
+            watch(cameras, times, shading, background, rgb.detach())
+        return rgb, out
 
     def refresh_occupancy(self, times=(None,)) -> float:
         """Rebuild the occupancy grid at `times`; returns the fraction of cells occupied."""
@@ -237,7 +243,7 @@ def sample_clip_views(rng: random.Random, preset: Animate124Config, progress: fl
     the same clips."""
     d = preset.dynamic
     times = sample_clip(rng, d.clip_frames, d.time_steps, d.clip_span, d.p_start_at_zero,
-                        d.p_mirror, wrap)
+                        d.p_mirror, wrap, d.mirror)
     polar, az = random_view(rng, preset.views)
     d_polar = d_az = 0.0
     if rng.random() < d.p_moving_camera:  # the camera moves while the clip plays

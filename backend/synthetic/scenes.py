@@ -2,13 +2,20 @@
 
 Each covers a kind of motion the pipeline must handle: `ball` (rigid travel + squash and
 stretch), `bend` (a capsule bending like a waving arm: non-rigid, rooted), `twist` (a rounded
-box twisting about its axis: large rotations that grow with height). Colours vary smoothly over
-the surface so that motion along the surface is visible in the images, not only in outlines.
+box twisting about its axis: large rotations that grow with height), `lift` (the capsule
+bending one way only, straight at the start and bent at the end: a motion that does not loop,
+so a clip taught backwards shows). Colours vary smoothly over the surface so that motion along
+the surface is visible in the images, not only in outlines.
+
+Each motion is a function of the clip's time t in [0, 1] (`Motion`); a clip of F frames shows
+times k / F.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import trimesh
@@ -27,12 +34,12 @@ def _colours(rest: np.ndarray, freq: float) -> np.ndarray:
     return out
 
 
-def _ball(frames: int):
+def _ball(times):
     m = trimesh.creation.icosphere(subdivisions=4, radius=0.4)
     rest = m.vertices
     out = []
-    for k in range(frames):
-        ph = 2 * math.pi * k / frames
+    for t in times:
+        ph = 2 * math.pi * t
         h = 0.25 * abs(math.sin(ph))  # bounce
         squash = 1.0 - 0.25 * max(0.0, math.cos(2 * ph))  # squashed at the ground
         stretch = 1.0 / math.sqrt(squash)
@@ -43,14 +50,22 @@ def _ball(frames: int):
     return m, np.stack(out)
 
 
-def _bend(frames: int):
+def _bend(times):
+    return _bent_capsule([0.9 * math.sin(2 * math.pi * t) for t in times])
+
+
+def _lift(times):
+    # Smoothstep from straight to bent: starts and ends at rest, never comes back.
+    return _bent_capsule([1.2 * t * t * (3 - 2 * t) for t in times])
+
+
+def _bent_capsule(curvatures):
     m = trimesh.creation.capsule(height=1.0, radius=0.18, count=[48, 48])
     m = trimesh.Trimesh(*trimesh.remesh.subdivide_to_size(m.vertices, m.faces, 0.04))
     rest = m.vertices
     z = rest[:, 2] + 0.68  # 0 at the root, 1.36 at the tip
     out = []
-    for k in range(frames):
-        curvature = 0.9 * math.sin(2 * math.pi * k / frames)
+    for curvature in curvatures:
         # Bend the axis into a circular arc of the given curvature, in the XZ plane.
         ang = curvature * z
         if abs(curvature) < 1e-6:
@@ -64,7 +79,7 @@ def _bend(frames: int):
     return m, np.stack(out)
 
 
-def _twist(frames: int):
+def _twist(times):
     m = trimesh.creation.box(extents=(0.5, 0.5, 1.0))
     m = trimesh.Trimesh(*trimesh.remesh.subdivide_to_size(m.vertices, m.faces, 0.03))
     # Round it: pull the box towards a superellipsoid so its edges are not razor sharp.
@@ -73,27 +88,53 @@ def _twist(frames: int):
     rest = v / n * np.array([0.25, 0.25, 0.5])
     m = trimesh.Trimesh(rest, m.faces)
     out = []
-    for k in range(frames):
-        a = 1.2 * math.sin(2 * math.pi * k / frames) * (rest[:, 2] + 0.5)
+    for t in times:
+        a = 1.2 * math.sin(2 * math.pi * t) * (rest[:, 2] + 0.5)
         c, s = np.cos(a), np.sin(a)
         out.append(np.stack([c * rest[:, 0] - s * rest[:, 1], s * rest[:, 0] + c * rest[:, 1],
                              rest[:, 2]], 1))
     return m, np.stack(out)
 
 
-SCENES = {"ball": _ball, "bend": _bend, "twist": _twist}
+SCENES = {"ball": _ball, "bend": _bend, "twist": _twist, "lift": _lift}
+# The scenes whose motion comes back to the start at t = 1.
+LOOPING = ("ball", "bend", "twist")
 MAX_FRAMES = 240
 
 
-def scene(name: str, frames: int = 16, fps: float = 24.0) -> AnimatedMesh:
-    """The named scene as an AnimatedMesh (frame 0 is the rest pose; the clip loops)."""
+@dataclass(frozen=True)
+class Motion:
+    """A scene as a function of time: faces, per-vertex colours, and `at(times)` (T,) ->
+    vertex positions (T, N, 3) for times in [0, 1]."""
+
+    name: str
+    faces: np.ndarray
+    colors: np.ndarray
+    at: Callable[[np.ndarray], np.ndarray]
+    loops: bool
+
+
+def motion(name: str) -> Motion:
+    """The named scene's motion, at any times."""
     if name not in SCENES:
         raise ValueError(f"unknown scene {name!r}; built-in scenes: {', '.join(SCENES)}")
+    mesh, rest = SCENES[name]([0.0])
+    faces = np.asarray(mesh.faces, np.int64)
+    colours = _colours(np.asarray(mesh.vertices, np.float32), 3.0)
+
+    def at(times):
+        return np.asarray(SCENES[name]([float(t) for t in times])[1], np.float32)
+
+    return Motion(name, faces, colours, at, name in LOOPING)
+
+
+def scene(name: str, frames: int = 16, fps: float = 24.0) -> AnimatedMesh:
+    """The named scene as an AnimatedMesh (frame 0 is the rest pose; frame k shows time
+    k / frames)."""
     if not 1 <= frames <= MAX_FRAMES:
         raise ValueError(f"frames must be within 1..{MAX_FRAMES}")
-    mesh, verts = SCENES[name](frames)
-    faces = np.asarray(mesh.faces, np.int64)
-    rest = np.asarray(mesh.vertices, np.float32)
-    return AnimatedMesh(vertices=verts[0].astype(np.float32), faces=faces,
-                        frames=verts.astype(np.float32), fps=fps, transform=np.eye(4),
-                        colors=_colours(rest, 3.0), metadata={"scene": name})
+    m = motion(name)
+    verts = m.at(np.arange(frames) / frames)
+    return AnimatedMesh(vertices=verts[0], faces=m.faces, frames=verts, fps=fps,
+                        transform=np.eye(4), colors=m.colors,
+                        metadata={"scene": name, "loop": m.loops})

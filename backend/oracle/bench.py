@@ -1,0 +1,191 @@
+"""`animate4d bench oracle`: the whole Animate124 job on oracle priors, scored against the
+ground truth they know.
+
+The job is the production one (`pipeline.run.Animate124`: static -> dynamic -> refine ->
+export, the same stages, losses, schedules and SDS path) with two changes only: the priors are
+the oracles (`oracle.priors`), and preprocessing is the truth's frame 0 from the reference
+camera with its exact mask and inverse depth (no segmenter, no depth estimator, no learned
+token: the oracles read no text). The result is scored as `bench synthetic` scores a fit:
+Chamfer distance per frame as a fraction of the clip's diagonal, PSNR on held-out views.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from animate4d.protocol.options import JobOptions
+
+from ..field.render import Shading
+from ..jobs.method import Stage, run_method
+from ..pipeline import stages
+from ..pipeline.cameras import orbit_camera
+from ..pipeline.config import FAST, PAPER, Animate124Config, override
+from ..pipeline.run import Animate124, PriorPool
+from ..priors.guidance import SD, TILE, VIDEO, ZERO123
+from ..runtime.devices import choose_device
+from ..synthetic import metrics
+from ..synthetic.benchmark import peak_bytes
+from .priors import RenderLog, oracle_priors
+from .truth import GroundTruth
+
+SIZES: dict[str, Animate124Config] = {
+    # Minutes on a 2-core CPU.
+    "small": override(FAST, {
+        "renderer.size": 24, "renderer.samples": 24,
+        "field.grid_levels": 8, "field.grid_log2_table": 15, "field.occupancy_resolution": 32,
+        "guidance.sd": replace(SD, size=24), "guidance.zero123": replace(ZERO123, size=24),
+        "guidance.video": replace(VIDEO, size=24), "guidance.tile": replace(TILE, size=48),
+        "dynamic.clip_frames": 4, "dynamic.time_steps": 8, "dynamic.clip_span": (4, 8),
+        "refine.render_size": 24, "export.resolution": 96, "export.faces": 20_000,
+        "static.steps": 150, "reference.first": 10, "dynamic.steps": 150,
+        "refine.steps": 30, "checkpoint_every": 10_000}),
+    # The paper's fields and renders; the clip timeline on 32 steps, which bounds the video
+    # oracle's renders per step (frames x 33).
+    "full": override(PAPER, {
+        "dynamic.time_steps": 32, "dynamic.clip_span": (16, 32),
+        "static.steps": 2000, "dynamic.steps": 2000, "refine.steps": 500}),
+}
+
+# The latents are the render average-pooled by this (SD's VAE: 8; the small sizes' 24-px
+# priors would then see 3 x 3 latents).
+VAE_FACTOR = {"small": 2, "full": 8}
+FRAMES = {"small": 8, "full": 16}
+HELDOUT = ((60.0, 45.0), (100.0, 135.0), (80.0, -120.0), (120.0, -45.0))
+
+
+class OracleReference(Stage):
+    """Preprocessing from the truth: frame 0 from the reference camera, its exact mask and
+    inverse depth, the object frame as the world (identity transform)."""
+
+    name = "preprocess"
+
+    def __init__(self, job: OracleJob):
+        self.job = job
+
+    def step(self, step: int) -> None:
+        job = self.job
+        size = max(job.config.renderer.size, 64)
+        job.set_prep({**job.truth.reference(size), "transform": np.eye(4),
+                      "source": job.truth.name, "segmentation": {}})
+
+
+class OraclePool(PriorPool):
+    """The oracle priors by role (nothing to load, nothing to release)."""
+
+    def __init__(self, priors: dict, device):
+        super().__init__(None, device)
+        self.loaded = priors
+
+    def get(self, role: str, stage: str = ""):
+        return self.loaded[role]
+
+    def keep(self, *roles: str) -> None:
+        pass
+
+
+class OracleJob(Animate124):
+    """An Animate124 job whose priors know `truth`."""
+
+    def __init__(self, truth: GroundTruth, options: JobOptions, config: Animate124Config,
+                 device, vae_factor: int):
+        super().__init__(None, options, config, device=device, random_weights=True)
+        self.truth, self.log = truth, RenderLog()
+        looping = options.loop
+        self.pool = OraclePool(oracle_priors(truth, self.log, config, self.device,
+                                             looping=looping, factor=vae_factor), self.device)
+        kept = [s for s in self._stages if s.name not in ("preprocess", "textual_inversion")]
+        self._stages = [OracleReference(self), *kept]
+
+    def scene(self) -> stages.Scene:
+        fresh = self._scene is None
+        scene = super().scene()
+        if fresh:
+            scene.watchers.append(self.log)
+        return scene
+
+
+@dataclass
+class Variant:
+    """What one run of the bench changes (`--ab`): a name and config changes."""
+
+    name: str
+    changes: dict
+
+
+AB = {
+    # Animate124's mirror keeps clips playing forward; the frames reversed play them
+    # backwards (a one-way motion, e.g. `lift`, is then taught both ways).
+    "mirror": (Variant("forward", {}), Variant("reversed", {"dynamic.mirror": "reverse"})),
+    # Normals of the moving density (Animate124's) against the canonical ones, unrotated.
+    "normals": (Variant("world", {"renderer.normals": "world"}),
+                Variant("canonical", {"renderer.normals": "canonical"})),
+}
+
+
+def run(source: str, *, size: str = "small", device: str = "cpu", seed: int = 0,
+        changes: dict | None = None, log=None) -> dict:
+    """One oracle job on `source` (a built-in scene or an .a4d clip) and its scores."""
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {', '.join(SIZES)}")
+    dev = choose_device(device)
+    truth = GroundTruth.load(source)
+    config = override(SIZES[size], changes or {})
+    options = JobOptions(prompt=f"the {truth.name} is moving", preset="fast",
+                         frames=FRAMES[size], seed=seed, loop=truth.loops)
+    torch.manual_seed(seed)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    job = OracleJob(truth, options, config, dev, VAE_FACTOR[size])
+    last = {}
+
+    def progress(stage, step, total):
+        if log and (stage, step * 10 // max(total, 1)) != last.get("at"):
+            last["at"] = (stage, step * 10 // max(total, 1))
+            log(f"{stage} {step}/{total} ({time.perf_counter() - t0:.0f} s)")
+
+    mesh = run_method(job, progress)
+    seconds = time.perf_counter() - t0
+    return {"source": truth.name, "size": size, "device": str(dev),
+            "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+            "loops": truth.loops, "frames": options.frames, "changes": changes or {},
+            **score(job, mesh, truth), "seconds": seconds, "peak_bytes": peak_bytes(dev)}
+
+
+def score(job: OracleJob, mesh, truth: GroundTruth, points: int = 10_000) -> dict:
+    """Chamfer per frame (fraction of the truth's diagonal) and held-out PSNR (albedo, white
+    background, four views no SDS step was drawn at on purpose)."""
+    rng = np.random.default_rng(0)
+    frames = len(mesh.frames)
+    gt = truth.at_frames(frames)
+    chamfer = []
+    for k in range(frames):
+        a = metrics.sample_surface(mesh.frames[k], mesh.faces, points, rng)
+        b = metrics.sample_surface(gt[k], truth.faces, points, rng)
+        chamfer.append(metrics.chamfer_and_normals(a, b, truth.diagonal)[0])
+    scene, size = job.scene(), job.config.renderer.size
+    cams = [orbit_camera(p, a, size) for p, a in HELDOUT]
+    psnr = []
+    with torch.no_grad():
+        for k in range(frames):
+            out = scene.renderer.render(cams, [k / frames] * len(cams),
+                                        shading=Shading(mode="albedo"))
+            got = out["rgb"].clamp(0, 1).cpu().numpy()
+            want = np.stack([truth.render(c, k / frames).rgb.permute(1, 2, 0).numpy()
+                             for c in cams])
+            psnr.append(metrics.psnr(got, want))
+    return {"chamfer_per_frame": chamfer, "chamfer_mean": float(np.mean(chamfer)),
+            "chamfer_max": float(np.max(chamfer)), "psnr_heldout_per_frame": psnr,
+            "psnr_heldout": float(np.mean(psnr))}
+
+
+def run_ab(source: str, which: str, **kw) -> dict:
+    """Both variants of an A/B (`AB`) on the same scene, seed and size."""
+    if which not in AB:
+        raise ValueError(f"--ab must be one of {', '.join(AB)}")
+    return {"ab": which, "runs": {v.name: run(source, changes=v.changes, **kw)
+                                  for v in AB[which]}}

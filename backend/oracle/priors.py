@@ -1,0 +1,294 @@
+"""Oracle priors: every diffusion prior replaced by one that knows the ground truth, in the
+real priors' layout (`loading.Prior` with unet, vae, text encoder, tokenizer, scheduler,
+cc_projection, image encoder, controlnet), so the guidance modules and the SDS maths run
+unchanged: the renders are encoded by a VAE (gradients through it), noised at a drawn timestep,
+denoised by a "unet" under classifier-free guidance, and the SDS gradient follows.
+
+What each denoiser knows (it predicts the noise as if the clean latents were its target x0):
+    SD, ControlNet-tile  x0 = the truth seen from the same camera at the same time, shaded
+                         the same way on the same background;
+    Zero123              x0 = the truth at time 0 seen from the reference camera moved by the
+                         pose the pipeline passes (a wrong sign or axis there is a wrong target);
+    video                the data are the truth's forward-playing clips (the clip sampler's
+                         spans and starts) from the same cameras; the denoiser is the exact
+                         posterior mean over them given the noisy clip: it never sees the
+                         frames' times, so a clip fed backwards is pulled towards another motion.
+The unconditional branch is uninformative: a flat prior, whose clean estimate is the noisy
+latents themselves (predicted noise 0); classifier-free guidance then extrapolates towards the
+truth by its scale, as it does towards the text with real priors.
+
+Which camera, time and look an image has comes from the scene (`RenderLog`, a
+`stages.Scene` watcher): the VAE finds each image it encodes among the latest renders.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+from animate4d.protocol import Camera
+
+from ..field.render import Shading
+from ..pipeline.cameras import orbit_camera
+from ..pipeline.config import Animate124Config
+from ..preprocess.framing import CANONICAL_RADIUS
+from ..priors.loading import Prior
+from .truth import GroundTruth
+
+# The channel of the conditioning that says "conditional" (1) or "unconditional" (0), and the
+# channels Zero123's pose is passed on.
+_FLAG, _POSE = 0, slice(1, 5)
+WIDTH = 8  # conditioning width (text tokens, Zero123's projection)
+CLIP_WIDTH = 4  # the oracle image encoder's embedding width
+TOKENS = 16
+
+
+@dataclass(frozen=True)
+class View:
+    camera: Camera
+    time: float
+    shading: Shading
+    background: tuple
+
+
+class RenderLog:
+    """The scene's latest renders (a `Scene.watchers` entry): each image's view, and the image
+    itself, so that an image handed to a prior can be told apart from its neighbours."""
+
+    def __init__(self, keep: int = 4):
+        self.keep, self.renders = keep, []
+
+    def __call__(self, cameras, times, shading, background, rgb):
+        views = [View(c, float(t or 0.0), shading, tuple(float(b) for b in background))
+                 for c, t in zip(cameras, times, strict=True)]
+        self.renders = [(views, rgb), *self.renders][: self.keep]
+
+    def find(self, images: torch.Tensor) -> list[View] | None:
+        """The views of `images` (B, 3, S, S) in [-1, 1] as the guidance hands them to the VAE
+        (renders resized to S), newest renders first; None if any image is not a render."""
+        size = images.shape[-2:]
+        for views, rgb in self.renders:
+            resized = F.interpolate(rgb.to(images.device, torch.float32), size,
+                                    mode="bilinear", align_corners=False) * 2 - 1
+            gap = (images.float()[:, None] - resized[None]).abs().flatten(2).amax(-1)
+            best = gap.min(1)
+            if bool((best.values < 1e-5).all()):
+                # Equal images (a still scene from one camera) map to the first: the same
+                # picture, so the same target.
+                return [views[int(i)] for i in best.indices]
+        return None
+
+
+class OracleVAE(torch.nn.Module):
+    """Latents that are a small faithful image: the picture average-pooled by `factor`, its
+    three channels plus their mean (four, as SD's VAE has). Deterministic."""
+
+    def __init__(self, log: RenderLog, size: int, factor: int):
+        super().__init__()
+        self.log, self.factor = log, factor
+        self.config = SimpleNamespace(scaling_factor=1.0, sample_size=size, latent_channels=4)
+        self.last_views: list[View] | None = None
+        self.encoder = torch.nn.Identity()  # where compiling would put a compiled encoder
+
+    @property
+    def dtype(self):
+        return torch.float32
+
+    def latents(self, x: torch.Tensor) -> torch.Tensor:
+        p = F.avg_pool2d(x.float(), self.factor)
+        return torch.cat([p, p.mean(1, keepdim=True)], 1)
+
+    def encode(self, x: torch.Tensor):
+        self.last_views = self.log.find(x.detach())
+        z = self.latents(x)
+        dist = SimpleNamespace(sample=lambda: z, mode=lambda: z)
+        return SimpleNamespace(latent_dist=dist)
+
+
+class OracleTextEncoder(torch.nn.Module):
+    """Says only whether a prompt says anything: the flag channel is 1 unless every token is
+    a start, end or padding token (the empty prompt of the unconditional branch)."""
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.special = sorted({tokenizer.bos_token_id, tokenizer.eos_token_id,
+                               tokenizer.pad_token_id} - {None})
+        self.embeddings = torch.nn.Embedding(len(tokenizer), 1)
+
+    @property
+    def device(self):
+        return self.embeddings.weight.device
+
+    def get_input_embeddings(self):
+        return self.embeddings
+
+    def forward(self, ids: torch.Tensor):
+        said = ~torch.isin(ids, torch.tensor(self.special, device=ids.device))
+        out = torch.zeros(*ids.shape, WIDTH, device=ids.device)
+        out[..., _FLAG] = said.any(-1, keepdim=True).float()
+        return (out,)
+
+
+class OracleImageEncoder(torch.nn.Module):
+    """Zero123's CLIP image encoder: the oracle needs nothing from the reference image."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = SimpleNamespace(image_size=32)
+        self.dtype = torch.float32
+
+    def forward(self, x):
+        return SimpleNamespace(image_embeds=torch.zeros(len(x), CLIP_WIDTH, device=x.device))
+
+
+def oracle_cc_projection() -> torch.nn.Linear:
+    """Zero123's projection of [image embedding, pose]: the flag in its bias, the pose copied
+    through, so the denoiser reads the pose the pipeline passed."""
+    lin = torch.nn.Linear(CLIP_WIDTH + 4, WIDTH)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.zero_()
+        lin.bias[_FLAG] = 1.0
+        for i in range(4):
+            lin.weight[_POSE.start + i, CLIP_WIDTH + i] = 1.0
+    return lin.requires_grad_(False)
+
+
+class OracleControlNet(torch.nn.Module):
+    """ControlNet-tile: the oracle's target is the truth, whatever the condition shows."""
+
+    def forward(self, x, t, **kw):
+        return [], None
+
+
+class OracleDenoiser(torch.nn.Module):
+    """The noise prediction for a target x0: eps = (x_t - sqrt(a) x0) / sqrt(1 - a) on the
+    conditional rows, 0 (a flat prior) on the unconditional ones. `kind`: "image" (SD,
+    ControlNet-tile), "zero123" or "video"."""
+
+    def __init__(self, kind: str, truth: GroundTruth, vae: OracleVAE,
+                 alphas_cumprod: torch.Tensor, config: Animate124Config, looping: bool):
+        super().__init__()
+        self.kind, self.truth, self.vae = kind, truth, vae
+        self.alphas = alphas_cumprod
+        self.preset, self.looping = config, looping
+        self.dtype = torch.float32
+
+    def forward(self, x, t, encoder_hidden_states=None, **kw):
+        x = x.float()
+        cond = encoder_hidden_states[:, :, _FLAG].amax(1) > 0.5
+        xt = x[:, :4] if self.kind == "zero123" else x  # Zero123: [noisy, reference]
+        eps = torch.zeros_like(xt)
+        rows = torch.nonzero(cond).flatten().tolist()
+        if rows:
+            ab = self.alphas.to(x.device)[t].float().view(-1, *([1] * (x.ndim - 1)))
+            x0 = self._targets(xt[rows], ab[rows], encoder_hidden_states[rows])
+            eps[rows] = (xt[rows] - ab[rows].sqrt() * x0) / (1 - ab[rows]).sqrt()
+        return SimpleNamespace(sample=eps)
+
+    def _views(self) -> list[View]:
+        if self.vae.last_views is None:
+            raise RuntimeError("oracle: the image a prior was given is none of the scene's "
+                               "latest renders, so its view is unknown")
+        return self.vae.last_views
+
+    def _encode(self, images: torch.Tensor, shape) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] to latents of `shape` (h, w), as the guidance
+        encodes renders."""
+        f = self.vae.factor
+        x = F.interpolate(images, (shape[0] * f, shape[1] * f), mode="bilinear",
+                          align_corners=False) * 2 - 1
+        return self.vae.latents(x)
+
+    def _truth(self, views: list[View], shape, device) -> torch.Tensor:
+        imgs = torch.stack([self.truth.render(v.camera, v.time, v.shading, v.background).rgb
+                            for v in views])
+        return self._encode(imgs, shape).to(device)
+
+    def _targets(self, xt, ab, states) -> torch.Tensor:
+        if self.kind == "image":
+            return self._truth(self._views(), xt.shape[-2:], xt.device)
+        if self.kind == "zero123":
+            return self._truth([self._posed(v, p) for v, p in
+                                zip(self._views(), states[:, 0, _POSE], strict=True)],
+                               xt.shape[-2:], xt.device)
+        return torch.stack([self._clip(xt[i], ab[i]) for i in range(len(xt))])
+
+    @staticmethod
+    def _posed(view: View, pose: torch.Tensor) -> View:
+        """The reference camera (polar 90, azimuth 0) moved by Zero123's pose (d polar in
+        radians, sin and cos of d azimuth, d radius), at time 0."""
+        d_polar, s, c, d_radius = (float(v) for v in pose)
+        camera = orbit_camera(90.0 + math.degrees(d_polar), math.degrees(math.atan2(s, c)),
+                              view.camera.resolution[0], radius=CANONICAL_RADIUS + d_radius)
+        return View(camera, 0.0, view.shading, view.background)
+
+    def _clip(self, xt: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+        """The posterior mean (C, F, h, w) over the truth's forward clips from these cameras,
+        given the noisy clip xt (C, F, h, w)."""
+        views = self._views()
+        table, clips = self._candidates(views, xt.shape[-2:], xt.device)  # (F, J, C, h, w)
+        k = torch.arange(len(views), device=xt.device)
+        cands = table[k[None], clips]  # (N, F, C, h, w)
+        noisy = xt.permute(1, 0, 2, 3)[None]
+        err = (noisy - ab.sqrt() * cands).square().flatten(1).sum(1)
+        w = torch.softmax(-err / (2 * (1 - ab.flatten()[0])), 0)
+        return (w.view(-1, 1, 1, 1, 1) * cands).sum(0).permute(1, 0, 2, 3)
+
+    def _candidates(self, views: list[View], shape, device):
+        """The truth per frame's camera at every time the clip sampler can give (F, J, ...),
+        and the index of each forward clip's times (N, F)."""
+        d = self.preset.dynamic
+        steps, n = d.time_steps, len(views)
+        grid = list(range(steps)) if self.looping else list(range(steps + 1))
+        table = torch.stack([self._truth([View(v.camera, j / steps, v.shading, v.background)
+                                          for j in grid], shape, device) for v in views])
+        clips = set()
+        for span in range(max(d.clip_span[0], n), min(d.clip_span[1], steps) + 1):
+            last = steps - 1 if self.looping else steps - span
+            for start in range(last + 1):
+                idx = [(start + (k * span) // n) % steps for k in range(n)]
+                clips.add(tuple(idx))
+                mirrored = [steps - i for i in reversed(idx)]
+                clips.add(tuple(i % steps for i in mirrored) if self.looping
+                          else tuple(mirrored))
+        return table, torch.tensor(sorted(clips), device=device)
+
+
+def oracle_priors(truth: GroundTruth, log: RenderLog, config: Animate124Config,
+                  device, looping: bool = False, factor: int = 4) -> dict[str, Prior]:
+    """One oracle Prior per role the field stages use (sd, zero123, video, controlnet_tile),
+    sharing one VAE (it holds which views it last encoded)."""
+    from ..priors.architectures import tiny_tokenizer
+    from ..priors.tiny import _scheduler
+
+    device = torch.device(device)
+    scheduler = _scheduler()
+    alphas = scheduler.alphas_cumprod
+    tokenizer = tiny_tokenizer(TOKENS)
+    sd_size = config.guidance.sd.size or config.renderer.size
+    vae = OracleVAE(log, sd_size, factor)
+
+    def denoiser(kind):
+        return OracleDenoiser(kind, truth, vae, alphas, config, looping)
+
+    def prior(role, **parts):
+        return Prior(role, device, torch.float32, {**parts, "scheduler": scheduler},
+                     source="oracle")
+
+    text = OracleTextEncoder(tokenizer).to(device)
+    return {
+        "sd": prior("sd", unet=denoiser("image"), vae=vae, text_encoder=text,
+                    tokenizer=tokenizer),
+        "zero123": prior("zero123", unet=denoiser("zero123"), vae=vae,
+                         image_encoder=OracleImageEncoder(),
+                         cc_projection=oracle_cc_projection().to(device)),
+        "video": prior("video", unet=denoiser("video"), vae=vae, text_encoder=text,
+                       tokenizer=tokenizer),
+        "controlnet_tile": Prior("controlnet_tile", device, torch.float32,
+                                 {"controlnet": OracleControlNet()}, source="oracle"),
+    }
