@@ -53,8 +53,15 @@ class FieldConfig:
     """Hash-grid levels of both fields."""
     grid_log2_table: int = 19
     """log2 of each level's hash-table size."""
-    occupancy_resolution: int = 64
-    """Cells per side of the occupancy grid."""
+    occupancy_resolution: int = 128
+    """Cells per side of the occupancy grid (Animate124's `grid_size` 128 in
+    nerf/renderer.py)."""
+    occupancy_decay: float = 0.95
+    """Each update keeps per cell max(this x the kept density, the new density): a region
+    that emptied fades out over updates (Animate124's `update_extra_state` decay 0.95)."""
+    occupancy_threshold: float = 10.0
+    """A cell is occupied where its kept density is above min(the mean kept density, this),
+    density per world unit (Animate124's `--density_thresh` 10)."""
     blob_density: float = 10.0
     """The canonical density's starting blob: its log-density added at the centre
     (Animate124's `--blob_density` 10)."""

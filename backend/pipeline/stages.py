@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..field.fields import CanonicalField, LoopingMotionField, MotionField
-from ..field.render import OccupancyGrid, Renderer, Shading
+from ..field.render import DecayingOccupancyGrid, Renderer, Shading
 from ..preprocess.framing import canonical_camera
 from .cameras import orbit_camera, random_view, sample_clip
 from .config import Animate124Config
@@ -50,7 +50,10 @@ class Scene:
                                         blob_radius=preset.field.blob_radius, **grid).to(device)
         self.motion = (MotionField(1.0, **grid) if motion_terms is None else
                        LoopingMotionField(1.0, terms=motion_terms, **grid)).to(device)
-        self.occupancy = OccupancyGrid(1.0, preset.field.occupancy_resolution, device=device)
+        f = preset.field
+        self.occupancy = DecayingOccupancyGrid(1.0, f.occupancy_resolution, device=device,
+                                               decay=f.occupancy_decay,
+                                               threshold=f.occupancy_threshold)
         self.renderer = Renderer(self.canonical, self.motion, samples=preset.renderer.samples,
                                  normals=preset.renderer.normals,
                                  occupancy=self.occupancy)
@@ -79,9 +82,9 @@ class Scene:
         return out["rgb"].permute(0, 3, 1, 2).clamp(0, 1), out
 
     def refresh_occupancy(self, times=(None,)) -> float:
-        """Rebuild the occupancy grid at `times`; returns the fraction of cells occupied."""
+        """Fold the density at `times` into the occupancy grid; returns the fraction of cells
+        the fields fill now (0: no density left anywhere)."""
         return self.occupancy.update(self.renderer.density_at, times=times,
-                                     threshold=0.01 / self.renderer.step_length,
                                      chunk=self.renderer.points_per_call(self.device))
 
 
