@@ -141,22 +141,25 @@ def _packed_distortion(w: torch.Tensor, m: torch.Tensor, ray: torch.Tensor, widt
 
 
 class OccupancyGrid:
-    """Which cells of the box may hold density at any time (max over the given times)."""
+    """Which cells of the box may hold density at any time (max over the given times),
+    rebuilt at each update from the density at the cells' centres."""
 
     def __init__(self, bound: float, resolution: int = 64, device=None):
         self.bound, self.res = bound, resolution
         self.mask = torch.ones((resolution,) * 3, dtype=torch.bool, device=device)
 
-    @torch.no_grad()
-    def update(self, density_fn, times=(None,), threshold: float = 0.01,
-               chunk: int = 2**18) -> float:
-        """Mark the cells whose centre has density above `threshold` at any of `times` (None:
-        the canonical field), dilated by one cell; `density_fn(x, t)` takes one time or one
-        per point, at most `chunk` points a call. Returns the occupied fraction."""
+    def _points(self, jitter: bool = False) -> torch.Tensor:
+        """One point per cell (r^3, 3): its centre, or with `jitter` a point uniform in it."""
         r, b = self.res, self.bound
         axis = (torch.arange(r, device=self.mask.device) + 0.5) / r * 2 * b - b
         pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
-        occ = torch.zeros(len(pts), dtype=torch.bool, device=pts.device)
+        if jitter:
+            pts = pts + (torch.rand_like(pts) * 2 - 1) * (b / r)
+        return pts
+
+    @staticmethod
+    def _densities(density_fn, pts: torch.Tensor, times, chunk: int) -> torch.Tensor:
+        """The density at each point, the max over `times` (None: the canonical field)."""
         times = list(times)
         if len(times) > 1 and None not in times:
             # Every time in one batch of points, each with its own time: the eight frames of
@@ -165,13 +168,24 @@ class OccupancyGrid:
             t = to_device([float(v) for v in times], pts.device,
                           pts.dtype).repeat_interleave(len(pts))
             x = pts.repeat(len(times), 1)
-            above = torch.cat([density_fn(x[i : i + chunk], t[i : i + chunk]) > threshold
-                               for i in range(0, len(x), chunk)])
-            occ = above.view(len(times), -1).any(0)
-        else:
-            for t in times:
-                for i in range(0, len(pts), chunk):
-                    occ[i : i + chunk] |= density_fn(pts[i : i + chunk], t) > threshold
+            dens = torch.cat([density_fn(x[i : i + chunk], t[i : i + chunk])
+                              for i in range(0, len(x), chunk)])
+            return dens.view(len(times), -1).amax(0)
+        out = torch.full((len(pts),), -torch.inf, device=pts.device, dtype=pts.dtype)
+        for t in times:
+            for i in range(0, len(pts), chunk):
+                out[i : i + chunk] = torch.maximum(out[i : i + chunk],
+                                                   density_fn(pts[i : i + chunk], t))
+        return out
+
+    @torch.no_grad()
+    def update(self, density_fn, times=(None,), threshold: float = 0.01,
+               chunk: int = 2**18) -> float:
+        """Mark the cells whose centre has density above `threshold` at any of `times` (None:
+        the canonical field), dilated by one cell; `density_fn(x, t)` takes one time or one
+        per point, at most `chunk` points a call. Returns the occupied fraction."""
+        r = self.res
+        occ = self._densities(density_fn, self._points(), times, chunk) > threshold
         occ = occ.reshape((r,) * 3).float()[None, None]
         dilated = torch.nn.functional.max_pool3d(occ, 3, stride=1, padding=1)[0, 0] > 0
         self.mask = dilated
@@ -180,6 +194,41 @@ class OccupancyGrid:
     def query(self, x: torch.Tensor) -> torch.Tensor:
         idx = ((x + self.bound) / (2 * self.bound) * self.res).long().clamp(0, self.res - 1)
         return self.mask[idx[:, 0], idx[:, 1], idx[:, 2]]
+
+
+class DecayingOccupancyGrid(OccupancyGrid):
+    """Animate124's density grid (`update_extra_state` in its nerf/renderer.py and
+    dnerf/renderer.py): a density kept per cell across updates. Each update takes the
+    density at one point drawn uniformly in every cell (the max over the given times) and
+    keeps max(`decay` x the kept density, the new one); a cell is occupied where the kept
+    density is above min(the mean kept density, `threshold`).
+
+    So new density shows at once while a region that emptied fades out over updates (its
+    kept density falls by `decay` each time, the mean with it), and the jittered points
+    cover each cell over the updates where a fixed centre could miss a thin part; the
+    threshold follows the mean, so the faint fog below the scene's average density is
+    skipped, up to `threshold` (density per world unit)."""
+
+    def __init__(self, bound: float, resolution: int = 128, device=None, *,
+                 decay: float = 0.95, threshold: float = 10.0):
+        super().__init__(bound, resolution, device)
+        self.decay, self.threshold = decay, threshold
+        self.density = torch.zeros((resolution,) * 3, device=device)
+
+    @torch.no_grad()
+    def update(self, density_fn, times=(None,), chunk: int = 2**18) -> float:
+        """Fold the density at `times` into the kept one and mark the occupied cells.
+        Returns the fraction of cells that this update's density (not the kept one) puts
+        above the threshold in effect: 0 once the fields hold no density anywhere, which
+        the kept density would take many updates to show."""
+        fresh = self._densities(density_fn, self._points(jitter=True), times, chunk)
+        fresh = fresh.view(self.density.shape)
+        self.density = torch.maximum(self.density * self.decay, fresh)
+        # A tensor, not a float: no host sync for it (NaN densities make it NaN, and then
+        # no cell is occupied).
+        cut = self.density.mean().clamp(max=self.threshold)
+        self.mask = self.density > cut
+        return float((fresh > cut).float().mean())
 
 
 SHADING_MODES = ("albedo", "lambertian", "textureless", "normals")

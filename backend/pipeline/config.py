@@ -53,8 +53,15 @@ class FieldConfig:
     """Hash-grid levels of both fields."""
     grid_log2_table: int = 19
     """log2 of each level's hash-table size."""
-    occupancy_resolution: int = 64
-    """Cells per side of the occupancy grid."""
+    occupancy_resolution: int = 128
+    """Cells per side of the occupancy grid (Animate124's `grid_size` 128 in
+    nerf/renderer.py)."""
+    occupancy_decay: float = 0.95
+    """Each update keeps per cell max(this x the kept density, the new density): a region
+    that emptied fades out over updates (Animate124's `update_extra_state` decay 0.95)."""
+    occupancy_threshold: float = 10.0
+    """A cell is occupied where its kept density is above min(the mean kept density, this),
+    density per world unit (Animate124's `--density_thresh` 10)."""
     blob_density: float = 10.0
     """The canonical density's starting blob: its log-density added at the centre
     (Animate124's `--blob_density` 10)."""
@@ -128,9 +135,9 @@ class GuidanceSet:
     sd: GuidanceConfig = guidance.SD
     """Stable Diffusion (static stage)."""
     zero123: GuidanceConfig = guidance.ZERO123
-    """Zero-1-to-3 (static stage; dynamic stage on clips starting at time 0)."""
+    """Zero-1-to-3 (static stage; dynamic and refine stages on clips starting at time 0)."""
     video: GuidanceConfig = guidance.VIDEO
-    """ModelScope text-to-video (dynamic stage)."""
+    """ModelScope text-to-video (dynamic and refine stages)."""
     tile: GuidanceConfig = guidance.TILE
     """ControlNet-tile on Stable Diffusion (refine stage)."""
 
@@ -211,16 +218,33 @@ class DynamicConfig:
 
 @dataclass(frozen=True)
 class RefineConfig:
-    """ControlNet-tile SDS with the learned token, one-step x0 target."""
+    """ControlNet-tile SDS with the learned token (one-step x0 target) beside the dynamic
+    stage's video SDS and Zero123, on the dynamic stage's clips (`dynamic.clip_frames`,
+    spans, moving cameras): Animate124's `run-cn.sh` (`--guidance SD zero123 CN`, weights
+    1, 40, 1) and dnerf/utils.py `train_step`."""
 
     steps: int = 5000
     """Optimisation steps."""
-    frames: int = 2
-    """Frames per step."""
-    render_size: int = 256
-    """Side of the renders, upsampled to the ControlNet's size."""
+    tile_frames: int = 2
+    """Frames of each clip that ControlNet-tile sees, evenly spaced from the first: {0, 8}
+    of 16 (`--cn_frames 2`, `--cn_frame_method even`)."""
+    render_size: int = 128
+    """Side of the clip's renders (`--h 128 --w 128`, as in the dynamic stage): the video
+    prior sees them upsampled to its size (256), ControlNet-tile its frames upsampled to its
+    size (1024). The frozen model's conditions are rendered at the same size."""
+    video_every: int = 1
+    """The video SDS runs on every `video_every`-th prior step, on the whole clip (1: every
+    step, as Animate124; 0: never, and the video prior is not loaded). A step without it
+    renders only the tile's frames, so a larger value trades the video prior's pull for
+    time and GPU memory (the video and Zero123 priors stay loaded beside SD and the
+    ControlNet)."""
     p_textureless: float = 0.0
-    """Probability of a white material."""
+    """Probability of a white material (`--textureless_rate 0`)."""
+
+    def __post_init__(self):
+        if self.video_every < 0 or self.tile_frames < 1:
+            raise ValueError("refine.video_every must be >= 0 (0: never) and "
+                             "refine.tile_frames >= 1")
 
 
 @dataclass(frozen=True)

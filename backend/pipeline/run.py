@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import gc
 import io
+import itertools
 import random
 
 import numpy as np
@@ -354,16 +355,24 @@ class Dynamic(FieldStage):
 
 
 class Refine(FieldStage):
-    """ControlNet-tile SDS against the frozen dynamic model's renders."""
+    """ControlNet-tile SDS against the frozen dynamic model's renders, beside the video prior
+    (every `refine.video_every`-th prior step) and Zero123 on clips that start at time 0."""
 
     name = "refine"
 
     def losses(self, scene):
         job, cfg = self.job, self.job.config
-        job.pool.keep("sd", "controlnet_tile")
+        every = cfg.refine.video_every
+        zero123 = self._zero123(scene)
+        job.pool.keep("sd", "controlnet_tile", "zero123", *(("video",) if every else ()))
         tile = guidance.ControlNetTileGuidance(job.pool.get("sd", self.name),
                                                job.pool.get("controlnet_tile", self.name),
                                                cfg.guidance.tile)
+        video = (guidance.VideoGuidance(job.pool.get("video", self.name), cfg.guidance.video)
+                 if every else None)
+        guide = stages.RefineGuidance(tile, f"a photo of {job.object_prompt}, "
+                                            f"{job.motion_prompt}",
+                                      video, job.motion_prompt, zero123)
         frozen = stages.Scene(cfg, scene.device, scene.motion_terms)
         frozen.canonical.load_state_dict(copy.deepcopy(scene.canonical.state_dict()))
         frozen.motion.load_state_dict(copy.deepcopy(scene.motion.state_dict()))
@@ -371,9 +380,16 @@ class Refine(FieldStage):
         frozen.motion.requires_grad_(False)
         frozen.occupancy = scene.occupancy
         frozen.renderer.occupancy = scene.occupancy
-        prompt = f"a photo of {job.object_prompt}, {job.motion_prompt}"
-        return lambda rng, p, r: stages.refine_step(scene, frozen, job.ref, cfg, tile, prompt,
-                                                    job.options.frames, rng, p, r)
+        # Counted over the prior steps, not the stage's steps: every `reference.every`-th
+        # step is a reference step, which an every-k-th step rule would keep hitting.
+        prior_steps = itertools.count()
+
+        def losses_fn(rng, p, r):
+            with_video = not r and every > 0 and next(prior_steps) % every == 0
+            return stages.refine_step(scene, frozen, job.ref, cfg, guide, rng, p, r,
+                                      with_video=with_video)
+
+        return losses_fn
 
 
 class Export(Stage):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..field.fields import CanonicalField, LoopingMotionField, MotionField
-from ..field.render import OccupancyGrid, Renderer, Shading
+from ..field.render import DecayingOccupancyGrid, Renderer, Shading
 from ..preprocess.framing import canonical_camera
 from .cameras import orbit_camera, random_view, sample_clip
 from .config import Animate124Config
@@ -50,7 +50,10 @@ class Scene:
                                         blob_radius=preset.field.blob_radius, **grid).to(device)
         self.motion = (MotionField(1.0, **grid) if motion_terms is None else
                        LoopingMotionField(1.0, terms=motion_terms, **grid)).to(device)
-        self.occupancy = OccupancyGrid(1.0, preset.field.occupancy_resolution, device=device)
+        f = preset.field
+        self.occupancy = DecayingOccupancyGrid(1.0, f.occupancy_resolution, device=device,
+                                               decay=f.occupancy_decay,
+                                               threshold=f.occupancy_threshold)
         self.renderer = Renderer(self.canonical, self.motion, samples=preset.renderer.samples,
                                  normals=preset.renderer.normals,
                                  occupancy=self.occupancy)
@@ -85,9 +88,9 @@ class Scene:
         return rgb, out
 
     def refresh_occupancy(self, times=(None,)) -> float:
-        """Rebuild the occupancy grid at `times`; returns the fraction of cells occupied."""
+        """Fold the density at `times` into the occupancy grid; returns the fraction of cells
+        the fields fill now (0: no density left anywhere)."""
         return self.occupancy.update(self.renderer.density_at, times=times,
-                                     threshold=0.01 / self.renderer.step_length,
                                      chunk=self.renderer.points_per_call(self.device))
 
 
@@ -237,10 +240,11 @@ class Clip:
 
 
 def sample_clip_views(rng: random.Random, preset: Animate124Config, progress: float,
-                      wrap: bool = False) -> Clip:
-    """The clip of one dynamic SDS step (times, a camera moving in most steps, the look);
-    `wrap`: a looping scene's clips run on across its seam. The clip-steps benchmark renders
-    the same clips."""
+                      wrap: bool = False, stage: str = "dynamic") -> Clip:
+    """The clip of one dynamic or refine SDS step (times, a camera moving in most steps, the
+    look; Animate124's refine draws its clips as its dynamic stage does, `run-cn.sh` and
+    `run-dynamic.sh` giving the same flags); `wrap`: a looping scene's clips run on across its
+    seam. The clip-steps benchmark renders the same clips."""
     d = preset.dynamic
     times = sample_clip(rng, d.clip_frames, d.time_steps, d.clip_span, d.p_start_at_zero,
                         d.p_mirror, wrap, d.mirror)
@@ -254,8 +258,9 @@ def sample_clip_views(rng: random.Random, preset: Animate124Config, progress: fl
     n = len(times)
     polars = [polar + d_polar * k / n for k in range(n)]
     azs = [az + d_az * k / n for k in range(n)]
-    cams = [orbit_camera(p, a, preset.renderer.size) for p, a in zip(polars, azs, strict=True)]
-    shading, background = sds_look(rng, preset, "dynamic", progress)
+    size = preset.refine.render_size if stage == "refine" else preset.renderer.size
+    cams = [orbit_camera(p, a, size) for p, a in zip(polars, azs, strict=True)]
+    shading, background = sds_look(rng, preset, stage, progress)
     return Clip([float(t) for t in times], polars, azs, cams, shading, background)
 
 
@@ -283,20 +288,53 @@ def _time_losses(scene: Scene, preset: Animate124Config) -> dict:
     return {"time_smoothness": time_smoothness(scene.motion, preset, scene.device)}
 
 
-def refine_step(scene, frozen: Scene, ref, preset, tile, prompt, frames: int,
-                rng: random.Random, progress: float, reference: bool = False) -> dict:
-    """A reference step, or ControlNet-tile on `refine.frames` random frames of one random
-    view; the condition is the frozen dynamic model's render of the same frame and view."""
+def tile_frames(clip_frames: int, count: int) -> list[int]:
+    """The clip frames ControlNet-tile sees: `count` evenly spaced from the first ({0, 8} of
+    16, Animate124's `--cn_frame_method even`)."""
+    count = min(count, clip_frames)
+    return [k * clip_frames // count for k in range(count)]
+
+
+@dataclass
+class RefineGuidance:
+    """The priors of a refine step and their prompts: ControlNet-tile, and beside it, as
+    Animate124 keeps them, the video prior and Zero123."""
+
+    tile: object
+    tile_prompt: str
+    video: object | None
+    """None when the stage runs without it (`refine.video_every` 0)."""
+    video_prompt: str
+    zero123: object
+
+
+def refine_step(scene, frozen: Scene, ref, preset, guide: RefineGuidance, rng: random.Random,
+                progress: float, reference: bool = False, with_video: bool = True) -> dict:
+    """A reference step, or one clip (the dynamic stage's clips and moving cameras) under
+    ControlNet-tile on `tile_frames` of it, the video prior on all of it (`with_video`) and
+    Zero123 on its first frame when it plays forward from time 0 (Animate124's dnerf/utils.py
+    `train_step` with `--guidance SD zero123 CN`). The tile's condition is the frozen
+    dynamic model's render of the same frames. A step without the video prior renders only
+    the tile's frames (the first among them, for Zero123)."""
     if reference:
         return reference_losses(scene, ref, preset)
-    polar, az = random_view(rng, preset.views)
-    ks = rng.sample(range(frames), min(preset.refine.frames, frames))
-    times = [k / frames for k in ks]
-    cams = [orbit_camera(polar, az, preset.refine.render_size)] * len(ks)
-    shading, background = sds_look(rng, preset, "refine", progress)
-    rgb, regular = scene.render_regularised(cams, times, preset, "refine", progress,
-                                            shading=shading, background=background)
+    clip = sample_clip_views(rng, preset, progress, wrap=scene.looping, stage="refine")
+    with_video = with_video and guide.video is not None
+    tiled = tile_frames(len(clip.times), preset.refine.tile_frames)
+    shown = list(range(len(clip.times))) if with_video else tiled
+    rgb, regular = scene.render_regularised([clip.cameras[k] for k in shown],
+                                            [clip.times[k] for k in shown], preset, "refine",
+                                            progress, shading=clip.shading,
+                                            background=clip.background)
     with torch.no_grad():  # the condition: the frozen model seen the same way
-        cond, _, _ = frozen.render(cams, times, shading=shading, background=background)
-    return {"tile": tile(rgb, cond, prompt, progress).loss, **regular,
-            **_time_losses(scene, preset)}
+        cond, _, _ = frozen.render([clip.cameras[k] for k in tiled],
+                                   [clip.times[k] for k in tiled], shading=clip.shading,
+                                   background=clip.background)
+    losses = {"tile": guide.tile(rgb[[shown.index(k) for k in tiled]], cond, guide.tile_prompt,
+                                 progress).loss}
+    if with_video:
+        losses["video"] = guide.video(rgb, guide.video_prompt, progress).loss
+    if clip.times[0] == 0.0:  # frame 0 is always shown: the tile's frames start there
+        losses["zero123"] = guide.zero123(rgb[:1], clip.polars[0] - 90.0, clip.azimuths[0], 0.0,
+                                          progress).loss
+    return {**losses, **regular, **_time_losses(scene, preset)}

@@ -10,7 +10,13 @@ from torch import nn
 from animate4d.backend.field import hashgrid_triton
 from animate4d.backend.field.extract import extract, fill_from_neighbours, forward_warp
 from animate4d.backend.field.fields import CanonicalField, LoopingMotionField, MotionField
-from animate4d.backend.field.render import OccupancyGrid, Renderer, Shading, camera_rays
+from animate4d.backend.field.render import (
+    DecayingOccupancyGrid,
+    OccupancyGrid,
+    Renderer,
+    Shading,
+    camera_rays,
+)
 from animate4d.backend.preprocess.framing import canonical_camera
 from tests.backend.helpers import edges_are_manifold
 
@@ -356,6 +362,86 @@ def test_occupancy_of_several_times_in_one_batch_is_the_union_of_each_time():
         assert not torch.equal(single.mask, batched.mask)
         union |= single.mask
     assert torch.equal(batched.mask, union)
+
+
+def _slabs(left: float, right: float):
+    """A density `left` where x < -0.5, `right` where x > 0.5, 0 between (cell-aligned on a
+    16-cell grid of the box [-1, 1]^3)."""
+    def density(x, t=None):
+        return torch.where(x[:, 0] < -0.5, left, torch.where(x[:, 0] > 0.5, right, 0.0))
+    return density
+
+
+def test_decaying_occupancy_fades_an_emptied_region_gradually():
+    """Animate124's grid keeps max(0.95 x kept, new) per cell: density that leaves a region
+    takes many updates to leave the grid (a rebuilt grid drops it at once), while the
+    update reports what the fields fill now."""
+    grid = DecayingOccupancyGrid(1.0, 16, decay=0.95, threshold=10.0)
+    left, right = (slice(0, 4), ...), (slice(12, 16), ...)
+    grid.update(_slabs(100.0, 100.0))
+    assert bool(grid.mask[left].all() and grid.mask[right].all())
+    assert not bool(grid.mask[4:12].any())
+    rebuilt = OccupancyGrid(1.0, 16)
+    rebuilt.update(_slabs(100.0, 0.0), threshold=10.0)
+    assert not bool(rebuilt.mask[13:].any())  # the old rule: gone in one update
+    fills = grid.update(_slabs(100.0, 0.0))
+    assert bool(grid.mask[right].all())  # kept at 95
+    assert fills == pytest.approx(0.25)  # what the fields fill now: the left slab only
+    assert torch.allclose(grid.density[right], torch.tensor(95.0))
+    # The right slab's kept density falls by 0.95 per update; the mean stays above 25, so it
+    # leaves once below 10: 100 x 0.95^k < 10 from k = 45 (the 45th update since it emptied).
+    kept = [bool(grid.update(_slabs(100.0, 0.0)) and grid.mask[right].all())
+            for _ in range(60)]
+    assert kept == [True] * 43 + [False] * 17
+    assert bool(grid.mask[left].all())
+    # No density anywhere: the update says so at once, though the grid still remembers.
+    assert grid.update(_slabs(0.0, 0.0)) == 0.0
+    assert bool(grid.mask[left].all())
+
+
+@pytest.mark.parametrize("left, right, occupied", [
+    (2.0, 0.5, "left"),  # the mean, 0.625, is below 10: the fainter slab is skipped
+    (50.0, 20.0, "both"),  # the mean, 17.5, is above 10: 10 holds, both slabs stay
+])
+def test_decaying_occupancy_threshold_is_the_smaller_of_the_mean_and_10(left, right,
+                                                                         occupied):
+    grid = DecayingOccupancyGrid(1.0, 16, decay=0.95, threshold=10.0)
+    grid.update(_slabs(left, right))
+    assert float(grid.density.mean()) == pytest.approx(0.25 * (left + right))
+    assert bool(grid.mask[:4].all())
+    assert bool(grid.mask[12:].all()) == (occupied == "both")
+    assert bool(grid.mask[12:].any()) == (occupied == "both")
+    assert not bool(grid.mask[4:12].any())
+
+
+def test_decaying_occupancy_draws_a_point_in_every_cell_and_keeps_the_max_over_times():
+    seen = []
+
+    def density(x, t=None):
+        seen.append(x.clone())
+        return torch.ones(len(x))
+
+    grid = DecayingOccupancyGrid(1.0, 8)
+    grid.update(density)
+    grid.update(density)
+    cells = ((seen[0] + 1) / 2 * 8).floor()
+    assert torch.equal(cells, ((seen[1] + 1) / 2 * 8).floor())  # the same cells, in order
+    assert torch.equal(cells.long().unique(), torch.arange(8))
+    assert not torch.equal(seen[0], seen[1])  # drawn anew within each cell
+    centres = (cells + 0.5) / 8 * 2 - 1
+    assert float((seen[0] - centres).abs().max()) < 1 / 8 + 1e-6
+    assert float((seen[0] - centres).abs().max()) > 0.01
+    # Several times (in one batch of points, chunks splitting times apart, or one at a
+    # time): a cell is occupied where the density is at any of them.
+    def moving(x, t):  # the left slab at time 0, the right one at time 1
+        t = torch.as_tensor(t, dtype=x.dtype).expand(len(x))
+        return torch.where(t < 0.5, _slabs(100.0, 0.0)(x), _slabs(0.0, 100.0)(x))
+
+    for chunk in (1000, 2**18):
+        both = DecayingOccupancyGrid(1.0, 16)
+        both.update(moving, times=[0.0, 1.0], chunk=chunk)
+        assert bool(both.mask[:4].all() and both.mask[12:].all())
+        assert not bool(both.mask[4:12].any())
 
 
 def test_dense_render_is_the_packed_render_without_occupancy_or_pruning():

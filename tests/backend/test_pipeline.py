@@ -327,6 +327,138 @@ def test_sds_renders_are_lit_and_backed_as_animate124_draws_them():
     assert refine == {"lambertian"}
 
 
+class _Recording:
+    """A guidance stand-in that records what it is given."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, rgb, *args, **kwargs):
+        self.calls.append((rgb, args))
+        return type("Out", (), {"loss": rgb.mean()})()
+
+
+def _refine_setup(changes=None):
+    from animate4d.backend.pipeline import stages
+
+    preset = a124.override(a124.tiny(), {
+        "dynamic.clip_frames": 16, "dynamic.time_steps": 256, "dynamic.clip_span": (16, 256),
+        "dynamic.p_start_at_zero": 1.0, "dynamic.p_mirror": 0.0,
+        "dynamic.p_moving_camera": 1.0, **(changes or {})})
+    torch.manual_seed(0)
+    scene, frozen = stages.Scene(preset, "cpu"), stages.Scene(preset, "cpu")
+    s = preset.renderer.size
+    ref = stages.Reference(torch.ones(3, s, s), torch.ones(s, s), torch.rand(s, s))
+    guide = stages.RefineGuidance(_Recording(), "tile prompt", _Recording(), "video prompt",
+                                  _Recording())
+    return preset, scene, frozen, ref, guide
+
+
+@pytest.mark.parametrize("with_video", [True, False])
+def test_refine_step_shows_the_clip_to_video_zero123_and_tile_as_animate124(monkeypatch,
+                                                                            with_video):
+    """Animate124's refine (dnerf/utils.py train_step, run-cn.sh): one clip of the dynamic
+    stage's sampler with its moving camera, all 16 frames to the video prior, the first to
+    Zero123 (the clip starts at time 0), frames 0 and 8 to ControlNet-tile, conditioned on
+    the frozen model's renders of the same frames and cameras. A step without the video
+    prior renders only the tile's frames."""
+    import random
+
+    from animate4d.backend.pipeline import stages
+
+    preset, scene, frozen, ref, guide = _refine_setup()
+    renders = []
+    real = stages.Scene._render
+
+    def recording(self, cameras, times, *args):
+        rgb, out = real(self, cameras, times, *args)
+        renders.append((self, list(cameras), list(times), rgb))
+        return rgb, out
+
+    monkeypatch.setattr(stages.Scene, "_render", recording)
+    losses = stages.refine_step(scene, frozen, ref, preset, guide, random.Random(4), 0.5,
+                                with_video=with_video)
+    clip = stages.sample_clip_views(random.Random(4), preset, 0.5, stage="refine")
+    assert clip.times[0] == 0.0 and len(set(clip.azimuths)) == 16  # from 0, camera moving
+    (who, cams, times, rgb), (who_c, cams_c, times_c, cond) = renders
+    shown = list(range(16)) if with_video else [0, 8]
+    assert who is scene and times == [clip.times[k] for k in shown]
+    assert np.array_equal([c.matrix_world for c in cams],
+                          [clip.cameras[k].matrix_world for k in shown])
+    assert rgb.shape[-1] == preset.refine.render_size
+    assert who_c is frozen and times_c == [clip.times[0], clip.times[8]]
+    assert np.array_equal([c.matrix_world for c in cams_c],
+                          [clip.cameras[k].matrix_world for k in (0, 8)])
+    (tile_rgb, (tile_cond, tile_prompt, _)), = guide.tile.calls
+    assert torch.equal(tile_rgb, rgb[[0, shown.index(8)]]) and torch.equal(tile_cond, cond)
+    assert tile_prompt == "tile prompt"
+    if with_video:
+        (video_rgb, (video_prompt, _)), = guide.video.calls
+        assert video_rgb is rgb and video_prompt == "video prompt"
+    else:
+        assert guide.video.calls == [] and "video" not in losses
+    (z_rgb, (d_polar, d_az, d_radius, _)), = guide.zero123.calls
+    assert torch.equal(z_rgb, rgb[:1])
+    assert (d_polar, d_az, d_radius) == (clip.polars[0] - 90.0, clip.azimuths[0], 0.0)
+    assert {"tile", "zero123"} <= set(losses)
+
+
+def test_refine_step_asks_zero123_only_of_clips_from_time_0():
+    import random
+
+    from animate4d.backend.pipeline import stages
+
+    preset, scene, frozen, ref, guide = _refine_setup({"dynamic.p_start_at_zero": 0.0})
+    for seed in range(3):
+        stages.refine_step(scene, frozen, ref, preset, guide, random.Random(seed), 0.5)
+    assert guide.zero123.calls == [] and len(guide.video.calls) == 3
+
+
+@pytest.mark.parametrize("every, video_steps", [(1, [1, 2, 3, 5, 6, 7]), (2, [1, 3, 6]),
+                                                (0, [])])
+def test_refine_stage_runs_the_video_prior_every_kth_prior_step(monkeypatch, every,
+                                                                 video_steps):
+    """`refine.video_every`: counted over the prior steps (every 4th step fits the
+    reference), the video prior kept beside SD, the ControlNet and Zero123 unless 0."""
+    import random
+    from types import SimpleNamespace
+
+    from animate4d.backend.pipeline import run as run_mod
+    from animate4d.backend.pipeline import stages
+
+    class Pool:
+        def __init__(self):
+            self.kept = None
+
+        def get(self, role, stage=""):
+            return role
+
+        def keep(self, *roles):
+            self.kept = sorted(roles)
+
+    class Stub:
+        def __init__(self, *args):
+            self.args = args
+
+        def set_reference(self, rgb):
+            pass
+
+    for name in ("ControlNetTileGuidance", "VideoGuidance", "Zero123Guidance"):
+        monkeypatch.setattr(run_mod.guidance, name, Stub)
+    flags = []
+    monkeypatch.setattr(stages, "refine_step",
+                        lambda *a, with_video=True, **kw: flags.append(with_video) or {})
+    preset = a124.override(a124.tiny(max_steps=8), {"refine.video_every": every})
+    job = SimpleNamespace(config=preset, pool=Pool(), ref=None, object_prompt="a <t>",
+                          motion_prompt="it moves", prep={"rgb": torch.ones(3, 4, 4)})
+    losses = run_mod.Refine(job).losses(stages.Scene(preset, "cpu"))
+    for step in range(8):
+        losses(random.Random(step), step / 8, preset.reference_step("refine", step))
+    assert [i for i, f in enumerate(flags) if f] == video_steps
+    assert job.pool.kept == sorted(["controlnet_tile", "sd", "zero123",
+                                    *(["video"] if every else [])])
+
+
 def test_dynamic_and_refine_steps_clip_gradient_values():
     from animate4d.backend.pipeline.optimisation import optimise
 
@@ -620,31 +752,32 @@ def test_a_step_that_reaches_no_field_still_steps(tiny_models):
 # The losses of every optimiser step of a tiny job (seed 3, 4 steps per stage, one CPU thread:
 # the sums' order, and so the last bits, depend on the thread count): what the method
 # computes, step by step (Animate124's views, clips, Zero123 weights, coarse-to-fine levels,
-# regularisers, blob, static prompt and token learning: docs/DECISIONS.md, "Animate124,
-# faithfully"). The regularisers' gradients move
-# the fields from the first SDS step on, so every later step's losses are theirs too.
+# regularisers, blob, static prompt and token learning, refinement's video prior beside the
+# tile, the decaying occupancy grid: docs/DECISIONS.md, "Animate124, faithfully"). The
+# regularisers' gradients move the fields from the first SDS step on, so every later step's
+# losses are theirs too.
 RECORDED_LOSSES = [
-    {"ref_rgb": 0.103063, "ref_mask": 0.260521, "ref_depth": 0.0100142},
-    {"sd": 730.038, "zero123": 27720.6, "entropy": 0.000141525, "orientation": 3.84368e-05,
-     "normal_tv": 0.00531469, "normal_blur": 0.0014791},
-    {"sd": 4506.96, "zero123": 11399.6, "entropy": 0.00028969, "orientation": 5.65752e-05,
-     "normal_tv": 0.0100269, "normal_blur": 0.00234147},
-    {"sd": 2394.33, "zero123": 13291.9, "entropy": 0.000288777, "orientation": 5.57348e-05,
-     "normal_tv": 0.010133, "normal_blur": 0.00246505},
-    {"ref_rgb": 0.102927, "ref_mask": 0.259819, "ref_depth": 0.00999073},
-    {"video": 168.138, "entropy": 0.000287248, "orientation": 8.59443e-05, "normal_tv": 0.0102367,
-     "normal_blur": 0.00267564, "time_smoothness": 6.19669e-14},
-    {"video": 197.047, "entropy": 0.00028638, "orientation": 6.9305e-05, "normal_tv": 0.0101222,
-     "normal_blur": 0.00264034, "time_smoothness": 1.64159e-09},
-    {"video": 104.053, "entropy": 0.000286069, "orientation": 7.17509e-05, "normal_tv": 0.00977075,
-     "normal_blur": 0.00243964, "time_smoothness": 7.89719e-09},
-    {"ref_rgb": 0.10249, "ref_mask": 0.258582, "ref_depth": 0.0100074},
-    {"tile": 647.43, "entropy": 0.0002826, "orientation": 4.91475e-05, "normal_tv": 0.00912569,
-     "normal_blur": 0.00237606, "time_smoothness": 2.11272e-08},
-    {"tile": 892.238, "entropy": 0.000287428, "orientation": 7.6833e-05, "normal_tv": 0.00919544,
-     "normal_blur": 0.00232595, "time_smoothness": 2.04824e-08},
-    {"tile": 2532.32, "entropy": 0.000284981, "orientation": 5.40579e-05, "normal_tv": 0.00976586,
-     "normal_blur": 0.0025012, "time_smoothness": 2.05488e-08},
+    {"ref_rgb": 0.162549, "ref_mask": 0.0451482, "ref_depth": 0.00935663},
+    {"sd": 531.999, "zero123": 18456.8, "entropy": 0.000131926, "orientation": 1.89005e-05,
+     "normal_tv": 0.0363761, "normal_blur": 0.0115502},
+    {"sd": 4607.8, "zero123": 10118.1, "entropy": 0.000261153, "orientation": 6.57332e-05,
+     "normal_tv": 0.0281228, "normal_blur": 0.0101081},
+    {"sd": 2242.08, "zero123": 36990.5, "entropy": 0.000268417, "orientation": 9.00841e-06,
+     "normal_tv": 0.0332997, "normal_blur": 0.0108117},
+    {"ref_rgb": 0.131663, "ref_mask": 0.0318239, "ref_depth": 0.010331},
+    {"video": 9309.75, "entropy": 0.000341475, "orientation": 3.35906e-05, "normal_tv": 0.0355549,
+     "normal_blur": 0.0126792, "time_smoothness": 6.60539e-14},
+    {"video": 9285.74, "entropy": 0.000356905, "orientation": 1.56411e-05, "normal_tv": 0.0330122,
+     "normal_blur": 0.0117311, "time_smoothness": 2.71969e-09},
+    {"video": 7422.96, "entropy": 0.000316355, "orientation": 2.34599e-05, "normal_tv": 0.0202733,
+     "normal_blur": 0.00680716, "time_smoothness": 7.64728e-09},
+    {"ref_rgb": 0.136437, "ref_mask": 0.0360328, "ref_depth": 0.00936188},
+    {"tile": 1297.13, "video": 461.556, "entropy": 0.000340246, "orientation": 2.97112e-05,
+     "normal_tv": 0.0315758, "normal_blur": 0.0114339, "time_smoothness": 1.39833e-08},
+    {"tile": 1102.56, "video": 7702.26, "entropy": 0.000355237, "orientation": 1.66427e-05,
+     "normal_tv": 0.0311426, "normal_blur": 0.0113382, "time_smoothness": 1.39779e-08},
+    {"tile": 3141.17, "video": 6268.54, "entropy": 0.000343378, "orientation": 2.12641e-05,
+     "normal_tv": 0.0369075, "normal_blur": 0.0127461, "time_smoothness": 1.45505e-08},
 ]
 
 
@@ -671,7 +804,7 @@ def test_tiny_job_takes_the_recorded_steps(tiny_models, monkeypatch):
     for step, (got, want) in enumerate(zip(seen, RECORDED_LOSSES, strict=True)):
         for key, value in want.items():
             assert got[key] == pytest.approx(value, rel=1e-3, abs=1e-9), (step, key, got, want)
-    assert (mesh.num_vertices, mesh.num_faces) == (898, 1792)
+    assert (mesh.num_vertices, mesh.num_faces) == (900, 1796)
     assert mesh.metadata["config"]["name"] == "fast"
     assert mesh.metadata["config"]["static"]["steps"] == 4
     assert set(mesh.metadata["switches"]) >= {"cuda_graphs", "compile", "hashgrid"}

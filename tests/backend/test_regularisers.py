@@ -195,8 +195,9 @@ def _steps(preset, seed=0):
                                                       reference)
         out["dynamic", reference] = stages.dynamic_step(scene, ref, preset, g, g, "p", rng,
                                                         0.6, reference)
-        out["refine", reference] = stages.refine_step(scene, frozen, ref, preset, g, "p", 4, rng,
-                                                      0.6, reference)
+        out["refine", reference] = stages.refine_step(
+            scene, frozen, ref, preset, stages.RefineGuidance(g, "p", g, "p", g), rng, 0.6,
+            reference)
     return out
 
 
@@ -207,7 +208,8 @@ def test_every_sds_step_takes_the_regularisers_and_reference_steps_do_not():
     out = _steps(a124.tiny())
     assert set(out["static", False]) == {"sd", "zero123"} | REGULAR
     assert set(out["dynamic", False]) - {"zero123"} == {"video", "time_smoothness"} | REGULAR
-    assert set(out["refine", False]) == {"tile", "time_smoothness"} | REGULAR
+    assert set(out["refine", False]) - {"zero123"} == {"tile", "video",
+                                                       "time_smoothness"} | REGULAR
     for stage in ("static", "dynamic", "refine"):
         assert set(out[stage, True]) <= {"ref_rgb", "ref_mask", "ref_depth"}
         assert all(torch.isfinite(v) and v.requires_grad for v in out[stage, False].values())
@@ -233,7 +235,7 @@ def test_the_stages_weigh_the_regularisers_as_configured_and_0_turns_one_off(mon
     monkeypatch.setattr(Renderer, "render", recording)
     off = _steps(override(base, {f"regularisers.{n}": 0.0 for n in names}))
     assert set(off["static", False]) == {"sd", "zero123"}
-    assert set(off["refine", False]) == {"tile"}
+    assert set(off["refine", False]) - {"zero123"} == {"tile", "video"}
     assert all(a == () for a in asked)  # nothing extra rendered
     no_entropy = _steps(override(base, {"regularisers.entropy": 0.0}))
     assert set(no_entropy["static", False]) == {"sd", "zero123"} | REGULAR - {"entropy"}
