@@ -133,9 +133,52 @@ def _mesh_preview(mesh, options: JobOptions, progress: ProgressFn,
     return run_mesh_preview(from_wire(mesh), options, progress)
 
 
-def offer_mesh() -> dict[str, MeshJobFn]:
-    """The presets this machine runs in mesh mode (the GPU presets' mesh mode is to come)."""
-    return {"preview": _mesh_preview}
+def mesh_config(name: str, models=None):
+    """The config tree of GPU preset `name` in mesh mode (meshmode/animate.py's changes to
+    the preset; sizes following tiny random models as `PresetSpec.config`)."""
+    from ..meshmode.animate import for_mesh
+
+    return for_mesh(spec(name).config(models))
+
+
+def mesh_method_for(source, options: JobOptions, *, models=None, config=None, device=None,
+                    random_weights: bool = False, pool=None):
+    """The Method of a GPU mesh-mode job (meshmode.source.MeshSource in), its stages not yet
+    run; `pool`: the priors to use instead of the models' (run.PriorPool's interface)."""
+    from ..meshmode.animate import MeshAnimate
+
+    return MeshAnimate(source, options, config or mesh_config(options.preset, models),
+                       models=models, device=device, random_weights=random_weights, pool=pool)
+
+
+def _mesh_job(name: str, models=None) -> MeshJobFn:
+    from .method import run_method
+
+    def job(mesh, options: JobOptions, progress: ProgressFn,
+            checkpoints: Checkpoints) -> AnimatedMesh:
+        from ..meshmode.load import from_wire
+
+        return run_method(mesh_method_for(from_wire(mesh), options, models=models),
+                          progress, checkpoints)
+
+    return job
+
+
+def offer_mesh(models=None) -> dict[str, MeshJobFn]:
+    """The presets this machine runs in mesh mode: preview always; the GPU presets when the
+    model roles mesh mode needs (meshmode.animate.ROLES) are in `models` (default:
+    ANIMATE4D_MODELS) or the Hugging Face cache."""
+    out: dict[str, MeshJobFn] = {"preview": _mesh_preview}
+    try:
+        from ..meshmode.animate import ROLES
+        from ..priors.registry import available_roles
+
+        have = available_roles(models)
+    except ImportError:  # the backend without its GPU extras
+        return out
+    if all(r in have for r in ROLES):
+        out.update({n: _mesh_job(n, models) for n, s in SPECS.items() if s.roles})
+    return out
 
 
 def available(models=None) -> dict[str, JobFn]:

@@ -29,6 +29,27 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return out.reshape(v.shape)
 
 
+SURFACE_CHUNK = 1 << 21  # surface points made at a time (bounds the memory)
+
+
+def surface_points(v: np.ndarray, faces: np.ndarray, spacing: float):
+    """Points on every triangle no farther apart than `spacing`, in bounded chunks."""
+    yield v
+    tri = v[faces]
+    edges = np.linalg.norm(tri - np.roll(tri, 1, axis=1), axis=2).max(axis=1)
+    n = np.clip(np.ceil(edges / spacing), 1, 256).astype(np.int64)
+    for k in np.unique(n[n > 1]):
+        i, j = np.meshgrid(np.arange(k + 1), np.arange(k + 1), indexing="ij")
+        keep = (i + j) <= k
+        a, b = i[keep] / k, j[keep] / k
+        bary = np.stack([1 - a - b, a, b], axis=1)  # (P, 3)
+        sel = tri[n == k]
+        per = max(1, SURFACE_CHUNK // len(bary))
+        for s in range(0, len(sel), per):
+            yield np.einsum("pw,twc->tpc", bary, sel[s : s + per]).reshape(-1, 3)
+    yield tri.mean(axis=1)
+
+
 # Faces a delivered mesh has at most (the `paper` preset's export): both modes decimate to it, so
 # an artist gets the same budget from a preview as from the GPU pipeline.
 EXPORT_FACES = 50_000

@@ -98,6 +98,19 @@ def gbuffer(vertices: np.ndarray, faces: np.ndarray, attributes: np.ndarray,
     return (img.reshape(h, w, -1), np.isfinite(zbuf).reshape(h, w), zbuf.reshape(h, w))
 
 
+def depth(vertices: np.ndarray, faces: np.ndarray, camera: Camera) -> np.ndarray:
+    """(H, W) float64: the nearest surface's distance along the view axis at each pixel
+    centre, inf where no triangle covers it (the z-buffer of `render`)."""
+    w, h = camera.resolution
+    v = np.asarray(vertices, np.float64)
+    uv, z_vert = camera.project(v)
+    zbuf = np.full(h * w, np.inf)
+    for pix, z, _ in _fragments(uv, z_vert, np.asarray(faces, np.int64), np.zeros((len(v), 1)),
+                                w, h):
+        np.minimum.at(zbuf, pix, z)
+    return zbuf.reshape(h, w)
+
+
 _NEAR = 1e-6
 _BATCH = 1 << 20  # candidate pixels per batch: bounds the memory of any view
 

@@ -61,7 +61,8 @@ def load_mesh(path: str | os.PathLike, *, up: str | None = None,
 
 
 def from_wire(mesh: wire.MeshInput, name: str = "mesh") -> MeshSource:
-    """The wire's mesh request: vertices in Blender world space, triangles, pinned ids."""
+    """The wire's mesh request: vertices in Blender world space, triangles, pinned ids, and
+    the renders sent with it (decoded only by the presets that colour from them)."""
     v = arrays.unpack(mesh.vertices, "<f4", name="mesh.vertices")
     f = arrays.unpack(mesh.faces, "<u4", name="mesh.faces")
     if v.ndim != 2 or v.shape[-1:] != (3,) or f.ndim != 2 or f.shape[-1:] != (3,):
@@ -69,7 +70,7 @@ def from_wire(mesh: wire.MeshInput, name: str = "mesh") -> MeshSource:
                                f"{list(v.shape)} and {list(f.shape)}")
     pin = np.asarray(mesh.pin, np.int64) if mesh.pin else None
     return check_mesh(MeshSource(v.astype(np.float64), f.astype(np.int64), name=name,
-                                 pin=pin))
+                                 pin=pin, views=list(mesh.views)))
 
 
 def _from_gltf(path: Path) -> MeshSource:

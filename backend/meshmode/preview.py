@@ -11,26 +11,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from animate4d.protocol import AnimatedMesh, limits
-from animate4d.protocol.errors import LimitExceededError
+from animate4d.protocol import AnimatedMesh
 from animate4d.protocol.options import JobOptions
 
 from ..jobs.progress import ProgressFn, Stopwatch, no_progress
 from ..preview.motion import describe, pose, spec_for
 from ..version import versions
-from .source import MeshSource
+from .source import MeshSource, check_frames
 from .weights import bend_weights, rig_of, root_mask
 
 
 def run_mesh_preview(source: MeshSource, options: JobOptions,
                      progress: ProgressFn = no_progress) -> AnimatedMesh:
     options.validate()
-    n = len(source.vertices)
-    if options.frames * n > limits.MAX_FRAME_VERTICES:
-        raise LimitExceededError(
-            f"{options.frames} frames of {n} vertices exceed the limit of "
-            f"{limits.MAX_FRAME_VERTICES} vertex positions per result",
-            hint=f"ask for at most {limits.MAX_FRAME_VERTICES // n} frames")
+    check_frames(source, options.frames)
     clock = Stopwatch()
     with clock.stage("rig"):
         progress("rig", 0, 1)

@@ -29,6 +29,7 @@ class MeshSource:
     colors: np.ndarray | None = None  # (N, 4) uint8 sRGB
     pin: np.ndarray | None = None  # vertex ids held still (the root), or None: found
     gltf: object | None = None  # the parsed glTF it came from (export.GltfDocument)
+    views: list = field(default_factory=list)  # renders sent with it (wire.MeshView)
 
     def world_vertices(self) -> np.ndarray:
         return self.vertices @ self.to_world[:3, :3].T + self.to_world[:3, 3]
@@ -69,3 +70,13 @@ def check_mesh(src: MeshSource) -> MeshSource:
                                    hint="--pin takes vertex indices of the input mesh")
         src.pin = np.unique(pin)
     return src
+
+
+def check_frames(src: MeshSource, frames: int) -> None:
+    """A clip of `frames` frames of this mesh must fit in one result."""
+    n = len(src.vertices)
+    if frames * n > limits.MAX_FRAME_VERTICES:
+        raise LimitExceededError(
+            f"{frames} frames of {n} vertices exceed the limit of "
+            f"{limits.MAX_FRAME_VERTICES} vertex positions per result",
+            hint=f"ask for at most {limits.MAX_FRAME_VERTICES // n} frames")

@@ -26,13 +26,13 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import dijkstra
 
+from ..mesh.geometry import surface_points
 from ..preview.motion import Rig, rig_for
 
 GRID = 64  # cells along the longest side of the mesh
 ROOT_BAND = 0.03  # the found root: vertices this fraction of the height above the lowest
 SMOOTHING_STEPS = 4
 _PAD = 2
-_CHUNK_POINTS = 1 << 21  # surface samples marked at a time (bounds the memory)
 
 
 def root_mask(world: np.ndarray, pin: np.ndarray | None) -> np.ndarray:
@@ -65,7 +65,7 @@ def bend_weights(world: np.ndarray, faces: np.ndarray, root: np.ndarray,
     cell = max(float(extent.max()), 1e-12) / (grid - 1)
     dims = tuple(int(x) for x in np.ceil(extent / cell).astype(int) + 1 + 2 * _PAD)
     occ = np.zeros(dims, bool)
-    for pts in _surface_samples(world, faces, 0.5 * cell):
+    for pts in surface_points(world, faces, 0.5 * cell):
         ijk = np.rint((pts - lo) / cell).astype(np.int64) + _PAD
         occ[ijk[:, 0], ijk[:, 1], ijk[:, 2]] = True
     occ = ndimage.binary_dilation(occ, np.ones((3, 3, 3), bool))
@@ -84,24 +84,6 @@ def bend_weights(world: np.ndarray, faces: np.ndarray, root: np.ndarray,
     if top - base <= 1e-12:
         return np.zeros(len(world))
     return np.clip((d - base) / (top - base), 0.0, 1.0)
-
-
-def _surface_samples(v: np.ndarray, faces: np.ndarray, spacing: float):
-    """Points on every triangle no farther apart than `spacing`, in bounded chunks."""
-    yield v
-    tri = v[faces]
-    edges = np.linalg.norm(tri - np.roll(tri, 1, axis=1), axis=2).max(axis=1)
-    n = np.clip(np.ceil(edges / spacing), 1, 256).astype(np.int64)
-    for k in np.unique(n[n > 1]):
-        i, j = np.meshgrid(np.arange(k + 1), np.arange(k + 1), indexing="ij")
-        keep = (i + j) <= k
-        a, b = i[keep] / k, j[keep] / k
-        bary = np.stack([1 - a - b, a, b], axis=1)  # (P, 3)
-        sel = tri[n == k]
-        per = max(1, _CHUNK_POINTS // len(bary))
-        for s in range(0, len(sel), per):
-            yield np.einsum("pw,twc->tpc", bary, sel[s : s + per]).reshape(-1, 3)
-    yield tri.mean(axis=1)
 
 
 def _geodesic(occ: np.ndarray, root: np.ndarray, cell: float) -> np.ndarray:

@@ -208,7 +208,8 @@ class DynamicConfig:
     sweep_azimuth_deg: float = 90.0
     """A moving camera's azimuth changes by a draw in +-this over a clip (degrees)."""
     canonical_lr_scale: float = 0.1
-    """The canonical field keeps learning, at this fraction of the learning rate."""
+    """The canonical field keeps learning, at this fraction of the learning rate (0: it is
+    frozen and not in the optimiser: mesh mode, whose canonical field is the mesh)."""
 
     def __post_init__(self):
         if self.mirror not in ("forward", "reverse"):
@@ -293,6 +294,31 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class MeshConfig:
+    """Mesh mode on the GPU presets (backend/meshmode/animate.py): the artist's mesh as the
+    canonical field, then the dynamic stage with an ARAP term on the mesh's vertices."""
+
+    fit_steps: int = 1000
+    """Steps regressing the canonical field onto the mesh's occupancy (field.fit.fit_shape)."""
+    fit_points: int = 2**16
+    """Points per fitting step (half uniform in the box, half near the surface)."""
+    occupancy_resolution: int = 128
+    """Cells per side of the winding-number grid the occupancy is read from (trilinear)."""
+    arap: float = 1.0
+    """Weight of the as-rigid-as-possible energy of the mesh's vertices carried by the motion
+    (Animate3D): per vertex, the squared change of its one-ring edges after the best local
+    rotation, over the one-rings' squared rest lengths (dimensionless; a uniform 10 %
+    stretch is about 0.01). Not yet tuned against real priors."""
+    arap_vertices: int = 4096
+    """One-ring centres drawn per step for the ARAP energy (all when the mesh has fewer)."""
+    arap_times: int = 2
+    """Random times per step at which the ARAP energy is taken."""
+    pin: float = 10.0
+    """Weight of the pinned vertices' mean squared displacement (object frame; the request's
+    `pin`); without a pin nothing is held."""
+
+
+@dataclass(frozen=True)
 class Animate124Config:
     """The whole Animate124 method."""
 
@@ -324,6 +350,8 @@ class Animate124Config:
     """The field stages' optimiser."""
     export: ExportConfig = _part(ExportConfig)
     """Mesh extraction."""
+    mesh: MeshConfig = _part(MeshConfig)
+    """Mesh mode (ignored by image jobs)."""
     checkpoint_every: int = 500
     """Steps between checkpoints of the fields."""
 
@@ -376,6 +404,8 @@ TINY_SIZES = {
     "field.grid_levels": 4, "field.grid_log2_table": 12, "field.occupancy_resolution": 16,
     "export.resolution": 32, "export.faces": 2000,
     "static.proxy_steps": 100, "reference.first": 0,
+    "mesh.fit_steps": 150, "mesh.fit_points": 2**12, "mesh.occupancy_resolution": 32,
+    "mesh.arap_vertices": 256,
 }
 
 

@@ -11,9 +11,10 @@ from .config import Animate124Config
 def stage_optimiser(scene, stage: str, preset: Animate124Config) -> torch.optim.Adam:
     """The Adam optimiser of a field stage: which fields it trains, at which rates."""
     if stage == "dynamic":
-        groups = [{"params": scene.motion.parameters(), "lr": preset.optim.lr},
-                  {"params": scene.canonical.parameters(),
-                   "lr": preset.optim.lr * preset.dynamic.canonical_lr_scale}]
+        groups = [{"params": scene.motion.parameters(), "lr": preset.optim.lr}]
+        if preset.dynamic.canonical_lr_scale > 0:
+            groups.append({"params": scene.canonical.parameters(),
+                           "lr": preset.optim.lr * preset.dynamic.canonical_lr_scale})
     else:
         groups = [{"params": scene.canonical.encoder.parameters(), "lr": preset.optim.lr},
                   {"params": scene.canonical.net.parameters(), "lr": preset.optim.lr * 0.1}]

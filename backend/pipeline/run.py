@@ -149,6 +149,17 @@ def fields_checkpoint(scene: stages.Scene, stage: str, step: int) -> bytes:
                          "motion": scene.motion.state_dict(), "stage": stage, "step": step})
 
 
+def job_scene(config: Animate124Config, device, options: JobOptions,
+              saved: dict | None = None) -> stages.Scene:
+    """A job's fields (looping when the options ask), with the weights of a checkpoint's
+    `saved` fields when given."""
+    scene = stages.Scene(config, device, options.motion_terms if options.loop else None)
+    if saved is not None:
+        scene.canonical.load_state_dict(saved["canonical"])
+        scene.motion.load_state_dict(saved["motion"])
+    return scene
+
+
 def start_from_proxy(scene: stages.Scene, prep: dict, preset: Animate124Config,
                      size: int = 128) -> float:
     """Fit the canonical field to the preview proxy (the silhouette inflated as in preview
@@ -468,12 +479,8 @@ class Animate124(Method):
         """The fields, made on first use (after textual inversion, whose seeding comes first)
         and loaded from the job's checkpoint when it has one."""
         if self._scene is None:
-            terms = self.options.motion_terms if self.options.loop else None
-            self._scene = stages.Scene(self.config, self.device, terms)
-            if self._saved_fields is not None:
-                self._scene.canonical.load_state_dict(self._saved_fields["canonical"])
-                self._scene.motion.load_state_dict(self._saved_fields["motion"])
-                self._saved_fields = None
+            self._scene = job_scene(self.config, self.device, self.options, self._saved_fields)
+            self._saved_fields = None
         return self._scene
 
     def resume(self, checkpoints: Checkpoints) -> tuple[str | None, int]:

@@ -268,7 +268,8 @@ def dynamic_step(scene, ref, preset, video, zero123, prompt, rng: random.Random,
                  progress: float, reference: bool = False) -> dict:
     """A reference step, or one clip under the video prior. A clip that plays forward from
     time 0 also shows its first frame to Zero123 (Animate124: only then is that frame the
-    canonical object the static stage made)."""
+    canonical object the static stage made); `zero123` None: no such term (a frozen
+    canonical field, whose frame 0 no parameter can change)."""
     if reference:
         return reference_losses(scene, ref, preset)
     clip = sample_clip_views(rng, preset, progress, wrap=scene.looping)
@@ -276,7 +277,7 @@ def dynamic_step(scene, ref, preset, video, zero123, prompt, rng: random.Random,
                                                progress, shading=clip.shading,
                                                background=clip.background)
     losses = {"video": video(frames, prompt, progress).loss}
-    if clip.times[0] == 0.0:
+    if zero123 is not None and clip.times[0] == 0.0:
         losses["zero123"] = zero123(frames[:1], clip.polars[0] - 90.0, clip.azimuths[0], 0.0,
                                     progress).loss
     return {**losses, **regular, **_time_losses(scene, preset)}

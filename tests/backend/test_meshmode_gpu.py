@@ -1,0 +1,196 @@
+"""Mesh mode on the GPU presets (meshmode/animate.py): the artist's mesh as the canonical field,
+the dynamic stage with the ARAP term, the motion carried onto its own vertices; on tiny random
+models and the CPU (a GPU test runs the same job on CUDA where there is one)."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("diffusers")
+
+import torch  # noqa: E402
+
+from animate4d.backend.config import override  # noqa: E402
+from animate4d.backend.jobs.checkpoints import MemoryCheckpoints  # noqa: E402
+from animate4d.backend.jobs.method import run_method  # noqa: E402
+from animate4d.backend.jobs.presets import (  # noqa: E402
+    mesh_config,
+    mesh_method_for,
+    offer_mesh,
+)
+from animate4d.backend.mesh import raster  # noqa: E402
+from animate4d.backend.meshmode.animate import reference_of, silhouette_iou  # noqa: E402
+from animate4d.backend.meshmode.arap import ArapTerm, arap_energy, one_rings  # noqa: E402
+from animate4d.backend.meshmode.canonical import ObjectFrame, fit_to_mesh  # noqa: E402
+from animate4d.backend.meshmode.colour import colours_from_views  # noqa: E402
+from animate4d.backend.meshmode.source import MeshSource  # noqa: E402
+from animate4d.backend.pipeline import config as a124  # noqa: E402
+from animate4d.backend.pipeline import stages  # noqa: E402
+from animate4d.protocol import Camera  # noqa: E402
+from animate4d.protocol.errors import CancelledError  # noqa: E402
+from animate4d.protocol.options import JobOptions  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANIMATE4D_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def mushroom() -> tuple[np.ndarray, np.ndarray]:
+    """A stalk with a cap on it (two parts, world axes, Z up, off the origin and not unit
+    size, so the object frame's scale and centre matter)."""
+    import trimesh
+
+    stalk = trimesh.creation.cylinder(0.3, 1.0, sections=16)
+    cap = trimesh.creation.icosphere(2, 0.7).apply_translation([0, 0, 0.8])
+    both = trimesh.util.concatenate([stalk, cap])
+    return np.asarray(both.vertices) * 2.5 + (3.0, -1.0, 0.5), np.asarray(both.faces)
+
+
+class Affine(torch.nn.Module):
+    """A backward warp x -> A x + b (the motion field's form: D(x, t) = A x + b - x)."""
+
+    def __init__(self, a, b):
+        super().__init__()
+        self.a, self.b = torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b).float()
+
+    def displacement(self, x, t):
+        return x @ self.a.T + self.b - x
+
+
+def test_arap_is_zero_for_a_rigid_motion_and_positive_for_a_stretch():
+    v, f = mushroom()
+    rest = ObjectFrame.of(v, f).to_object(v)
+    turn = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]
+    turn *= np.sign(np.linalg.det(turn))  # a rotation, not a reflection
+    rings, mask = one_rings(f, len(v))
+    centres = torch.arange(len(v))
+    r = torch.as_tensor(rest)
+    rigid = arap_energy(r, r @ torch.as_tensor(turn).T + 0.2, centres, rings, mask)
+    stretched = arap_energy(r, r * torch.tensor([1.1, 1.0, 1.0], dtype=r.dtype), centres,
+                            rings, mask)
+    assert float(rigid) < 1e-12 < 1e-4 < float(stretched)
+    # Through the motion field's backward warp, its inversion and the implicit gradient.
+    term = ArapTerm(rest, f, "cpu", pin=np.arange(3))
+    gen = torch.Generator().manual_seed(0)
+    moved_rigidly = term(Affine(turn.T, [0.1, 0.0, 0.0]), gen, 200, 2)
+    assert float(moved_rigidly["arap"]) < 1e-8
+    stretch = Affine(np.diag([1 / 1.1, 1.0, 1.0]), [0.0, 0.0, 0.0]).requires_grad_(False)
+    stretch.a.requires_grad_(True)
+    terms = term(stretch, gen, 200, 2)
+    assert float(terms["arap"].detach()) > 1e-4 and float(terms["pin"].detach()) > 0
+    terms["arap"].backward()
+    assert stretch.a.grad is not None and float(stretch.a.grad.abs().sum()) > 0
+
+
+def test_the_field_fitted_to_a_mesh_shows_the_mesh_silhouette():
+    v, f = mushroom()
+    rest = ObjectFrame.of(v, f).to_object(v)
+    size = 64
+    config = override(a124.tiny(), {"renderer.size": size, "renderer.samples": 128})
+    scene = stages.Scene(config, "cpu")
+    torch.manual_seed(0)
+    fit_to_mesh(scene.canonical, rest, f, None, steps=200, points=2048, resolution=32)
+    scene.refresh_occupancy()
+    ref = reference_of(rest, f, None, size, "cpu")
+    assert np.array_equal(ref.mask.numpy() > 0.5,
+                          raster.silhouette(rest, f, ref_camera(size)))
+    assert silhouette_iou(scene, ref) > 0.9
+
+
+def ref_camera(size):
+    from animate4d.backend.preprocess.framing import canonical_camera
+
+    return canonical_camera(size)
+
+
+def test_colours_come_from_the_renders_that_see_each_vertex():
+    v, f = mushroom()
+    top = v[:, 2] > np.median(v[:, 2])
+    truth = np.where(top[:, None], [230, 40, 40], [40, 40, 230]).astype(np.uint8)
+    views = []
+    for eye in ((12, -1, 3), (-6, -1, 3), (3, 8, 6)):
+        cam = Camera.look_at(eye, v.mean(axis=0), resolution=(96, 96), fov_deg=40)
+        rgb = raster.render(v, f, truth, cam, light=(0, 0, 1))
+        alpha = raster.silhouette(v, f, cam)
+        views.append((np.dstack([rgb / 255.0, alpha]).astype(np.float32), cam))
+    got = colours_from_views(v, f, views)
+    red = got[:, 0].astype(int) > got[:, 2]
+    assert (red == top).mean() > 0.9
+
+
+def mesh_job(tiny_models, **changes):
+    v, f = mushroom()
+    uvs = np.random.default_rng(1).random((len(v), 2)).astype(np.float32)
+    source = MeshSource(v, f, name="mushroom", uvs=uvs, pin=np.arange(4))
+    options = JobOptions(prompt="a mushroom sways", preset="fast", frames=4,
+                         **changes.pop("options", {}))
+    config = a124.scaled(mesh_config("fast", tiny_models), 3,
+                         {"mesh.fit_steps": 20, **changes})
+    return source, options, config
+
+
+def test_a_tiny_mesh_job_keeps_the_input_and_resumes_after_the_dynamic_stage(tiny_models):
+    source, options, config = mesh_job(tiny_models)
+    store = MemoryCheckpoints()
+
+    def killed(stage, step, total):
+        if stage == "dynamic" and step == 2:
+            raise CancelledError("worker lost")
+
+    with pytest.raises(CancelledError):
+        run_method(mesh_method_for(source, options, models=tiny_models, config=config,
+                                   device="cpu"), killed, store)
+    assert "mesh/fields" in store
+    seen = []
+    mesh = run_method(mesh_method_for(source, options, models=tiny_models, config=config,
+                                      device="cpu"), lambda s, i, n: seen.append((s, i)),
+                      store)
+    assert "canonical" not in {s for s, _ in seen}  # resumed in the dynamic stage
+    assert mesh.frames.shape == (4, len(source.vertices), 3)
+    assert np.array_equal(mesh.faces, source.faces.astype(np.uint32))
+    assert np.array_equal(mesh.uvs, source.uvs)
+    assert np.abs(mesh.frames[0] - source.vertices).max() <= 1e-6
+    assert np.array_equal(mesh.vertices, source.vertices.astype(np.float32))
+    assert np.isfinite(mesh.frames).all()
+    md = mesh.metadata
+    assert md["source"]["kind"] == "mesh" and md["root"] == {"pinned": True, "vertices": 4}
+    assert md["preset"] == "fast" and md["config"]["dynamic"]["canonical_lr_scale"] == 0.0
+    assert set(md["timings"]) == {"dynamic", "export"}  # the stages this attempt ran
+    assert 0.0 < md["fit"]["iou"] <= 1.0
+
+
+def test_a_looping_mesh_job_and_the_arap_term_in_its_losses(tiny_models, monkeypatch):
+    from animate4d.backend.pipeline import run
+
+    logged = []
+    real = run.optimise
+
+    def spy(opt, losses, clip):
+        logged.append(set(losses))
+        return real(opt, losses, clip)
+
+    monkeypatch.setattr("animate4d.backend.pipeline.run.optimise", spy)
+    source, options, config = mesh_job(tiny_models, options={"loop": True})
+    method = mesh_method_for(source, options, models=tiny_models, config=config, device="cpu")
+    mesh = run_method(method)
+    assert logged and all({"video", "arap", "pin"} <= keys for keys in logged)
+    assert not any("zero123" in keys or "ref_rgb" in keys for keys in logged)
+    assert not any(p.requires_grad for p in method.scene().canonical.parameters())
+    assert mesh.metadata["loop"] and np.isfinite(mesh.frames).all()
+
+
+def test_the_gpu_presets_are_offered_in_mesh_mode_only_with_their_models(tiny_models,
+                                                                          tmp_path):
+    assert {"preview", "fast", "paper"} <= set(offer_mesh(tiny_models))
+    assert set(offer_mesh(tmp_path / "no-models")) == {"preview"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_tiny_mesh_job_on_the_gpu(tiny_models):
+    source, options, config = mesh_job(tiny_models, **{"mesh.fit_steps": 200})
+    mesh = run_method(mesh_method_for(source, options, models=tiny_models, config=config,
+                                      device="cuda"))
+    assert np.abs(mesh.frames[0] - source.vertices).max() <= 1e-6
+    assert np.isfinite(mesh.frames).all() and mesh.metadata["fit"]["iou"] > 0.5
