@@ -1,5 +1,7 @@
 """`animate4d bench gpu`: this machine's time per step of each Animate124 stage and the
-resulting time of each preset (developer micro-benchmarks live in the checkout's benchmarks/)."""
+resulting time of each preset; `animate4d bench oracle`: the whole job on priors that know a
+ground truth, scored against it (developer micro-benchmarks live in the checkout's
+benchmarks/)."""
 
 from __future__ import annotations
 
@@ -43,6 +45,30 @@ def cmd_gpu(args) -> int:
     return 0
 
 
+def cmd_oracle(args) -> int:
+    from ..oracle import bench
+
+    def log(line):
+        print(line, file=sys.stderr, flush=True)
+
+    kw = {"size": args.size, "device": args.device, "seed": args.seed, "log": log}
+    try:
+        result = (bench.run_ab(args.scene, args.ab, **kw) if args.ab
+                  else bench.run(args.scene, **kw))
+    except ValueError as e:
+        raise InvalidRequestError(str(e)) from None
+    runs = result["runs"] if args.ab else {"": result}
+    for name, r in runs.items():
+        log(f"{(name + ': ') if name else ''}Chamfer mean {100 * r['chamfer_mean']:.2f}% of the "
+            f"diagonal (max {100 * r['chamfer_max']:.2f}%), held-out PSNR "
+            f"{r['psnr_heldout']:.1f} dB, {r['seconds']:.0f} s on {r['gpu'] or r['device']}")
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
 def add_parsers(sub) -> None:
     bench = sub.add_parser("bench", help="measure this machine (what a preset costs here)",
                            description="Measurements of this machine. Developer "
@@ -74,3 +100,26 @@ def add_parsers(sub) -> None:
                    help="hold the process to this much GPU memory, as on a smaller card")
     p.add_argument("--json", metavar="OUT", help="also write the JSON here")
     p.set_defaults(func=cmd_gpu)
+
+    p = bench_sub.add_parser(
+        "oracle", help="the whole Animate124 job on priors that know a ground-truth animated "
+                       "object, scored against it",
+        description="Every prior is replaced by one that knows the ground truth (SD and "
+                    "ControlNet-tile: its render from the same camera and time; Zero123: its "
+                    "render from the pose passed; video: its forward-playing clip from the "
+                    "same cameras that best fits), then static, dynamic, refine and export run "
+                    "as in a job. Scores: Chamfer distance per frame as a fraction of the "
+                    "clip's diagonal, PSNR on held-out views. Prints JSON on stdout.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("scene", metavar="SCENE",
+                   help="a built-in scene (ball, bend, twist, lift: lift does not loop) or "
+                        "an .a4d clip")
+    p.add_argument("--size", default="small", choices=("small", "full"),
+                   help="small: minutes on a CPU; full: the paper's fields and renders")
+    p.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
+    p.add_argument("--seed", type=whole_number(0, 2**31 - 1), default=0, help="the job's seed")
+    p.add_argument("--ab", choices=("mirror", "normals"),
+                   help="run twice: mirror: clips mirrored forward (Animate124) against "
+                        "played backwards; normals: world against canonical normals")
+    p.add_argument("--json", metavar="OUT", help="also write the JSON here")
+    p.set_defaults(func=cmd_oracle)

@@ -41,7 +41,10 @@ SIZES: dict[str, Animate124Config] = {
         "guidance.video": replace(VIDEO, size=24), "guidance.tile": replace(TILE, size=48),
         "dynamic.clip_frames": 4, "dynamic.time_steps": 8, "dynamic.clip_span": (4, 8),
         "refine.render_size": 24, "export.resolution": 96, "export.faces": 20_000,
-        "static.steps": 150, "reference.first": 10, "dynamic.steps": 150,
+        # The blob start needs the paper's thousands of static steps to carve an object out
+        # of it; the preview proxy (the reference silhouette inflated) starts near one.
+        "static.init": "proxy", "static.proxy_steps": 100,
+        "static.steps": 400, "reference.first": 10, "dynamic.steps": 200,
         "refine.steps": 30, "checkpoint_every": 10_000}),
     # The paper's fields and renders; the clip timeline on 32 steps, which bounds the video
     # oracle's renders per step (frames x 33).

@@ -13,9 +13,13 @@ What each denoiser knows (it predicts the noise as if the clean latents were its
                          spans and starts) from the same cameras; the denoiser is the exact
                          posterior mean over them given the noisy clip: it never sees the
                          frames' times, so a clip fed backwards is pulled towards another motion.
-The unconditional branch is uninformative: a flat prior, whose clean estimate is the noisy
-latents themselves (predicted noise 0); classifier-free guidance then extrapolates towards the
-truth by its scale, as it does towards the text with real priors.
+The unconditional branch knows nothing of the truth but is a perfect generic denoiser: its
+clean estimate is the image it was given (the VAE keeps the clean latents it encoded), so it
+predicts the noise exactly. That is what a real prior's unconditional branch is good at and
+what makes SDS work: the drawn noise cancels, and classifier-free guidance scales the pull
+towards the truth by its scale, as it scales the pull towards the text with real priors. (A
+flat-prior branch, predicting no noise, left the drawn noise times the scale, 99 x noise at
+the SD scale of 100, in every gradient: nothing was learned in a few hundred steps.)
 
 Which camera, time and look an image has comes from the scene (`RenderLog`, a
 `stages.Scene` watcher): the VAE finds each image it encodes among the latest renders.
@@ -92,6 +96,7 @@ class OracleVAE(torch.nn.Module):
         self.log, self.factor = log, factor
         self.config = SimpleNamespace(scaling_factor=1.0, sample_size=size, latent_channels=4)
         self.last_views: list[View] | None = None
+        self.last_clean: torch.Tensor | None = None  # the latents last encoded, no grad
         self.encoder = torch.nn.Identity()  # where compiling would put a compiled encoder
 
     @property
@@ -105,6 +110,7 @@ class OracleVAE(torch.nn.Module):
     def encode(self, x: torch.Tensor):
         self.last_views = self.log.find(x.detach())
         z = self.latents(x)
+        self.last_clean = z.detach()
         dist = SimpleNamespace(sample=lambda: z, mode=lambda: z)
         return SimpleNamespace(latent_dist=dist)
 
@@ -166,9 +172,9 @@ class OracleControlNet(torch.nn.Module):
 
 
 class OracleDenoiser(torch.nn.Module):
-    """The noise prediction for a target x0: eps = (x_t - sqrt(a) x0) / sqrt(1 - a) on the
-    conditional rows, 0 (a flat prior) on the unconditional ones. `kind`: "image" (SD,
-    ControlNet-tile), "zero123" or "video"."""
+    """The noise prediction for a target x0: eps = (x_t - sqrt(a) x0) / sqrt(1 - a), x0 the
+    truth's latents on the conditional rows and the encoded images' own on the unconditional
+    ones. `kind`: "image" (SD, ControlNet-tile), "zero123" or "video"."""
 
     def __init__(self, kind: str, truth: GroundTruth, vae: OracleVAE,
                  alphas_cumprod: torch.Tensor, config: Animate124Config, looping: bool):
@@ -182,13 +188,22 @@ class OracleDenoiser(torch.nn.Module):
         x = x.float()
         cond = encoder_hidden_states[:, :, _FLAG].amax(1) > 0.5
         xt = x[:, :4] if self.kind == "zero123" else x  # Zero123: [noisy, reference]
-        eps = torch.zeros_like(xt)
+        ab = self.alphas.to(x.device)[t].float().view(-1, *([1] * (x.ndim - 1)))
+        x0 = self._clean(xt.shape).expand_as(xt).clone()
         rows = torch.nonzero(cond).flatten().tolist()
         if rows:
-            ab = self.alphas.to(x.device)[t].float().view(-1, *([1] * (x.ndim - 1)))
-            x0 = self._targets(xt[rows], ab[rows], encoder_hidden_states[rows])
-            eps[rows] = (xt[rows] - ab[rows].sqrt() * x0) / (1 - ab[rows]).sqrt()
-        return SimpleNamespace(sample=eps)
+            x0[rows] = self._targets(xt[rows], ab[rows], encoder_hidden_states[rows])
+        return SimpleNamespace(sample=(xt - ab.sqrt() * x0) / (1 - ab).sqrt())
+
+    def _clean(self, shape) -> torch.Tensor:
+        """The clean latents of the images being denoised, in the unet's layout: per image
+        (B, C, h, w), or one clip (1, C, F, h, w), repeated over the batch's halves."""
+        clean = self.vae.last_clean
+        if clean is None:
+            raise RuntimeError("oracle: a prior was called before its VAE encoded anything")
+        if self.kind == "video":
+            clean = clean.permute(1, 0, 2, 3)[None]
+        return clean.repeat(shape[0] // len(clean), *([1] * (clean.ndim - 1)))
 
     def _views(self) -> list[View]:
         if self.vae.last_views is None:
