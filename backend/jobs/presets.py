@@ -164,19 +164,24 @@ def _mesh_job(name: str, models=None) -> MeshJobFn:
     return job
 
 
+# The model roles the GPU presets' mesh mode needs (meshmode/animate.py: the mesh is the
+# geometry, so only the video prior guides). Here, not there: a worker asks at start-up,
+# and importing the method (torch and the pipeline) there cost seconds before it joined.
+MESH_ROLES = ("video",)
+
+
 def offer_mesh(models=None) -> dict[str, MeshJobFn]:
     """The presets this machine runs in mesh mode: preview always; the GPU presets when the
-    model roles mesh mode needs (meshmode.animate.ROLES) are in `models` (default:
+    model roles mesh mode needs (MESH_ROLES) are in `models` (default:
     ANIMATE4D_MODELS) or the Hugging Face cache."""
     out: dict[str, MeshJobFn] = {"preview": _mesh_preview}
     try:
-        from ..meshmode.animate import ROLES
         from ..priors.registry import available_roles
 
         have = available_roles(models)
     except ImportError:  # the backend without its GPU extras
         return out
-    if all(r in have for r in ROLES):
+    if all(r in have for r in MESH_ROLES):
         out.update({n: _mesh_job(n, models) for n, s in SPECS.items() if s.roles})
     return out
 

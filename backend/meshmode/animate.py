@@ -33,6 +33,7 @@ from ..field import use_tensor_cores
 from ..field.extract import fill_from_neighbours, forward_warp
 from ..jobs.checkpoints import Checkpoints
 from ..jobs.method import Method, Stage
+from ..jobs.presets import MESH_ROLES
 from ..mesh import raster
 from ..pipeline import run, stages
 from ..pipeline.config import Animate124Config
@@ -46,7 +47,7 @@ from .colour import mesh_colours
 from .source import MeshSource, check_frames
 
 # The model roles mesh mode needs: the video prior alone (module docstring).
-ROLES = ("video",)
+ROLES = MESH_ROLES
 # What mesh mode changes in a GPU preset: the canonical field out of the optimiser, no
 # reference steps (module docstring).
 MESH_MODE = {"dynamic.canonical_lr_scale": 0.0, "reference.every": 0}
