@@ -125,6 +125,7 @@ def _grad_tensors(output) -> list:
 def run(args) -> dict:
     import torch
 
+    from animate4d.backend.config import override, parse_changes
     from animate4d.backend.pipeline import run as a124
     from animate4d.backend.pipeline import stages
     from animate4d.backend.pipeline.config import PRESETS
@@ -150,6 +151,7 @@ def run(args) -> dict:
     if args.tiny:
         from animate4d.backend.pipeline.config import tiny
         preset = tiny(preset, max_steps=10**6)
+    preset = override(preset, parse_changes(args.set))
     # The method's own job object gives the stages; the bench sets its reference and scene.
     job = a124.Animate124(b"", JobOptions(prompt="a panda is dancing", preset=args.preset,
                                           frames=16), preset, models=args.models,
@@ -162,8 +164,8 @@ def run(args) -> dict:
                            torch.rand(s, s, device=device))
     big = max(preset.textual_inversion.size, 256)
     prep = {"rgb": torch.rand(3, big, big)}
-    out = {"benchmark": "stages", "preset": preset.name, "state": args.state, "device":
-           device_name(device),
+    out = {"benchmark": "stages", "preset": preset.name, "state": args.state,
+           "changes": args.set or [], "device": device_name(device),
            "random_weights": args.random_weights, "torch": torch.__version__,
            "cuda_graphs": not args.no_cuda_graphs, "channels_last": args.channels_last,
            "cudnn_benchmark": args.cudnn_benchmark, "memory_limit_gib": args.memory_limit_gib,
@@ -462,5 +464,7 @@ def add_parser(sub) -> None:
                    help="also time each part of the steps (renders, priors, backward, "
                    "optimiser) between syncs: host time beside the time to the GPU's end")
     p.add_argument("--tiny", action="store_true", help="tiny sizes (a CPU smoke test)")
+    p.add_argument("--set", action="append", metavar="PATH=VALUE",
+                   help="change the preset's config, e.g. refine.video_every=2 (repeatable)")
     p.add_argument("--json", metavar="OUT")
     p.set_defaults(func=lambda a: report(run(a), a.json))

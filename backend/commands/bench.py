@@ -12,6 +12,7 @@ from pathlib import Path
 
 from animate4d.protocol.errors import InvalidRequestError
 
+from ..config import parse_changes
 from ..runtime.devices import choose_device, limit_memory
 from .args import whole_number
 
@@ -53,6 +54,8 @@ def cmd_oracle(args) -> int:
 
     kw = {"size": args.size, "device": args.device, "seed": args.seed, "log": log}
     try:
+        if args.set:
+            kw["changes"] = parse_changes(args.set)
         result = (bench.run_ab(args.scene, args.ab, **kw) if args.ab
                   else bench.run(args.scene, **kw))
     except ValueError as e:
@@ -106,10 +109,10 @@ def add_parsers(sub) -> None:
                        "object, scored against it",
         description="Every prior is replaced by one that knows the ground truth (SD and "
                     "ControlNet-tile: its render from the same camera and time; Zero123: its "
-                    "render from the pose passed; video: its forward-playing clip from the "
-                    "same cameras that best fits), then static, dynamic, refine and export run "
-                    "as in a job. Scores: Chamfer distance per frame as a fraction of the "
-                    "clip's diagonal, PSNR on held-out views. Prints JSON on stdout.",
+                    "render from the pose passed; video: its clip from the same cameras at the "
+                    "clip's instants in playing order), then static, dynamic, refine and "
+                    "export run as in a job. Scores: Chamfer distance per frame as a fraction "
+                    "of the clip's diagonal, PSNR on held-out views. Prints JSON on stdout.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("scene", metavar="SCENE",
                    help="a built-in scene (ball, bend, twist, lift: lift does not loop) or "
@@ -121,5 +124,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--ab", choices=("mirror", "normals"),
                    help="run twice: mirror: clips mirrored forward (Animate124) against "
                         "played backwards; normals: world against canonical normals")
+    p.add_argument("--set", action="append", metavar="PATH=VALUE",
+                   help="change the size's config, e.g. dynamic.steps=400 (repeatable)")
     p.add_argument("--json", metavar="OUT", help="also write the JSON here")
     p.set_defaults(func=cmd_oracle)

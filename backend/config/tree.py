@@ -52,3 +52,22 @@ def as_dict(config: Any) -> dict:
             return [plain(v) for v in x]
         return x
     return plain(config)
+
+
+def parse_changes(items: list[str] | None, option: str = "--set") -> dict[str, Any]:
+    """Command-line changes `PATH=VALUE` (e.g. `refine.video_every=2`) as `override` takes
+    them: the value read as a Python literal (numbers, tuples, True, 'text'), else as text."""
+    import ast
+
+    changes: dict[str, Any] = {}
+    for item in items or ():
+        path, sep, text = item.partition("=")
+        if not sep or not path.strip():
+            raise ConfigError(f"{option} takes PATH=VALUE (e.g. refine.video_every=2), "
+                              f"not {item!r}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        changes[path.strip()] = value
+    return changes

@@ -94,12 +94,13 @@ class OracleJob(Animate124):
     """An Animate124 job whose priors know `truth`."""
 
     def __init__(self, truth: GroundTruth, options: JobOptions, config: Animate124Config,
-                 device, vae_factor: int):
+                 device, vae_factor: int, video_match: str = "timed"):
         super().__init__(None, options, config, device=device, random_weights=True)
         self.truth, self.log = truth, RenderLog()
         looping = options.loop
         self.pool = OraclePool(oracle_priors(truth, self.log, config, self.device,
-                                             looping=looping, factor=vae_factor), self.device)
+                                             looping=looping, factor=vae_factor,
+                                             video_match=video_match), self.device)
         kept = [s for s in self._stages if s.name not in ("preprocess", "textual_inversion")]
         self._stages = [OracleReference(self), *kept]
 
@@ -130,8 +131,9 @@ AB = {
 
 
 def run(source: str, *, size: str = "small", device: str = "cpu", seed: int = 0,
-        changes: dict | None = None, log=None) -> dict:
-    """One oracle job on `source` (a built-in scene or an .a4d clip) and its scores."""
+        changes: dict | None = None, video_match: str = "timed", log=None) -> dict:
+    """One oracle job on `source` (a built-in scene or an .a4d clip) and its scores
+    (`video_match`: how the video oracle picks its target, `priors.VIDEO_MATCH`)."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {', '.join(SIZES)}")
     dev = choose_device(device)
@@ -143,7 +145,7 @@ def run(source: str, *, size: str = "small", device: str = "cpu", seed: int = 0,
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
-    job = OracleJob(truth, options, config, dev, VAE_FACTOR[size])
+    job = OracleJob(truth, options, config, dev, VAE_FACTOR[size], video_match)
     last = {}
 
     def progress(stage, step, total):
@@ -156,6 +158,7 @@ def run(source: str, *, size: str = "small", device: str = "cpu", seed: int = 0,
     return {"source": truth.name, "size": size, "device": str(dev),
             "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
             "loops": truth.loops, "frames": options.frames, "changes": changes or {},
+            "video_match": video_match,
             **score(job, mesh, truth), "seconds": seconds, "peak_bytes": peak_bytes(dev)}
 
 
@@ -190,5 +193,6 @@ def run_ab(source: str, which: str, **kw) -> dict:
     """Both variants of an A/B (`AB`) on the same scene, seed and size."""
     if which not in AB:
         raise ValueError(f"--ab must be one of {', '.join(AB)}")
-    return {"ab": which, "runs": {v.name: run(source, changes=v.changes, **kw)
+    common = kw.pop("changes", None) or {}
+    return {"ab": which, "runs": {v.name: run(source, changes={**common, **v.changes}, **kw)
                                   for v in AB[which]}}

@@ -9,10 +9,10 @@ What each denoiser knows (it predicts the noise as if the clean latents were its
                          the same way on the same background;
     Zero123              x0 = the truth at time 0 seen from the reference camera moved by the
                          pose the pipeline passes (a wrong sign or axis there is a wrong target);
-    video                the data are the truth's forward-playing clips (the clip sampler's
-                         spans and starts) from the same cameras; the denoiser is the exact
-                         posterior mean over them given the noisy clip: it never sees the
-                         frames' times, so a clip fed backwards is pulled towards another motion.
+    video                x0 = the truth from each frame's camera at the clip's instants in
+                         playing order: it knows which instants the clip covers, not which
+                         frame shows which, so a clip fed backwards is pulled towards the
+                         motion played the other way (docs/DECISIONS.md "Oracle priors").
 The unconditional branch knows nothing of the truth but is a perfect generic denoiser: its
 clean estimate is the image it was given (the VAE keeps the clean latents it encoded), so it
 predicts the noise exactly. That is what a real prior's unconditional branch is good at and
@@ -27,6 +27,7 @@ Which camera, time and look an image has comes from the scene (`RenderLog`, a
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -49,6 +50,8 @@ _FLAG, _POSE = 0, slice(1, 5)
 WIDTH = 8  # conditioning width (text tokens, Zero123's projection)
 CLIP_WIDTH = 4  # the oracle image encoder's embedding width
 TOKENS = 16
+# How the video oracle picks its target clip (`OracleDenoiser._clip`).
+VIDEO_MATCH = ("timed", "noisy")
 
 
 @dataclass(frozen=True)
@@ -177,9 +180,12 @@ class OracleDenoiser(torch.nn.Module):
     ones. `kind`: "image" (SD, ControlNet-tile), "zero123" or "video"."""
 
     def __init__(self, kind: str, truth: GroundTruth, vae: OracleVAE,
-                 alphas_cumprod: torch.Tensor, config: Animate124Config, looping: bool):
+                 alphas_cumprod: torch.Tensor, config: Animate124Config, looping: bool,
+                 match: str = "timed"):
         super().__init__()
-        self.kind, self.truth, self.vae = kind, truth, vae
+        if match not in VIDEO_MATCH:
+            raise ValueError(f"the video oracle's match must be one of {', '.join(VIDEO_MATCH)}")
+        self.kind, self.truth, self.vae, self.match = kind, truth, vae, match
         self.alphas = alphas_cumprod
         self.preset, self.looping = config, looping
         self.dtype = torch.float32
@@ -243,9 +249,19 @@ class OracleDenoiser(torch.nn.Module):
         return View(camera, 0.0, view.shading, view.background)
 
     def _clip(self, xt: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
-        """The posterior mean (C, F, h, w) over the truth's forward clips from these cameras,
-        given the noisy clip xt (C, F, h, w)."""
+        """The target (C, F, h, w) for the noisy clip xt (C, F, h, w).
+
+        "timed": the truth from each frame's camera at the clip's times taken in increasing
+        order, so frame k is the k-th instant whatever time it was rendered at (a clip fed
+        backwards is pulled towards the motion played the other way). "noisy": the exact
+        posterior mean over every forward clip of the sampler's spans and starts given xt,
+        times unknown (docs/DECISIONS.md says why that is not the default)."""
         views = self._views()
+        if self.match == "timed":
+            times = self._forward(views)
+            return self._truth([View(v.camera, t, v.shading, v.background)
+                                for v, t in zip(views, times, strict=True)],
+                               xt.shape[-2:], xt.device).permute(1, 0, 2, 3)
         table, clips = self._candidates(views, xt.shape[-2:], xt.device)  # (F, J, C, h, w)
         k = torch.arange(len(views), device=xt.device)
         cands = table[k[None], clips]  # (N, F, C, h, w)
@@ -253,6 +269,21 @@ class OracleDenoiser(torch.nn.Module):
         err = (noisy - ab.sqrt() * cands).square().flatten(1).sum(1)
         w = torch.softmax(-err / (2 * (1 - ab.flatten()[0])), 0)
         return (w.view(-1, 1, 1, 1, 1) * cands).sum(0).permute(1, 0, 2, 3)
+
+    def _forward(self, views: list[View]) -> list[float]:
+        """The clip's times in playing order: increasing; for a looping truth, increasing
+        round the loop from just after the largest gap between them (a clip that runs over
+        the seam, 0.75, 0.875, 0, 0.125, plays in that order). Evenly spaced times round the
+        whole loop have no largest gap: the order then starts at the first frame's time."""
+        times = sorted(v.time for v in views)
+        if not self.looping or len(times) < 2:
+            return times
+        gaps = [b - a for a, b in itertools.pairwise(times)] + [1 + times[0] - times[-1]]
+        widest = max(gaps)
+        starts = [(i + 1) % len(times) for i, g in enumerate(gaps) if g > widest - 1e-6]
+        first = times.index(min(times, key=lambda t: abs(t - views[0].time)))
+        start = first if first in starts else starts[0]
+        return times[start:] + times[:start]
 
     def _candidates(self, views: list[View], shape, device):
         """The truth per frame's camera at every time the clip sampler can give (F, J, ...),
@@ -275,7 +306,8 @@ class OracleDenoiser(torch.nn.Module):
 
 
 def oracle_priors(truth: GroundTruth, log: RenderLog, config: Animate124Config,
-                  device, looping: bool = False, factor: int = 4) -> dict[str, Prior]:
+                  device, looping: bool = False, factor: int = 4,
+                  video_match: str = "timed") -> dict[str, Prior]:
     """One oracle Prior per role the field stages use (sd, zero123, video, controlnet_tile),
     sharing one VAE (it holds which views it last encoded)."""
     from ..priors.architectures import tiny_tokenizer
@@ -289,7 +321,7 @@ def oracle_priors(truth: GroundTruth, log: RenderLog, config: Animate124Config,
     vae = OracleVAE(log, sd_size, factor)
 
     def denoiser(kind):
-        return OracleDenoiser(kind, truth, vae, alphas, config, looping)
+        return OracleDenoiser(kind, truth, vae, alphas, config, looping, video_match)
 
     def prior(role, **parts):
         return Prior(role, device, torch.float32, {**parts, "scheduler": scheduler},

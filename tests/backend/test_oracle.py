@@ -148,6 +148,45 @@ def test_video_oracle_pulls_a_backwards_clip_towards_a_forward_one(lift):
     assert reversed_pull > 1e-2
 
 
+def test_video_oracle_leaves_the_truth_alone_at_any_noise(lift):
+    """The truth's own clip is the target at every timestep, not only at little noise: the
+    posterior mean over the forward clips with the times unknown ("noisy") is their blurred
+    average at high noise, which pulls even the truth towards a smear."""
+    log, priors, config = _priors(lift)
+    video = guidance.VideoGuidance(priors["video"], replace(config.guidance.video, scale=1.0))
+    d = config.dynamic
+    times = [k / d.time_steps for k in (2, 4, 6, 8)]
+    cams = [orbit_camera(80.0, 30.0 + 10 * k, SIZE) for k in range(4)]
+    forward = _log_render(log, lift, cams, times)
+    backwards = _log_render(log, lift, cams, times[::-1])
+    for t in (50, 500, 950):
+        t = torch.tensor([t])
+        pulled = _sds_gradient_norm(lambda x, t=t: video(x, "it lifts", t=t).loss, backwards)
+        _log_render(log, lift, cams, times)
+        at_truth = _sds_gradient_norm(lambda x, t=t: video(x, "it lifts", t=t).loss, forward)
+        assert at_truth < 1e-3 * pulled and pulled > 1e-3
+    noisy = oracle_priors(lift, log, config, "cpu", factor=2, video_match="noisy")
+    blurred = guidance.VideoGuidance(noisy["video"], replace(config.guidance.video, scale=1.0))
+    assert _sds_gradient_norm(lambda x: blurred(x, "it lifts", t=torch.tensor([950])).loss,
+                              forward) > 1e-3
+
+
+def test_video_oracle_plays_a_looping_clip_on_over_the_seam():
+    """A looping clip that runs over the seam (0.75, 0.875, 0, 0.125) is a forward clip:
+    the target follows the frames' own order; the same times reversed are pulled."""
+    ball = GroundTruth.load("ball")
+    log, priors, config = _priors(ball, looping=True)
+    video = guidance.VideoGuidance(priors["video"], replace(config.guidance.video, scale=1.0))
+    times = [0.75, 0.875, 0.0, 0.125]
+    cams = [orbit_camera(70.0, 20.0 * k, SIZE) for k in range(4)]
+    t = torch.tensor([500])
+    backwards = _log_render(log, ball, cams[::-1], times[::-1])
+    pulled = _sds_gradient_norm(lambda x: video(x, "it bounces", t=t).loss, backwards)
+    forward = _log_render(log, ball, cams, times)
+    at_truth = _sds_gradient_norm(lambda x: video(x, "it bounces", t=t).loss, forward)
+    assert at_truth < 1e-3 * pulled and pulled > 1e-3
+
+
 def test_reversed_mirror_plays_backwards_and_forward_mirror_does_not():
     seen = {"forward": set(), "reverse": set()}
     for mode in seen:
