@@ -197,14 +197,29 @@ def test_vertex_score_is_the_distance_to_the_same_vertex_over_the_diagonal():
     assert s["still_error_mean"] > 0.01  # the ball moves
 
 
-def test_oracle_mesh_job_runs_mesh_mode_and_scores_per_vertex():
-    result = bench.run("ball", mesh=True, frames=3, changes={
-        "mesh.fit_steps": 5, "mesh.occupancy_resolution": 32, "mesh.arap_vertices": 64,
-        "dynamic.steps": 2})
-    assert result["mode"] == "mesh" and result["frames"] == 3
-    assert result["vertices"] == GroundTruth.load("ball").frames.shape[1]
+def test_bench_oracle_mesh_runs_mesh_mode_and_scores_per_vertex(monkeypatch, tmp_path, capsys):
+    import json
+
+    from animate4d.backend.cli import main
+
+    real = bench.run
+
+    def small(source, **kw):  # the CLI's run at a size a test can afford
+        return real(source, frames=2, changes={
+            "mesh.fit_steps": 5, "mesh.occupancy_resolution": 32, "mesh.arap_vertices": 64,
+            "dynamic.steps": 1}, **kw)
+
+    monkeypatch.setattr(bench, "run", small)
+    out = tmp_path / "r.json"
+    # lift: a one-way motion, so frame 1 (half-way) is away from the rest pose
+    assert main(["bench", "oracle", "lift", "--mesh", "--device", "cpu", "--json",
+                 str(out)]) == 0
+    assert "vertex error mean" in capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert result["mode"] == "mesh" and result["frames"] == 2 and not result["loops"]
+    assert result["vertices"] == GroundTruth.load("lift").frames.shape[1]
     per_frame = result["vertex_error_per_frame"]
-    assert len(per_frame) == len(result["vertex_error_max_per_frame"]) == 3
+    assert len(per_frame) == len(result["vertex_error_max_per_frame"]) == 2
     # Frame 0 is the input, which is the truth's frame 0.
     assert result["vertex_error_max_per_frame"][0] < 1e-6
     assert all(np.isfinite(per_frame)) and result["vertex_error_max"] > 0
