@@ -63,10 +63,10 @@ SIZES: dict[str, Animate124Config] = {
         "static.steps": 2000, "dynamic.steps": 2000, "refine.steps": 500}),
 }
 
-# Mesh mode's sizes: the fields, renders and clips as above. Small: the fit of the canonical
-# field to the mesh at the field's size (its 32-cell occupancy grid cannot hold more than 64
-# cells of winding number resolve), and the ARAP term on 256 one-rings a step, as on the tiny
-# models: on all of a 3,000-vertex truth it took three quarters of a CPU step.
+# Mesh mode's sizes: the fields, renders and clips as above. Small: the winding-number grid
+# the canonical field is fitted from at 64 cells a side, twice the field's occupancy grid (as
+# on the tiny models), and the ARAP term on 256 one-rings a step, as on the tiny models: on all
+# of a 3,000-vertex truth it took three quarters of a CPU step.
 MESH_SIZES: dict[str, Animate124Config] = {
     "small": override(for_mesh(SIZES["small"]), {
         "mesh.fit_steps": 300, "mesh.fit_points": 2**13, "mesh.occupancy_resolution": 64,
