@@ -52,7 +52,8 @@ def cmd_oracle(args) -> int:
     def log(line):
         print(line, file=sys.stderr, flush=True)
 
-    kw = {"size": args.size, "device": args.device, "seed": args.seed, "log": log}
+    kw = {"size": args.size, "device": args.device, "seed": args.seed, "log": log,
+          "mesh": args.mesh}
     try:
         if args.set:
             kw["changes"] = parse_changes(args.set)
@@ -62,9 +63,16 @@ def cmd_oracle(args) -> int:
         raise InvalidRequestError(str(e)) from None
     runs = result["runs"] if args.ab else {"": result}
     for name, r in runs.items():
-        log(f"{(name + ': ') if name else ''}Chamfer mean {100 * r['chamfer_mean']:.2f}% of the "
-            f"diagonal (max {100 * r['chamfer_max']:.2f}%), held-out PSNR "
-            f"{r['psnr_heldout']:.1f} dB, {r['seconds']:.0f} s on {r['gpu'] or r['device']}")
+        if args.mesh:
+            scores = (f"vertex error mean {100 * r['vertex_error_mean']:.2f}% of the diagonal "
+                      f"(max {100 * r['vertex_error_max']:.2f}%; no motion at all: mean "
+                      f"{100 * r['still_error_mean']:.2f}%)")
+        else:
+            scores = (f"Chamfer mean {100 * r['chamfer_mean']:.2f}% of the diagonal (max "
+                      f"{100 * r['chamfer_max']:.2f}%), held-out PSNR "
+                      f"{r['psnr_heldout']:.1f} dB")
+        log(f"{(name + ': ') if name else ''}{scores}, {r['seconds']:.0f} s on "
+            f"{r['gpu'] or r['device']}")
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
@@ -105,8 +113,8 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_gpu)
 
     p = bench_sub.add_parser(
-        "oracle", help="the whole Animate124 job on priors that know a ground-truth animated "
-                       "object, scored against it",
+        "oracle", help="the whole Animate124 job (or mesh mode's, --mesh) on priors that "
+                       "know a ground-truth animated object, scored against it",
         description="Every prior is replaced by one that knows the ground truth (SD and "
                     "ControlNet-tile: its render from the same camera and time; Zero123: its "
                     "render from the pose passed; video: its clip from the same cameras at the "
@@ -121,6 +129,10 @@ def add_parsers(sub) -> None:
                    help="small: minutes on a CPU; full: the paper's fields and renders")
     p.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
     p.add_argument("--seed", type=whole_number(0, 2**31 - 1), default=0, help="the job's seed")
+    p.add_argument("--mesh", action="store_true",
+                   help="mesh mode (fast, paper on an artist's mesh): the truth's first frame "
+                        "is the input mesh; scored per vertex (the same vertices), as fractions "
+                        "of the diagonal")
     p.add_argument("--ab", choices=("mirror", "normals"),
                    help="run twice: mirror: clips mirrored forward (Animate124) against "
                         "played backwards; normals: world against canonical normals")

@@ -123,8 +123,6 @@ def job_options(args) -> JobOptions:
 
 def _run_job(image, args, out: Path) -> int:
     from ..jobs.method import run_method
-    from ..jobs.outputs import prepare_out_dir, write_outputs
-    from ..jobs.progress import TerminalProgress, no_progress
 
     options = job_options(args)
     image = image_with_mask(image, args)
@@ -132,16 +130,27 @@ def _run_job(image, args, out: Path) -> int:
     if options.preset != "preview":  # before the output folder: a bad --device leaves none
         device = choose_device(getattr(args, "device", None))
     method = _method(image, options, args, device)
+    return run_here(lambda progress: run_method(method, progress), args, out)
+
+
+def run_here(job, args, out: Path, *, outputs=None, describe=None) -> int:
+    """Run `job(progress)` (-> AnimatedMesh) in this process, write its files into `out` and
+    print their paths; `outputs(mesh)`: extra keyword arguments of write_outputs (mesh mode's
+    own glb and preview placement); `describe(mesh)`: the summary line (default `summary`)."""
+    from ..jobs.outputs import prepare_out_dir, write_outputs
+    from ..jobs.progress import TerminalProgress, no_progress
+
     created = not out.exists()
     prepare_out_dir(out)  # a bad --out fails now, not after the job
     progress = no_progress if args.quiet else TerminalProgress()
     t0 = time.perf_counter()
     ok = False
     try:
-        mesh = run_method(method, progress)
+        mesh = job(progress)
         files = write_outputs(mesh, out, preview=not args.no_preview, progress=progress,
                               warn=print_warning if args.quiet else progress.interject(
-                                  print_warning))
+                                  print_warning),
+                              **(outputs(mesh) if outputs else {}))
         ok = True
     finally:
         if not args.quiet:
@@ -149,7 +158,8 @@ def _run_job(image, args, out: Path) -> int:
         if not ok and created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a failed run leaves no empty folder behind
     if not args.quiet:
-        print(f"{summary(mesh)}; {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        print(f"{(describe or summary)(mesh)}; {time.perf_counter() - t0:.1f} s",
+              file=sys.stderr)
     for path in files.paths():
         print(path.resolve())
     return 0
@@ -201,22 +211,28 @@ def image_with_mask(image, args):
 
 
 def _method(image, options, args, device):
-    """The job's Method: the preset's, with --max-steps and --static-init applied to a GPU
-    preset's config (whose sizes follow tiny random models when those are what --models
-    holds)."""
+    """The job's Method: the preset's, with the command line's changes to a GPU preset's
+    config (`gpu_config`)."""
     from ..jobs.presets import config_for, method_for
 
     models = getattr(args, "models", None)
+    config = gpu_config(options, args, config_for)
+    return method_for(image, options, models=models, config=config, device=device)
+
+
+def gpu_config(options, args, base):
+    """A GPU preset's config as the command line asks: `base(preset, models)` (the image or
+    the mesh mode's, sizes following tiny random models when those are what --models holds)
+    with --max-steps and --static-init applied; None for preview."""
+    from ..pipeline.config import scaled
+
     max_steps = getattr(args, "max_steps", None)
     if max_steps is not None and max_steps < 1:
         raise InvalidRequestError(f"--max-steps must be at least 1, got {max_steps}")
-    config = None
-    if options.preset != "preview":
-        from ..pipeline.config import scaled
-
-        config = scaled(config_for(options.preset, models), max_steps,
-                        {"static.init": getattr(args, "static_init", None) or "blob"})
-    return method_for(image, options, models=models, config=config, device=device)
+    if options.preset == "preview":
+        return None
+    return scaled(base(options.preset, getattr(args, "models", None)), max_steps,
+                  {"static.init": getattr(args, "static_init", None) or "blob"})
 
 
 def cmd_run(args) -> int:

@@ -181,7 +181,7 @@ class MeshAnimate(Method):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         use_tensor_cores(self.device)
         if pool is None and not random_weights:
-            run.check_models(options.preset, models, ROLES)
+            run.check_models(options.preset, models, ROLES, mode="mesh mode")
         torch.manual_seed(options.seed)
         self.rng = random.Random(options.seed)
         self.pool = pool if pool is not None else run.PriorPool(models, self.device,

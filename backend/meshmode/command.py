@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -66,41 +64,43 @@ def in_world(mesh: AnimatedMesh) -> AnimatedMesh:
 
 
 def run_mesh_file(args, out: Path) -> int:
-    from ..commands.local import job_options
-    from ..jobs.outputs import prepare_out_dir, write_outputs
-    from ..jobs.progress import TerminalProgress, no_progress
+    """Mesh mode here: preview's rig on any CPU, or the GPU presets' method (MeshAnimate,
+    as a worker runs a mesh job) on --models, with the image jobs' --max-steps and --device."""
+    from ..commands.local import gpu_config, job_options, run_here
     from .load import load_mesh
-    from .preview import run_mesh_preview
 
     options = job_options(args)
-    if options.preset != "preview":
-        raise InvalidRequestError(
-            f"mesh mode runs with the preview preset here; {options.preset} animates images",
-            hint="drop --preset, or give an image")
     source = load_mesh(args.image, up=args.up, pin=parse_pin(args.pin))
-    prepare_out_dir(out)
-    progress = no_progress if args.quiet else TerminalProgress()
-    t0 = time.perf_counter()
-    ok = False
-    try:
-        mesh = run_mesh_preview(source, options, progress)
-        files = write_outputs(mesh, out, preview=not args.no_preview, progress=progress,
-                              glb=_glb_writer(source, mesh), preview_mesh=in_world(mesh))
-        ok = True
-    finally:
-        if not args.quiet:
-            progress.close(ok)
-    if not args.quiet:
-        md = mesh.metadata
-        print(f"{mesh.num_vertices} vertices, {mesh.num_faces} triangles, {mesh.num_frames} "
-              f"frames at {mesh.fps:g} fps; motion: {'+'.join(md['motion']['modes'])} "
-              f"({md['motion']['chosen_by']}); root: "
-              f"{'pinned' if md['root']['pinned'] else 'found'}, {md['root']['vertices']} "
-              f"vertices; {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    for path in (files.a4d, files.glb, files.preview):
-        if path is not None:
-            print(path.resolve())
-    return 0
+    if options.preset == "preview":
+        from .preview import run_mesh_preview
+
+        def job(progress):
+            return run_mesh_preview(source, options, progress)
+    else:
+        from ..jobs.method import run_method
+        from ..jobs.presets import mesh_config, mesh_method_for
+        from ..runtime.devices import choose_device
+
+        # Before the output folder: a bad --device or missing models leave none.
+        device = choose_device(getattr(args, "device", None))
+        method = mesh_method_for(source, options, models=args.models, device=device,
+                                 config=gpu_config(options, args, mesh_config))
+
+        def job(progress):
+            return run_method(method, progress)
+
+    return run_here(job, args, out, describe=_describe, outputs=lambda mesh: {
+        "glb": _glb_writer(source, mesh), "preview_mesh": in_world(mesh)})
+
+
+def _describe(mesh: AnimatedMesh) -> str:
+    from ..commands.local import summary
+
+    root = mesh.metadata["root"]
+    if not root["vertices"]:  # the GPU presets hold nothing still unless pinned
+        return summary(mesh)
+    return (f"{summary(mesh)}; root: {'pinned' if root['pinned'] else 'found'}, "
+            f"{root['vertices']} vertices")
 
 
 def _glb_writer(source: MeshSource, mesh: AnimatedMesh):

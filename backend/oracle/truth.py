@@ -8,6 +8,7 @@ ends at t = 1. Frame k of an F-frame result shows time k / F.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,13 @@ class GroundTruth:
         loops = bool(mesh.metadata.get("loop", False))
         frames = mesh.frames if loops else np.concatenate([mesh.frames, mesh.frames[-1:]])
         return cls(path.stem, mesh.faces, colours, frames, loops)
+
+    def placed(self, to_frame) -> GroundTruth:
+        """The same clip with every frame's vertices mapped by `to_frame` (an array of
+        points -> the same points elsewhere): the truth in another object frame."""
+        out = copy.copy(self)
+        out.frames = np.asarray(to_frame(self.frames), np.float64)
+        return out
 
     @property
     def diagonal(self) -> float:

@@ -411,7 +411,8 @@ TINY_SIZES = {
 
 def scaled(config: Animate124Config, max_steps: int | None = None,
            changes: dict | None = None) -> Animate124Config:
-    """Apply dotted-path `changes`, then cap every stage at max_steps (smoke runs, tests)."""
+    """Apply dotted-path `changes`, then cap every stage at max_steps (smoke runs, tests),
+    mesh mode's fit of the canonical field included."""
     out = override(config, changes or {})
     if max_steps is not None:
         if max_steps < 1:
@@ -424,6 +425,8 @@ def scaled(config: Animate124Config, max_steps: int | None = None,
             "reference.first": out.reference.first * static // max(out.static.steps, 1),
             "dynamic.steps": min(out.dynamic.steps, max_steps),
             "refine.steps": min(out.refine.steps, max_steps),
+            # mesh mode's canonical stage is one step of this many fitting steps
+            "mesh.fit_steps": min(out.mesh.fit_steps, max_steps),
         })
         out = replace(out, checkpoint_every=min(out.checkpoint_every, max(1, max_steps // 2)))
     return out

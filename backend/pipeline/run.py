@@ -90,12 +90,14 @@ class PriorPool:
             torch.cuda.empty_cache()
 
 
-def check_models(preset: str, models, roles=ROLES) -> None:
-    """Raise MissingModelError listing every missing role before any work starts."""
+def check_models(preset: str, models, roles=ROLES, *, mode: str = "") -> None:
+    """Raise MissingModelError listing every missing role before any work starts; `mode`
+    names a mode whose roles differ from the preset's own (mesh mode)."""
     missing = [r for r in roles if r not in registry.available_roles(models)]
     if missing:
+        mode = f" in {mode}" if mode else ""
         raise MissingModelError(
-            f"the {preset} preset needs the models {', '.join(missing)}, which are not in "
+            f"the {preset} preset{mode} needs the models {', '.join(missing)}, which are not in "
             f"{models or 'ANIMATE4D_MODELS / the Hugging Face cache'}",
             hint="fetch them (with internet access) into a folder, then pass it with --models "
             "or ANIMATE4D_MODELS: " + registry.fetch_command(" ".join(missing), models))

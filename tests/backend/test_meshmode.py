@@ -226,8 +226,10 @@ def test_bad_requests_in_mesh_mode(tmp_path, capsys, monkeypatch):
     assert code == 2 and "pinned vertex ids must be in 0..2" in err
     code, err = _bad(tmp_path, capsys, "t.obj", tri, "--pin", "x")
     assert code == 2 and "--pin takes vertex ids" in err
-    code, err = _bad(tmp_path, capsys, "t.obj", tri, "--preset", "fast")
-    assert code == 2 and "preview preset" in err
+    code, err = _bad(tmp_path, capsys, "t.obj", tri, "--preset", "fast", "--models",
+                     str(tmp_path / "no-models"))
+    assert code == 2 and "fast preset in mesh mode needs the models video" in err
+    assert "models fetch" in err and not (tmp_path / "o").exists()
     from animate4d.protocol import limits
 
     monkeypatch.setattr(limits, "MAX_FRAME_VERTICES", 30)

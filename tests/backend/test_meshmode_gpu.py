@@ -9,6 +9,7 @@ pytest.importorskip("diffusers")
 
 import torch  # noqa: E402
 
+from animate4d.backend.cli import main  # noqa: E402
 from animate4d.backend.config import override  # noqa: E402
 from animate4d.backend.jobs.checkpoints import MemoryCheckpoints  # noqa: E402
 from animate4d.backend.jobs.method import run_method  # noqa: E402
@@ -22,12 +23,14 @@ from animate4d.backend.meshmode.animate import reference_of, silhouette_iou  # n
 from animate4d.backend.meshmode.arap import ArapTerm, arap_energy, one_rings  # noqa: E402
 from animate4d.backend.meshmode.canonical import ObjectFrame, fit_to_mesh  # noqa: E402
 from animate4d.backend.meshmode.colour import colours_from_views  # noqa: E402
+from animate4d.backend.meshmode.load import load_mesh  # noqa: E402
 from animate4d.backend.meshmode.source import MeshSource  # noqa: E402
 from animate4d.backend.pipeline import config as a124  # noqa: E402
 from animate4d.backend.pipeline import stages  # noqa: E402
-from animate4d.protocol import Camera  # noqa: E402
+from animate4d.protocol import Camera, a4d  # noqa: E402
 from animate4d.protocol.errors import CancelledError  # noqa: E402
 from animate4d.protocol.options import JobOptions  # noqa: E402
+from tests.backend.meshes import glb_json, write_tree_glb  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -128,8 +131,9 @@ def mesh_job(tiny_models, **changes):
     source = MeshSource(v, f, name="mushroom", uvs=uvs, pin=np.arange(4))
     options = JobOptions(prompt="a mushroom sways", preset="fast", frames=4,
                          **changes.pop("options", {}))
-    config = a124.scaled(mesh_config("fast", tiny_models), 3,
-                         {"mesh.fit_steps": 20, **changes})
+    # After the cap: 3 fitting steps would leave the silhouette checks nothing to see.
+    config = override(a124.scaled(mesh_config("fast", tiny_models), 3),
+                      {"mesh.fit_steps": 20, **changes})
     return source, options, config
 
 
@@ -187,6 +191,31 @@ def test_the_gpu_presets_are_offered_in_mesh_mode_only_with_their_models(tiny_mo
                                                                           tmp_path):
     assert {"preview", "fast", "paper"} <= set(offer_mesh(tiny_models))
     assert set(offer_mesh(tmp_path / "no-models")) == {"preview"}
+
+
+def test_run_mesh_with_a_gpu_preset_writes_the_input_back_moving(tiny_models, tmp_path,
+                                                                 capsys):
+    glb = write_tree_glb(tmp_path / "tree.glb")
+    out = tmp_path / "out"
+    code = main(["run", str(glb), "--prompt", "a tree sways", "--preset", "fast",
+                 "--models", str(tiny_models), "--max-steps", "1", "--frames", "3",
+                 "--device", "cpu", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    src = load_mesh(glb)
+    mesh = a4d.load(out / "result.a4d")
+    assert mesh.metadata["preset"] == "fast" and mesh.num_frames == 3
+    assert np.array_equal(mesh.vertices, src.vertices.astype(np.float32))
+    assert np.array_equal(mesh.faces, src.faces) and np.array_equal(mesh.uvs, src.uvs)
+    assert np.abs(mesh.frames[0] - src.vertices).max() <= 1e-5
+    assert np.abs(mesh.frames[1:] - mesh.frames[0]).max() > 1e-6  # it moves
+    doc_in, _ = glb_json(glb.read_bytes())
+    doc, _ = glb_json((out / "result.glb").read_bytes())
+    assert doc["materials"] == doc_in["materials"] and doc["nodes"] == doc_in["nodes"]
+    for m_in, m in zip(doc_in["meshes"], doc["meshes"], strict=True):
+        for p_in, p in zip(m_in["primitives"], m["primitives"], strict=True):
+            assert p["attributes"]["TEXCOORD_0"] == p_in["attributes"]["TEXCOORD_0"]
+            assert len(p["targets"]) == 3
+    assert (out / "preview.gif").is_file()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -10,6 +10,7 @@ import torch
 
 from animate4d.backend.field.render import Shading
 from animate4d.backend.mesh import raster
+from animate4d.backend.meshmode.canonical import ObjectFrame
 from animate4d.backend.oracle import bench
 from animate4d.backend.oracle.priors import RenderLog, oracle_priors
 from animate4d.backend.oracle.truth import GroundTruth
@@ -18,6 +19,7 @@ from animate4d.backend.pipeline.cameras import orbit_camera, sample_clip
 from animate4d.backend.pipeline.config import override
 from animate4d.backend.preprocess.framing import canonical_camera
 from animate4d.backend.priors import guidance
+from animate4d.protocol import AnimatedMesh
 
 SIZE = 24
 
@@ -206,3 +208,60 @@ def test_oracle_job_runs_every_stage_and_scores_against_the_truth():
     for key in ("chamfer_mean", "chamfer_max", "psnr_heldout", "seconds"):
         assert np.isfinite(result[key]) and result[key] > 0
     assert result["loops"]
+
+
+def test_mesh_mode_truth_is_its_own_rest_pose_in_the_object_frame():
+    truth = bench.in_mesh_frame(GroundTruth.load("bend"))
+    source = bench.rest_pose(truth)
+    frame = ObjectFrame.of(source.world_vertices(), source.faces)
+    # The job's object frame is the truth's: what the oracles render is what the scene holds.
+    assert np.abs(frame.to_object(truth.frames) - truth.frames).max() < 1e-12
+    assert len(source.vertices) == truth.frames.shape[1]
+    assert np.array_equal(source.faces, truth.faces)
+    # Later frames move away from the rest pose: a score of the input alone is not zero.
+    assert np.abs(truth.vertices(0.25) - truth.vertices(0.0)).max() > 0.05
+
+
+def test_vertex_score_is_the_distance_to_the_same_vertex_over_the_diagonal():
+    truth = GroundTruth.load("ball")
+    frames = truth.at_frames(4).astype(np.float32)
+    frames[2, 7] += [0.1 * truth.diagonal, 0.0, 0.0]
+    mesh = AnimatedMesh(vertices=frames[0], faces=truth.faces.astype(np.uint32), frames=frames,
+                        fps=24.0)
+    s = bench.score_vertices(mesh, truth)
+    assert s["vertex_error_max"] == pytest.approx(0.1, rel=1e-4)
+    assert s["vertex_error_max_per_frame"][2] == pytest.approx(0.1, rel=1e-4)
+    assert max(s["vertex_error_max_per_frame"][k] for k in (0, 1, 3)) < 1e-6
+    assert s["vertex_error_per_frame"][2] == pytest.approx(0.1 / len(frames[0]), rel=1e-3)
+    assert s["still_error_mean"] > 0.01  # the ball moves
+
+
+def test_bench_oracle_mesh_runs_mesh_mode_and_scores_per_vertex(monkeypatch, tmp_path, capsys):
+    import json
+
+    from animate4d.backend.cli import main
+
+    real = bench.run
+
+    def small(source, **kw):  # the CLI's run at a size a test can afford
+        return real(source, frames=2, changes={
+            "mesh.fit_steps": 5, "mesh.occupancy_resolution": 32, "mesh.arap_vertices": 64,
+            "dynamic.steps": 1}, **kw)
+
+    monkeypatch.setattr(bench, "run", small)
+    out = tmp_path / "r.json"
+    # lift: a one-way motion, so frame 1 (half-way) is away from the rest pose
+    assert main(["bench", "oracle", "lift", "--mesh", "--device", "cpu", "--json",
+                 str(out)]) == 0
+    assert "vertex error mean" in capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert result["mode"] == "mesh" and result["frames"] == 2 and not result["loops"]
+    assert result["vertices"] == GroundTruth.load("lift").frames.shape[1]
+    per_frame = result["vertex_error_per_frame"]
+    assert len(per_frame) == len(result["vertex_error_max_per_frame"]) == 2
+    # Frame 0 is the input, which is the truth's frame 0.
+    assert result["vertex_error_max_per_frame"][0] < 1e-6
+    assert all(np.isfinite(per_frame)) and result["vertex_error_max"] > 0
+    for key in ("vertex_error_mean", "still_error_mean", "seconds", "peak_bytes"):
+        assert np.isfinite(result[key]) and result[key] > 0
+    assert 0 < result["fit"]["iou"] <= 1
