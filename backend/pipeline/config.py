@@ -160,6 +160,9 @@ class StaticConfig:
     """Start from the density blob ('blob', Animate124) or the preview proxy ('proxy')."""
     proxy_steps: int = 300
     """Steps fitting the proxy into the field (init 'proxy')."""
+    proxy_points: int = 2**16
+    """Points per step of that fit (half uniform in the box, half near the proxy's
+    surface)."""
     prompt: str = "a high-resolution DSLR image of {}, 8k, good quality"
     """The SD prompt; {} is the object, 'a' and the learned token (Animate124's run scripts
     give the class word there and add ', 8k, good quality'). Its front, side and back views
@@ -403,7 +406,7 @@ TINY_SIZES = {
     "refine.render_size": 12,
     "field.grid_levels": 4, "field.grid_log2_table": 12, "field.occupancy_resolution": 16,
     "export.resolution": 32, "export.faces": 2000,
-    "static.proxy_steps": 100, "reference.first": 0,
+    "static.proxy_steps": 100, "static.proxy_points": 2**12, "reference.first": 0,
     "mesh.fit_steps": 150, "mesh.fit_points": 2**12, "mesh.occupancy_resolution": 32,
     "mesh.arap_vertices": 256,
 }

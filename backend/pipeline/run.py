@@ -185,7 +185,8 @@ def start_from_proxy(scene: stages.Scene, prep: dict, preset: Animate124Config,
                                             filled), dtype=torch.float32)
 
     return fit_shape(scene.canonical, inside, near=torch.as_tensor(surface, dtype=torch.float32),
-                     colour=colour, steps=preset.static.proxy_steps)
+                     colour=colour, steps=preset.static.proxy_steps,
+                     points=preset.static.proxy_points)
 
 
 def stage_stepper(stage: str, scene: stages.Scene, ref: stages.Reference,

@@ -203,7 +203,7 @@ def test_reversed_mirror_plays_backwards_and_forward_mirror_does_not():
 def test_oracle_job_runs_every_stage_and_scores_against_the_truth():
     result = bench.run("ball", changes={
         "static.steps": 2, "dynamic.steps": 2, "refine.steps": 2, "reference.first": 1,
-        "export.resolution": 32})
+        "static.proxy_points": 2**12, "export.resolution": 32})
     assert len(result["chamfer_per_frame"]) == result["frames"] == 8
     for key in ("chamfer_mean", "chamfer_max", "psnr_heldout", "seconds"):
         assert np.isfinite(result[key]) and result[key] > 0
