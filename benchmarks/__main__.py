@@ -18,6 +18,7 @@ from . import (
     field,
     hashgrid,
     network,
+    oracle_motion,
     preview,
     stages,
     synthetic,
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     view_steps.add_parser(sub)
     clip_steps.add_parser(sub)
     blender_import.add_parser(sub)
+    oracle_motion.add_parser(sub)
     return parser
 
 

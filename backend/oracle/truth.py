@@ -94,6 +94,14 @@ class GroundTruth:
         out.frames = np.asarray(to_frame(self.frames), np.float64)
         return out
 
+    def still(self) -> GroundTruth:
+        """The same object standing still at its frame 0 (what a motion learned on it should
+        be: none)."""
+        out = copy.copy(self)
+        out.frames = np.repeat(self.frames[:1], len(self.frames), 0)
+        out.name = f"{self.name} (still)"
+        return out
+
     @property
     def diagonal(self) -> float:
         """The diagonal of the box holding every frame."""
