@@ -213,8 +213,18 @@ class DynamicConfig:
     canonical_lr_scale: float = 0.1
     """The canonical field keeps learning, at this fraction of the learning rate (0: it is
     frozen and not in the optimiser: mesh mode, whose canonical field is the mesh)."""
+    motion_lr_scale: float = 1.0
+    """The motion field learns at this multiple of the learning rate (Animate124's
+    `--lr_deform_scale` 10 and `--lr_encoder_scale` 10 on its base rate 1e-3 make 1e-2)."""
+    motion_levels: float = 1.0
+    """The share of the motion field's levels open once its coarse-to-fine schedule is done
+    (it opens them over the stage's first half): below 1, the finest stay shut, a smoother
+    motion with fewer parameters to spread a noisy gradient over."""
 
     def __post_init__(self):
+        if not (self.motion_lr_scale > 0 and 0 < self.motion_levels <= 1):
+            raise ValueError("dynamic.motion_lr_scale must be > 0 and dynamic.motion_levels "
+                             "in (0, 1]")
         if self.mirror not in ("forward", "reverse"):
             raise ValueError(f"dynamic.mirror must be 'forward' or 'reverse', not "
                              f"{self.mirror!r}")

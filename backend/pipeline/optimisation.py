@@ -11,7 +11,8 @@ from .config import Animate124Config
 def stage_optimiser(scene, stage: str, preset: Animate124Config) -> torch.optim.Adam:
     """The Adam optimiser of a field stage: which fields it trains, at which rates."""
     if stage == "dynamic":
-        groups = [{"params": scene.motion.parameters(), "lr": preset.optim.lr}]
+        groups = [{"params": scene.motion.parameters(),
+                   "lr": preset.optim.lr * preset.dynamic.motion_lr_scale}]
         if preset.dynamic.canonical_lr_scale > 0:
             groups.append({"params": scene.canonical.parameters(),
                            "lr": preset.optim.lr * preset.dynamic.canonical_lr_scale})

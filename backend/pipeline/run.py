@@ -365,7 +365,8 @@ class Dynamic(FieldStage):
                                                      job.motion_prompt, rng, p, r)
 
     def before_step(self, scene, step):
-        scene.motion.open_levels(min(1.0, 2 * step / self.steps))
+        scene.motion.open_levels(self.job.config.dynamic.motion_levels
+                                 * min(1.0, 2 * step / self.steps))
 
 
 class Refine(FieldStage):
