@@ -97,8 +97,7 @@ class GroundTruth:
     def still(self) -> GroundTruth:
         """The same object standing still at its frame 0 (what a motion learned on it should
         be: none)."""
-        out = copy.copy(self)
-        out.frames = np.repeat(self.frames[:1], len(self.frames), 0)
+        out = self.placed(lambda frames: np.repeat(frames[:1], len(frames), 0))
         out.name = f"{self.name} (still)"
         return out
 
