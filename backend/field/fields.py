@@ -7,10 +7,15 @@ centre that gives the optimisation something to start from.
 Motion: a backward warp. For a point x seen at time t in [0, 1], `warp(x, t)` is the canonical
 point it shows: x + D(x, t), with D(x, 0) = 0 exactly, so frame 0 is the canonical (static)
 model. Two forms:
-  - `MotionField` (4D hash grid + MLP): D(x, t) = g(x, t) - g(x, 0);
-  - `LoopingMotionField` (3D hash grid + MLP, K Fourier terms in t, after Generative Image
-    Dynamics): D(x, t) = sum_k a_k(x) (cos 2 pi k t - 1) + b_k(x) sin 2 pi k t, so that
-    D(x, 1) = D(x, 0) = 0 and the clip loops exactly.
+  - `MotionField` (4D hash grid + MLP): D(x, t) = g(x, t) - g(x, 0) (the reconstruction fit's,
+    which sees every frame of the clip);
+  - `SpectralMotionField` (coarse 3D hash grid + MLP, K Fourier terms in t, after Generative
+    Image Dynamics): D(x, t) = sum_k a_k(x) (cos(2 pi k t / P) - 1) + b_k(x) sin(2 pi k t / P).
+    Period P = 1 loops exactly (D(x, 1) = D(x, 0) = 0); P = 2 is a free motion, the first half
+    of a loop twice the clip's length (any smooth D with D(x, 0) = 0 on [0, 1] is such a half).
+    The SDS stages use it: smooth in time by construction, and coarse in space, a motion has
+    few parameters to spread a noisy gradient over (a 4D grid as fine as the canonical one
+    learned noise on the oracle priors: docs/DECISIONS.md "Motion field").
 
 Points are in the object frame within [-bound, bound]^3.
 """
@@ -151,16 +156,27 @@ class MotionField(nn.Module):
         return self.displacement(x, t)
 
 
-class LoopingMotionField(nn.Module):
-    """K Fourier terms per point: periodic in t with period 1, zero at t = 0."""
+class SpectralMotionField(nn.Module):
+    """K Fourier terms per point of period `period` in t (1: a loop; 2: a free motion), zero at
+    t = 0."""
 
     def __init__(self, bound: float = 1.0, terms: int = 4, hidden: int = 64,
-                 scale: float = 0.1, **grid):
+                 scale: float = 0.1, period: float = 1.0, **grid):
         super().__init__()
-        self.bound, self.terms, self.scale = bound, terms, scale
+        if period not in (1.0, 2.0):
+            raise ValueError("period must be 1 (a loop) or 2 (a free motion)")
+        self.bound, self.terms, self.scale, self.period = bound, terms, scale, float(period)
         self.encoder = HashGrid(dims=3, **grid)
         self.net = MLP(self.encoder.output_dim, hidden, 6 * terms, layers=2)
+        # No motion at the start: the stage begins from the static model as it is, not from
+        # a displacement as long as the motion it must find (the MLP's random outputs).
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
         self.register_buffer("level_window", torch.ones(self.encoder.output_dim))
+
+    @property
+    def loops(self) -> bool:
+        return self.period == 1.0
 
     def open_levels(self, amount: float) -> None:
         set_level_window(self.level_window, self.encoder, amount)
@@ -171,7 +187,7 @@ class LoopingMotionField(nn.Module):
                                      scale=self.level_window)
         coef = coef.reshape(len(x), self.terms, 2, 3)
         k = torch.arange(1, self.terms + 1, device=x.device, dtype=x.dtype)
-        phase = 2 * math.pi * k * t  # (1 or n, K)
+        phase = (2 * math.pi / self.period) * k * t  # (1 or n, K)
         cos_t = (torch.cos(phase) - 1.0).unsqueeze(-1)
         sin_t = torch.sin(phase).unsqueeze(-1)
         return (coef[:, :, 0] * cos_t + coef[:, :, 1] * sin_t).sum(1)

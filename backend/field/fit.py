@@ -28,7 +28,7 @@ import torch
 from animate4d.protocol import Camera
 
 from . import use_tensor_cores
-from .fields import CanonicalField, LoopingMotionField, MotionField, warp_jacobian
+from .fields import CanonicalField, MotionField, SpectralMotionField, warp_jacobian
 from .render import CameraBatch, OccupancyGrid, Renderer, Shading
 
 
@@ -93,7 +93,7 @@ class FitResult:
 def build_fields(config: FitConfig, device) -> tuple[CanonicalField, torch.nn.Module]:
     canonical = CanonicalField(config.bound, hidden=config.hidden, blob_density=5.0,
                                blob_radius=0.5 * config.bound, **config.canonical_grid)
-    motion_cls = LoopingMotionField if config.looping else MotionField
+    motion_cls = SpectralMotionField if config.looping else MotionField
     motion = motion_cls(config.bound, hidden=config.hidden, scale=config.motion_scale,
                         **config.motion_grid)
     return canonical.to(device), motion.to(device)

@@ -50,9 +50,21 @@ class FieldConfig:
     """The canonical and motion fields and their occupancy grid."""
 
     grid_levels: int = 16
-    """Hash-grid levels of both fields."""
+    """Hash-grid levels of the canonical field."""
     grid_log2_table: int = 19
-    """log2 of each level's hash-table size."""
+    """log2 of each level's hash-table size (both fields)."""
+    motion_grid_levels: int = 8
+    """Hash-grid levels of the motion field (3D: its coefficients per point; the
+    reconstruction fit's motion grid). Coarser than the canonical grid: a motion is smooth
+    in space, and on the oracle priors a grid as fine as the canonical one learned noise."""
+    motion_base_resolution: int = 4
+    """The motion grid's coarsest level, cells per side."""
+    motion_finest_resolution: int = 128
+    """The motion grid's finest level, cells per side."""
+    motion_terms: int = 8
+    """Fourier terms per point of a motion that does not loop (period twice the clip: the
+    fastest term turns 4 times over the clip); a looping job takes its own
+    `JobOptions.motion_terms` (period the clip)."""
     occupancy_resolution: int = 128
     """Cells per side of the occupancy grid (Animate124's `grid_size` 128 in
     nerf/renderer.py)."""
@@ -213,9 +225,10 @@ class DynamicConfig:
     canonical_lr_scale: float = 0.1
     """The canonical field keeps learning, at this fraction of the learning rate (0: it is
     frozen and not in the optimiser: mesh mode, whose canonical field is the mesh)."""
-    motion_lr_scale: float = 1.0
-    """The motion field learns at this multiple of the learning rate (Animate124's
-    `--lr_deform_scale` 10 and `--lr_encoder_scale` 10 on its base rate 1e-3 make 1e-2)."""
+    motion_lr_scale: float = 0.1
+    """The motion field learns at this multiple of the learning rate: 1e-3. Animate124's time
+    grids learn at 1e-2, but they hold features, not displacements; ours at 1e-2 overshot on
+    the oracle priors (docs/DECISIONS.md "The SDS stages' motion")."""
     motion_levels: float = 1.0
     """The share of the motion field's levels open once its coarse-to-fine schedule is done
     (it opens them over the stage's first half): below 1, the finest stay shut, a smoother

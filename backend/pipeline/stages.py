@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..field.fields import CanonicalField, LoopingMotionField, MotionField
+from ..field.fields import CanonicalField, SpectralMotionField
 from ..field.render import DecayingOccupancyGrid, Renderer, Shading
 from ..preprocess.framing import canonical_camera
 from .cameras import orbit_camera, random_view, sample_clip
@@ -42,15 +42,18 @@ class Scene:
 
     def __init__(self, preset: Animate124Config, device, motion_terms: int | None = None):
         """`motion_terms`: a looping motion of that many Fourier terms (time 1 is time 0);
-        None: a motion free over the clip."""
+        None: a free motion over the clip (`field.motion_terms` terms of period 2)."""
         self.device = torch.device(device)
         self.motion_terms = motion_terms
-        grid = {"levels": preset.field.grid_levels, "log2_table": preset.field.grid_log2_table}
-        self.canonical = CanonicalField(1.0, blob_density=preset.field.blob_density,
-                                        blob_radius=preset.field.blob_radius, **grid).to(device)
-        self.motion = (MotionField(1.0, **grid) if motion_terms is None else
-                       LoopingMotionField(1.0, terms=motion_terms, **grid)).to(device)
         f = preset.field
+        self.canonical = CanonicalField(1.0, blob_density=f.blob_density,
+                                        blob_radius=f.blob_radius, levels=f.grid_levels,
+                                        log2_table=f.grid_log2_table).to(device)
+        self.motion = SpectralMotionField(
+            1.0, terms=motion_terms or f.motion_terms, period=1.0 if motion_terms else 2.0,
+            levels=f.motion_grid_levels, base_resolution=f.motion_base_resolution,
+            finest_resolution=f.motion_finest_resolution,
+            log2_table=f.grid_log2_table).to(device)
         self.occupancy = DecayingOccupancyGrid(1.0, f.occupancy_resolution, device=device,
                                                decay=f.occupancy_decay,
                                                threshold=f.occupancy_threshold)

@@ -9,7 +9,7 @@ from torch import nn
 
 from animate4d.backend.field import hashgrid_triton
 from animate4d.backend.field.extract import extract, fill_from_neighbours, forward_warp
-from animate4d.backend.field.fields import CanonicalField, LoopingMotionField, MotionField
+from animate4d.backend.field.fields import CanonicalField, MotionField, SpectralMotionField
 from animate4d.backend.field.render import (
     DecayingOccupancyGrid,
     OccupancyGrid,
@@ -195,7 +195,7 @@ def test_motion_moves_the_render_and_the_occupancy_grid_skips_nothing_it_should_
     assert cols1 > cols0 + 3  # moved towards +X (right in the front view)
 
 
-@pytest.mark.parametrize("cls", [MotionField, LoopingMotionField])
+@pytest.mark.parametrize("cls", [MotionField, SpectralMotionField])
 def test_frame_zero_renders_the_canonical_field_without_asking_the_motion_field(cls):
     """D(x, 0) = 0 exactly, so a render at time 0 (every static-stage render, every reference
     step) skips the motion field's lookups and backward pass, and changes no value."""
@@ -264,19 +264,46 @@ def test_newton_inverts_a_warp_that_is_not_a_contraction():
     assert float((naive + Turn().displacement(naive, 1.0) - c).norm(dim=-1).max()) > 1.0
 
 
-@pytest.mark.parametrize("cls", [MotionField, LoopingMotionField])
-def test_motion_is_zero_at_frame_zero_and_looping_closes(cls):
+@pytest.mark.parametrize("make", [MotionField, SpectralMotionField,
+                                  lambda **kw: SpectralMotionField(period=2.0, **kw)],
+                         ids=["4d-grid", "spectral-loop", "spectral-free"])
+def test_motion_is_zero_at_frame_zero_and_looping_closes(make):
     torch.manual_seed(0)
-    m = cls(log2_table=12, levels=4, base_resolution=4, finest_resolution=32)
+    m = make(log2_table=12, levels=4, base_resolution=4, finest_resolution=32)
     with torch.no_grad():
         for p in m.parameters():
             p.normal_(0, 0.5)
     x = torch.rand(100, 3) * 2 - 1
     torch.testing.assert_close(m.displacement(x, 0.0), torch.zeros(100, 3), atol=1e-6, rtol=0)
     assert m.displacement(x, 0.3).abs().max() > 1e-4
-    if cls is LoopingMotionField:
+    if getattr(m, "loops", False):
         torch.testing.assert_close(m.displacement(x, 1.0), torch.zeros(100, 3), atol=1e-5,
                                    rtol=0)
+    elif isinstance(m, SpectralMotionField):  # a free motion ends where it likes
+        assert m.displacement(x, 1.0).abs().max() > 1e-4
+
+
+def test_spectral_motion_starts_still_and_learns_from_its_first_step():
+    """The stage starts from the static model as it is (no random displacement as long as
+    the motion to find), and a gradient moves it at once."""
+    torch.manual_seed(0)
+    m = SpectralMotionField(period=2.0, terms=3, log2_table=10, levels=3,
+                            base_resolution=4, finest_resolution=16)
+    x = torch.rand(64, 3) * 2 - 1
+    assert m.displacement(x, 0.7).abs().max() == 0
+    target = torch.tensor([0.0, 0.0, 0.05])
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    for _ in range(30):
+        opt.zero_grad()
+        (m.displacement(x, 0.7) - target).square().sum(-1).mean().backward()
+        opt.step()
+    got = m.displacement(x, 0.7).mean(0)
+    assert float(got[2]) > 0.025 and float(got[:2].abs().max()) < 0.01
+
+
+def test_spectral_motion_refuses_other_periods():
+    with pytest.raises(ValueError, match="period"):
+        SpectralMotionField(period=3.0)
 
 
 def test_canonical_field_gradients_and_blob():

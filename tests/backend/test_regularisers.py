@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from animate4d.backend.config import override
-from animate4d.backend.field.fields import LoopingMotionField, MotionField
+from animate4d.backend.field.fields import MotionField, SpectralMotionField
 from animate4d.backend.field.render import Renderer, Shading, weight_entropy
 from animate4d.backend.pipeline import config as a124
 from animate4d.backend.pipeline import stages
@@ -155,7 +155,9 @@ def test_time_smoothness_is_0_for_a_motion_constant_in_time_and_grows_with_its_c
     moving = stages.time_smoothness(Drift([0.3, 0.0, 0.4]), preset, "cpu")
     assert float(moving) == pytest.approx(r.time_smoothness * 0.25 * r.time_step**2, rel=1e-4)
     for motion in (MotionField(1.0, levels=4, log2_table=10),
-                   LoopingMotionField(1.0, terms=2, levels=4, log2_table=10)):
+                   SpectralMotionField(1.0, terms=2, levels=4, log2_table=10)):
+        with torch.no_grad():  # a motion that moves (the spectral field starts still)
+            motion.net[-1].weight.normal_(0, 0.1)
         loss = stages.time_smoothness(motion, preset, "cpu")
         assert float(loss.detach()) > 0
         loss.backward()  # reaches the motion's parameters
