@@ -15,7 +15,7 @@ import traceback
 from animate4d.protocol.errors import Animate4DError
 
 from .commands import bench, keys, local, models, motion, remote, serve
-from .runtime import switches
+from .runtime import devices, switches
 from .version import package_version
 
 
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None,
         # The one place the environment's runtime switches are read; a command's own flags
         # may refine them (they install their own).
         switches.install(switches.from_environ())
+        devices.prefer_expandable_segments()
         return args.func(args)
     except switches.SwitchError as e:
         print(f"animate4d: error: {e}", file=sys.stderr)

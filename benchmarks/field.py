@@ -3,9 +3,10 @@
     python -m benchmarks render  [--device cuda --frames 16 --size 128 --shading albedo|lambertian]
     python -m benchmarks extract [--device cuda --frames 24 --resolution 256 --faces 50000]
 
-Fields are the pipeline's sizes (canonical 16 levels x 2 features, 2^19 table, 16..2048; motion
-4D grid likewise), with a motion field whose weights are scaled up so that it moves points by a
-few percent of the box. The canonical density is in one of two states (`--state`):
+Fields are the pipeline's sizes (canonical 16 levels x 2 features, 2^19 table, 16..2048; the
+SDS stages' motion field, `stages.Scene`'s), with motion weights drawn so that it moves points
+by a few percent of the box (the pipeline's starts still). The canonical density is in one
+of two states (`--state`):
   blob    the initial density blob, tightened (a soft ball of radius ~0.5, no sharp surface):
           what the static stage starts from;
   fitted  regressed onto a solid ball of radius 0.5 with a sharp surface (the size a reference
@@ -25,14 +26,16 @@ from . import device_name, int_in, pick_device, report, timed_ms
 def _fields(device, state: str = "blob"):
     import torch
 
-    from animate4d.backend.field.fields import CanonicalField, MotionField
+    from animate4d.backend.field.fields import CanonicalField
+    from animate4d.backend.pipeline.config import PAPER
+    from animate4d.backend.pipeline.stages import Scene
 
     torch.manual_seed(0)
     canonical = CanonicalField().to(device)
-    motion = MotionField().to(device)
+    motion = Scene(PAPER, device).motion
     with torch.no_grad():
         canonical.net[-1].bias[0] = -5.0  # density only inside the blob (radius ~0.4-0.7)
-        motion.encoder.embeddings.uniform_(-0.05, 0.05)
+        motion.net[-1].weight.normal_(0, 0.05)
     if state == "fitted":
         fit_solid_ball(canonical)
     return canonical, motion

@@ -8,7 +8,21 @@ reported those as internal errors. Here they are the user's mistake, said plainl
 
 from __future__ import annotations
 
+import os
+
 from animate4d.protocol.errors import Animate4DError
+
+# PyTorch's CUDA allocator in segments that grow instead of fixed blocks: the paper preset's
+# refine stage peaks at 23.6 GB allocated, and with fixed blocks reserved 28 GB and ran out
+# under a 23 GiB cap, where expandable segments reserve 24.7 GB and fit (docs/BENCHMARKS.md
+# "Memory on a 24 GB card").
+ALLOCATOR = "expandable_segments:True"
+
+
+def prefer_expandable_segments(environ=os.environ) -> None:
+    """Ask for `ALLOCATOR` unless the environment already configures the allocator. Read when
+    CUDA first allocates, so this runs before any command touches the GPU."""
+    environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", ALLOCATOR)
 
 
 def choose_device(name: str | None):

@@ -1,6 +1,9 @@
 """`--device` mistakes are the user's, said plainly (not torch's assertion as a bug); a memory
 limit is a GPU budget."""
 
+import argparse
+import os
+
 import pytest
 import torch
 
@@ -49,3 +52,34 @@ def test_memory_limit_is_a_gpu_budget_within_the_gpu():
                 torch.empty(2 * 2**30, dtype=torch.uint8, device="cuda:0")
         finally:
             torch.cuda.set_per_process_memory_fraction(1.0, 0)
+
+
+def test_the_allocator_grows_segments_unless_the_user_configured_it():
+    from animate4d.backend.runtime.devices import ALLOCATOR, prefer_expandable_segments
+
+    env: dict = {}
+    prefer_expandable_segments(env)
+    assert env == {"PYTORCH_CUDA_ALLOC_CONF": ALLOCATOR}
+    mine = {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:128"}
+    prefer_expandable_segments(mine)
+    assert mine == {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:128"}
+
+
+def test_every_command_runs_with_the_allocator_asked_for(monkeypatch):
+    """`animate4d` sets it before the command runs (the variable is read at CUDA's first
+    allocation), so a worker's refine stage gets it without the user knowing of it."""
+    from animate4d.backend import cli
+
+    # set, then removed: the test's end puts the variable back as it was (absent or not)
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "")
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
+    seen = {}
+
+    def command(args):
+        seen["conf"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
+        return 0
+
+    parser = argparse.ArgumentParser()
+    parser.set_defaults(func=command)
+    assert cli.main([], parser) == 0
+    assert seen["conf"] == "expandable_segments:True"

@@ -3,14 +3,15 @@ field."""
 
 import argparse
 
-from animate4d.backend.field.fields import MotionField
+from animate4d.backend.field.fields import SpectralMotionField
 from benchmarks import view_steps
 
 
 def test_view_steps_variants_and_report(monkeypatch):
     calls = []
-    warp = MotionField.warp
-    monkeypatch.setattr(MotionField, "warp", lambda self, x, t: calls.append(1) or warp(self, x, t))
+    warp = SpectralMotionField.warp
+    monkeypatch.setattr(SpectralMotionField, "warp",
+                        lambda self, x, t: calls.append(1) or warp(self, x, t))
 
     def run(variants):
         calls.clear()
