@@ -17,6 +17,7 @@ from . import (
     clip_steps,
     field,
     hashgrid,
+    mesh_stages,
     network,
     oracle_motion,
     preview,
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     clip_steps.add_parser(sub)
     blender_import.add_parser(sub)
     oracle_motion.add_parser(sub)
+    mesh_stages.add_parser(sub)
     return parser
 
 

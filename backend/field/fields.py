@@ -15,7 +15,7 @@ model. Two forms:
     of a loop twice the clip's length (any smooth D with D(x, 0) = 0 on [0, 1] is such a half).
     The SDS stages use it: smooth in time by construction, and coarse in space, a motion has
     few parameters to spread a noisy gradient over (a 4D grid as fine as the canonical one
-    learned noise on the oracle priors: docs/DECISIONS.md "Motion field").
+    learned noise on the oracle priors: docs/DECISIONS.md "The SDS stages' motion").
 
 Points are in the object frame within [-bound, bound]^3.
 """
