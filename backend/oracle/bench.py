@@ -54,7 +54,10 @@ SIZES: dict[str, Animate124Config] = {
         # The blob start needs the paper's thousands of static steps to carve an object out
         # of it; the preview proxy (the reference silhouette inflated) starts near one.
         "static.init": "proxy", "static.proxy_steps": 100,
-        "static.steps": 400, "reference.first": 10, "dynamic.steps": 200,
+        "static.steps": 400, "reference.first": 10,
+        # The motion needs its steps: bend's Chamfer 4.75% after 200 dynamic steps, 3.10%
+        # after 1,200, 1.71% after 2,400 (docs/BENCHMARKS.md "Oracle priors").
+        "dynamic.steps": 2400,
         "refine.steps": 30, "checkpoint_every": 10_000}),
     # The paper's fields and renders; the clip timeline on 32 steps, which bounds the video
     # oracle's renders per step (frames x 33).
