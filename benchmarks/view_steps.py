@@ -10,7 +10,7 @@ decided by separate runs is decided by the noise. Variants:
   first-pass  the first pass at a lower threshold (`prune_above` 2^19: the SDS view's
               ~920 k points to shade on a fitted object go through the no-grad first pass);
   warp-at-0   time 0 sent through the motion field (every static-stage render and
-              reference step looks up D(x, 0) = 0 in the 4D grid, which the renderer skips).
+              reference step would look up D(x, 0) = 0, which the renderer skips).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ BLOCK = 128
 # canonical backward; docs/BENCHMARKS.md).
 WARPS = 4
 # Table-gradient copies for the leading dense levels of at most REPLICATED_ROWS rows in all
-# (the canonical grid's five coarsest levels, the 4D grid's two): millions of points share
+# (the canonical grid's five coarsest levels, the motion grid's coarsest): millions of points share
 # those few rows, and their atomics would queue at one address. The copies are summed after
 # the pass; they cost about 0.1 GB while it runs (docs/BENCHMARKS.md).
 REPLICAS = 32
