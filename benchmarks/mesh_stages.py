@@ -14,20 +14,20 @@ import time
 
 
 def run(args) -> dict:
-    import numpy as np
     import torch
 
     from animate4d.backend.meshmode.animate import MeshAnimate, for_mesh
-    from animate4d.backend.meshmode.source import MeshSource
+    from animate4d.backend.oracle.bench import rest_pose
     from animate4d.backend.oracle.truth import GroundTruth
     from animate4d.backend.pipeline.config import PRESETS, tiny
+    from animate4d.backend.synthetic.benchmark import peak_bytes
     from animate4d.protocol.options import JobOptions
 
     from . import device_name, pick_device
 
     device = pick_device(args.device)
     truth = GroundTruth.load(args.scene)
-    source = MeshSource(truth.frames[0].astype(np.float32), truth.faces, name=truth.name)
+    source = rest_pose(truth)
     preset = PRESETS[args.preset]
     config = for_mesh(tiny(preset, max_steps=10_000) if args.tiny_sizes else preset)
     options = JobOptions(prompt=f"the {truth.name} is moving", preset=args.preset,
@@ -68,8 +68,7 @@ def run(args) -> dict:
     out["export_seconds"] = whole(export)
     out["projected_minutes"] = (out["fit_seconds"] + out["export_seconds"]
                                 + out["dynamic_ms_per_step"] / 1000 * out["dynamic_steps"]) / 60
-    out["peak_bytes"] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-                         else None)
+    out["peak_bytes"] = peak_bytes(device)
     return out
 
 
