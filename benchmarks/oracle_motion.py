@@ -40,7 +40,7 @@ def probe(job, truth, times=TIMES) -> list[dict]:
             look = Shading(mode="albedo")
             moved = scene.renderer.render(cams, [t] * 4, shading=look)["rgb"].clamp(0, 1)
             rest = scene.renderer.render(cams, [0.0] * 4, shading=look)["rgb"].clamp(0, 1)
-        truth_img = torch.stack([truth.render(c, t).rgb.permute(1, 2, 0) for c in cams]).to(dev)
+        truth_img = truth.render_many(cams, [t] * len(cams)).rgb.permute(0, 2, 3, 1)
         reach = want.norm(dim=-1)
         moving = reach > 0.3 * reach.max() if float(reach.max()) > 1e-6 else None
         cos = (torch.nn.functional.cosine_similarity(got, want, dim=-1)[moving].mean()
@@ -66,6 +66,7 @@ def run(args) -> dict:
     truth = GroundTruth.load(args.scene)
     if args.still:
         truth = truth.still()
+    truth.to(device)
     config = override(bench.SIZES[args.size], {"refine.steps": 0, **parse_changes(args.set)})
     options = JobOptions(prompt="x", preset="fast", frames=bench.FRAMES[args.size],
                          seed=args.seed, loop=truth.loops)

@@ -198,7 +198,7 @@ def run(source: str, *, size: str = "small", device: str = "cpu", seed: int = 0,
     if size not in SIZES:
         raise ValueError(f"size must be one of {', '.join(SIZES)}")
     dev = choose_device(device)
-    truth = GroundTruth.load(source)
+    truth = GroundTruth.load(source).to(dev)
     if mesh:
         truth = in_mesh_frame(truth)
     config = override((MESH_SIZES if mesh else SIZES)[size], changes or {})
@@ -265,8 +265,8 @@ def score(job: OracleJob, mesh, truth: GroundTruth, points: int = 10_000) -> dic
             out = scene.renderer.render(cams, [k / frames] * len(cams),
                                         shading=Shading(mode="albedo"))
             got = out["rgb"].clamp(0, 1).cpu().numpy()
-            want = np.stack([truth.render(c, k / frames).rgb.permute(1, 2, 0).numpy()
-                             for c in cams])
+            want = truth.render_many(cams, [k / frames] * len(cams)).rgb
+            want = want.permute(0, 2, 3, 1).cpu().numpy()
             psnr.append(metrics.psnr(got, want))
     return {"chamfer_per_frame": chamfer, "chamfer_mean": float(np.mean(chamfer)),
             "chamfer_max": float(np.max(chamfer)), "psnr_heldout_per_frame": psnr,

@@ -226,9 +226,21 @@ class OracleDenoiser(torch.nn.Module):
         return self.vae.latents(x)
 
     def _truth(self, views: list[View], shape, device) -> torch.Tensor:
-        imgs = torch.stack([self.truth.render(v.camera, v.time, v.shading, v.background).rgb
-                            for v in views])
-        return self._encode(imgs, shape).to(device)
+        """The truth's latents for `views`, rendered together where they share a look and a
+        resolution (a clip's frames: one call)."""
+        groups: dict[tuple, list[int]] = {}
+        for i, v in enumerate(views):
+            look = (repr(v.shading), v.background, v.camera.resolution)
+            groups.setdefault(look, []).append(i)
+        imgs = [None] * len(views)
+        for rows in groups.values():
+            first = views[rows[0]]
+            r = self.truth.render_many([views[i].camera for i in rows],
+                                       [views[i].time for i in rows], first.shading,
+                                       first.background)
+            for k, i in enumerate(rows):
+                imgs[i] = r.rgb[k]
+        return self._encode(torch.stack(imgs).to(device), shape)
 
     def _targets(self, xt, ab, states) -> torch.Tensor:
         if self.kind == "image":

@@ -1,6 +1,6 @@
 """The ground truth the oracle priors know: an animated, vertex-coloured mesh in the pipeline's
 object frame, rendered the way `pipeline.stages.Scene` renders (same cameras, times, shading
-modes, lights and backgrounds), by the CPU rasterizer.
+modes, lights and backgrounds), by the tensor rasterizer on the job's device.
 
 Times are the clip's, t in [0, 1]: a looping motion wraps (t = 1 is t = 0); one that does not
 ends at t = 1. Frame k of an F-frame result shows time k / F.
@@ -18,8 +18,7 @@ import torch
 from animate4d.protocol import AnimatedMesh, Camera
 
 from ..field.render import Shading, camera_rays
-from ..mesh import raster
-from ..mesh.geometry import vertex_normals
+from ..mesh import tensor_raster
 from ..preprocess.framing import canonical_camera
 from ..synthetic import scenes
 
@@ -66,6 +65,7 @@ class GroundTruth:
         centre = (lo + hi) / 2
         scale = RADIUS / np.linalg.norm(f - centre, axis=-1).max()
         self.frames = (f - centre) * scale
+        self.device, self._tensors = torch.device("cpu"), None
 
     @classmethod
     def load(cls, source: str) -> GroundTruth:
@@ -92,6 +92,7 @@ class GroundTruth:
         points -> the same points elsewhere): the truth in another object frame."""
         out = copy.copy(self)
         out.frames = np.asarray(to_frame(self.frames), np.float64)
+        out._tensors = None
         return out
 
     def still(self) -> GroundTruth:
@@ -109,37 +110,72 @@ class GroundTruth:
 
     def vertices(self, t: float) -> np.ndarray:
         """Vertex positions (N, 3) at time t."""
+        a, b, w = self._bracket(t)
+        return self._lerp(a, b, w)
+
+    def _bracket(self, t: float) -> tuple[int, int, float]:
+        """The two stored frames around time t and the weight of the second."""
         n = len(self.frames)
         if self.loops:
             x = (float(t) % 1.0) * n
             k = int(np.floor(x)) % n
-            return self._lerp(k, (k + 1) % n, x - np.floor(x))
+            return k, (k + 1) % n, float(x - np.floor(x))
         x = min(max(float(t), 0.0), 1.0) * (n - 1)
         k = min(int(np.floor(x)), n - 2)
-        return self._lerp(k, k + 1, x - k)
+        return k, k + 1, float(x - k)
 
     def _lerp(self, a: int, b: int, w: float) -> np.ndarray:
         return self.frames[a] * (1 - w) + self.frames[b] * w
+
+    def to(self, device) -> GroundTruth:
+        """Render on `device` (the job's: the truth is rendered at every SDS step)."""
+        self.device = torch.device(device)
+        self._tensors = None
+        return self
+
+    def _on_device(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._tensors is None:
+            dev = self.device
+            self._tensors = (torch.as_tensor(self.frames, dtype=torch.float32, device=dev),
+                             torch.as_tensor(self.faces, device=dev),
+                             torch.as_tensor(self.colours, dtype=torch.float32, device=dev))
+        return self._tensors
+
+    def _vertices_at(self, times: list[float]) -> torch.Tensor:
+        """`vertices` at each time, (B, N, 3) on the device."""
+        frames = self._on_device()[0]
+        pairs = [self._bracket(t) for t in times]
+        a = frames[[p[0] for p in pairs]]
+        b = frames[[p[1] for p in pairs]]
+        w = torch.tensor([p[2] for p in pairs], dtype=torch.float32, device=frames.device)
+        return a * (1 - w[:, None, None]) + b * w[:, None, None]
 
     def render(self, camera: Camera, t: float, shading: Shading | None = None,
                background=(1.0, 1.0, 1.0)) -> Rendered:
         """The truth at time t through `camera`, shaded as `Scene.render` shades (albedo when
         `shading` is None)."""
+        r = self.render_many([camera], [t], shading, background)
+        return Rendered(r.rgb[0], r.alpha[0], r.depth[0])
+
+    def render_many(self, cameras: list[Camera], times: list[float],
+                    shading: Shading | None = None, background=(1.0, 1.0, 1.0)) -> Rendered:
+        """`render` for several (camera, time) pairs at once, on the truth's device: rgb
+        (B, 3, H, W), alpha and depth (B, H, W). Cameras of one call share a resolution."""
         shading = shading or Shading(mode="albedo")
-        v = self.vertices(t)
-        normals = vertex_normals(v, self.faces)
-        attrs, covered, depth = raster.gbuffer(v, self.faces,
-                                               np.concatenate([self.colours, normals], 1),
-                                               camera)
-        albedo = torch.as_tensor(attrs[..., :3], dtype=torch.float32)
-        n = torch.nn.functional.normalize(torch.as_tensor(attrs[..., 3:], dtype=torch.float32),
-                                          dim=-1)
-        rgb = _shade(albedo, n, camera, shading)
-        alpha = torch.as_tensor(covered, dtype=torch.float32)[..., None]
-        bg = torch.as_tensor(background, dtype=torch.float32)
+        _, faces, colours = self._on_device()
+        v = self._vertices_at([float(t) for t in times])
+        normals = _vertex_normals(v, faces)
+        attrs = torch.cat([colours.expand(len(v), -1, -1), normals], -1)
+        attrs, covered, depth = tensor_raster.gbuffer(v, faces, attrs, list(cameras))
+        albedo = attrs[..., :3]
+        n = torch.nn.functional.normalize(attrs[..., 3:], dim=-1)
+        rgb = torch.stack([_shade(albedo[k], n[k], c, shading)
+                           for k, c in enumerate(cameras)])
+        alpha = covered.float()[..., None]
+        bg = torch.as_tensor(background, dtype=torch.float32, device=rgb.device)
         rgb = rgb * alpha + bg * (1 - alpha)
-        z = torch.as_tensor(np.where(covered, depth, 0.0), dtype=torch.float32)
-        return Rendered(rgb.permute(2, 0, 1).clamp(0, 1), alpha[..., 0], z)
+        z = torch.where(covered, depth, torch.zeros_like(depth))
+        return Rendered(rgb.permute(0, 3, 1, 2).clamp(0, 1), alpha[..., 0], z)
 
     def reference(self, size: int) -> dict:
         """The reference view (frame 0 from the canonical camera) as preprocessing leaves it:
@@ -147,7 +183,7 @@ class GroundTruth:
         as the depth estimator gives)."""
         r = self.render(canonical_camera(size), 0.0)
         inverse = torch.where(r.alpha > 0, 1.0 / r.depth.clamp(min=1e-6), 0.0)
-        return {"rgb": r.rgb, "mask": r.alpha, "depth": inverse}
+        return {"rgb": r.rgb.cpu(), "mask": r.alpha.cpu(), "depth": inverse.cpu()}
 
     def at_frames(self, frames: int) -> np.ndarray:
         """Vertex positions (F, N, 3) of an F-frame clip (frame k at time k / F)."""
@@ -174,6 +210,18 @@ def _simplified(faces, colours, frames):
     return np.asarray(new_faces, np.int64), colours[keep], frames[:, keep]
 
 
+def _vertex_normals(v: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """`geometry.vertex_normals` on tensors: area-weighted unit normals (B, N, 3)."""
+    a, b, c = v[:, faces[:, 0]], v[:, faces[:, 1]], v[:, faces[:, 2]]
+    fn = torch.linalg.cross(b - a, c - a)  # twice the area long: area weighting for free
+    out = torch.zeros_like(v)
+    for k in range(3):
+        out.index_add_(1, faces[:, k], fn)
+    length = out.norm(dim=-1, keepdim=True)
+    up = torch.tensor([0.0, 0.0, 1.0], device=v.device).expand_as(out)
+    return torch.where(length > 1e-12, out / length.clamp(min=1e-12), up)
+
+
 def _shade(albedo: torch.Tensor, normal: torch.Tensor, camera: Camera,
            shading: Shading) -> torch.Tensor:
     """`field.render.Renderer`'s shading of surface points (H, W, 3)."""
@@ -182,11 +230,12 @@ def _shade(albedo: torch.Tensor, normal: torch.Tensor, camera: Camera,
     if shading.mode == "normals":
         return (normal + 1) / 2
     h, w = albedo.shape[:2]
-    origin, direction = camera_rays(camera)
+    dev = albedo.device
+    origin, direction = camera_rays(camera, dev)
     if shading.light is not None:
-        light = torch.as_tensor(shading.light, dtype=torch.float32).expand(h * w, 3)
+        light = torch.as_tensor(shading.light, dtype=torch.float32, device=dev).expand(h * w, 3)
     elif shading.light_offset is not None:
-        offset = torch.as_tensor(shading.light_offset, dtype=torch.float32)
+        offset = torch.as_tensor(shading.light_offset, dtype=torch.float32, device=dev)
         light = torch.nn.functional.normalize(origin + offset, dim=-1)
     else:
         light = -direction
