@@ -9,7 +9,6 @@ import torch
 from animate4d.backend.mesh import raster, tensor_raster
 from animate4d.backend.mesh.geometry import vertex_normals
 from animate4d.backend.pipeline.cameras import orbit_camera
-
 from tests.backend.meshes import tree_arrays
 
 
