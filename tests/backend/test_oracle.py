@@ -234,6 +234,8 @@ def test_vertex_score_is_the_distance_to_the_same_vertex_over_the_diagonal():
     assert max(s["vertex_error_max_per_frame"][k] for k in (0, 1, 3)) < 1e-6
     assert s["vertex_error_per_frame"][2] == pytest.approx(0.1 / len(frames[0]), rel=1e-3)
     assert s["still_error_mean"] > 0.01  # the ball moves
+    # The surface: the truth's own at the untouched frames (sampling noise only).
+    assert max(s["chamfer_per_frame"][k] for k in (0, 1, 3)) < 0.005
 
 
 def test_bench_oracle_mesh_runs_mesh_mode_and_scores_per_vertex(monkeypatch, tmp_path, capsys):
