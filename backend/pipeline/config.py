@@ -90,14 +90,14 @@ class RendererConfig:
     """Side of the static and dynamic stages' renders (and of the reference view)."""
     samples: int = 64
     """Samples per ray."""
-    normals: str = "canonical"
+    normals: str = "world"
     """Shading normals (`field.render.Renderer`): "world" is Animate124's (the density at
     the sample's time, central differences around the world point: a turning part is lit as
     it turns), "canonical" the canonical density's forward differences at the warped point (a
     turning part is lit as at rest), "jacobian" the canonical differences turned by the
-    warp's Jacobian (as "world" to first order; 3 more warps without gradients). "world" made
-    the dynamic clip step 34 -> 105 ms on an H100, which would take the paper schedule past an
-    hour; "canonical" stays the default until "jacobian" is measured (docs/DECISIONS.md)."""
+    warp's Jacobian (as "world" to first order; 3 more warps without gradients). On the
+    oracle priors "world" took lift's Chamfer from 2.74% to 1.13%; on an H100 it costs the
+    paper schedule about 2.5 minutes (docs/DECISIONS.md, docs/BENCHMARKS.md)."""
 
 
 @dataclass(frozen=True)
