@@ -55,9 +55,9 @@ SIZES: dict[str, Animate124Config] = {
         # of it; the preview proxy (the reference silhouette inflated) starts near one.
         "static.init": "proxy", "static.proxy_steps": 100,
         "static.steps": 400, "reference.first": 10,
-        # The motion needs its steps: bend's Chamfer 4.75% after 200 dynamic steps, 3.10%
-        # after 1,200, 1.71% after 2,400 (docs/BENCHMARKS.md "Oracle priors").
-        "dynamic.steps": 2400,
+        # The motion needs its steps: with world normals bend's Chamfer is 0.96% after 1,200
+        # dynamic steps, 0.91% after 2,400 (docs/BENCHMARKS.md "Oracle priors").
+        "dynamic.steps": 1200,
         "refine.steps": 30, "checkpoint_every": 10_000}),
     # The paper's fields and renders; the clip timeline on 32 steps, which bounds the video
     # oracle's renders per step (frames x 33).
@@ -220,7 +220,8 @@ def run(source: str, *, size: str = "small", device: str = "cpu", seed: int = 0,
     result = run_method(job, progress)
     seconds = time.perf_counter() - t0
     scores = ({**score_vertices(result, truth), "fit": result.metadata["fit"],
-               "vertices": result.num_vertices} if mesh else score(job, result, truth))
+               "export": result.metadata["export"], "vertices": result.num_vertices}
+              if mesh else score(job, result, truth))
     return {"source": truth.name, "mode": "mesh" if mesh else "image", "size": size,
             "device": str(dev),
             "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
