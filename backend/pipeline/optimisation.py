@@ -50,9 +50,11 @@ def optimise(opt: torch.optim.Optimizer, losses: dict, clip: float | None) -> No
     total = sum(losses.values())
     if total.requires_grad:
         total.backward()
-    else:  # no sample reached the fields (a view of empty space): a zero-gradient step
-        give_gradients(opt)
+    # Zeros for what the losses did not reach: a view of empty space reaches nothing, and a
+    # reference step with the canonical field out of the optimiser (mesh mode, or
+    # `dynamic.canonical_lr_scale = 0`) reaches only parameters the optimiser does not hold.
+    give_gradients(opt)
     if clip is not None:
-        torch.nn.utils.clip_grad_value_([p for g in opt.param_groups for p in g["params"]
-                                         if p.grad is not None], clip)
+        torch.nn.utils.clip_grad_value_([p for g in opt.param_groups for p in g["params"]],
+                                        clip)
     opt.step()
