@@ -17,6 +17,7 @@ from . import (
     clip_steps,
     field,
     hashgrid,
+    job,
     mesh_stages,
     network,
     oracle_motion,
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     blender_import.add_parser(sub)
     oracle_motion.add_parser(sub)
     mesh_stages.add_parser(sub)
+    job.add_parser(sub)
     return parser
 
 

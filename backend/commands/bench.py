@@ -67,7 +67,8 @@ def cmd_oracle(args) -> int:
             scores = (f"vertex error mean {100 * r['vertex_error_mean']:.2f}% of the diagonal "
                       f"(max {100 * r['vertex_error_max']:.2f}%; no motion at all: mean "
                       f"{100 * r['still_error_mean']:.2f}%), Chamfer mean "
-                      f"{100 * r['chamfer_mean']:.2f}%")
+                      f"{100 * r['chamfer_mean']:.2f}%, held-out PSNR "
+                      f"{r['psnr_heldout']:.1f} dB")
         else:
             scores = (f"Chamfer mean {100 * r['chamfer_mean']:.2f}% of the diagonal (max "
                       f"{100 * r['chamfer_max']:.2f}%), held-out PSNR "

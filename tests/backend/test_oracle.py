@@ -267,6 +267,9 @@ def test_bench_oracle_mesh_runs_mesh_mode_and_scores_per_vertex(monkeypatch, tmp
     for key in ("vertex_error_mean", "still_error_mean", "seconds", "peak_bytes"):
         assert np.isfinite(result[key]) and result[key] > 0
     assert 0 < result["fit"]["iou"] <= 1
+    # The look the video oracle compared, from the views no step was drawn at.
+    assert len(result["psnr_heldout_per_frame"]) == 2
+    assert np.isfinite(result["psnr_heldout"])
     # How well the motion was inverted to carry the vertices (the export's own record).
     assert result["export"]["warp_residual_max"] >= 0
     assert 0 <= result["export"]["warp_unconverged_max"] <= result["vertices"]
