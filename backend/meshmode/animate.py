@@ -108,7 +108,8 @@ class FitCanonical(Stage):
         scene.canonical.requires_grad_(True)
         error = fit_to_mesh(scene.canonical, job.rest, job.source.faces, job.colours,
                             steps=cfg.fit_steps, points=cfg.fit_points,
-                            resolution=cfg.occupancy_resolution, seed=job.options.seed)
+                            resolution=cfg.occupancy_resolution, edge_cells=cfg.edge_cells,
+                            seed=job.options.seed)
         scene.canonical.requires_grad_(False)
         fill_occupancy(scene)
         job.fit = {"error": error, "iou": silhouette_iou(scene, job.ref)}

@@ -7,10 +7,11 @@ job's object fills (1 - 2 x border), which keeps even the box's corners inside t
 
 The field is then regressed onto the mesh (`field.fit.fit_shape`, as the image pipeline's
 proxy start): high density inside the mesh, where its generalised winding number is above
-1/2 (robust to open, non-manifold and multi-part meshes, unlike a ray-parity test), read from
-a signed distance whose sign is that winding number; albedo from the
-vertex colours. Both are precomputed once on a grid and read trilinearly, so each fitting
-step costs two texture reads instead of a pass over the triangles.
+1/2 (robust to open, non-manifold and multi-part meshes, unlike a ray-parity test), ramping
+down across the surface over a couple of cells of a signed distance whose sign is that
+winding number (smooth normals); albedo from the vertex colours. Both are precomputed once on
+a grid and read trilinearly, so each fitting step costs two texture reads instead of a pass
+over the triangles.
 """
 
 from __future__ import annotations
@@ -168,16 +169,24 @@ def colour_grid(vertices: np.ndarray, colours: np.ndarray | None, resolution: in
 
 def fit_to_mesh(canonical, vertices: np.ndarray, faces: np.ndarray,
                 colours: np.ndarray | None, *, steps: int, points: int,
-                resolution: int, seed: int = 0) -> float:
-    """Regress `canonical` onto the mesh (object frame): density from the winding number,
-    albedo from `colours` (uint8 (N, 3+)) or grey. Returns fit_shape's last error."""
+                resolution: int, edge_cells: float = 2.0, seed: int = 0) -> float:
+    """Regress `canonical` onto the mesh (object frame): density from the signed distance
+    (sign from the winding number), albedo from `colours` (uint8 (N, 3+)) or grey. Returns
+    fit_shape's last error.
+
+    The occupancy regressed is sigmoid(-distance / w), w = `edge_cells` cells of the grid (0:
+    the hard inside indicator). A hard step is more than the field can hold: its fit wobbles
+    across the surface, and the density's gradient, the renders' normals, with it; a ramp a
+    few cells wide is smooth there and still puts the half-opaque level on the surface."""
     device = next(canonical.parameters()).device
     bound = canonical.bound
     distance = signed_distance_grid(vertices, faces, resolution, bound, device)
     colour = colour_grid(vertices, colours, resolution, bound, device)
+    width = edge_cells * 2 * bound / (resolution - 1)
 
     def inside(x):
-        return (distance(x)[:, 0] < 0).float()
+        d = distance(x)[:, 0]
+        return torch.sigmoid(-d / width) if width > 0 else (d < 0).float()
 
     def albedo(x):
         return colour(x) if colour is not None else torch.full((len(x), 3), GREY,

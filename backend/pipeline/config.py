@@ -330,6 +330,13 @@ class MeshConfig:
     """Points per fitting step (half uniform in the box, half near the surface)."""
     occupancy_resolution: int = 128
     """Cells per side of the winding-number grid the occupancy is read from (trilinear)."""
+    edge_cells: float = 2.0
+    """Width of the occupancy's edge, in cells of that grid: the field is fitted to
+    sigmoid(-signed distance / width), so that the density's gradient, the renders' normals,
+    is smooth across the surface (meshmode/canonical.py fit_to_mesh); 0 for the hard inside
+    indicator. On lift's rest pose (24 px renders, 64 cells) 2 gives held-out
+    textureless renders of 21.2 dB against the truth's, 13.9 dB with 0, 20.2 with 1, 17.2
+    with 4."""
     arap: float = 1.0
     """Weight of the as-rigid-as-possible energy of the mesh's vertices carried by the motion
     (Animate3D): per vertex, the squared change of its one-ring edges after the best local
