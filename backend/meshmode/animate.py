@@ -30,7 +30,7 @@ from animate4d.protocol.options import JobOptions
 
 from ..config import as_dict, override
 from ..field import use_tensor_cores
-from ..field.extract import fill_from_neighbours, forward_warp
+from ..field.extract import SUBSTEPS, carry, fill_from_neighbours
 from ..jobs.checkpoints import Checkpoints
 from ..jobs.method import Method, Stage
 from ..jobs.presets import MESH_ROLES
@@ -125,7 +125,7 @@ class MeshDynamic(run.Dynamic):
         m = cfg.mesh
         pin = job.source.pin if m.pin > 0 else None
         arap = ArapTerm(job.rest, job.source.faces, scene.device, pin) \
-            if m.arap > 0 or pin is not None else None
+            if m.arap > 0 or m.fold > 0 or pin is not None else None
         gen = torch.Generator().manual_seed(job.options.seed)
 
         def losses_fn(rng, progress, reference):
@@ -134,6 +134,7 @@ class MeshDynamic(run.Dynamic):
             if arap is not None and not reference:
                 terms = arap(scene.motion, gen, m.arap_vertices, m.arap_times)
                 out["arap"] = m.arap * terms["arap"]
+                out["fold"] = m.fold * terms["fold"]
                 if "pin" in terms:
                     out["pin"] = m.pin * terms["pin"]
             return out
@@ -152,6 +153,7 @@ class CarryVertices(Stage):
 
     def setup(self, start: int) -> None:
         job = self.job
+        self.carried = None  # (frame, the object-frame vertices there), for continuation
         job.pool.keep()
         job.scene().refresh_occupancy(run.occupancy_times("export"))
         n = len(job.source.vertices)
@@ -166,10 +168,15 @@ class CarryVertices(Stage):
             job.frames[0] = src.vertices  # exactly the input
             return
         rest = torch.as_tensor(job.rest, dtype=torch.float32, device=job.device)
-        t = torch.tensor(step / self.steps, device=job.device)
-        parts = [forward_warp(job.scene().motion, rest[i : i + EXPORT_CHUNK], t)
+        # From the last frame's places (from time 0 after a resume: a longer march).
+        last, before = self.carried if self.carried is not None else (0, rest)
+        substeps = SUBSTEPS * (step - last)
+        parts = [carry(job.scene().motion, rest[i : i + EXPORT_CHUNK], step / self.steps,
+                       before[i : i + EXPORT_CHUNK], last / self.steps, substeps)
                  for i in range(0, len(rest), EXPORT_CHUNK)]
-        x = torch.cat([p[0] for p in parts]).double().cpu().numpy()
+        carried = torch.cat([p[0] for p in parts])
+        self.carried = (step, carried)
+        x = carried.double().cpu().numpy()
         residual = torch.cat([p[1] for p in parts]).cpu().numpy()
         bad = residual > WARP_TOLERANCE
         moved = fill_from_neighbours(job.rest, src.faces, x, bad)

@@ -29,6 +29,12 @@ from ..field.fields import warp_jacobian
 
 NEWTON_ITERATIONS = 8  # the motion moves little between steps: a few Newton steps converge
 JACOBIAN_EPS = 1e-3  # object-frame units, as forward_warp's
+# A carried vertex whose residual is above this (object frame: a tenth of a voxel of the
+# 256^3 export grid) is not where the motion takes it: its rings are left out of the energy.
+CONVERGED = 2e-3
+# The share of the volume below which the fold energy starts: a bend or a twist keeps about
+# all of it; a fold turns it negative.
+FOLD_FLOOR = 0.5
 
 
 def one_rings(faces: np.ndarray, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,15 +72,26 @@ def arap_energy(rest: torch.Tensor, moved: torch.Tensor, centres: torch.Tensor,
     return residual.square().sum() / e0.square().sum().clamp(min=1e-20)
 
 
-def carried(motion, rest: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def carried(motion, rest: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Where the rest points (n, 3) are at times t (n,): the inverse of the backward warp,
-    with the implicit gradient to the motion field (module docstring)."""
+    with the implicit gradient to the motion field (module docstring); and, without
+    gradients, Newton's solution and its residual."""
     with torch.no_grad():
-        x, _ = forward_warp(motion, rest, t, iterations=NEWTON_ITERATIONS, eps=JACOBIAN_EPS)
+        x, residual = forward_warp(motion, rest, t, iterations=NEWTON_ITERATIONS,
+                                   eps=JACOBIAN_EPS)
         jac = warp_jacobian(motion, x, t, JACOBIAN_EPS)
     r = x + motion.displacement(x, t) - rest
     step = torch.linalg.solve(jac, r.unsqueeze(-1)).squeeze(-1)
-    return x - torch.nan_to_num(step)
+    return x - torch.nan_to_num(step), x, residual
+
+
+def fold_energy(motion, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Mean of max(FOLD_FLOOR - det J, 0)^2 over the points x (n, 3) at times t (n,), J the
+    backward warp's Jacobian there: zero where the warp keeps at least that share of the
+    volume and its orientation, growing where it folds (det J <= 0), where no inverse exists
+    and the vertices cannot be carried."""
+    det = torch.linalg.det(warp_jacobian(motion, x, t, JACOBIAN_EPS))
+    return torch.relu(FOLD_FLOOR - det).square().mean()
 
 
 class ArapTerm:
@@ -92,8 +109,10 @@ class ArapTerm:
 
     def __call__(self, motion, generator: torch.Generator, centres: int,
                  times: int) -> dict[str, torch.Tensor]:
-        """{"arap": the mean energy over `times` random times, "pin": the pinned vertices'
-        mean squared displacement (when there is a pin)}, unweighted."""
+        """{"arap": the mean energy over `times` random times of the rings whose vertices
+        were carried (Newton converged), "fold": the fold energy at the carried vertices,
+        "pin": the pinned vertices' mean squared displacement (when there is a pin)},
+        unweighted."""
         dev = self.rest.device
         pick = torch.randperm(len(self.has_ring), generator=generator)[:centres]
         c = self.has_ring[pick.to(dev)]
@@ -103,14 +122,19 @@ class ArapTerm:
         used, where = torch.unique(torch.cat(parts), return_inverse=True)
         n = len(used)
         t = torch.rand(times, generator=generator).to(dev).repeat_interleave(n)
-        moved = carried(motion, self.rest[used].repeat(times, 1), t).reshape(times, n, 3)
+        moved, at, residual = carried(motion, self.rest[used].repeat(times, 1), t)
+        moved = moved.reshape(times, n, 3)
+        ok = (residual <= CONVERGED).reshape(times, n)
         local_rings = where[len(c): len(c) + int(self.mask[c].sum())]
         rings = torch.zeros_like(self.rings[c])
         rings[self.mask[c]] = local_rings
         rest = self.rest[used]
         centre_ids = where[: len(c)]
-        out = {"arap": torch.stack([arap_energy(rest, moved[k], centre_ids, rings,
-                                                self.mask[c]) for k in range(times)]).mean()}
+        out = {"arap": torch.stack([
+            arap_energy(rest, moved[k], centre_ids, rings,
+                        self.mask[c] & ok[k][rings] & ok[k][centre_ids, None])
+            for k in range(times)]).mean(),
+            "fold": fold_energy(motion, at, t)}
         if self.pin is not None:
             pinned = where[len(where) - len(self.pin):]
             out["pin"] = (moved[:, pinned] - rest[pinned]).square().sum(-1).mean()

@@ -342,6 +342,10 @@ class MeshConfig:
     (Animate3D): per vertex, the squared change of its one-ring edges after the best local
     rotation, over the one-rings' squared rest lengths (dimensionless; a uniform 10 %
     stretch is about 0.01). Not yet tuned against real priors."""
+    fold: float = 1.0
+    """Weight of the fold energy at the same carried vertices (meshmode/arap.py
+    fold_energy): where the backward warp's Jacobian determinant drops below 1/2, towards a
+    fold, where the motion has no inverse and the artist's vertices cannot be carried."""
     arap_vertices: int = 4096
     """One-ring centres drawn per step for the ARAP energy (all when the mesh has fewer)."""
     arap_times: int = 2

@@ -24,7 +24,12 @@ from animate4d.backend.meshmode.animate import (  # noqa: E402
     reference_of,
     silhouette_iou,
 )
-from animate4d.backend.meshmode.arap import ArapTerm, arap_energy, one_rings  # noqa: E402
+from animate4d.backend.meshmode.arap import (  # noqa: E402
+    ArapTerm,
+    arap_energy,
+    fold_energy,
+    one_rings,
+)
 from animate4d.backend.meshmode.canonical import ObjectFrame, fit_to_mesh  # noqa: E402
 from animate4d.backend.meshmode.colour import colours_from_views  # noqa: E402
 from animate4d.backend.meshmode.load import load_mesh  # noqa: E402
@@ -82,13 +87,24 @@ def test_arap_is_zero_for_a_rigid_motion_and_positive_for_a_stretch():
     term = ArapTerm(rest, f, "cpu", pin=np.arange(3))
     gen = torch.Generator().manual_seed(0)
     moved_rigidly = term(Affine(turn.T, [0.1, 0.0, 0.0]), gen, 200, 2)
-    assert float(moved_rigidly["arap"]) < 1e-8
+    assert float(moved_rigidly["arap"]) < 1e-8 and float(moved_rigidly["fold"]) < 1e-8
     stretch = Affine(np.diag([1 / 1.1, 1.0, 1.0]), [0.0, 0.0, 0.0]).requires_grad_(False)
     stretch.a.requires_grad_(True)
     terms = term(stretch, gen, 200, 2)
     assert float(terms["arap"].detach()) > 1e-4 and float(terms["pin"].detach()) > 0
     terms["arap"].backward()
     assert stretch.a.grad is not None and float(stretch.a.grad.abs().sum()) > 0
+
+
+def test_the_fold_energy_is_zero_for_a_turn_and_grows_where_the_warp_folds():
+    x, t = torch.rand(100, 3) - 0.5, torch.ones(100)
+    turn = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]
+    turn *= np.sign(np.linalg.det(turn))
+    assert float(fold_energy(Affine(turn, [0.1, 0.0, 0.0]), x, t)) < 1e-8
+    squashed = Affine(np.diag([0.3, 1.0, 1.0]), [0.0, 0.0, 0.0])  # det 0.3: (0.5 - 0.3)^2
+    assert float(fold_energy(squashed, x, t)) == pytest.approx(0.04, rel=1e-3)
+    mirrored = Affine(np.diag([-1.0, 1.0, 1.0]), [0.0, 0.0, 0.0])  # det -1: 1.5^2
+    assert float(fold_energy(mirrored, x, t)) == pytest.approx(2.25, rel=1e-3)
 
 
 def test_the_field_fitted_to_a_mesh_shows_the_mesh_silhouette():
