@@ -188,17 +188,19 @@ def carry(motion, canonical_pts: torch.Tensor, t_to, x_from: torch.Tensor | None
     """`forward_warp` at time `t_to` by continuation: from the points' places `x_from` at
     `t_from` (default: time 0, where every point is its canonical self), through `substeps`
     evenly spaced times, each Newton solve seeded by the last. Where the warp folds, a point
-    the continuation lost (residual above STUCK) takes the plain solve's root if that one is
-    closer. Returns (x, residual)."""
+    the continuation lost (residual above STUCK) takes the plain solve's answer where that
+    one's residual is lower. Returns (x, residual)."""
+    if substeps < 1:
+        raise ValueError("carry needs at least one substep")
     c = canonical_pts
     x = c if x_from is None else x_from
     t0, t1 = float(t_from), float(t_to)
-    residual = torch.zeros(len(c), device=c.device, dtype=c.dtype)
     for i in range(1, substeps + 1):
         t = torch.tensor(t0 + (t1 - t0) * i / substeps, device=c.device)
         x, residual = forward_warp(motion, c, t, start=x, **newton)
     stuck = residual > STUCK
     if bool(stuck.any()):
+        t = torch.tensor(t1, device=c.device)
         alone, r_alone = forward_warp(motion, c[stuck], t, **newton)
         better = r_alone < residual[stuck]
         idx = stuck.nonzero()[:, 0][better]
