@@ -5,25 +5,67 @@ The bundled example and a prompt through `jobs.presets.method_for` and the stage
 one after another on one scene, on random weights at the real sizes (or `--models DIR`).
 Reports the priors' construction, each stage's wall time and peak memory, and the total.
 `--max-steps` caps every stage (a scaled job: the whole path, each stage's peak, in minutes);
-`--memory-limit-gib` holds the allocator to a smaller card's budget.
+`--memory-limit-gib` holds the allocator to a smaller card's budget. `--resume-dir` keeps the
+job's checkpoints and the figures so far in a folder: a run stopped (a time limit, a lost
+machine) is resumed by the same command, and its figures carry on from the last checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
+from pathlib import Path
+
+FIGURES = "figures.json"
+
+
+class _Snapshotting:
+    """A checkpoint store that also writes the figures as they stand whenever the job saves a
+    checkpoint: a run stopped later resumes from both, and no time is counted twice."""
+
+    def __init__(self, store, snapshot):
+        self.store, self.snapshot = store, snapshot
+
+    def get(self, key: str) -> bytes | None:
+        return self.store.get(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        self.store.put(key, data)
+        self.snapshot()
+
+
+def _write_json(path: Path, figures: dict) -> None:
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(figures, indent=2) + "\n")
+    os.replace(part, path)
+
+
+def _resumed(folder: Path, out: dict) -> dict:
+    """The figures a stopped run left in `folder`, checked to be of the same job."""
+    figures = json.loads((folder / FIGURES).read_text())
+    if figures.get("complete"):
+        raise SystemExit(f"the job in {folder} is complete: its figures are in "
+                         f"{folder / FIGURES}; remove the folder to measure again")
+    same = ("preset", "max_steps", "memory_limit_gib", "frames", "device")
+    differ = [k for k in same if figures.get(k) != out[k]]
+    if differ:
+        raise SystemExit(f"{folder} holds a job with other {', '.join(differ)} "
+                         f"({', '.join(f'{k}={figures.get(k)!r}' for k in differ)}): resume "
+                         "it with the same arguments, or give another folder")
+    return figures
 
 
 def run(args) -> dict:
-    import os
-
     # What `animate4d` sets for a job unless told otherwise: a capped card fits with it.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     from importlib import resources
 
     import torch
 
+    from animate4d.backend.jobs.checkpoints import FolderCheckpoints
     from animate4d.backend.jobs.method import run_method
     from animate4d.backend.jobs.presets import config_for, method_for
     from animate4d.backend.pipeline.config import TINY_SIZES, override, scaled
@@ -36,6 +78,14 @@ def run(args) -> dict:
     if args.memory_limit_gib:
         limit_memory(device, args.memory_limit_gib)
     cuda = device.type == "cuda"
+    out = {"benchmark": "job", "preset": args.preset, "device": device_name(device),
+           "max_steps": args.max_steps, "memory_limit_gib": args.memory_limit_gib,
+           "frames": args.frames, "runs": 1, "stages": {}}
+    folder = Path(args.resume_dir) if args.resume_dir else None
+    if folder is not None and (folder / FIGURES).exists():
+        previous = _resumed(folder, out)
+        out.update(runs=previous["runs"] + 1, stages=previous["stages"],
+                   construct_seconds=previous["construct_seconds"])
     config = config_for(args.preset, args.models)
     if args.tiny_sizes:
         config = override(config, TINY_SIZES)
@@ -46,11 +96,17 @@ def run(args) -> dict:
     job = method_for(image, options, models=args.models, config=config, device=device,
                      random_weights=args.models is None)
     job.token_cache = False  # the token is learned, and timed, every time
-    out = {"benchmark": "job", "preset": args.preset, "device": device_name(device),
-           "max_steps": args.max_steps, "memory_limit_gib": args.memory_limit_gib,
-           "frames": args.frames, "construct_seconds": time.perf_counter() - t_start,
-           "stages": {}}
+    # A resumed run builds the priors again; the figure is the first run's.
+    out.setdefault("construct_seconds", round(time.perf_counter() - t_start, 2))
     at = {"stage": None, "t0": time.perf_counter()}
+
+    def peaks(fig: dict, reset: bool) -> None:
+        torch.cuda.synchronize(device)
+        for key, value in (("peak_allocated_gb", torch.cuda.max_memory_allocated(device)),
+                           ("peak_reserved_gb", torch.cuda.max_memory_reserved(device))):
+            fig[key] = max(fig.get(key, 0.0), round(value / 1e9, 2))
+        if reset:
+            torch.cuda.reset_peak_memory_stats(device)
 
     def close(now: float) -> None:
         name = at["stage"]
@@ -59,11 +115,19 @@ def run(args) -> dict:
         fig = out["stages"].setdefault(name, {"seconds": 0.0, "steps": 0})
         fig["seconds"] = round(fig["seconds"] + now - at["t0"], 2)
         if cuda:
-            torch.cuda.synchronize(device)
-            fig["peak_allocated_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
-            fig["peak_reserved_gb"] = round(torch.cuda.max_memory_reserved(device) / 1e9, 2)
-            torch.cuda.reset_peak_memory_stats(device)
+            peaks(fig, reset=True)
         print(f"{name}: {fig}", file=sys.stderr, flush=True)
+
+    def snapshot() -> None:
+        """The figures as they would stand if the run stopped at the checkpoint just saved."""
+        figures = json.loads(json.dumps(out))
+        name = at["stage"]
+        if name is not None:
+            fig = figures["stages"].setdefault(name, {"seconds": 0.0, "steps": 0})
+            fig["seconds"] = round(fig["seconds"] + time.perf_counter() - at["t0"], 2)
+            if cuda:
+                peaks(fig, reset=False)
+        _write_json(folder / FIGURES, figures)
 
     def progress(stage: str, step: int, total: int) -> None:
         if stage != at["stage"]:
@@ -74,15 +138,24 @@ def run(args) -> dict:
             at.update(stage=stage, t0=now)
         out["stages"].setdefault(stage, {"seconds": 0.0, "steps": 0})["steps"] = total
 
+    checkpoints = None
+    if folder is not None:
+        checkpoints = _Snapshotting(FolderCheckpoints(folder / "checkpoints"), snapshot)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    result = run_method(job, progress)
+    result = run_method(job, progress, checkpoints)
     if cuda:
         torch.cuda.synchronize(device)
     close(time.perf_counter())
-    out["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    # Construction, then the stages (each with its set-up): over several runs, the time the
+    # job would have taken in one, plus the set-ups that resuming repeats.
+    out["total_seconds"] = round(out["construct_seconds"]
+                                 + sum(f["seconds"] for f in out["stages"].values()), 1)
     out["total_minutes"] = round(out["total_seconds"] / 60, 2)
     out["vertices"], out["faces"] = result.num_vertices, len(result.faces)
+    out["complete"] = True
+    if folder is not None:
+        _write_json(folder / FIGURES, out)
     return out
 
 
@@ -104,5 +177,8 @@ def add_parser(sub) -> None:
     p.add_argument("--tiny-sizes", action="store_true",
                    help="the tiny models' renders and fields (with --models from "
                         "`animate4d models make-tiny`)")
+    p.add_argument("--resume-dir", metavar="DIR",
+                   help="keep checkpoints and the figures so far here; the same command "
+                        "resumes a stopped run from them")
     p.add_argument("--json", metavar="OUT")
     p.set_defaults(func=lambda a: report(run(a), a.json))

@@ -1,12 +1,16 @@
 """Checkpoints: named blobs a pipeline writes as it goes and reads back when a job resumes.
 
 The worker's store sends them to the server (so a job survives its worker); the CLI's keeps
-nothing. A pipeline packs its state with `pack_state` (arrays and plain values).
+nothing; a folder's (`FolderCheckpoints`) lets a later process resume a stopped one. A pipeline
+packs its state with `pack_state` (arrays and plain values).
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Protocol
+from urllib.parse import quote
 
 import msgspec
 import numpy as np
@@ -35,6 +39,30 @@ class MemoryCheckpoints(dict):
 
     def put(self, key: str, data: bytes) -> None:
         self[key] = data
+
+
+class FolderCheckpoints:
+    """One file per blob in a folder, each replaced whole (written beside, then renamed), so a
+    process stopped mid-write leaves the previous blob: a later process resumes from them."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.folder / quote(key, safe="")
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        part = path.with_name(path.name + ".part")
+        part.write_bytes(data)
+        os.replace(part, path)
 
 
 class _State(msgspec.Struct):

@@ -4,15 +4,53 @@ from benchmarks.__main__ import build_parser
 from benchmarks.job import run
 
 
-def test_job_runs_every_stage_in_order_and_reports_each(tiny_models):
-    args = build_parser().parse_args(["job", "--device", "cpu", "--models", str(tiny_models),
-                                      "--tiny-sizes", "--max-steps", "2", "--frames", "4"])
-    out = run(args)
-    stages = out["stages"]
-    assert list(stages) == ["preprocess", "textual_inversion", "static", "dynamic", "refine",
-                            "export"]
-    assert all(s["seconds"] > 0 for s in stages.values())
-    # the cap reached every stage that steps
-    assert all(stages[s]["steps"] == 2 for s in ("static", "dynamic", "refine"))
-    assert out["total_seconds"] >= sum(s["seconds"] for s in stages.values()) - 0.5
+def test_job_runs_every_stage_and_resumes_a_stopped_run_without_counting_time_twice(
+        tiny_models, tmp_path, monkeypatch):
+    import json
+
+    import pytest
+
+    from benchmarks import job as bench_job
+
+    folder = tmp_path / "job"
+    argv = ["job", "--device", "cpu", "--models", str(tiny_models), "--tiny-sizes",
+            "--max-steps", "2", "--frames", "4", "--resume-dir", str(folder)]
+    written = []
+    real_write = bench_job._write_json
+
+    def stop_in_dynamic(path, figures):
+        real_write(path, figures)
+        written.append(figures)
+        if "dynamic" in figures["stages"]:  # killed right after dynamic's first checkpoint
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench_job, "_write_json", stop_in_dynamic)
+    with pytest.raises(KeyboardInterrupt):
+        run(build_parser().parse_args(argv))
+    left = json.loads((folder / "figures.json").read_text())
+    assert left == written[-1] and not left.get("complete")
+    assert list(left["stages"]) == ["preprocess", "textual_inversion", "static", "dynamic"]
+
+    monkeypatch.setattr(bench_job, "_write_json", real_write)
+    out = run(build_parser().parse_args(argv))
+    assert out["runs"] == 2 and out["complete"]
+    assert list(out["stages"]) == ["preprocess", "textual_inversion", "static", "dynamic",
+                                   "refine", "export"]
+    # the stages done before the stop were not run again: their figures are the first run's
+    for done in ("preprocess", "textual_inversion", "static"):
+        assert out["stages"][done] == left["stages"][done]
+    assert out["stages"]["dynamic"]["seconds"] > left["stages"]["dynamic"]["seconds"]
+    assert out["construct_seconds"] == left["construct_seconds"]
+    assert all(s["seconds"] > 0 for s in out["stages"].values())
+    assert all(out["stages"][s]["steps"] == 2 for s in ("static", "dynamic", "refine"))
+    assert out["total_seconds"] >= sum(s["seconds"] for s in out["stages"].values()) - 0.1
     assert out["vertices"] > 0 and out["faces"] > 0 and out["frames"] == 4
+    assert json.loads((folder / "figures.json").read_text()) == out
+    # a finished job is not run again, nor a folder resumed with other arguments
+    with pytest.raises(SystemExit, match="complete"):
+        run(build_parser().parse_args(argv))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "figures.json").write_text(json.dumps({**left, "preset": "paper"}))
+    with pytest.raises(SystemExit, match="other preset"):
+        run(build_parser().parse_args(argv[:-1] + [str(other)]))
