@@ -125,28 +125,62 @@ def _run_job(image, args, out: Path) -> int:
     from ..jobs.method import run_method
 
     options = job_options(args)
+    raw = image if isinstance(image, bytes) else None
     image = image_with_mask(image, args)
     device = None
     if options.preset != "preview":  # before the output folder: a bad --device leaves none
         device = choose_device(getattr(args, "device", None))
     method = _method(image, options, args, device)
-    return run_here(lambda progress: run_method(method, progress), args, out)
+    resume = None
+    if options.preset != "preview":
+        raw = raw if raw is not None else Path(args.image).read_bytes()
+        mask = Path(args.mask).read_bytes() if getattr(args, "mask", None) else b""
+        resume = run_fingerprint(method, options, raw, mask)
+    return run_here(lambda progress, checkpoints: run_method(method, progress, checkpoints),
+                    args, out, resume=resume)
 
 
-def run_here(job, args, out: Path, *, outputs=None, describe=None) -> int:
-    """Run `job(progress)` (-> AnimatedMesh) in this process, write its files into `out` and
-    print their paths; `outputs(mesh)`: extra keyword arguments of write_outputs (mesh mode's
-    own glb and preview placement); `describe(mesh)`: the summary line (default `summary`)."""
+CHECKPOINTS = ".checkpoints"
+"""The folder in --out where a GPU preset's run keeps its checkpoints until its result is
+written: the same command run again resumes from them."""
+
+
+def run_fingerprint(method, options: JobOptions, *inputs: bytes) -> str:
+    """What a resumed run must share with the one that left the checkpoints: the inputs'
+    bytes, the options and the method's whole config (--max-steps, --static-init included)."""
+    import msgspec
+
+    from ..config import as_dict
+    from ..jobs.checkpoints import fingerprint
+
+    return fingerprint(*inputs, msgspec.to_builtins(options), as_dict(method.config))
+
+
+def run_here(job, args, out: Path, *, outputs=None, describe=None,
+             resume: str | None = None) -> int:
+    """Run `job(progress, checkpoints)` (-> AnimatedMesh) in this process, write its files into
+    `out` and print their paths; `outputs(mesh)`: extra keyword arguments of write_outputs (mesh
+    mode's own glb and preview placement); `describe(mesh)`: the summary line (default
+    `summary`). `resume`: the run's fingerprint (`run_fingerprint`), for a job worth resuming:
+    its checkpoints go to OUT/.checkpoints, an earlier run of the same inputs is resumed from
+    them, and they are removed once the files are written."""
+    from ..jobs.checkpoints import NoCheckpoints, RunCheckpoints
     from ..jobs.outputs import prepare_out_dir, write_outputs
     from ..jobs.progress import TerminalProgress, no_progress
 
     created = not out.exists()
     prepare_out_dir(out)  # a bad --out fails now, not after the job
+    checkpoints = NoCheckpoints()
+    if resume is not None:
+        checkpoints = RunCheckpoints(out / CHECKPOINTS, resume)
+        if checkpoints.holds:
+            print_warning(f"resuming from the checkpoints an earlier run of the same inputs "
+                          f"left in {out / CHECKPOINTS}")
     progress = no_progress if args.quiet else TerminalProgress()
     t0 = time.perf_counter()
     ok = False
     try:
-        mesh = job(progress)
+        mesh = job(progress, checkpoints)
         files = write_outputs(mesh, out, preview=not args.no_preview, progress=progress,
                               warn=print_warning if args.quiet else progress.interject(
                                   print_warning),
@@ -155,6 +189,14 @@ def run_here(job, args, out: Path, *, outputs=None, describe=None) -> int:
     finally:
         if not args.quiet:
             progress.close(ok)
+        if resume is not None:
+            if ok:
+                checkpoints.remove()
+            elif checkpoints.holds:
+                print_warning(f"its checkpoints are in {out / CHECKPOINTS}: the same command "
+                              "resumes from the last one")
+            else:
+                checkpoints.remove()
         if not ok and created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a failed run leaves no empty folder behind
     if not args.quiet:

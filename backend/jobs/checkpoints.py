@@ -7,6 +7,8 @@ packs its state with `pack_state` (arrays and plain values).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Protocol
@@ -63,6 +65,51 @@ class FolderCheckpoints:
         part = path.with_name(path.name + ".part")
         part.write_bytes(data)
         os.replace(part, path)
+
+
+class RunCheckpoints(FolderCheckpoints):
+    """A local run's checkpoints (`animate4d run`'s OUT/.checkpoints): kept when the run stops
+    (Ctrl-C, a crash, a lost machine) so that the same command resumes it, removed once its
+    result is written. They are tied to the run's inputs by `fingerprint`: a different run
+    in the same folder empties them and starts afresh."""
+
+    MARK = "run.sha256"
+
+    def __init__(self, folder: str | os.PathLike, fingerprint: str):
+        folder = Path(folder)
+        mark = folder / self.MARK
+        if folder.is_dir() and (not mark.is_file() or mark.read_text() != fingerprint):
+            self._empty(folder)
+        super().__init__(folder)
+        mark.write_text(fingerprint)
+
+    @property
+    def holds(self) -> bool:
+        """Whether there is anything to resume from."""
+        return any(p.name != self.MARK and not p.name.endswith(".part")
+                   for p in self.folder.iterdir())
+
+    def remove(self) -> None:
+        self._empty(self.folder)
+        self.folder.rmdir()
+
+    @staticmethod
+    def _empty(folder: Path) -> None:
+        # Files only: the folder is ours, nothing in it is anyone else's.
+        for path in folder.iterdir():
+            if path.is_file():
+                path.unlink()
+
+
+def fingerprint(*parts) -> str:
+    """What identifies a run's inputs: bytes as they are, anything else as sorted JSON."""
+    h = hashlib.sha256()
+    for part in parts:
+        data = part if isinstance(part, bytes) else json.dumps(
+            part, sort_keys=True, default=str).encode()
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
 
 
 class _State(msgspec.Struct):

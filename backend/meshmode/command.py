@@ -66,15 +66,17 @@ def in_world(mesh: AnimatedMesh) -> AnimatedMesh:
 def run_mesh_file(args, out: Path) -> int:
     """Mesh mode here: preview's rig on any CPU, or the GPU presets' method (MeshAnimate,
     as a worker runs a mesh job) on --models, with the image jobs' --max-steps and --device."""
-    from ..commands.local import gpu_config, job_options, run_here
+    from ..commands.local import gpu_config, job_options, run_fingerprint, run_here
     from .load import load_mesh
 
     options = job_options(args)
-    source = load_mesh(args.image, up=args.up, pin=parse_pin(args.pin))
+    pin = parse_pin(args.pin)
+    source = load_mesh(args.image, up=args.up, pin=pin)
+    resume = None
     if options.preset == "preview":
         from .preview import run_mesh_preview
 
-        def job(progress):
+        def job(progress, checkpoints):
             return run_mesh_preview(source, options, progress)
     else:
         from ..jobs.method import run_method
@@ -86,10 +88,17 @@ def run_mesh_file(args, out: Path) -> int:
         method = mesh_method_for(source, options, models=args.models, device=device,
                                  config=gpu_config(options, args, mesh_config))
 
-        def job(progress):
-            return run_method(method, progress)
+        def job(progress, checkpoints):
+            return run_method(method, progress, checkpoints)
 
-    return run_here(job, args, out, describe=_describe, outputs=lambda mesh: {
+        # The mesh as loaded (a .gltf's buffers may live in other files), up axis and pin.
+        resume = run_fingerprint(method, options, *(
+            np.ascontiguousarray(a).tobytes() for a in (
+                source.vertices, source.faces, source.to_world,
+                source.colors if source.colors is not None else np.zeros(0),
+                source.pin if source.pin is not None else np.zeros(0))))
+
+    return run_here(job, args, out, describe=_describe, resume=resume, outputs=lambda mesh: {
         "glb": _glb_writer(source, mesh), "preview_mesh": in_world(mesh)})
 
 

@@ -280,3 +280,59 @@ def test_jobs_are_named_by_the_start_of_their_id_as_the_server_logs_them(tmp_pat
         assert r.returncode == 2 and "no job has the id 'xyz'" in r.stderr
     finally:
         cluster.stop()
+
+
+def test_a_stopped_gpu_run_resumes_from_its_checkpoints_with_the_same_command(
+        tiny_models, tmp_path, monkeypatch, capsys):
+    from animate4d.backend.cli import main
+    from animate4d.backend.pipeline import stages
+
+    png = write_png(tmp_path / "c.png", blob_rgba(160, 120, centre=(80, 60), scale=0.3))
+    out = tmp_path / "out"
+    argv = ["run", str(png), "--prompt", "a panda is dancing", "--preset", "fast",
+            "--models", str(tiny_models), "--max-steps", "2", "--frames", "4",
+            "--device", "cpu", "--no-preview", "--quiet", "--out", str(out)]
+    real_dynamic, real_static = stages.dynamic_step, stages.static_step
+    calls = {"static": 0, "dynamic": 0}
+
+    def stop_at_dynamic(*a, **k):
+        calls["dynamic"] += 1
+        if calls["dynamic"] == 2:  # after the first dynamic step and its checkpoint
+            raise KeyboardInterrupt
+        return real_dynamic(*a, **k)
+
+    def count_static(*a, **k):
+        calls["static"] += 1
+        return real_static(*a, **k)
+
+    monkeypatch.setattr(stages, "dynamic_step", stop_at_dynamic)
+    monkeypatch.setattr(stages, "static_step", count_static)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "the same command resumes from the last one" in err, err
+    assert (out / ".checkpoints").is_dir() and not (out / "result.a4d").exists()
+    assert calls["static"] == 2
+
+    monkeypatch.setattr(stages, "dynamic_step", real_dynamic)
+    calls.update(static=0)
+    assert main(argv) == 0
+    assert "resuming from the checkpoints" in capsys.readouterr().err
+    assert calls["static"] == 0  # the static stage was done: not run again
+    mesh = a4d.load(out / "result.a4d")
+    assert mesh.num_frames == 4 and np.isfinite(mesh.frames).all()
+    assert not (out / ".checkpoints").exists()  # the result is written: nothing to resume
+
+
+def test_checkpoints_of_other_inputs_are_not_resumed(tmp_path):
+    from animate4d.backend.jobs.checkpoints import RunCheckpoints, fingerprint
+
+    one, other = fingerprint(b"image", {"prompt": "a"}), fingerprint(b"image", {"prompt": "b"})
+    assert one != other and one == fingerprint(b"image", {"prompt": "a"})
+    store = RunCheckpoints(tmp_path / "c", one)
+    assert not store.holds
+    store.put("a124/fields", b"123")
+    assert RunCheckpoints(tmp_path / "c", one).get("a124/fields") == b"123"
+    again = RunCheckpoints(tmp_path / "c", other)
+    assert not again.holds and again.get("a124/fields") is None
+    again.remove()
+    assert not (tmp_path / "c").exists()
