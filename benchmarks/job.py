@@ -97,8 +97,9 @@ def run(args) -> dict:
                      random_weights=args.models is None)
     job.token_cache = False  # the token is learned, and timed, every time
     # A resumed run builds the priors again; the figure is the first run's.
-    out.setdefault("construct_seconds", round(time.perf_counter() - t_start, 2))
-    print(f"construct: {out['construct_seconds']} s", file=sys.stderr, flush=True)
+    built = round(time.perf_counter() - t_start, 2)
+    out.setdefault("construct_seconds", built)
+    print(f"construct: {built} s", file=sys.stderr, flush=True)
     at = {"stage": None, "t0": time.perf_counter()}
 
     def peaks(fig: dict, reset: bool) -> None:
