@@ -70,8 +70,7 @@ def run_mesh_file(args, out: Path) -> int:
     from .load import load_mesh
 
     options = job_options(args)
-    pin = parse_pin(args.pin)
-    source = load_mesh(args.image, up=args.up, pin=pin)
+    source = load_mesh(args.image, up=args.up, pin=parse_pin(args.pin))
     resume = None
     if options.preset == "preview":
         from .preview import run_mesh_preview
