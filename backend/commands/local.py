@@ -125,15 +125,13 @@ def _run_job(image, args, out: Path) -> int:
     from ..jobs.method import run_method
 
     options = job_options(args)
-    raw = image if isinstance(image, bytes) else None
-    image = image_with_mask(image, args)
     device = None
     if options.preset != "preview":  # before the output folder: a bad --device leaves none
         device = choose_device(getattr(args, "device", None))
-    method = _method(image, options, args, device)
+    method = _method(image_with_mask(image, args), options, args, device)
     resume = None
     if options.preset != "preview":
-        raw = raw if raw is not None else Path(args.image).read_bytes()
+        raw = image if isinstance(image, bytes) else Path(image).read_bytes()
         mask = Path(args.mask).read_bytes() if getattr(args, "mask", None) else b""
         resume = run_fingerprint(method, options, raw, mask)
     return run_here(lambda progress, checkpoints: run_method(method, progress, checkpoints),

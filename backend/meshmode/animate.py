@@ -41,7 +41,7 @@ from ..preprocess.framing import canonical_camera
 from ..priors import guidance
 from ..runtime import switches
 from ..version import versions
-from .arap import ArapTerm
+from .arap import CONVERGED, ArapTerm
 from .canonical import ObjectFrame, fit_to_mesh
 from .colour import mesh_colours
 from .source import MeshSource, check_frames
@@ -61,7 +61,6 @@ EXPORT_CHUNK = 2**18  # vertices carried at a time
 # against the mesh's; the SDS stages fill them over their many refreshes, mesh mode's
 # frozen canonical field only at its dynamic stage's).
 OCCUPANCY_DRAWS = 16
-WARP_TOLERANCE = 2e-3  # object-frame units: a tenth of a voxel of the 256^3 export grid
 
 
 def for_mesh(config: Animate124Config) -> Animate124Config:
@@ -181,7 +180,7 @@ class CarryVertices(Stage):
         self.carried = (step, carried)
         x = carried.double().cpu().numpy()
         residual = torch.cat([p[1] for p in parts]).cpu().numpy()
-        bad = residual > WARP_TOLERANCE
+        bad = residual > CONVERGED
         moved = fill_from_neighbours(job.rest, src.faces, x, bad)
         # object-frame displacement -> world (1 / scale) -> the input's own frame
         back = np.linalg.inv(src.to_world[:3, :3]).T / job.frame.scale

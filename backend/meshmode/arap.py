@@ -30,7 +30,8 @@ from ..field.fields import warp_jacobian
 NEWTON_ITERATIONS = 8  # the motion moves little between steps: a few Newton steps converge
 JACOBIAN_EPS = 1e-3  # object-frame units, as forward_warp's
 # A carried vertex whose residual is above this (object frame: a tenth of a voxel of the
-# 256^3 export grid) is not where the motion takes it: its rings are left out of the energy.
+# 256^3 export grid) is not where the motion takes it: its rings are left out of the energy,
+# and the export fills it from its neighbours.
 CONVERGED = 2e-3
 # The share of the volume below which the fold energy starts: a bend or a twist keeps about
 # all of it; a fold turns it negative.
