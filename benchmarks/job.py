@@ -3,7 +3,10 @@
 The bundled example and a prompt through `jobs.presets.method_for` and the stage runner
 (`jobs.method.run_method`): preprocess, textual inversion, static, dynamic, refine, export,
 one after another on one scene, on random weights at the real sizes (or `--models DIR`).
-Reports the priors' construction, each stage's wall time and peak memory, and the total.
+Reports the priors' construction, each stage's wall time (from the end of the stage before),
+its set-up within it (up to its first step: priors moved, fields built, state loaded), its
+steady time per step after the first `WARM_STEPS` (compilation and graph capture happen
+there), its peak memory, and the total.
 `--max-steps` caps every stage (a scaled job: the whole path, each stage's peak, in minutes);
 `--memory-limit-gib` holds the allocator to a smaller card's budget. `--resume-dir` keeps the
 job's checkpoints and the figures so far in a folder: a run stopped (a time limit, a lost
@@ -20,6 +23,9 @@ import time
 from pathlib import Path
 
 FIGURES = "figures.json"
+WARM_STEPS = 20
+"""Steps of a stage (compilation, graph capture, caches warming) before its steady step time
+(`step_ms`) is taken."""
 
 
 class _Snapshotting:
@@ -100,7 +106,12 @@ def run(args) -> dict:
     built = round(time.perf_counter() - t_start, 2)
     out.setdefault("construct_seconds", built)
     print(f"construct: {built} s", file=sys.stderr, flush=True)
-    at = {"stage": None, "t0": time.perf_counter()}
+    at = {"stage": None, "t0": time.perf_counter(), "start": 0, "warm": None}
+
+    def synced() -> float:
+        if cuda:
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
 
     def peaks(fig: dict, reset: bool) -> None:
         torch.cuda.synchronize(device)
@@ -111,34 +122,48 @@ def run(args) -> dict:
             torch.cuda.reset_peak_memory_stats(device)
 
     def close(now: float) -> None:
+        """The stage in hand ends at `now`: its time from the end of the one before (its
+        set-up included), its peaks, and its steady step time where it ran enough steps."""
         name = at["stage"]
         if name is None:
             return
-        fig = out["stages"].setdefault(name, {"seconds": 0.0, "steps": 0})
+        fig = out["stages"][name]
         fig["seconds"] = round(fig["seconds"] + now - at["t0"], 2)
+        if at["warm"] is not None:
+            warm_step, t_warm = at["warm"]
+            fig["step_ms"] = round(1000 * (now - t_warm) / (fig["steps"] - warm_step), 2)
         if cuda:
             peaks(fig, reset=True)
         print(f"{name}: {fig}", file=sys.stderr, flush=True)
+        at.update(stage=None, t0=now, warm=None)
 
     def snapshot() -> None:
         """The figures as they would stand if the run stopped at the checkpoint just saved."""
         figures = json.loads(json.dumps(out))
         name = at["stage"]
         if name is not None:
-            fig = figures["stages"].setdefault(name, {"seconds": 0.0, "steps": 0})
+            fig = figures["stages"][name]
             fig["seconds"] = round(fig["seconds"] + time.perf_counter() - at["t0"], 2)
             if cuda:
                 peaks(fig, reset=False)
         _write_json(folder / FIGURES, figures)
 
     def progress(stage: str, step: int, total: int) -> None:
+        # The runner calls this before each step, after the stage's set-up, and once more
+        # with step == total when the stage is done (its last checkpoint saved).
         if stage != at["stage"]:
-            if cuda:
-                torch.cuda.synchronize(device)
-            now = time.perf_counter()
-            close(now)
-            at.update(stage=stage, t0=now)
-        out["stages"].setdefault(stage, {"seconds": 0.0, "steps": 0})["steps"] = total
+            close(synced())  # should the runner skip a stage's final call
+            now = synced()
+            fig = out["stages"].setdefault(stage, {"seconds": 0.0, "steps": total,
+                                                   "setup_seconds": 0.0})
+            fig["setup_seconds"] = round(fig["setup_seconds"] + now - at["t0"], 2)
+            at.update(stage=stage, start=step, warm=None)
+            print(f"{stage}: set up in {now - at['t0']:.1f} s, from step {step} of {total}",
+                  file=sys.stderr, flush=True)
+        if step == at["start"] + WARM_STEPS and step < total:
+            at["warm"] = (step, synced())
+        if step == total:
+            close(synced())
 
     checkpoints = None
     if folder is not None:
@@ -146,9 +171,7 @@ def run(args) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     result = run_method(job, progress, checkpoints)
-    if cuda:
-        torch.cuda.synchronize(device)
-    close(time.perf_counter())
+    close(synced())
     # Construction, then the stages (each with its set-up): over several runs, the time the
     # job would have taken in one, plus the set-ups that resuming repeats.
     out["total_seconds"] = round(out["construct_seconds"]

@@ -25,6 +25,7 @@ def test_job_runs_every_stage_and_resumes_a_stopped_run_without_counting_time_tw
             raise KeyboardInterrupt
 
     monkeypatch.setattr(bench_job, "_write_json", stop_in_dynamic)
+    monkeypatch.setattr(bench_job, "WARM_STEPS", 1)  # a steady step time from 2 steps
     with pytest.raises(KeyboardInterrupt):
         run(build_parser().parse_args(argv))
     left = json.loads((folder / "figures.json").read_text())
@@ -42,6 +43,13 @@ def test_job_runs_every_stage_and_resumes_a_stopped_run_without_counting_time_tw
     assert out["stages"]["dynamic"]["seconds"] > left["stages"]["dynamic"]["seconds"]
     assert out["construct_seconds"] == left["construct_seconds"]
     assert all(s["seconds"] > 0 for s in out["stages"].values())
+    for name in ("static", "refine"):  # set-up, then a warm step, then the timed one
+        fig = out["stages"][name]
+        assert 0 < fig["setup_seconds"] < fig["seconds"]
+        assert 0 < fig["step_ms"] / 1000 < fig["seconds"] - fig["setup_seconds"]
+    # dynamic's set-up ran in both runs; resumed at its last step, it took no steady time
+    assert out["stages"]["dynamic"]["setup_seconds"] > left["stages"]["dynamic"]["setup_seconds"]
+    assert "step_ms" not in out["stages"]["dynamic"]
     assert all(out["stages"][s]["steps"] == 2 for s in ("static", "dynamic", "refine"))
     assert out["total_seconds"] >= sum(s["seconds"] for s in out["stages"].values()) - 0.1
     assert out["vertices"] > 0 and out["faces"] > 0 and out["frames"] == 4
