@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None,
         # may refine them (they install their own).
         switches.install(switches.from_environ())
         devices.prefer_expandable_segments()
+        devices.keep_compiled_kernels()
         return args.func(args)
     except switches.SwitchError as e:
         print(f"animate4d: error: {e}", file=sys.stderr)

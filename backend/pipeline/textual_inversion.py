@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
+import uuid
 from pathlib import Path
 
 import torch
@@ -140,7 +142,8 @@ def store_token(key: str, vector: torch.Tensor) -> None:
     """Keep a learned token for later jobs on the same image and settings (atomic write)."""
     path = cache_dir() / f"{key}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    # A name of its own: workers sharing the cache folder may learn the same token at once.
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     torch.save(vector, tmp)
     tmp.replace(path)
 

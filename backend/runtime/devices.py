@@ -25,6 +25,21 @@ def prefer_expandable_segments(environ=os.environ) -> None:
     environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", ALLOCATOR)
 
 
+def keep_compiled_kernels(environ=os.environ) -> None:
+    """Inductor's and Triton's kernel caches in the animate4d cache folder
+    (`switches.cache_folder`: ANIMATE4D_CACHE, else ~/.cache/animate4d), unless the environment
+    already places them. Their defaults (/tmp/torchinductor_$USER, ~/.triton) go with a
+    container's or a fresh machine's disk, and a worker then compiles its priors again, stage
+    by stage: on an H100, `fast`'s textual inversion had not finished after 185 s with a cold
+    cache, and took 61 s with a warm one (docs/BENCHMARKS.md). Read when something first
+    compiles."""
+    from .switches import cache_folder
+
+    base = cache_folder(environ) / "compiled"
+    environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(base / "inductor"))
+    environ.setdefault("TRITON_CACHE_DIR", str(base / "triton"))
+
+
 def choose_device(name: str | None):
     """`None` or "auto": CUDA when present, else the CPU; "cpu", "cuda" or "cuda:N" if this
     machine and this torch build have it; anything else is an `Animate4DError`."""

@@ -83,3 +83,36 @@ def test_every_command_runs_with_the_allocator_asked_for(monkeypatch):
     parser.set_defaults(func=command)
     assert cli.main([], parser) == 0
     assert seen["conf"] == "expandable_segments:True"
+
+
+def test_compiled_kernels_are_kept_in_the_cache_folder_unless_placed_elsewhere(monkeypatch,
+                                                                                tmp_path):
+    """A worker on a fresh machine or container keeps its compiled kernels where its learned
+    tokens are (ANIMATE4D_CACHE), so a restart does not compile every stage again; and torch
+    reads the variables where it writes them."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, triton_cache_dir
+
+    from animate4d.backend import cli
+
+    monkeypatch.setenv("ANIMATE4D_CACHE", str(tmp_path / "cache"))
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    seen = {}
+
+    def command(args):
+        seen["inductor"], seen["triton"] = cache_dir(), triton_cache_dir(0)
+        return 0
+
+    parser = argparse.ArgumentParser()
+    parser.set_defaults(func=command)
+    assert cli.main([], parser) == 0
+    kept = tmp_path / "cache" / "compiled"
+    assert seen == {"inductor": str(kept / "inductor"), "triton": str(kept / "triton")}
+
+    mine = {"ANIMATE4D_CACHE": str(tmp_path), "TORCHINDUCTOR_CACHE_DIR": "/fast/inductor"}
+    from animate4d.backend.runtime.devices import keep_compiled_kernels
+
+    keep_compiled_kernels(mine)
+    assert mine["TORCHINDUCTOR_CACHE_DIR"] == "/fast/inductor"
+    assert mine["TRITON_CACHE_DIR"] == str(tmp_path / "compiled" / "triton")

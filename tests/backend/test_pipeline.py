@@ -144,6 +144,25 @@ def test_textual_inversion_learns_and_is_cached_by_image(tiny_models):
     assert not cached
 
 
+def test_two_workers_keeping_the_same_token_at_once_both_succeed(monkeypatch):
+    """Workers may share the cache folder and learn the same token together: one's write
+    must not take the other's half-written file from under it."""
+    from animate4d.backend.pipeline import textual_inversion as ti
+
+    real_save, vectors = torch.save, [torch.ones(4), torch.full((4,), 2.0)]
+
+    def save_then_let_the_other_worker_write(obj, path):
+        real_save(obj, path)
+        if torch.equal(obj, vectors[0]):  # the other worker stores between our save and move
+            ti.store_token("k" * 32, vectors[1])
+
+    monkeypatch.setattr(ti.torch, "save", save_then_let_the_other_worker_write)
+    ti.store_token("k" * 32, vectors[0])
+    monkeypatch.setattr(ti.torch, "save", real_save)
+    assert torch.equal(ti.cached_token("k" * 32), vectors[0])  # the later move wins, whole
+    assert [p.name for p in ti.cache_dir().iterdir()] == ["k" * 32 + ".pt"]
+
+
 def test_textual_inversion_encodes_its_bank_of_views_once(tiny_models):
     """The VAE sees the bank of augmented views once, not a fresh batch every step."""
     sd = loading.load("sd", tiny_models)
