@@ -851,7 +851,10 @@ def test_tiny_job_takes_the_recorded_steps(tiny_models, monkeypatch):
         for key, value in want.items():
             assert got[key] == pytest.approx(value, **RECORDED_TOLERANCE.get(key, EXACT)), \
                 (step, key, got, want)
-    assert (mesh.num_vertices, mesh.num_faces) == (924, 1844)
+    # Marching cubes on a field whose last bits are the CPU's: a few surface cells come and go
+    # (924 / 1,844 on the Intel Xeon that recorded the losses, 922 / 1,840 on an AMD EPYC).
+    assert mesh.num_vertices == pytest.approx(924, rel=0.02)
+    assert mesh.num_faces == pytest.approx(1844, rel=0.02)
     assert mesh.metadata["config"]["name"] == "fast"
     assert mesh.metadata["config"]["static"]["steps"] == 4
     assert set(mesh.metadata["switches"]) >= {"cuda_graphs", "compile", "hashgrid"}
