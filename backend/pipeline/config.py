@@ -11,8 +11,7 @@ import dataclasses
 from dataclasses import dataclass, replace
 
 from ..config import override
-from ..priors import guidance
-from ..priors.guidance import GuidanceConfig
+from ..priors.sds import SD, TILE, VIDEO, ZERO123, GuidanceConfig
 
 STAGES = ("textual_inversion", "static", "dynamic", "refine")
 
@@ -142,15 +141,15 @@ class ViewConfig:
 
 @dataclass(frozen=True)
 class GuidanceSet:
-    """Each prior's SDS settings (defaults: priors/guidance.py, their one home)."""
+    """Each prior's SDS settings (defaults: priors/sds.py, their one home)."""
 
-    sd: GuidanceConfig = guidance.SD
+    sd: GuidanceConfig = SD
     """Stable Diffusion (static stage)."""
-    zero123: GuidanceConfig = guidance.ZERO123
+    zero123: GuidanceConfig = ZERO123
     """Zero-1-to-3 (static stage; dynamic and refine stages on clips starting at time 0)."""
-    video: GuidanceConfig = guidance.VIDEO
+    video: GuidanceConfig = VIDEO
     """ModelScope text-to-video (dynamic and refine stages)."""
-    tile: GuidanceConfig = guidance.TILE
+    tile: GuidanceConfig = TILE
     """ControlNet-tile on Stable Diffusion (refine stage)."""
 
 
@@ -435,9 +434,9 @@ PRESETS = {"paper": PAPER, "fast": FAST}
 TINY_SIZES = {
     "textual_inversion.size": 16, "textual_inversion.batch": 2,
     "renderer.size": 12, "renderer.samples": 16,
-    "guidance.zero123": replace(guidance.ZERO123, size=16),
-    "guidance.video": replace(guidance.VIDEO, size=16),
-    "guidance.tile": replace(guidance.TILE, size=16),
+    "guidance.zero123": replace(ZERO123, size=16),
+    "guidance.video": replace(VIDEO, size=16),
+    "guidance.tile": replace(TILE, size=16),
     "dynamic.clip_frames": 4, "dynamic.time_steps": 16, "dynamic.clip_span": (4, 16),
     "refine.render_size": 12,
     "field.grid_levels": 4, "field.grid_log2_table": 12, "field.occupancy_resolution": 16,

@@ -12,38 +12,15 @@ prior's resolution, encoded by its VAE (gradients flow through the encoder) and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from ..runtime.device_tensors import to_device
 from . import graphs, text
 from .loading import Prior
-from .sds import SDSOutput, TimestepRange, sds
 
-
-@dataclass(frozen=True)
-class GuidanceConfig:
-    """One prior's SDS settings."""
-
-    scale: float
-    """Classifier-free guidance scale."""
-    timesteps: TimestepRange
-    """Where the SDS timestep is drawn, as fractions of the scheduler's training steps."""
-    size: int | None = None
-    """The prior's input resolution in pixels (None: its VAE's sample size)."""
-    weight: float = 1.0
-    """The weight of its SDS loss (Zero123's only; the others' losses keep weight 1). For
-    Zero123 it is the weight opposite the reference: a view's is this x its angle to the
-    reference / 180."""
-
-
-# Animate124's settings (the `paper` preset's, docs/ARCHITECTURE.md): the one place they live.
-SD = GuidanceConfig(100.0, TimestepRange(0.2, 0.6))
-ZERO123 = GuidanceConfig(5.0, TimestepRange(0.2, 0.6), size=256, weight=40.0)
-VIDEO = GuidanceConfig(100.0, TimestepRange(0.02, 0.98), size=256)
-TILE = GuidanceConfig(7.5, TimestepRange(0.2, 0.8), size=1024)
+# The SDS settings live with the SDS itself (a light module the config tree imports).
+from .sds import SD, TILE, VIDEO, ZERO123, GuidanceConfig, SDSOutput, sds
 
 
 def encode_images(vae, rgb: torch.Tensor, size: int) -> torch.Tensor:

@@ -85,3 +85,26 @@ def sds(latents: torch.Tensor, predict: Predictor, *, scale: float, alphas_cumpr
     goal = (latents.float() - grad).detach()
     loss = 0.5 * ((latents.float() - goal) ** 2).sum() / latents.shape[0]
     return SDSOutput(loss, grad.norm(), t)
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """One prior's SDS settings."""
+
+    scale: float
+    """Classifier-free guidance scale."""
+    timesteps: TimestepRange
+    """Where the SDS timestep is drawn, as fractions of the scheduler's training steps."""
+    size: int | None = None
+    """The prior's input resolution in pixels (None: its VAE's sample size)."""
+    weight: float = 1.0
+    """The weight of its SDS loss (Zero123's only; the others' losses keep weight 1). For
+    Zero123 it is the weight opposite the reference: a view's is this x its angle to the
+    reference / 180."""
+
+
+# Animate124's settings (the `paper` preset's, docs/ARCHITECTURE.md): the one place they live.
+SD = GuidanceConfig(100.0, TimestepRange(0.2, 0.6))
+ZERO123 = GuidanceConfig(5.0, TimestepRange(0.2, 0.6), size=256, weight=40.0)
+VIDEO = GuidanceConfig(100.0, TimestepRange(0.02, 0.98), size=256)
+TILE = GuidanceConfig(7.5, TimestepRange(0.2, 0.8), size=1024)
