@@ -152,8 +152,8 @@ def run(args) -> dict:
         # The runner calls this before each step, after the stage's set-up, and once more
         # with step == total when the stage is done (its last checkpoint saved).
         if stage != at["stage"]:
-            close(synced())  # should the runner skip a stage's final call
             now = synced()
+            close(now)  # should the runner skip a stage's final call
             fig = out["stages"].setdefault(stage, {"seconds": 0.0, "steps": total,
                                                    "setup_seconds": 0.0})
             fig["setup_seconds"] = round(fig["setup_seconds"] + now - at["t0"], 2)

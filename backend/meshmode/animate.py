@@ -50,9 +50,9 @@ from .source import MeshSource, check_frames
 ROLES = MESH_ROLES
 # What mesh mode changes in a GPU preset: the canonical field out of the optimiser, no
 # reference steps (module docstring). A motion learning three times faster
-# (dynamic.motion_lr_scale 0.3) scored better or the same on the small oracle (lift 2.11 against
-# 2.94%, twist 5.75 against 6.98%, bend 2.40 against 2.34% per vertex) but is not yet measured
-# at full size, where the default's figures were taken (docs/BENCHMARKS.md).
+# (dynamic.motion_lr_scale 0.3) with mesh.arap 4 scored better on all three scenes of the small
+# oracle but is not yet measured at full size, where the defaults' figures were taken
+# (docs/BENCHMARKS.md, "Mesh mode on the oracle priors").
 MESH_MODE = {"dynamic.canonical_lr_scale": 0.0, "reference.every": 0}
 EXPORT_CHUNK = 2**18  # vertices carried at a time
 # Refreshes of the occupancy grid after the fit. Each reads one random point per cell, so

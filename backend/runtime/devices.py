@@ -12,6 +12,8 @@ import os
 
 from animate4d.protocol.errors import Animate4DError
 
+from .switches import cache_folder
+
 # PyTorch's CUDA allocator in segments that grow instead of fixed blocks: the paper preset's
 # refine stage peaks at 23.6 GB allocated, and with fixed blocks reserved 28 GB and ran out
 # under a 23 GiB cap, where expandable segments reserve 24.7 GB and fit (docs/BENCHMARKS.md
@@ -33,8 +35,6 @@ def keep_compiled_kernels(environ=os.environ) -> None:
     by stage: on an H100, `fast`'s textual inversion had not finished after 185 s with a cold
     cache, and took 61 s with a warm one (docs/BENCHMARKS.md). Read when something first
     compiles."""
-    from .switches import cache_folder
-
     base = cache_folder(environ) / "compiled"
     environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(base / "inductor"))
     environ.setdefault("TRITON_CACHE_DIR", str(base / "triton"))
