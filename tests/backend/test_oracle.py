@@ -201,13 +201,17 @@ def test_reversed_mirror_plays_backwards_and_forward_mirror_does_not():
 
 
 def test_oracle_job_runs_every_stage_and_scores_against_the_truth():
+    lines = []
     result = bench.run("ball", changes={
         "static.steps": 2, "dynamic.steps": 2, "refine.steps": 2, "reference.first": 1,
-        "static.proxy_points": 2**12, "export.resolution": 32})
+        "static.proxy_points": 2**12, "export.resolution": 32}, log=lines.append)
+    finished = [line.split()[0] for line in lines if line.split()[1] in ("1/1", "2/2")]
+    assert finished == ["preprocess", "proxy", "static", "dynamic", "refine", "export"]
     assert len(result["chamfer_per_frame"]) == result["frames"] == 8
-    for key in ("chamfer_mean", "chamfer_max", "psnr_heldout", "seconds"):
-        assert np.isfinite(result[key]) and result[key] > 0
-    assert result["loops"]
+    assert np.isfinite(result["psnr_heldout"]) and result["seconds"] > 0
+    # Two steps a stage leave the proxy's shape: near the ball, not on it (the converged
+    # figures are docs/BENCHMARKS.md's, minutes each).
+    assert 0.005 < result["chamfer_mean"] <= result["chamfer_max"] < 0.25, result
 
 
 def test_mesh_mode_truth_is_its_own_rest_pose_in_the_object_frame():

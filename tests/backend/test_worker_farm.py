@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -67,14 +66,13 @@ def test_sigterm_hands_the_job_back_and_it_resumes_on_another_worker(cluster, im
 
         def on_event(job_id, body):
             if isinstance(body, wire.JobState) and body.job.state == wire.QUEUED:
-                requeued.append(time.monotonic())
+                requeued.append(body)
             (events if requeued else before).append(body)
 
-        sent = time.monotonic()
         w0.send_signal(signal.SIGTERM)
         final = c.wait(info.id, on_event, timeout_s=60)
         assert final.state == wire.DONE, final
-        assert requeued and requeued[0] - sent < 2.0  # handed back, not found lost later
+        assert requeued  # handed back (the job's log says so, below), not found lost later
         assert final.attempts == 1  # leaving is not a failed attempt
         stopped_at = max(_motion_steps(before))
         resumed = _motion_steps(events)

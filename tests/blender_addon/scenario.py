@@ -5,6 +5,7 @@ import json
 import os
 import sys
 import time
+import types
 from pathlib import Path
 
 import bpy
@@ -260,14 +261,20 @@ obs["long_clip"] = [mods, cached.data.shape_keys is None, errors,
                     if mods else False, "stream" in st.status]
 st.jobs.remove(len(st.jobs) - 1)
 
-# Time left in a stage, from its step rate.
+# Time left in a stage, from its step rate: 10 steps in 0.6 s on the engine's clock leave
+# 90 steps, 5.4 s.
 probe = st.jobs.add()
 probe.job_id = "probe-job"
-engine._apply("progress", "probe-job", mod.deps.wire.Progress(stage="dynamic", step=10,
-                                                               total=110))
-time.sleep(0.5)
-engine._apply("progress", "probe-job", mod.deps.wire.Progress(stage="dynamic", step=20,
-                                                               total=110))
+clock = [1000.0]
+real_time, engine.time = engine.time, types.SimpleNamespace(monotonic=lambda: clock[0])
+try:
+    engine._apply("progress", "probe-job", mod.deps.wire.Progress(stage="dynamic", step=10,
+                                                                   total=110))
+    clock[0] += 0.6
+    engine._apply("progress", "probe-job", mod.deps.wire.Progress(stage="dynamic", step=20,
+                                                                   total=110))
+finally:
+    engine.time = real_time
 obs["eta"] = [probe.eta_s, mod.ui._duration(probe.eta_s), mod.ui._duration(3900)]
 st.jobs.remove(len(st.jobs) - 1)
 
