@@ -2,7 +2,8 @@
 # Set up .venv with everything animate4d needs. Safe to run again: it only adds what is missing.
 #
 #   bash scripts/setup.sh          the backend and the `animate4d` command
-#   bash scripts/setup.sh --test   also the test tools: pytest, real Blender (bpy), gltf-validator
+#   bash scripts/setup.sh --test   also the test tools: pytest, real Blender (bpy), gltf-validator,
+#                                  Triton (its interpreter, for the GPU kernels' tests)
 #
 # Needs Python >= 3.11 (set PYTHON=/path/to/python to choose one); --test also needs Node.js/npm.
 # On a GPU host, install your CUDA build of torch into .venv first; otherwise the CPU build of
@@ -43,6 +44,12 @@ echo "setup.sh: installing animate4d[$extras]"
 "${pip[@]}" install -q -e ".[$extras]"
 
 if [ "$with_tests" = 1 ]; then
+  # Triton's interpreter runs the GPU kernels' tests on the CPU. CPU builds of torch come
+  # without Triton; a CUDA build brings its own, which this leaves alone.
+  if [ "$(uname -sm)" = "Linux x86_64" ] && ! .venv/bin/python -c 'import triton' 2>/dev/null; then
+    echo "setup.sh: installing triton 3.9.0 (the kernels' tests, interpreted)"
+    "${pip[@]}" install -q "triton==3.9.0"
+  fi
   if ! command -v npm >/dev/null; then
     echo "setup.sh: the tests need Node.js and npm (for the Khronos glTF validator)." >&2
     exit 1

@@ -1,7 +1,7 @@
 """The Triton kernels (hash grid, fused MLP) on the CPU, under Triton's interpreter, against
 the PyTorch paths: the kernels' arithmetic is checked without a GPU wherever Triton is
-installed (CPU builds of torch ship without it, so CI skips this; the CUDA tests cover the
-GPU)."""
+installed (CPU builds of torch ship without it; `scripts/setup.sh --test` adds it on Linux
+x86_64, so CI runs these; the CUDA tests cover the GPU)."""
 
 import importlib.util
 import os
