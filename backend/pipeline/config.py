@@ -81,6 +81,10 @@ class FieldConfig:
     seed at the centre of the [-1, 1] box, not a ball the object must carve from)."""
 
 
+NORMALS = ("world", "canonical", "jacobian")
+"""The renderer's shading normals (`RendererConfig.normals`)."""
+
+
 @dataclass(frozen=True)
 class RendererConfig:
     """How the SDS stages render."""
@@ -97,6 +101,11 @@ class RendererConfig:
     warp's Jacobian (as "world" to first order; 3 more warps without gradients). On the
     oracle priors "world" took lift's Chamfer from 2.74% to 1.13%; on an H100 it costs the
     paper schedule about 2.5 minutes (docs/DECISIONS.md, docs/BENCHMARKS.md)."""
+
+    def __post_init__(self):
+        if self.normals not in NORMALS:
+            raise ValueError(f"renderer.normals must be one of {', '.join(NORMALS)}, not "
+                             f"{self.normals!r}")
 
 
 @dataclass(frozen=True)
@@ -266,11 +275,28 @@ class RefineConfig:
     ControlNet)."""
     p_textureless: float = 0.0
     """Probability of a white material (`--textureless_rate 0`)."""
+    small_card_gib: float = 28.0
+    """On a GPU whose memory for this process is below this many GiB (a 24 GB card), refine
+    shades with `small_card_normals` instead of `renderer.normals`: with world normals its
+    steps peak at 24.2 GB and ran out of memory under a 23 GiB cap, with canonical ones they
+    fit at 23.6 GB (docs/BENCHMARKS.md, "Memory on a 24 GB card"). 0: never."""
+    small_card_normals: str = "canonical"
+    """Refine's shading normals on such a card (`renderer.normals`' choices)."""
 
     def __post_init__(self):
         if self.video_every < 0 or self.tile_frames < 1:
             raise ValueError("refine.video_every must be >= 0 (0: never) and "
                              "refine.tile_frames >= 1")
+        if self.small_card_gib < 0 or self.small_card_normals not in NORMALS:
+            raise ValueError(f"refine.small_card_gib must be >= 0 and refine."
+                             f"small_card_normals one of {', '.join(NORMALS)}")
+
+    def normals(self, normals: str, usable_bytes: int | None) -> str:
+        """The shading normals refine uses, given the job's (`renderer.normals`) and the
+        device's memory for this process (None: not a GPU)."""
+        if usable_bytes is not None and usable_bytes < self.small_card_gib * 2**30:
+            return self.small_card_normals
+        return normals
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from ..preprocess.segment import clean_mask, cut_out
 from ..preview.colour import fill_background, sample_image
 from ..preview.inflate import InflatedShape, inflate
 from ..priors import compiling, graphs, guidance, loading, registry, text
-from ..runtime import switches
+from ..runtime import devices, switches
 from ..version import versions
 from . import stages
 from .config import Animate124Config
@@ -395,6 +395,11 @@ class Refine(FieldStage):
         frozen.motion.requires_grad_(False)
         frozen.occupancy = scene.occupancy
         frozen.renderer.occupancy = scene.occupancy
+        normals = cfg.refine.normals(cfg.renderer.normals, devices.usable_memory(scene.device))
+        if normals != cfg.renderer.normals:
+            job.adjusted["refine.normals"] = normals  # in the result's metadata
+        for each in (scene, frozen):  # the targets shaded as the renders they pull
+            each.use_normals(normals)
         # Counted over the prior steps, not the stage's steps: every `reference.every`-th
         # step is a reference step, which an every-k-th step rule would keep hitting.
         prior_steps = itertools.count()
@@ -459,6 +464,8 @@ class Animate124(Method):
         self.motion_prompt = options.prompt or "an object is moving"
         self.prep = self.ref = None
         self.mesh = self.report = None
+        # Settings this job changed for its device (refine's normals on a small card).
+        self.adjusted: dict[str, object] = {}
         self._scene: stages.Scene | None = None
         self._saved_fields: dict | None = None
         stage_list = [Preprocess(self), TextualInversion(self)]
@@ -520,6 +527,7 @@ class Animate124(Method):
         mesh.metadata["export"] = self.report
         mesh.metadata["config"] = as_dict(self.config)
         mesh.metadata["switches"] = switches.active().record()
+        mesh.metadata["adjusted"] = dict(self.adjusted)
         return mesh
 
 

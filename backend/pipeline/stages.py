@@ -64,6 +64,13 @@ class Scene:
         # how oracle priors (`oracle.priors.RenderLog`) learn which view an image shows.
         self.watchers: list = []
 
+    def use_normals(self, normals: str) -> None:
+        """Shade with other normals from now on (refine on a small card): the same fields,
+        samples and occupancy grid."""
+        if normals != self.renderer.normals:
+            self.renderer = Renderer(self.canonical, self.motion, samples=self.renderer.samples,
+                                     normals=normals, occupancy=self.renderer.occupancy)
+
     @property
     def looping(self) -> bool:
         return self.motion_terms is not None

@@ -85,3 +85,21 @@ def limit_memory(device, gib: float) -> None:
         raise Animate4DError(f"--memory-limit-gib {gib}: more than this GPU has "
                              f"({total / 2**30:.1f} GiB)")
     torch.cuda.set_per_process_memory_fraction(gib * 2**30 / total, device)
+    _LIMITS[device.index] = int(gib * 2**30)
+
+
+_LIMITS: dict[int, int] = {}
+"""Per CUDA device index: the bytes `limit_memory` allowed this process."""
+
+
+def usable_memory(device) -> int | None:
+    """Bytes of `device`'s memory this process may use (the card's, or `limit_memory`'s
+    cap); None off CUDA, where jobs do not size themselves to the device."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    index = torch.cuda.current_device() if device.index is None else device.index
+    total = torch.cuda.get_device_properties(index).total_memory
+    return min(total, _LIMITS.get(index, total))

@@ -941,3 +941,43 @@ def test_the_scene_starts_from_animate124s_small_density_blob():
     at = torch.tensor([[0.0, 0.0, 0.0], [0.2, 0.0, 0.0], [0.0, 0.5, 0.0]])
     want = 10.0 * torch.exp(-(at**2).sum(-1) / (2 * 0.2**2))
     torch.testing.assert_close(scene.canonical.blob(at), want)
+
+
+def test_refine_on_a_small_card_shades_with_canonical_normals(tiny_models, monkeypatch):
+    """World normals' refine does not fit a 24 GB card: there refine (its renders and the
+    frozen model's targets alike) shades with canonical normals, and the result says so."""
+    from animate4d.backend.pipeline import run
+
+    monkeypatch.setattr(run.devices, "usable_memory", lambda device: 22 * 2**30)
+    seen = []
+    real = run.stages.refine_step
+
+    def spying(scene, frozen, *args, **kw):
+        seen.append((scene.renderer.normals, frozen.renderer.normals))
+        return real(scene, frozen, *args, **kw)
+
+    monkeypatch.setattr(run.stages, "refine_step", spying)
+    mesh = run_animate124(EXAMPLE_IMAGE, JobOptions(prompt="a panda is dancing", preset="fast",
+                                                    frames=2),
+                          models=tiny_models, preset=a124.tiny(max_steps=2), device="cpu")
+    assert seen and set(seen) == {("canonical", "canonical")}
+    assert mesh.metadata["adjusted"] == {"refine.normals": "canonical"}
+    assert mesh.metadata["config"]["renderer"]["normals"] == "world"  # the other stages'
+
+
+@pytest.mark.parametrize("usable_gib, want", [(None, "world"), (22.0, "canonical"),
+                                              (23.0, "canonical"), (40.0, "world"),
+                                              (80.0, "world")])
+def test_refine_normals_follow_the_cards_memory(usable_gib, want):
+    refine = a124.PAPER.refine
+    usable = None if usable_gib is None else int(usable_gib * 2**30)
+    assert refine.normals("world", usable) == want
+    assert replace(refine, small_card_gib=0.0).normals("world", usable) == "world"
+    with pytest.raises(ValueError, match="small_card_normals"):
+        replace(refine, small_card_normals="flat")
+
+
+def test_usable_memory_is_none_off_the_gpu():
+    from animate4d.backend.runtime.devices import usable_memory
+
+    assert usable_memory("cpu") is None
