@@ -140,14 +140,19 @@ def test_corrupt_and_foreign_files_give_a_clear_error(tmp_path):
     for name, doc in [("wrong_dtype", wrong_dtype), ("short", short),
                       ("bad_index", bad_index), ("wrong_type", wrong_type)]:
         cases[name] = msgpack.packb(doc)
+    foreign = "not an animate4d mesh"
     expected = {"newer": "upgrade", "wrong_dtype": "<f8", "short": "holds",
-                "bad_index": "only 5 vertices", "wrong_type": "fps", "empty": "empty"}
+                "bad_index": "only 5 vertices", "wrong_type": "fps", "empty": "empty",
+                "text": foreign, "png": foreign, "other_msgpack": "something.else",
+                "deep": foreign, "very_deep": foreign}
+    assert set(expected) == set(cases)
     for name, data in cases.items():
         p = tmp_path / f"{name}.a4d"
         p.write_bytes(data)
         with pytest.raises(FileFormatError) as err:
             a4d.load(p)
-        assert expected.get(name, "") in str(err.value), (name, str(err.value))
+        assert expected[name] in str(err.value), (name, str(err.value))
+        assert str(p) in str(err.value)  # which file
 
 
 def _nested(depth):
