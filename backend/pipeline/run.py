@@ -395,11 +395,8 @@ class Refine(FieldStage):
         frozen.motion.requires_grad_(False)
         frozen.occupancy = scene.occupancy
         frozen.renderer.occupancy = scene.occupancy
-        normals = cfg.refine.normals(cfg.renderer.normals, devices.usable_memory(scene.device))
-        if normals != cfg.renderer.normals:
-            job.adjusted["refine.normals"] = normals  # in the result's metadata
         for each in (scene, frozen):  # the targets shaded as the renders they pull
-            each.use_normals(normals)
+            each.use_normals(job.refine_normals)
         # Counted over the prior steps, not the stage's steps: every `reference.every`-th
         # step is a reference step, which an every-k-th step rule would keep hitting.
         prior_steps = itertools.count()
@@ -464,8 +461,13 @@ class Animate124(Method):
         self.motion_prompt = options.prompt or "an object is moving"
         self.prep = self.ref = None
         self.mesh = self.report = None
-        # Settings this job changed for its device (refine's normals on a small card).
-        self.adjusted: dict[str, object] = {}
+        # Refine's shading normals on this device, and the settings the job changed for it
+        # (the result's metadata).
+        self.refine_normals = config.refine.normals(config.renderer.normals,
+                                                    devices.usable_memory(self.device))
+        self.adjusted: dict[str, object] = (
+            {"refine.normals": self.refine_normals}
+            if self.refine_normals != config.renderer.normals else {})
         self._scene: stages.Scene | None = None
         self._saved_fields: dict | None = None
         stage_list = [Preprocess(self), TextualInversion(self)]
