@@ -469,7 +469,8 @@ def test_refine_stage_runs_the_video_prior_every_kth_prior_step(monkeypatch, eve
                         lambda *a, with_video=True, **kw: flags.append(with_video) or {})
     preset = a124.override(a124.tiny(max_steps=8), {"refine.video_every": every})
     job = SimpleNamespace(config=preset, pool=Pool(), ref=None, object_prompt="a <t>",
-                          motion_prompt="it moves", prep={"rgb": torch.ones(3, 4, 4)})
+                          motion_prompt="it moves", prep={"rgb": torch.ones(3, 4, 4)},
+                          refine_normals=preset.renderer.normals)
     losses = run_mod.Refine(job).losses(stages.Scene(preset, "cpu"))
     for step in range(8):
         losses(random.Random(step), step / 8, preset.reference_step("refine", step))
