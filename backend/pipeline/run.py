@@ -461,13 +461,9 @@ class Animate124(Method):
         self.motion_prompt = options.prompt or "an object is moving"
         self.prep = self.ref = None
         self.mesh = self.report = None
-        # Refine's shading normals on this device, and the settings the job changed for it
-        # (the result's metadata).
+        # Refine's shading normals on this device (the card's memory decides them).
         self.refine_normals = config.refine.normals(config.renderer.normals,
                                                     devices.usable_memory(self.device))
-        self.adjusted: dict[str, object] = (
-            {"refine.normals": self.refine_normals}
-            if self.refine_normals != config.renderer.normals else {})
         self._scene: stages.Scene | None = None
         self._saved_fields: dict | None = None
         stage_list = [Preprocess(self), TextualInversion(self)]
@@ -529,7 +525,10 @@ class Animate124(Method):
         mesh.metadata["export"] = self.report
         mesh.metadata["config"] = as_dict(self.config)
         mesh.metadata["switches"] = switches.active().record()
-        mesh.metadata["adjusted"] = dict(self.adjusted)
+        # The settings this device changed from the config.
+        mesh.metadata["adjusted"] = (
+            {"refine.normals": self.refine_normals}
+            if self.refine_normals != self.config.renderer.normals else {})
         return mesh
 
 

@@ -78,14 +78,21 @@ def limit_memory(device, gib: float) -> None:
     if device.type != "cuda":
         raise Animate4DError(f"a memory limit needs a CUDA device, not {device}",
                              hint="drop --memory-limit-gib, or run on a GPU host")
-    if device.index is None:  # "cuda" as the CLI passes it: the device torch would use
-        device = torch.device("cuda", torch.cuda.current_device())
-    total = torch.cuda.get_device_properties(device).total_memory
+    index = _cuda_index(device)
+    total = torch.cuda.get_device_properties(index).total_memory
     if gib * 2**30 > total:
         raise Animate4DError(f"--memory-limit-gib {gib}: more than this GPU has "
                              f"({total / 2**30:.1f} GiB)")
-    torch.cuda.set_per_process_memory_fraction(gib * 2**30 / total, device)
-    _LIMITS[device.index] = int(gib * 2**30)
+    torch.cuda.set_per_process_memory_fraction(gib * 2**30 / total, index)
+    _LIMITS[index] = int(gib * 2**30)
+
+
+def _cuda_index(device) -> int:
+    """The index of a CUDA `device`; plain "cuda" (as the CLI passes it) is the device torch
+    would use."""
+    import torch
+
+    return torch.cuda.current_device() if device.index is None else device.index
 
 
 _LIMITS: dict[int, int] = {}
@@ -100,6 +107,6 @@ def usable_memory(device) -> int | None:
     device = torch.device(device)
     if device.type != "cuda":
         return None
-    index = torch.cuda.current_device() if device.index is None else device.index
+    index = _cuda_index(device)
     total = torch.cuda.get_device_properties(index).total_memory
     return min(total, _LIMITS.get(index, total))
