@@ -178,6 +178,7 @@ def run(args) -> dict:
                                  + sum(f["seconds"] for f in out["stages"].values()), 1)
     out["total_minutes"] = round(out["total_seconds"] / 60, 2)
     out["vertices"], out["faces"] = result.num_vertices, len(result.faces)
+    out["adjusted"] = result.metadata.get("adjusted", {})
     out["complete"] = True
     if folder is not None:
         _write_json(folder / FIGURES, out)

@@ -170,7 +170,7 @@ def run(args) -> dict:
            "cuda_graphs": not args.no_cuda_graphs, "channels_last": args.channels_last,
            "cudnn_benchmark": args.cudnn_benchmark, "memory_limit_gib": args.memory_limit_gib,
            "compile": {st: ",".join(compiling.for_stage(st)) for st in args.stages},
-           "stages": {}}
+           "adjusted": job.adjusted(), "stages": {}}
     rng = random.Random(0)
     scene = stages.Scene(preset, device)
     job._scene, job.ref, job.prep = scene, ref, prep
@@ -243,7 +243,8 @@ def run(args) -> dict:
                     _channels_last(pool, args.channels_last)
                 opt = stage_optimiser(scene, stage, preset)
                 scene.refresh_occupancy(occupancy_times(stage))
-                stepper = stage_stepper(stage, scene, ref, preset, fn, opt)
+                stepper = stage_stepper(stage, scene, ref, preset, fn, opt,
+                                        stage_obj.cuda_graphs)
 
                 def step(p, reference=False, stepper=stepper):
                     return stepper(rng, p, reference)

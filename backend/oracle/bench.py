@@ -107,7 +107,7 @@ class OraclePool(PriorPool):
         super().__init__(None, device)
         self.loaded = priors
 
-    def get(self, role: str, stage: str = ""):
+    def get(self, role: str, stage: str = "", cuda_graphs: bool = True):
         return self.loaded[role]
 
     def keep(self, *roles: str) -> None:

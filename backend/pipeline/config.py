@@ -277,11 +277,16 @@ class RefineConfig:
     """Probability of a white material (`--textureless_rate 0`)."""
     small_card_gib: float = 28.0
     """On a GPU whose memory for this process is below this many GiB (a 24 GB card), refine
-    shades with `small_card_normals` instead of `renderer.normals`: with world normals its
-    steps peak at 24.2 GB and ran out of memory under a 23 GiB cap, with canonical ones they
-    fit at 23.6 GB (docs/BENCHMARKS.md, "Memory on a 24 GB card"). 0: never."""
+    shades with `small_card_normals` and replays CUDA graphs only if
+    `small_card_cuda_graphs`: under a 23 GiB cap its steps ran out of memory with world
+    normals (24.2-24.5 GB at its peak) and with canonical ones beside the graphs' memory
+    pools (1 GiB); canonical normals without graphs fit at 23.8-23.9 GB, at the same speed
+    (docs/BENCHMARKS.md, "Memory on a 24 GB card"). 0: never."""
     small_card_normals: str = "canonical"
     """Refine's shading normals on such a card (`renderer.normals`' choices)."""
+    small_card_cuda_graphs: bool = False
+    """Whether refine's priors and reference steps replay CUDA graphs on such a card (False:
+    eager, and the graphs the earlier stages captured are freed)."""
 
     def __post_init__(self):
         if self.video_every < 0 or self.tile_frames < 1:
@@ -291,12 +296,10 @@ class RefineConfig:
             raise ValueError(f"refine.small_card_gib must be >= 0 and refine."
                              f"small_card_normals one of {', '.join(NORMALS)}")
 
-    def normals(self, normals: str, usable_bytes: int | None) -> str:
-        """The shading normals refine uses, given the job's (`renderer.normals`) and the
-        device's memory for this process (None: not a GPU)."""
-        if usable_bytes is not None and usable_bytes < self.small_card_gib * 2**30:
-            return self.small_card_normals
-        return normals
+    def small_card(self, usable_bytes: int | None) -> bool:
+        """Whether a device with this much memory for this process (None: not a GPU) gets
+        refine's small-card settings."""
+        return usable_bytes is not None and usable_bytes < self.small_card_gib * 2**30
 
 
 @dataclass(frozen=True)

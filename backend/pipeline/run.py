@@ -66,8 +66,10 @@ class PriorPool:
         self.loaded: dict[str, loading.Prior] = {}
         self.token: torch.Tensor | None = None
 
-    def get(self, role: str, stage: str = "") -> loading.Prior:
-        """The role's prior, with the parts `stage` compiles compiled and the rest eager."""
+    def get(self, role: str, stage: str = "", cuda_graphs: bool = True) -> loading.Prior:
+        """The role's prior, with the parts `stage` compiles compiled and the rest eager;
+        `cuda_graphs=False`: its graphable parts run eagerly from now on, and the graphs an
+        earlier stage captured (their memory pools) are freed."""
         if role not in self.loaded:
             self.loaded[role] = loading.load(role, self.models, self.device,
                                              random_weights=self.random_weights)
@@ -76,6 +78,9 @@ class PriorPool:
                 text.add_placeholder(prior.tokenizer, prior.text_encoder, self.token)
         prior = self.loaded[role]
         compiling.apply(prior.parts, compiling.for_stage(stage), self.device)
+        if (not cuda_graphs and graphs.unwrap_parts(prior.parts)
+                and torch.device(self.device).type == "cuda"):
+            torch.cuda.empty_cache()
         return prior
 
     def keep(self, *roles: str) -> None:
@@ -190,14 +195,15 @@ def start_from_proxy(scene: stages.Scene, prep: dict, preset: Animate124Config,
 
 
 def stage_stepper(stage: str, scene: stages.Scene, ref: stages.Reference,
-                  preset: Animate124Config, losses_fn, opt: torch.optim.Optimizer):
+                  preset: Animate124Config, losses_fn, opt: torch.optim.Optimizer,
+                  cuda_graphs: bool = True):
     """`step(rng, progress, reference) -> losses`: one optimisation step of a field stage,
     its losses (`losses_fn`, a field stage's `losses`) and the optimiser's step; on CUDA the
-    reference steps run as a CUDA graph (`ReferenceGraph`; the `cuda_graphs` switch off:
-    eager)."""
+    reference steps run as a CUDA graph (`ReferenceGraph`; `cuda_graphs` False or the
+    `cuda_graphs` switch off: eager)."""
     clip = preset.clip_value(stage)
-    graph = (ReferenceGraph(scene, ref, preset, opt, clip) if graphs.enabled(scene.device)
-             else None)
+    graph = (ReferenceGraph(scene, ref, preset, opt, clip)
+             if cuda_graphs and graphs.enabled(scene.device) else None)
 
     def step(rng, progress: float, reference: bool) -> dict:
         if reference and graph is not None:
@@ -301,6 +307,11 @@ class FieldStage(Stage):
         self.checkpoint_every = job.config.checkpoint_every
         self.step_fn = None
 
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether this stage's priors and reference steps may replay CUDA graphs."""
+        return True
+
     def losses(self, scene: stages.Scene):
         raise NotImplementedError
 
@@ -308,7 +319,8 @@ class FieldStage(Stage):
         job, scene = self.job, self.job.scene()
         losses_fn = self.losses(scene)
         opt = stage_optimiser(scene, self.name, job.config)
-        self.step_fn = stage_stepper(self.name, scene, job.ref, job.config, losses_fn, opt)
+        self.step_fn = stage_stepper(self.name, scene, job.ref, job.config, losses_fn, opt,
+                                     self.cuda_graphs)
 
     def step(self, step: int) -> None:
         job, scene = self.job, self.job.scene()
@@ -328,7 +340,8 @@ class FieldStage(Stage):
 
     def _zero123(self, scene: stages.Scene):
         cfg, pool = self.job.config, self.job.pool
-        zero123 = guidance.Zero123Guidance(pool.get("zero123", self.name), cfg.guidance.zero123)
+        zero123 = guidance.Zero123Guidance(pool.get("zero123", self.name, self.cuda_graphs),
+                                           cfg.guidance.zero123)
         zero123.set_reference(self.job.prep["rgb"][None].to(scene.device))
         return zero123
 
@@ -375,16 +388,21 @@ class Refine(FieldStage):
 
     name = "refine"
 
+    @property
+    def cuda_graphs(self) -> bool:
+        return self.job.refine_cuda_graphs
+
     def losses(self, scene):
-        job, cfg = self.job, self.job.config
+        job, cfg, graphed = self.job, self.job.config, self.cuda_graphs
         every = cfg.refine.video_every
         zero123 = self._zero123(scene)
         job.pool.keep("sd", "controlnet_tile", "zero123", *(("video",) if every else ()))
-        tile = guidance.ControlNetTileGuidance(job.pool.get("sd", self.name),
-                                               job.pool.get("controlnet_tile", self.name),
+        tile = guidance.ControlNetTileGuidance(job.pool.get("sd", self.name, graphed),
+                                               job.pool.get("controlnet_tile", self.name,
+                                                            graphed),
                                                cfg.guidance.tile)
-        video = (guidance.VideoGuidance(job.pool.get("video", self.name), cfg.guidance.video)
-                 if every else None)
+        video = (guidance.VideoGuidance(job.pool.get("video", self.name, graphed),
+                                        cfg.guidance.video) if every else None)
         guide = stages.RefineGuidance(tile, f"a photo of {job.object_prompt}, "
                                             f"{job.motion_prompt}",
                                       video, job.motion_prompt, zero123)
@@ -461,9 +479,12 @@ class Animate124(Method):
         self.motion_prompt = options.prompt or "an object is moving"
         self.prep = self.ref = None
         self.mesh = self.report = None
-        # Refine's shading normals on this device (the card's memory decides them).
-        self.refine_normals = config.refine.normals(config.renderer.normals,
-                                                    devices.usable_memory(self.device))
+        # Refine's shading normals and CUDA graphs on this device: a small card's memory
+        # changes them (RefineConfig.small_card_gib).
+        small = config.refine.small_card(devices.usable_memory(self.device))
+        self.refine_normals = (config.refine.small_card_normals if small
+                               else config.renderer.normals)
+        self.refine_cuda_graphs = config.refine.small_card_cuda_graphs if small else True
         self._scene: stages.Scene | None = None
         self._saved_fields: dict | None = None
         stage_list = [Preprocess(self), TextualInversion(self)]
@@ -525,11 +546,17 @@ class Animate124(Method):
         mesh.metadata["export"] = self.report
         mesh.metadata["config"] = as_dict(self.config)
         mesh.metadata["switches"] = switches.active().record()
-        # The settings this device changed from the config.
-        mesh.metadata["adjusted"] = (
-            {"refine.normals": self.refine_normals}
-            if self.refine_normals != self.config.renderer.normals else {})
+        mesh.metadata["adjusted"] = self.adjusted()
         return mesh
+
+    def adjusted(self) -> dict[str, object]:
+        """The settings this device changed from the config and the switches."""
+        out: dict[str, object] = {}
+        if self.refine_normals != self.config.renderer.normals:
+            out["refine.normals"] = self.refine_normals
+        if not self.refine_cuda_graphs and switches.active().cuda_graphs:
+            out["refine.cuda_graphs"] = False
+        return out
 
 
 def run_animate124(image, options: JobOptions, progress: ProgressFn = no_progress,

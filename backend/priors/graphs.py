@@ -65,6 +65,12 @@ class CudaGraphed(Wrapper):
             self.inner = module
             self._graphs.clear()
 
+    def release(self) -> None:
+        """Drop the captured graphs (their memory pools go with them) and capture no more:
+        for a wrapper a stage unwraps (`unwrap_parts`) that something may still hold."""
+        self._graphs.clear()
+        self.max_graphs = 0
+
     def _apply(self, fn, recurse=True):
         # .to() / .half() move the weights: captured graphs would read the old addresses.
         self._graphs.clear()
@@ -146,6 +152,18 @@ def wrap_parts(parts: dict) -> None:
     for name in GRAPHED_PARTS:
         if name in parts and not isinstance(parts[name], CudaGraphed):
             parts[name] = CudaGraphed(parts[name])
+
+
+def unwrap_parts(parts: dict) -> bool:
+    """Make a prior's graphed parts eager in place, their graphs' memory pools released;
+    whether any part was graphed."""
+    unwrapped = False
+    for name in GRAPHED_PARTS:
+        if isinstance(parts.get(name), CudaGraphed):
+            parts[name].release()
+            parts[name] = parts[name].inner
+            unwrapped = True
+    return unwrapped
 
 
 def eager(module: nn.Module) -> nn.Module:

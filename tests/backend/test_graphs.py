@@ -59,6 +59,43 @@ def _tiny_models(tmp_path):
     return folder
 
 
+def test_unwrapping_makes_the_parts_eager_and_releases_the_wrappers():
+    inner = torch.nn.Linear(2, 2)
+    vae = torch.nn.Linear(2, 2)
+    parts = {"unet": graphs.CudaGraphed(inner), "vae": vae}
+    wrapper = parts["unet"]
+    wrapper._graphs["stale"] = object()  # as a capture on a GPU leaves it
+    assert graphs.unwrap_parts(parts) is True
+    assert parts["unet"] is inner and parts["vae"] is vae
+    assert not wrapper._graphs and wrapper.max_graphs == 0  # whoever still holds it
+    assert graphs.unwrap_parts(parts) is False
+
+
+@cuda
+def test_unwrapping_gives_the_graphs_memory_back():
+    unet = _unet("cuda", torch.float16)
+    parts = {"unet": graphs.CudaGraphed(unet)}
+    held = parts["unet"]  # as an earlier stage's guidance still holds it
+    x, t, emb = _inputs("cuda", batch=8, size=32, dtype=torch.float16)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_reserved()
+    with torch.no_grad():
+        held(x, t, encoder_hidden_states=emb)
+    assert len(held._graphs) == 1
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()  # what stays is the graph's own pool
+    graphed = torch.cuda.memory_reserved()
+    assert graphed > before
+    graphs.unwrap_parts(parts)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    assert torch.cuda.memory_reserved() < graphed
+    with torch.no_grad():  # the old wrapper captures no more
+        held(x, t, encoder_hidden_states=emb)
+    assert not held._graphs
+
+
 @cuda
 def test_replays_equal_eager_calls_per_signature():
     unet = _unet("cuda", torch.float16)

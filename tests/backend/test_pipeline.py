@@ -449,7 +449,7 @@ def test_refine_stage_runs_the_video_prior_every_kth_prior_step(monkeypatch, eve
         def __init__(self):
             self.kept = None
 
-        def get(self, role, stage=""):
+        def get(self, role, stage="", cuda_graphs=True):
             return role
 
         def keep(self, *roles):
@@ -470,7 +470,7 @@ def test_refine_stage_runs_the_video_prior_every_kth_prior_step(monkeypatch, eve
     preset = a124.override(a124.tiny(max_steps=8), {"refine.video_every": every})
     job = SimpleNamespace(config=preset, pool=Pool(), ref=None, object_prompt="a <t>",
                           motion_prompt="it moves", prep={"rgb": torch.ones(3, 4, 4)},
-                          refine_normals=preset.renderer.normals)
+                          refine_normals=preset.renderer.normals, refine_cuda_graphs=True)
     losses = run_mod.Refine(job).losses(stages.Scene(preset, "cpu"))
     for step in range(8):
         losses(random.Random(step), step / 8, preset.reference_step("refine", step))
@@ -945,35 +945,53 @@ def test_the_scene_starts_from_animate124s_small_density_blob():
 
 
 def test_refine_on_a_small_card_shades_with_canonical_normals(tiny_models, monkeypatch):
-    """World normals' refine does not fit a 24 GB card: there refine (its renders and the
-    frozen model's targets alike) shades with canonical normals, and the result says so."""
+    """World normals' refine does not fit a 24 GB card, nor canonical normals' beside CUDA
+    graphs: there refine (its renders and the frozen model's targets alike) shades with
+    canonical normals, its priors run eagerly, and the result says so."""
     from animate4d.backend.pipeline import run
+    from animate4d.backend.priors import graphs
 
     monkeypatch.setattr(run.devices, "usable_memory", lambda device: 22 * 2**30)
-    seen = []
-    real = run.stages.refine_step
+    seen, asked = [], []
+    real_step, real_get = run.stages.refine_step, run.PriorPool.get
 
     def spying(scene, frozen, *args, **kw):
         seen.append((scene.renderer.normals, frozen.renderer.normals))
-        return real(scene, frozen, *args, **kw)
+        return real_step(scene, frozen, *args, **kw)
+
+    def get(pool, role, stage="", cuda_graphs=True):
+        prior = real_get(pool, role, stage, cuda_graphs)
+        asked.append((stage, role, cuda_graphs,
+                      any(isinstance(m, graphs.CudaGraphed) for m in prior.parts.values())))
+        return prior
 
     monkeypatch.setattr(run.stages, "refine_step", spying)
+    monkeypatch.setattr(run.PriorPool, "get", get)
+    # Graphed parts as on a GPU (the CPU loads them unwrapped): refine must unwrap them.
+    real_load = run.loading.load
+    monkeypatch.setattr(run.loading, "load",
+                        lambda *a, **kw: real_load(*a, **{**kw, "cuda_graphs": True}))
     mesh = run_animate124(EXAMPLE_IMAGE, JobOptions(prompt="a panda is dancing", preset="fast",
                                                     frames=2),
                           models=tiny_models, preset=a124.tiny(max_steps=2), device="cpu")
     assert seen and set(seen) == {("canonical", "canonical")}
-    assert mesh.metadata["adjusted"] == {"refine.normals": "canonical"}
+    refine = [(role, graphed, wrapped) for stage, role, graphed, wrapped in asked
+              if stage == "refine"]
+    assert {role for role, _, _ in refine} >= {"sd", "controlnet_tile", "zero123"}
+    assert all(not graphed and not wrapped for _, graphed, wrapped in refine)
+    assert any(wrapped for stage, _, _, wrapped in asked if stage == "dynamic")
+    assert mesh.metadata["adjusted"] == {"refine.normals": "canonical",
+                                         "refine.cuda_graphs": False}
     assert mesh.metadata["config"]["renderer"]["normals"] == "world"  # the other stages'
 
 
-@pytest.mark.parametrize("usable_gib, want", [(None, "world"), (22.0, "canonical"),
-                                              (23.0, "canonical"), (40.0, "world"),
-                                              (80.0, "world")])
-def test_refine_normals_follow_the_cards_memory(usable_gib, want):
+@pytest.mark.parametrize("usable_gib, small", [(None, False), (22.0, True), (23.0, True),
+                                               (40.0, False), (80.0, False)])
+def test_refine_small_card_follows_the_cards_memory(usable_gib, small):
     refine = a124.PAPER.refine
     usable = None if usable_gib is None else int(usable_gib * 2**30)
-    assert refine.normals("world", usable) == want
-    assert replace(refine, small_card_gib=0.0).normals("world", usable) == "world"
+    assert refine.small_card(usable) is small
+    assert replace(refine, small_card_gib=0.0).small_card(usable) is False
     with pytest.raises(ValueError, match="small_card_normals"):
         replace(refine, small_card_normals="flat")
 
