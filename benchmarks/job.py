@@ -76,6 +76,7 @@ def run(args) -> dict:
     from animate4d.backend.jobs.presets import config_for, method_for
     from animate4d.backend.pipeline.config import TINY_SIZES, override, scaled
     from animate4d.backend.runtime.devices import limit_memory
+    from animate4d.protocol.errors import OutOfGpuMemoryError
     from animate4d.protocol.options import JobOptions
 
     from . import device_name, pick_device
@@ -170,7 +171,18 @@ def run(args) -> dict:
         checkpoints = _Snapshotting(FolderCheckpoints(folder / "checkpoints"), snapshot)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    result = run_method(job, progress, checkpoints)
+    try:
+        result = run_method(job, progress, checkpoints)
+    except OutOfGpuMemoryError as e:  # a figure too: this preset does not fit this card
+        name = at["stage"]  # None: it ran out in a stage's set-up
+        close(synced())
+        failed = out["stages"][name] if name else out
+        failed["error"], failed["detail"] = "out of memory", e.message[:300]
+        out["complete"] = False
+        if folder is not None:
+            _write_json(folder / FIGURES, out)
+        print(f"{name}: {e.message}", file=sys.stderr, flush=True)
+        return out
     close(synced())
     # Construction, then the stages (each with its set-up): over several runs, the time the
     # job would have taken in one, plus the set-ups that resuming repeats.

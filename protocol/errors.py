@@ -89,6 +89,13 @@ class DivergedError(Animate4DError):
     code = "diverged"
 
 
+class OutOfGpuMemoryError(Animate4DError):
+    """(job failure) The GPU ran out of memory: the message names the stage, the step and the
+    memory the job had; the job's checkpoints are kept."""
+
+    code = "gpu_memory"
+
+
 class StorageFullError(Animate4DError):
     """(submit) The server's disk is full: no new job is accepted until it has room again;
     jobs already accepted are kept."""

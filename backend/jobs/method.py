@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from animate4d.protocol import AnimatedMesh
 from animate4d.protocol.errors import PreemptedError
 
+from ..runtime import devices
 from .checkpoints import Checkpoints, NoCheckpoints
 from .progress import ProgressFn, Stopwatch, no_progress
 
@@ -92,9 +93,10 @@ def run_method(method: Method, progress: ProgressFn = no_progress,
         total = stage.steps
         if start >= total:
             continue
+        step = start
         with clock.stage(stage.name):
-            ran = stage.setup(start) is not False
             try:
+                ran = stage.setup(start) is not False
                 for step in range(start, total if ran else start):
                     try:
                         progress(stage.name, step, total)
@@ -109,6 +111,11 @@ def run_method(method: Method, progress: ProgressFn = no_progress,
                         saved = step + 1
                 save(stage.name, total)
                 progress(stage.name, total, total)
+            except Exception as e:
+                said = devices.out_of_memory(e, stage.name, step, total)
+                if said is None:
+                    raise
+                raise said from e
             finally:
                 stage.release()
     return method.result(clock.seconds)

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 
-from animate4d.protocol.errors import Animate4DError
+from animate4d.protocol.errors import Animate4DError, OutOfGpuMemoryError
 
 from .switches import cache_folder
 
-# PyTorch's CUDA allocator in segments that grow instead of fixed blocks: the paper preset's
-# refine stage peaks at 23.6 GB allocated, and with fixed blocks reserved 28 GB and ran out
-# under a 23 GiB cap, where expandable segments reserve 24.7 GB and fit (docs/BENCHMARKS.md
-# "Memory on a 24 GB card").
+# PyTorch's CUDA allocator in segments that grow instead of fixed blocks: less of the memory
+# is stranded between blocks, which decides whether a stage near the card's size fits (under
+# a 23 GiB cap, world normals' refine without CUDA graphs ran out of memory with fixed blocks
+# and fitted with these: docs/BENCHMARKS.md "Memory on a 24 GB card").
 ALLOCATOR = "expandable_segments:True"
 
 
@@ -110,3 +110,25 @@ def usable_memory(device) -> int | None:
     index = _cuda_index(device)
     total = torch.cuda.get_device_properties(index).total_memory
     return min(total, _LIMITS.get(index, total))
+
+
+def out_of_memory(error: BaseException, stage: str, step: int,
+                  total: int) -> OutOfGpuMemoryError | None:
+    """`error` said for people if it is torch running out of GPU memory in step `step` of
+    `stage` (None otherwise): the job's memory and what to do instead of a traceback."""
+    import sys
+
+    torch = sys.modules.get("torch")  # a job that never imported torch has no GPU to fill
+    if torch is None or not isinstance(error, torch.cuda.OutOfMemoryError):
+        return None
+    card = ""
+    if torch.cuda.is_available():
+        index = torch.cuda.current_device()
+        usable = usable_memory(torch.device("cuda", index))
+        card = f"{torch.cuda.get_device_name(index)}, {usable / 2**30:.1f} GiB for this job; "
+    detail = str(error).splitlines()[0][:300] if str(error) else "no detail"
+    return OutOfGpuMemoryError(
+        f"the GPU ran out of memory in the {stage} stage at step {step} of {total} "
+        f"({card}{detail}); the job's checkpoints are kept",
+        hint="run it on a GPU with more memory (the paper preset's refine stage peaks near "
+             "24 GB), with fewer frames, or with nothing else on the card")

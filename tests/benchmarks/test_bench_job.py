@@ -70,3 +70,28 @@ def test_job_runs_every_stage_and_resumes_a_stopped_run_without_counting_time_tw
     (other / "figures.json").write_text(json.dumps({**left, "preset": "paper"}))
     with pytest.raises(SystemExit, match="other preset"):
         run(build_parser().parse_args(argv[:-1] + [str(other)]))
+
+
+def test_a_stage_that_runs_out_of_gpu_memory_is_a_figure_not_a_crash(tiny_models, tmp_path,
+                                                                     monkeypatch):
+    import json
+
+    import torch
+
+    from animate4d.backend.pipeline import run as a124
+
+    def out_of_memory(self, step):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 36.00 MiB.")
+
+    monkeypatch.setattr(a124.Refine, "step", out_of_memory)
+    folder = tmp_path / "job"
+    out = run(build_parser().parse_args(
+        ["job", "--device", "cpu", "--models", str(tiny_models), "--tiny-sizes",
+         "--max-steps", "2", "--frames", "4", "--resume-dir", str(folder)]))
+    assert not out["complete"]
+    assert list(out["stages"]) == ["preprocess", "textual_inversion", "static", "dynamic",
+                                   "refine"]
+    refine = out["stages"]["refine"]
+    assert refine["error"] == "out of memory"
+    assert "refine stage at step 0 of 2" in refine["detail"]
+    assert json.loads((folder / "figures.json").read_text()) == out
