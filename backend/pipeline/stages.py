@@ -207,6 +207,23 @@ def reference_terms(rgb: torch.Tensor, alpha: torch.Tensor, depth: torch.Tensor,
     return losses
 
 
+def prior_loss(loss_of, image: torch.Tensor) -> torch.Tensor:
+    """`loss_of(image)` (one prior's SDS loss on renders) with its gradient carried back to
+    `image` at once: the prior's graph (its VAE encoder's activations, with gradients) is
+    freed here, before the next prior of the step encodes, instead of every prior's graph
+    living until the step's backward (refine: the 1024-px ControlNet-tile encoder's beside the
+    video prior's 16 frames). Returns a stand-in with the loss's value whose gradient with
+    respect to `image` is the loss's: the same step, by the chain rule."""
+    if not (torch.is_grad_enabled() and image.requires_grad):
+        return loss_of(image)
+    leaf = image.detach().requires_grad_(True)
+    loss = loss_of(leaf)
+    if not loss.requires_grad:
+        return loss
+    (grad,) = torch.autograd.grad(loss, leaf)
+    return loss.detach() + ((image - image.detach()) * grad).sum()
+
+
 def sds_look(rng: random.Random, preset: Animate124Config, stage: str,
              progress: float) -> tuple[Shading, tuple[float, float, float]]:
     """The shading and background of one SDS render (Animate124's randomisation: the priors
@@ -233,8 +250,11 @@ def static_step(scene, ref, preset, sd_guidance, zero123, prompt, rng: random.Ra
     shading, background = sds_look(rng, preset, "static", progress)
     rgb, regular = scene.render_regularised([cam], [0.0], preset, "static", progress,
                                             shading=shading, background=background)
-    return {"sd": sd_guidance(rgb, prompt, progress, azimuths=[az]).loss,
-            "zero123": zero123(rgb, polar - 90.0, az, 0.0, progress).loss, **regular}
+    return {"sd": prior_loss(lambda x: sd_guidance(x, prompt, progress, azimuths=[az]).loss,
+                             rgb),
+            "zero123": prior_loss(lambda x: zero123(x, polar - 90.0, az, 0.0, progress).loss,
+                                  rgb),
+            **regular}
 
 
 @dataclass
@@ -286,10 +306,11 @@ def dynamic_step(scene, ref, preset, video, zero123, prompt, rng: random.Random,
     frames, regular = scene.render_regularised(clip.cameras, clip.times, preset, "dynamic",
                                                progress, shading=clip.shading,
                                                background=clip.background)
-    losses = {"video": video(frames, prompt, progress).loss}
+    losses = {"video": prior_loss(lambda x: video(x, prompt, progress).loss, frames)}
     if zero123 is not None and clip.times[0] == 0.0:
-        losses["zero123"] = zero123(frames[:1], clip.polars[0] - 90.0, clip.azimuths[0], 0.0,
-                                    progress).loss
+        losses["zero123"] = prior_loss(lambda x: zero123(x, clip.polars[0] - 90.0,
+                                                         clip.azimuths[0], 0.0, progress).loss,
+                                       frames[:1])
     return {**losses, **regular, **_time_losses(scene, preset)}
 
 
@@ -341,11 +362,14 @@ def refine_step(scene, frozen: Scene, ref, preset, guide: RefineGuidance, rng: r
         cond, _, _ = frozen.render([clip.cameras[k] for k in tiled],
                                    [clip.times[k] for k in tiled], shading=clip.shading,
                                    background=clip.background)
-    losses = {"tile": guide.tile(rgb[[shown.index(k) for k in tiled]], cond, guide.tile_prompt,
-                                 progress).loss}
+    losses = {"tile": prior_loss(lambda x: guide.tile(x, cond, guide.tile_prompt,
+                                                     progress).loss,
+                                 rgb[[shown.index(k) for k in tiled]])}
     if with_video:
-        losses["video"] = guide.video(rgb, guide.video_prompt, progress).loss
+        losses["video"] = prior_loss(lambda x: guide.video(x, guide.video_prompt,
+                                                           progress).loss, rgb)
     if clip.times[0] == 0.0:  # frame 0 is always shown: the tile's frames start there
-        losses["zero123"] = guide.zero123(rgb[:1], clip.polars[0] - 90.0, clip.azimuths[0], 0.0,
-                                          progress).loss
+        losses["zero123"] = prior_loss(lambda x: guide.zero123(x, clip.polars[0] - 90.0,
+                                                               clip.azimuths[0], 0.0,
+                                                               progress).loss, rgb[:1])
     return {**losses, **regular, **_time_losses(scene, preset)}

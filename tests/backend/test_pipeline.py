@@ -413,7 +413,7 @@ def test_refine_step_shows_the_clip_to_video_zero123_and_tile_as_animate124(monk
     assert tile_prompt == "tile prompt"
     if with_video:
         (video_rgb, (video_prompt, _)), = guide.video.calls
-        assert video_rgb is rgb and video_prompt == "video prompt"
+        assert torch.equal(video_rgb, rgb) and video_prompt == "video prompt"
     else:
         assert guide.video.calls == [] and "video" not in losses
     (z_rgb, (d_polar, d_az, d_radius, _)), = guide.zero123.calls

@@ -241,3 +241,63 @@ def test_the_stages_weigh_the_regularisers_as_configured_and_0_turns_one_off(mon
     assert all(a == () for a in asked)  # nothing extra rendered
     no_entropy = _steps(override(base, {"regularisers.entropy": 0.0}))
     assert set(no_entropy["static", False]) == {"sd", "zero123"} | REGULAR - {"entropy"}
+
+
+def test_a_priors_loss_takes_its_gradient_back_to_the_image_at_once():
+    """`stages.prior_loss`: the same value and the same gradients as the loss itself, and
+    the prior's graph is gone before the next prior's loss runs (on the old way every
+    prior's encoder graph lived until the step's backward)."""
+    import gc
+    import weakref
+
+    from animate4d.backend.pipeline.stages import prior_loss
+
+    torch.manual_seed(0)
+    field = torch.nn.Linear(3, 3)
+    encoder = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    x = torch.randn(5, 3)
+
+    def sds_like(image):
+        return (encoder(image * 2 - 1) ** 2).sum()
+
+    want_value = sds_like(field(x))
+    want_value.backward()
+    want = [p.grad.clone() for p in field.parameters()]
+    field.zero_grad()
+    encoder.requires_grad_(False)  # a frozen prior: gradients reach only the image
+
+    class Marker:
+        pass
+
+    class Tagged(torch.autograd.Function):
+        """The identity, its graph node holding a marker: alive exactly while the graph is."""
+
+        @staticmethod
+        def forward(ctx, t):
+            ctx.marker = Marker()
+            held.append(weakref.ref(ctx.marker))
+            return t.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g
+
+    held = []
+
+    def first(image):
+        return sds_like(Tagged.apply(image))
+
+    def second(image):
+        gc.collect()
+        held.append(held[0]() is None)  # the first prior's graph is gone by now
+        return sds_like(image)
+
+    rgb = field(x)
+    a, b = prior_loss(first, rgb), prior_loss(second, rgb)
+    assert held[1] is True
+    torch.testing.assert_close(a, want_value.detach())
+    (a + b).backward()
+    for p, g in zip(field.parameters(), want, strict=True):
+        torch.testing.assert_close(p.grad, 2 * g)
+    with torch.no_grad():  # nothing to carry: the loss itself
+        assert not prior_loss(sds_like, field(x)).requires_grad
