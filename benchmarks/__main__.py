@@ -15,6 +15,7 @@ from . import (
     attention,
     blender_import,
     clip_steps,
+    encoder_graphs,
     field,
     hashgrid,
     job,
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     oracle_motion.add_parser(sub)
     mesh_stages.add_parser(sub)
     job.add_parser(sub)
+    encoder_graphs.add_parser(sub)
     return parser
 
 
