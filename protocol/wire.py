@@ -211,6 +211,9 @@ class WorkerHello(Body):
     # Presets this worker could run but for models it lacks: preset -> missing roles. The
     # server names them to a client asking for such a preset when no worker offers it.
     missing: dict[str, list[str]] = {}
+    # Bytes of GPU memory its jobs may use (0: no GPU, or not said). A job that ran out of
+    # GPU memory on a worker goes to one with more, when one is connected.
+    gpu_memory: int = 0
 
 
 class Heartbeat(Body):

@@ -112,6 +112,18 @@ def usable_memory(device) -> int | None:
     return min(total, _LIMITS.get(index, total))
 
 
+def job_gpu_memory() -> int:
+    """Bytes of GPU memory a job of this process may use on the device it takes by itself
+    (CUDA's current one): what a worker tells the server. 0 without CUDA."""
+    try:
+        import torch
+    except ImportError:  # the backend without its GPU extras
+        return 0
+    if not torch.cuda.is_available():
+        return 0
+    return usable_memory(torch.device("cuda")) or 0
+
+
 def out_of_memory(error: BaseException, stage: str, step: int,
                   total: int) -> OutOfGpuMemoryError | None:
     """`error` said for people if it is torch running out of GPU memory in step `step` of

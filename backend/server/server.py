@@ -35,6 +35,7 @@ from animate4d.protocol.errors import (
     AddressError,
     Animate4DError,
     NotAllowedError,
+    OutOfGpuMemoryError,
     ResultDamagedError,
     StorageError,
     StorageFullError,
@@ -114,6 +115,7 @@ class WorkerConn:
     mesh_presets: list[str] = field(default_factory=list)  # presets it runs in mesh mode
     job: str | None = None
     assigned_at: float = 0.0
+    gpu_memory: int = 0  # bytes its jobs may use (0: no GPU, or not said)
 
 
 def _mesh_presets(hello: wire.WorkerHello) -> list[str]:
@@ -708,7 +710,8 @@ class Server:
                                                  list(body.presets)[:16], time.monotonic(),
                                                  features=list(body.features)[:16],
                                                  missing=missing,
-                                                 mesh_presets=_mesh_presets(body))
+                                                 mesh_presets=_mesh_presets(body),
+                                                 gpu_memory=max(0, body.gpu_memory))
                 self.offered.update(body.presets[:16])
                 self.log(f"worker {body.name[:64]} joined ({', '.join(body.presets)})")
             self._send(self.workers_sock, ident, wire.Ok(), re=env.id)
@@ -828,7 +831,31 @@ class Server:
 
     def _w_failed(self, w, env, body: wire.Failed):
         w.job = None
-        self._finish(self.jobs[env.job], FAILED, body.code[:64], body.message[:2000])
+        rec = self.jobs[env.job]
+        if body.code == OutOfGpuMemoryError.code and self._more_gpu_memory(rec, w):
+            # Not the job's fault: a worker with more memory resumes it from its checkpoints.
+            rec.needs_gpu_memory = max(rec.needs_gpu_memory, w.gpu_memory)
+            why = (f"out of GPU memory on worker {w.name} ({w.gpu_memory / 2**30:.1f} GiB): "
+                   "for a worker with more")
+            self.log(f"job {env.job[:8]}: {why}")
+            self._requeue(env.job, why, counted=False)
+            self._dispatch()
+            return
+        self._finish(rec, FAILED, body.code[:64], body.message[:2000])
+
+    def _more_gpu_memory(self, rec: JobRecord, failed: WorkerConn) -> bool:
+        """Whether a connected worker that runs `rec`'s preset has more GPU memory than the
+        one it ran out on (which said how much it has)."""
+        return failed.gpu_memory > 0 and any(
+            w.gpu_memory > failed.gpu_memory and self._runs(w, rec)
+            for w in self.workers.values())
+
+    def _runs(self, w: WorkerConn, rec: JobRecord) -> bool:
+        """Whether worker `w` may take job `rec`: it runs the preset (in mesh mode for a mesh
+        job) and has more GPU memory than the job ran out of."""
+        offered = w.mesh_presets if rec.mesh else w.presets
+        return rec.options.preset in offered and (
+            rec.needs_gpu_memory == 0 or w.gpu_memory > rec.needs_gpu_memory)
 
     def _w_cancelled(self, w, env, body):
         w.job = None
@@ -906,8 +933,7 @@ class Server:
                 continue
             if now - w.last_seen > self.dead_after_s / 2:
                 continue  # silent for a while: likely dead, it gets nothing until it speaks
-            job_id = self.queue.pop(lambda j, w=w: self.jobs[j].options.preset in (
-                w.mesh_presets if self.jobs[j].mesh else w.presets))
+            job_id = self.queue.pop(lambda j, w=w: self._runs(w, self.jobs[j]))
             if job_id is None:
                 continue
             rec = self.jobs[job_id]

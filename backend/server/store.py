@@ -46,6 +46,9 @@ class JobRecord(msgspec.Struct, kw_only=True):
     silent_losses: int = 0  # workers lost that never answered after being given the job
     result_sha256: str = ""  # recorded when the result was uploaded, checked when it is served
     mesh: bool = False  # mesh mode: the job animates the mesh stored beside its input
+    # It ran out of GPU memory on a worker with this many bytes: only a worker with more
+    # takes it again (0: any).
+    needs_gpu_memory: int = 0
 
 
 _json = msgspec.json.Encoder()

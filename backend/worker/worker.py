@@ -37,8 +37,9 @@ from animate4d.protocol.liveness import zmtp_heartbeats
 
 from ..export.preview_media import preview_png
 from ..jobs.checkpoints import MemoryCheckpoints
-from ..jobs.presets import JobFn, MeshJobFn, offer, offer_mesh
+from ..jobs.presets import SPECS, JobFn, MeshJobFn, offer, offer_mesh, spec
 from ..preprocess.image_io import ImageFile
+from ..runtime import devices
 
 PROGRESS_HZ = 10.0
 HAND_BACK_ACK_S = 5.0  # how long a leaving worker waits for the server to take its job back
@@ -115,6 +116,7 @@ class Worker:
         stop_timeout_s: float = 20.0,
         parent_pid: int | None = None,
         mesh_pipelines: dict[str, MeshJobFn] | None = None,
+        gpu_memory: int | None = None,
         log=None,
     ):
         self.server = server
@@ -127,6 +129,12 @@ class Worker:
         self.mesh_pipelines = offer_mesh() if mesh_pipelines is None else mesh_pipelines
         # Presets it cannot run for want of models -> the roles it lacks (said in the hello).
         self.missing = {p: list(r) for p, r in (missing or {}).items() if p not in pipelines}
+        # GPU memory its jobs may use (said in the hello): asked of torch only by a worker
+        # that runs a GPU preset.
+        if gpu_memory is None:
+            gpu = any(spec(p).roles for p in [*pipelines, *self.mesh_pipelines] if p in SPECS)
+            gpu_memory = devices.job_gpu_memory() if gpu else 0
+        self.gpu_memory = gpu_memory
         self.log = log or (lambda m: print(f"worker: {m}", file=sys.stderr, flush=True))
         self.outbox: queue.Queue = queue.Queue()
         self.job: JobRun | None = None
@@ -162,7 +170,7 @@ class Worker:
         _try_send(sock, wire.encode(wire.WorkerHello(
             name=self.name, presets=sorted(self.pipelines), missing=self.missing,
             features=["mesh"] if self.mesh_pipelines else [],
-            mesh_presets=sorted(self.mesh_pipelines))))
+            mesh_presets=sorted(self.mesh_pipelines), gpu_memory=self.gpu_memory)))
         self._hello_at = time.monotonic()
 
     @property

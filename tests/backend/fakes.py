@@ -31,7 +31,7 @@ def result_bytes(frames: int = 2, vertices: int = 4) -> bytes:
 
 class FakeWorker:
     def __init__(self, address: str, name: str = "fake", hello: bool = True,
-                 beat: bool = True):
+                 beat: bool = True, gpu_memory: int = 0):
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(address)
@@ -39,7 +39,7 @@ class FakeWorker:
         self.beat = beat  # False: a worker that died after its hello
         self._beat = 0.0
         if hello:
-            self.send(wire.WorkerHello(name=name, presets=["preview"]))
+            self.send(wire.WorkerHello(name=name, presets=["preview"], gpu_memory=gpu_memory))
 
     def send(self, body: wire.Body, job: str | None = None, id: str | None = None) -> None:
         self.sock.send(wire.encode(body, job=job, id=id))

@@ -506,6 +506,60 @@ def test_the_accepted_reply_comes_before_the_jobs_events(threaded, png):
     worker.close()
 
 
+# -- Also: a worker's GPU runs out of memory ------------------------------------------------
+GIB = 2**30
+
+
+def _ran_out(worker: FakeWorker, job_id: str) -> None:
+    worker.send(wire.Failed(code="gpu_memory", message="the GPU ran out of memory in the "
+                            "refine stage at step 3 of 5000"), job=job_id)
+
+
+def test_a_job_that_runs_out_of_gpu_memory_goes_to_a_worker_with_more(threaded, png):
+    srv = threaded()
+    small = FakeWorker(srv.worker_addr, "small", gpu_memory=22 * GIB)
+    c = _client(srv.client_addr)
+    job = c.submit(png, OPTIONS)
+    job_id, _ = small.take()
+    big = FakeWorker(srv.worker_addr, "big", gpu_memory=80 * GIB)
+    wait_until(lambda: len(srv.server.workers) == 2, what="both workers")
+    _ran_out(small, job_id)
+    got, assign = big.take()  # resumed there, from the checkpoints it has
+    assert got == job_id and assign.attempt == 1  # the small card's try is not counted
+    with pytest.raises(AssertionError, match="sent nothing"):
+        small.recv(timeout=1.0)  # never back to the card it did not fit
+    assert any("out of GPU memory on worker small (22.0 GiB)" in line for line in srv.lines)
+    big.upload(job_id, result_bytes())
+    assert c.wait(job.id, timeout_s=20).state == wire.DONE
+    assert srv.server.jobs[job_id].needs_gpu_memory == 22 * GIB  # kept in its record
+    c.close()
+    small.close()
+    big.close()
+
+
+def test_out_of_gpu_memory_with_no_bigger_worker_fails_with_the_workers_message(threaded,
+                                                                                 png):
+    srv = threaded()
+    only = FakeWorker(srv.worker_addr, "only", gpu_memory=22 * GIB)
+    same = FakeWorker(srv.worker_addr, "same", gpu_memory=22 * GIB)  # no more: no help
+    c = _client(srv.client_addr)
+    job = c.submit(png, OPTIONS)
+    wait_until(lambda: len(srv.server.workers) == 2, what="both workers")
+    taker = None
+    for w in (only, same):
+        with contextlib.suppress(AssertionError):
+            taker = (w, w.take(timeout=3.0)[0])
+            break
+    assert taker is not None
+    _ran_out(*taker)
+    final = c.wait(job.id, timeout_s=20)
+    assert final.state == wire.FAILED and final.error_code == "gpu_memory", final
+    assert "refine stage at step 3" in final.error_message
+    c.close()
+    only.close()
+    same.close()
+
+
 # -- Also: the loopback check and key files ------------------------------------------------
 @pytest.mark.parametrize("address,local", [
     ("tcp://127.0.0.1:5555", True), ("tcp://127.3.4.5:1", True), ("tcp://localhost:5555", True),

@@ -213,3 +213,39 @@ def test_preview_stopped_for_a_hand_back_resumes_at_the_frame_where_it_stopped(i
                        lambda s, i, n: steps.append(i) if s == "motion" else None, store)
     assert steps[0] == at  # the frames before it were checkpointed; frame `at` is next
     assert same_geometry(mesh, run_preview(image_bytes, OPTIONS))
+
+
+def test_a_gpu_worker_tells_the_server_its_gpu_memory_and_a_cpu_worker_does_not_ask(
+        monkeypatch):
+    from animate4d.backend.worker import worker as worker_mod
+
+    def job(*args):
+        raise AssertionError("not run here")
+
+    monkeypatch.setattr(worker_mod.devices, "job_gpu_memory", lambda: 22 * 2**30)
+    gpu = Worker("tcp://127.0.0.1:1", pipelines={"fast": job, "preview": job},
+                 mesh_pipelines={}, log=lambda m: None)
+    assert gpu.gpu_memory == 22 * 2**30
+
+    def never():
+        raise AssertionError("a preview-only worker must not start CUDA")
+
+    monkeypatch.setattr(worker_mod.devices, "job_gpu_memory", never)
+    cpu = Worker("tcp://127.0.0.1:1", pipelines={"preview": job}, mesh_pipelines={},
+                 log=lambda m: None)
+    assert cpu.gpu_memory == 0
+    sent = []
+    monkeypatch.setattr(worker_mod, "_try_send", lambda sock, data: sent.append(data))
+    gpu._hello(None)
+    _, hello = wire.decode(sent[-1])
+    assert isinstance(hello, wire.WorkerHello) and hello.gpu_memory == 22 * 2**30
+
+
+def test_job_gpu_memory_is_0_without_cuda():
+    import torch
+
+    from animate4d.backend.runtime.devices import job_gpu_memory
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert job_gpu_memory() == 0
