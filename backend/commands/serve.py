@@ -13,7 +13,7 @@ from pathlib import Path
 from animate4d.protocol import keys
 from animate4d.protocol.client import DEFAULT_SERVER
 
-from .args import address, bind_address, positive_float, positive_int
+from .args import address, bind_address, positive_float, positive_int, whole_number
 
 DEFAULT_WORKERS = "tcp://127.0.0.1:5556"
 # How long `serve --local` waits for its worker to hand its job back: the worker's
@@ -105,6 +105,17 @@ def cmd_worker(args) -> int:
         from ..worker.parent import die_with_parent
 
         parent = die_with_parent()
+    if args.gpu_memory_gib is not None:  # before any job touches the GPU
+        from animate4d.protocol.errors import Animate4DError
+
+        from ..runtime.devices import choose_device, limit_memory
+
+        try:
+            device = choose_device("cuda")
+        except Animate4DError:
+            raise Animate4DError("--gpu-memory-gib: this machine has no CUDA GPU to share",
+                                 hint="drop --gpu-memory-gib on a CPU worker") from None
+        limit_memory(device, args.gpu_memory_gib, "--gpu-memory-gib")
     pipelines, missing = offer(args.models)
     worker = Worker(args.server, name=args.name, server_key=server_key, keypair=keypair,
                     pipelines=pipelines, missing=missing,
@@ -183,6 +194,10 @@ def add_parsers(sub) -> None:
                         "once; give up waiting for that step after SECONDS and hand it back "
                         "from its earlier checkpoints (default: %(default)s; keep it below "
                         "your scheduler's kill grace period)")
+    w.add_argument("--gpu-memory-gib", type=whole_number(1, 1024), metavar="GIB",
+                   help="let this worker's jobs use at most GIB of the GPU's memory (workers "
+                        "sharing one card: give each its part); the server is told, and sends "
+                        "a job that ran out of memory here to a worker with more")
     w.add_argument("--exit-with-parent", action="store_true",
                    help="die when the process that started this worker exits (what `serve "
                         "--local` uses)")

@@ -68,7 +68,7 @@ def choose_device(name: str | None):
     return device
 
 
-def limit_memory(device, gib: float) -> None:
+def limit_memory(device, gib: float, flag: str = "--memory-limit-gib") -> None:
     """Let this process use at most `gib` GiB of `device`'s memory: a smaller card's budget
     on a bigger one (torch's allocator then runs out where that card would, cache given
     back and retried first), to check that a job fits a 24 GB card on an 80 GB one."""
@@ -81,7 +81,7 @@ def limit_memory(device, gib: float) -> None:
     index = _cuda_index(device)
     total = torch.cuda.get_device_properties(index).total_memory
     if gib * 2**30 > total:
-        raise Animate4DError(f"--memory-limit-gib {gib}: more than this GPU has "
+        raise Animate4DError(f"{flag} {gib}: more than this GPU has "
                              f"({total / 2**30:.1f} GiB)")
     torch.cuda.set_per_process_memory_fraction(gib * 2**30 / total, index)
     _LIMITS[index] = int(gib * 2**30)

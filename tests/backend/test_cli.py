@@ -139,6 +139,19 @@ def test_help_is_complete(cmd):
         assert "run" in r.stdout and "demo" in r.stdout
 
 
+def test_a_worker_share_of_the_gpu_is_checked_before_it_joins():
+    import torch
+
+    r = animate4d("worker", "--gpu-memory-gib", "0")
+    assert r.returncode == 2 and "a whole number from 1 to 1024" in r.stderr, r.stderr
+    if torch.cuda.is_available():
+        r = animate4d("worker", "--gpu-memory-gib", "1024", "--server", "tcp://127.0.0.1:9")
+        assert r.returncode == 2 and "--gpu-memory-gib 1024: more than this GPU has" in r.stderr
+    else:
+        r = animate4d("worker", "--gpu-memory-gib", "20", "--server", "tcp://127.0.0.1:9")
+        assert r.returncode == 2 and "no CUDA GPU to share" in r.stderr, r.stderr
+
+
 def test_run_with_a_bad_device_says_so_and_leaves_no_output_folder(tmp_path, tiny_models):
     out = tmp_path / "out"
     png = write_png(tmp_path / "c.png", blob_rgba(160, 120, centre=(80, 60), scale=0.3))
