@@ -175,6 +175,7 @@ def run(args) -> dict:
         result = run_method(job, progress, checkpoints)
     except OutOfGpuMemoryError as e:  # a figure too: this preset does not fit this card
         name = at["stage"]  # None: it ran out in a stage's set-up
+        at["warm"] = None  # a step time over the stage's total steps would be wrong
         close(synced())
         failed = out["stages"][name] if name else out
         failed["error"], failed["detail"] = "out of memory", e.message[:300]

@@ -93,10 +93,11 @@ def run_method(method: Method, progress: ProgressFn = no_progress,
         total = stage.steps
         if start >= total:
             continue
-        step = start
+        step = None  # in the set-up
         with clock.stage(stage.name):
             try:
                 ran = stage.setup(start) is not False
+                step = start
                 for step in range(start, total if ran else start):
                     try:
                         progress(stage.name, step, total)

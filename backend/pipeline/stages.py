@@ -207,21 +207,39 @@ def reference_terms(rgb: torch.Tensor, alpha: torch.Tensor, depth: torch.Tensor,
     return losses
 
 
+class _Carried(torch.autograd.Function):
+    """`value` in the forward; in the backward, `grad` (the loss's gradient with respect to
+    `image`, already taken) for `image`."""
+
+    @staticmethod
+    def forward(ctx, image, value, grad):
+        ctx.save_for_backward(grad)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, upstream):
+        (grad,) = ctx.saved_tensors
+        return grad * upstream, None, None
+
+
 def prior_loss(loss_of, image: torch.Tensor) -> torch.Tensor:
     """`loss_of(image)` (one prior's SDS loss on renders) with its gradient carried back to
     `image` at once: the prior's graph (its VAE encoder's activations, with gradients) is
     freed here, before the next prior of the step encodes, instead of every prior's graph
     living until the step's backward (refine: the 1024-px ControlNet-tile encoder's beside the
     video prior's 16 frames). Returns a stand-in with the loss's value whose gradient with
-    respect to `image` is the loss's: the same step, by the chain rule."""
+    respect to `image` is the loss's: the same step, by the chain rule. The loss must reach
+    nothing trainable but `image` (a prior is frozen)."""
     if not (torch.is_grad_enabled() and image.requires_grad):
         return loss_of(image)
     leaf = image.detach().requires_grad_(True)
     loss = loss_of(leaf)
     if not loss.requires_grad:
         return loss
-    (grad,) = torch.autograd.grad(loss, leaf)
-    return loss.detach() + ((image - image.detach()) * grad).sum()
+    (grad,) = torch.autograd.grad(loss, leaf, allow_unused=True)
+    if grad is None:  # a loss that does not look at the renders (nothing to carry)
+        return loss.detach()
+    return _Carried.apply(image, loss.detach(), grad)
 
 
 def sds_look(rng: random.Random, preset: Animate124Config, stage: str,

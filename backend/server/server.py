@@ -118,6 +118,11 @@ class WorkerConn:
     gpu_memory: int = 0  # bytes its jobs may use (0: no GPU, or not said)
 
 
+# A job that ran out of GPU memory goes only to a worker with at least this much more than
+# the one it ran out on: a few hundred MB more would run out the same way.
+GPU_MEMORY_MARGIN = 2 * 2**30
+
+
 def _mesh_presets(hello: wire.WorkerHello) -> list[str]:
     """The presets a worker runs in mesh mode; the bare feature "mesh" means all it offers."""
     listed = hello.mesh_presets or (hello.presets if "mesh" in hello.features else [])
@@ -144,6 +149,7 @@ class Server:
         max_attempts: int = 3,
         worker_stall_s: float = 600.0,
         retention_s: float = 7 * 24 * 3600,
+        stranded_s: float = 60.0,
         log=None,
     ):
         for address in (client_bind, worker_bind):
@@ -162,6 +168,10 @@ class Server:
         # counts as a hang only after this long.
         self.worker_stall_s = worker_stall_s
         self.max_attempts, self.retention_s = max_attempts, retention_s
+        # A job waiting for a worker with more GPU memory than any connected one fails after
+        # this long (a bigger worker that restarts is back well within it).
+        self.stranded_s = stranded_s
+        self._stranded: dict[str, float] = {}  # job -> since when no worker can take it
         self.log = log or (lambda msg: print(f"serve: {msg}", file=sys.stderr, flush=True))
 
         self.jobs: dict[str, JobRecord] = {}
@@ -338,6 +348,7 @@ class Server:
         for ident, seen in list(self.client_seen.items()):
             if now - seen > 10 * self.heartbeat_s:
                 self._unsubscribe_all(ident)
+        self._fail_stranded(now)
         self._check_store()
         self._flush()
         if now >= self._next_sweep:
@@ -832,9 +843,11 @@ class Server:
     def _w_failed(self, w, env, body: wire.Failed):
         w.job = None
         rec = self.jobs[env.job]
-        if body.code == OutOfGpuMemoryError.code and self._more_gpu_memory(rec, w):
+        needs = max(rec.needs_gpu_memory, w.gpu_memory)
+        if (body.code == OutOfGpuMemoryError.code and w.gpu_memory > 0
+                and self._bigger_worker(rec, needs)):
             # Not the job's fault: a worker with more memory resumes it from its checkpoints.
-            rec.needs_gpu_memory = max(rec.needs_gpu_memory, w.gpu_memory)
+            rec.needs_gpu_memory, rec.gpu_memory_message = needs, body.message[:2000]
             why = (f"out of GPU memory on worker {w.name} ({w.gpu_memory / 2**30:.1f} GiB): "
                    "for a worker with more")
             self.log(f"job {env.job[:8]}: {why}")
@@ -843,19 +856,38 @@ class Server:
             return
         self._finish(rec, FAILED, body.code[:64], body.message[:2000])
 
-    def _more_gpu_memory(self, rec: JobRecord, failed: WorkerConn) -> bool:
-        """Whether a connected worker that runs `rec`'s preset has more GPU memory than the
-        one it ran out on (which said how much it has)."""
-        return failed.gpu_memory > 0 and any(
-            w.gpu_memory > failed.gpu_memory and self._runs(w, rec)
-            for w in self.workers.values())
-
-    def _runs(self, w: WorkerConn, rec: JobRecord) -> bool:
+    def _runs(self, w: WorkerConn, rec: JobRecord, needs: int | None = None) -> bool:
         """Whether worker `w` may take job `rec`: it runs the preset (in mesh mode for a mesh
-        job) and has more GPU memory than the job ran out of."""
+        job) and, for a job that ran out of GPU memory on a worker with `needs` bytes
+        (default: the job's record), has GPU_MEMORY_MARGIN more."""
+        needs = rec.needs_gpu_memory if needs is None else needs
         offered = w.mesh_presets if rec.mesh else w.presets
         return rec.options.preset in offered and (
-            rec.needs_gpu_memory == 0 or w.gpu_memory > rec.needs_gpu_memory)
+            needs == 0 or w.gpu_memory >= needs + GPU_MEMORY_MARGIN)
+
+    def _bigger_worker(self, rec: JobRecord, needs: int) -> bool:
+        """Whether a connected worker that is not silent may take `rec` (`_runs`)."""
+        now = time.monotonic()
+        return any(now - w.last_seen <= self.dead_after_s / 2 and self._runs(w, rec, needs)
+                   for w in self.workers.values())
+
+    def _fail_stranded(self, now: float) -> None:
+        """Fail the queued jobs that have waited `stranded_s` for more GPU memory than any
+        connected worker has (the bigger workers left), with what the worker they ran out on
+        said."""
+        waiting = [rec for rec in self.jobs.values()
+                   if rec.needs_gpu_memory > 0 and rec.info.state == QUEUED
+                   and not self._bigger_worker(rec, rec.needs_gpu_memory)]
+        for job_id in set(self._stranded) - {rec.info.id for rec in waiting}:
+            del self._stranded[job_id]
+        for rec in waiting:
+            job_id = rec.info.id
+            if now - self._stranded.setdefault(job_id, now) >= self.stranded_s:
+                del self._stranded[job_id]
+                self.queue.remove(job_id)
+                self._finish(rec, FAILED, OutOfGpuMemoryError.code,
+                             (f"{rec.gpu_memory_message}; no worker with more GPU memory has "
+                              f"been connected for {self.stranded_s:.0f} s")[:2000])
 
     def _w_cancelled(self, w, env, body):
         w.job = None

@@ -47,8 +47,9 @@ class JobRecord(msgspec.Struct, kw_only=True):
     result_sha256: str = ""  # recorded when the result was uploaded, checked when it is served
     mesh: bool = False  # mesh mode: the job animates the mesh stored beside its input
     # It ran out of GPU memory on a worker with this many bytes: only a worker with more
-    # takes it again (0: any).
+    # takes it again (0: any); what that worker said, the job's failure if none is left.
     needs_gpu_memory: int = 0
+    gpu_memory_message: str = ""
 
 
 _json = msgspec.json.Encoder()

@@ -63,3 +63,14 @@ def test_other_errors_pass_through_unchanged():
     with pytest.raises(RuntimeError) as raised:
         run_method(_Method([stage]))
     assert raised.value is boom and stage.released
+
+
+def test_running_out_in_a_stages_set_up_says_so():
+    class FailsToSetUp(_Counting):
+        def setup(self, start):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+
+    stage = FailsToSetUp("refine", 5)
+    with pytest.raises(OutOfGpuMemoryError, match="refine stage while setting it up"):
+        run_method(_Method([stage]))
+    assert stage.ran == [] and stage.released

@@ -560,6 +560,31 @@ def test_out_of_gpu_memory_with_no_bigger_worker_fails_with_the_workers_message(
     same.close()
 
 
+def test_a_job_waiting_for_a_bigger_worker_that_left_fails_with_its_message(threaded, png):
+    srv = threaded(stranded_s=1.0)
+    small = FakeWorker(srv.worker_addr, "small", gpu_memory=22 * GIB)
+    c = _client(srv.client_addr)
+    job = c.submit(png, OPTIONS)
+    job_id, _ = small.take()
+    # Within GPU_MEMORY_MARGIN of the small card: not worth a retry, so not taken.
+    near = FakeWorker(srv.worker_addr, "near", gpu_memory=23 * GIB)
+    big = FakeWorker(srv.worker_addr, "big", gpu_memory=80 * GIB)
+    wait_until(lambda: len(srv.server.workers) == 3, what="three workers")
+    _ran_out(small, job_id)
+    got, _ = big.take()
+    assert got == job_id
+    big.close()  # gone with the job: requeued, and now no worker has enough memory
+    final = c.wait(job.id, timeout_s=30)
+    assert final.state == wire.FAILED and final.error_code == "gpu_memory", final
+    assert "refine stage at step 3 of 5000" in final.error_message
+    assert "no worker with more GPU memory" in final.error_message
+    with pytest.raises(AssertionError, match="sent nothing"):
+        near.recv(timeout=0.5)
+    c.close()
+    small.close()
+    near.close()
+
+
 # -- Also: the loopback check and key files ------------------------------------------------
 @pytest.mark.parametrize("address,local", [
     ("tcp://127.0.0.1:5555", True), ("tcp://127.3.4.5:1", True), ("tcp://localhost:5555", True),
