@@ -5,8 +5,9 @@ keeps for the backward) live until the gradient is taken back to the renders, an
 ControlNet-tile's 1024 px they are a large part of refine's peak (docs/DECISIONS.md, "Each
 prior's SDS gradient goes back to the renders..."). This counts them, device-free: the
 encoder runs eagerly on the CPU with the real architecture and random weights, and each saved
-tensor's storage is counted once (the weights not at all), at 2 bytes an element (fp16, as the priors run on a GPU).
-A compiled encoder (Inductor recomputes cheap operations in the backward) keeps less.
+tensor's storage is counted once (the weights not at all), at 2 bytes an element (fp16, as
+the priors run on a GPU). A compiled encoder (Inductor recomputes cheap operations in the
+backward) keeps less.
 """
 
 from __future__ import annotations
