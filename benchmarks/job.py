@@ -65,8 +65,6 @@ def _resumed(folder: Path, out: dict) -> dict:
 
 
 def run(args) -> dict:
-    # What `animate4d` sets for a job unless told otherwise: a capped card fits with it.
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     from importlib import resources
 
     import torch

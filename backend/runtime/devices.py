@@ -15,9 +15,9 @@ from animate4d.protocol.errors import Animate4DError, OutOfGpuMemoryError
 from .switches import cache_folder
 
 # PyTorch's CUDA allocator in segments that grow instead of fixed blocks: less of the memory
-# is stranded between blocks, which decides whether a stage near the card's size fits (under
-# a 23 GiB cap, world normals' refine without CUDA graphs ran out of memory with fixed blocks
-# and fitted with these: docs/BENCHMARKS.md "Memory on a 24 GB card").
+# is stranded between blocks, which decides whether a stage near the card's size fits (with
+# fixed blocks refine's steps reserved past a 23 GiB cap where these fitted:
+# docs/BENCHMARKS.md "Memory on a 24 GB card").
 ALLOCATOR = "expandable_segments:True"
 
 
