@@ -72,6 +72,14 @@ class Method(ABC):
         """The finished job's mesh, with `timings` (seconds per stage) in its metadata."""
 
 
+def _raise_if_out_of_gpu_memory(error: Exception, where: str) -> None:
+    """Raise `error` as OutOfGpuMemoryError if it is torch running out of GPU memory
+    (`where`: "in the refine stage at step 3 of 5000"); otherwise return."""
+    said = devices.out_of_memory(error, where)
+    if said is not None:
+        raise said from error
+
+
 def run_method(method: Method, progress: ProgressFn = no_progress,
                checkpoints: Checkpoints | None = None) -> AnimatedMesh:
     """Run `method`'s stages from where its checkpoints let it resume, and return its result."""
@@ -79,7 +87,11 @@ def run_method(method: Method, progress: ProgressFn = no_progress,
     clock = Stopwatch()
     stages = list(method.stages)
     names = [s.name for s in stages]
-    done_stage, done_step = method.resume(checkpoints)
+    try:
+        done_stage, done_step = method.resume(checkpoints)
+    except Exception as e:
+        _raise_if_out_of_gpu_memory(e, "while loading the job's checkpoints")
+        raise
     first = names.index(done_stage) if done_stage is not None else 0
 
     def save(stage: str, step: int) -> None:
@@ -113,10 +125,10 @@ def run_method(method: Method, progress: ProgressFn = no_progress,
                 save(stage.name, total)
                 progress(stage.name, total, total)
             except Exception as e:
-                said = devices.out_of_memory(e, stage.name, step, total)
-                if said is None:
-                    raise
-                raise said from e
+                _raise_if_out_of_gpu_memory(
+                    e, f"in the {stage.name} stage while setting it up" if step is None
+                    else f"in the {stage.name} stage at step {step} of {total}")
+                raise
             finally:
                 stage.release()
     return method.result(clock.seconds)

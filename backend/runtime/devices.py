@@ -124,11 +124,10 @@ def job_gpu_memory() -> int:
     return usable_memory(torch.device("cuda")) or 0
 
 
-def out_of_memory(error: BaseException, stage: str, step: int | None,
-                  total: int) -> OutOfGpuMemoryError | None:
-    """`error` said for people if it is torch running out of GPU memory in step `step` of
-    `stage` (None: in its set-up), None otherwise: the job's memory and what to do instead
-    of a traceback."""
+def out_of_memory(error: BaseException, where: str) -> OutOfGpuMemoryError | None:
+    """`error` said for people if it is torch running out of GPU memory (`where`: "in the
+    refine stage at step 3 of 5000"), None otherwise: the job's memory and what to do
+    instead of a traceback."""
     import sys
 
     torch = sys.modules.get("torch")  # a job that never imported torch has no GPU to fill
@@ -141,8 +140,6 @@ def out_of_memory(error: BaseException, stage: str, step: int | None,
         card = f"{torch.cuda.get_device_name(index)}, {usable / 2**30:.1f} GiB for this job; "
     detail = str(error).splitlines()[0][:300] if str(error) else "no detail"
     return OutOfGpuMemoryError(
-        f"the GPU ran out of memory in the {stage} stage "
-        f"{'while setting it up' if step is None else f'at step {step} of {total}'} "
-        f"({card}{detail}); the job's checkpoints are kept",
+        f"the GPU ran out of memory {where} ({card}{detail}); the job's checkpoints are kept",
         hint="run it on a GPU with more memory (the paper preset's refine stage peaks near "
              "24 GB), with fewer frames, or with nothing else on the card")

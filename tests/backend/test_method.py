@@ -74,3 +74,12 @@ def test_running_out_in_a_stages_set_up_says_so():
     with pytest.raises(OutOfGpuMemoryError, match="refine stage while setting it up"):
         run_method(_Method([stage]))
     assert stage.ran == [] and stage.released
+
+
+def test_running_out_while_loading_the_checkpoints_says_so():
+    class Resuming(_Method):
+        def resume(self, checkpoints):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB.")
+
+    with pytest.raises(OutOfGpuMemoryError, match="while loading the job's checkpoints"):
+        run_method(Resuming([_Counting("static", 2)]))
