@@ -21,6 +21,10 @@ class FairQueue:
     def __contains__(self, job_id: str) -> bool:
         return job_id in self._owner_of
 
+    def __iter__(self):
+        """The queued jobs, in no particular order."""
+        return iter(self._owner_of)
+
     def push(self, owner: str, job_id: str, *, front: bool = False) -> None:
         q = self._owners.setdefault(owner, deque())
         q.appendleft(job_id) if front else q.append(job_id)

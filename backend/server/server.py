@@ -875,8 +875,9 @@ class Server:
         """Fail the queued jobs that have waited `stranded_s` for more GPU memory than any
         connected worker has (the bigger workers left), with what the worker they ran out on
         said."""
-        waiting = [rec for rec in self.jobs.values()
-                   if rec.needs_gpu_memory > 0 and rec.info.state == QUEUED
+        # Every tick: only the queued jobs are read, not every job the store keeps.
+        waiting = [rec for rec in map(self.jobs.__getitem__, self.queue)
+                   if rec.needs_gpu_memory > 0
                    and not self._bigger_worker(rec, rec.needs_gpu_memory)]
         for job_id in set(self._stranded) - {rec.info.id for rec in waiting}:
             del self._stranded[job_id]
